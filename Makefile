@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh machine:  make bench   |   make test
+# Each installs what it needs into .venv (torch pinned through constraints.txt), works
+# offline, and is idempotent.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+MODEL ?= gemma-3-270m
+TASKS ?=
+LIMIT ?=
+ARGS ?=
+
+# Everything heavy stays inside the project: model cache, HF caches, pip cache, runs.
+export CRL_BENCH_CACHE ?= $(CURDIR)/.cache
+export HF_HOME ?= $(CRL_BENCH_CACHE)/huggingface
+export PIP_CACHE_DIR ?= $(CRL_BENCH_CACHE)/pip
+export MPLCONFIGDIR ?= $(CRL_BENCH_CACHE)/matplotlib
+export XDG_CACHE_HOME ?= $(CRL_BENCH_CACHE)/xdg
+# Offline copies of the public datasets, when present beside the project.
+export CRL_BENCH_DATA ?= $(if $(wildcard $(CURDIR)/../shared/data),$(abspath $(CURDIR)/../shared/data),)
+ifeq ($(CRL_BENCH_DATA),)
+unexport CRL_BENCH_DATA
+endif
+
+BENCH_FLAGS := --model $(MODEL) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+
+.PHONY: install test test-fast bench perf clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -c constraints.txt -e '.[test]'
+	touch $@
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+bench: install
+	$(BIN)/crl-bench bench $(BENCH_FLAGS)
+
+perf: install
+	$(BIN)/crl-bench perf --model $(MODEL) $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache

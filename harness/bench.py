@@ -1,0 +1,154 @@
+"""`crl-bench bench`: evaluate every method on every task and write the leaderboard.
+
+Each (model, method, task) evaluation is a stage with its own run directory
+`<runs>/<model>/<method>/<task>/` holding lm-eval's per-sample log (`samples.jsonl`),
+its results (`results.json`), `manifest.json`, and `stage.json`, written last. A stage
+whose `stage.json` matches the current settings is reused; `--force` recomputes it.
+A failing stage stops the run with its error, and every finished stage stays on disk.
+
+For now the methods are the base model (`base`); later methods add stages here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.leaderboard import Scores, build_rows, write
+from harness.manifest import build_manifest, write_json
+from harness.models import DEFAULT_MODEL
+from harness.paths import runs_root
+from harness.tasks import DATA_ENV, LOCAL_TASKS, data_dir
+
+DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "boolq")
+STAGE = "stage.json"
+
+
+@dataclass
+class BenchConfig:
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS), metadata={"help": "lm-eval task names"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
+    batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on CPU"})
+    seed: int = field(default=0, metadata={"help": "seed for lm-eval's sampling and few-shot selection"})
+    force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
+    results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
+    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [t for t in self.tasks.split(",") if t]
+        if not self.tasks:
+            raise ValueError("no tasks given; pass --tasks toy_sentiment,arith_mc (comma-separated)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be a positive number of items, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def model_slug(model: str) -> str:
+    return Path(model).name if Path(model).exists() else model.replace("/", "__")
+
+
+@dataclass
+class Stage:
+    method: str
+    task: str
+    settings: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def done(self) -> bool:
+        marker = self.run_dir / STAGE
+        return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == self.fingerprint
+
+
+def plan(config: BenchConfig) -> list[Stage]:
+    root = Path(config.runs_dir) if config.runs_dir else runs_root()
+    stages = []
+    for task in config.tasks:
+        settings = {"model": config.model, "method": "base", "task": task, "limit": config.limit,
+                    "seed": config.seed, "dtype": config.dtype}
+        stages.append(Stage("base", task, settings, root / model_slug(config.model) / "base" / task))
+    return stages
+
+
+def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
+    from lm_eval import simple_evaluate
+
+    started = time.time()
+    try:
+        output = simple_evaluate(
+            model=lm, tasks=[stage.task], task_manager=manager, limit=config.limit, log_samples=True,
+            random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
+            fewshot_random_seed=config.seed, bootstrap_iters=0,
+        )
+    except (FileNotFoundError, ConnectionError, OSError) as err:
+        if stage.task in LOCAL_TASKS and data_dir() is None:
+            raise RuntimeError(
+                f"task {stage.task} could not load its data from the hub ({err}); set {DATA_ENV} to a local "
+                f"copy (e.g. {DATA_ENV}=../shared/data) or run with hub access"
+            ) from err
+        raise
+    samples = output.pop("samples")
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(stage.run_dir / "samples.jsonl.tmp", "w") as handle:
+        for task_samples in samples.values():
+            for sample in task_samples:
+                handle.write(json.dumps(sample, default=str) + "\n")
+    (stage.run_dir / "samples.jsonl.tmp").replace(stage.run_dir / "samples.jsonl")
+    write_json(stage.run_dir / "results.json", output)
+    write_json(stage.run_dir / "manifest.json", build_manifest(settings=stage.settings, wall_time_s=time.time() - started))
+    write_json(stage.run_dir / STAGE, {"fingerprint": stage.fingerprint, "settings": stage.settings})
+
+
+def read_scores(stage: Stage, model: str) -> list[Scores]:
+    """Per-item scores from a finished stage's samples.jsonl, one Scores per (filter, metric)."""
+    grouped: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    with open(stage.run_dir / "samples.jsonl") as handle:
+        for line in handle:
+            sample = json.loads(line)
+            for metric in sample["metrics"]:
+                ids, values = grouped.setdefault((sample["filter"], metric), ([], []))
+                ids.append(int(sample["doc_id"]))
+                values.append(float(sample[metric]))
+    return [
+        Scores(model=model, task=stage.task, method=stage.method, setting="-", seed=stage.settings["seed"],
+               metric=metric, filter=filter_name, doc_ids=ids, values=values, run_dir=str(stage.run_dir))
+        for (filter_name, metric), (ids, values) in sorted(grouped.items())
+    ]
+
+
+def run(config: BenchConfig) -> Path:
+    from rich.console import Console
+
+    from harness.lmeval_plugin import register_models
+    from harness.tasks import check_tasks, task_manager
+
+    console = Console(stderr=True)
+    manager = task_manager()
+    check_tasks(config.tasks, manager)  # before any model load: a typo costs a second
+    register_models()
+    stages = plan(config)
+    todo = [s for s in stages if config.force or not s.done()]
+    console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} stages, {len(stages) - len(todo)} reused")
+    if todo:
+        from harness.lm_models import LeanHFLM
+
+        lm = LeanHFLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+        for number, stage in enumerate(todo, 1):
+            console.rule(f"stage {number}/{len(todo)}: {stage.method} on {stage.task}")
+            _evaluate(lm, stage, config, manager)
+    scores = [s for stage in stages for s in read_scores(stage, config.model)]
+    path = write(Path(config.results_dir), build_rows(scores), bench_config=asdict(config))
+    console.print(f"leaderboard: {path} (+ leaderboard.md, leaderboard.csv)")
+    return path

@@ -1,0 +1,186 @@
+"""crl-bench's lm-eval models: every method is evaluated as an lm-eval `LM`.
+
+Following lm-eval's own `hf_steered.py`, each wrapper is an `HFLM` subclass that runs
+`_model_call` / `_model_generate` inside the one steering mechanism. The shared base,
+`LeanHFLM` (registered as `hf_lean`), also scores log-likelihoods from logits at the
+continuation positions only; otherwise it is lm-eval's `hf` model unchanged.
+
+Registered names (found by the plain `lm_eval` CLI, see `harness.lmeval_plugin`):
+`hf_lean`, `vector_steered`, `crl_steered`, `rlvr_lora`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import Collator
+from tqdm import tqdm
+
+from harness.artifacts import read_config, require_run_dir
+from harness.models import describe, resolve_model
+from harness.sparse_logits import logits_at
+from harness.steering import Intervention, steer
+from harness.vectors import HOW_TO_MAKE, SteeringVectors
+
+
+class LeanHFLM(HFLM):
+    """lm-eval's `hf` with continuation-only logits and an intervention hook.
+
+    `pretrained` also accepts crl-bench's embedded model names (`gemma-3-270m`).
+    Defaults differ from `hf` only where this project needs them: the device is CUDA when
+    present, else CPU; `dtype=auto` is bf16 on CPU.
+    """
+
+    def __init__(self, pretrained: str = "gemma-3-270m", device: str | None = None, dtype: str = "auto", **kwargs):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto" and str(device).startswith("cpu"):
+            dtype = "bfloat16"
+        if isinstance(pretrained, str):
+            pretrained = resolve_model(pretrained)
+        super().__init__(pretrained=pretrained, device=device, dtype=dtype, **kwargs)
+        if self.backend != "causal":
+            raise ValueError(f"{type(self).__name__} supports decoder-only causal LMs; got a {self.backend} model")
+        self.info = describe(self.model)
+
+    def interventions(self) -> list[Intervention]:
+        """The interventions applied to every forward; none for the plain base model."""
+        return []
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        with steer(self.model, self.interventions()):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        with steer(self.model, self.interventions()):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        """Same requests, grouping, caching and results as `HFLM._loglikelihood_tokens`,
+        but the unembedding and log-softmax run only at continuation positions."""
+
+        def _collate(req):
+            toks = req[1] + req[2]
+            return -len(toks), tuple(toks)
+
+        def _lookup_one_token_cont(req):
+            return req[-2] + req[-1][:-1]
+
+        re_ord = Collator(
+            requests,
+            sort_fn=_collate,
+            group_by="contexts" if self.logits_cache else None,
+            group_fn=_lookup_one_token_cont,
+        )
+        batch_size = self.batch_size if self.batch_size != "auto" else override_bs or 0
+        batch_fn = self._batch_scheduler if self.batch_size == "auto" and len(re_ord) > 0 and not override_bs else None
+        if batch_fn is not None:
+            self.batch_sizes = {}
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        results = []
+        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
+        for chunk in re_ord.get_batched(n=batch_size, batch_fn=batch_fn):
+            inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for _, ctx, cont in chunk]
+            conts = [cont for _, _, cont in chunk]
+            width = max(len(inp) for inp in inputs)
+            n_scored = max(len(cont) for cont in conts)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            index = torch.zeros((len(chunk), n_scored), dtype=torch.long)
+            for row, (inp, cont) in enumerate(zip(inputs, conts)):
+                ids[row, : len(inp)] = torch.tensor(inp)
+                mask[row, : len(inp)] = 1
+                # positions whose logits predict the continuation tokens (right padding)
+                scored = torch.arange(len(inp) - len(cont), len(inp))
+                index[row] = torch.cat([scored, scored[-1:].expand(n_scored - len(cont))])
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device_type=self.device.type,
+                    dtype=self.mixed_precision_dtype,
+                    enabled=self.mixed_precision_dtype is not None,
+                ),
+                steer(self.model, self.interventions()),
+                logits_at(_unwrap(self.model), index),
+            ):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [B, K, V]
+            for (request_str, ctx_tokens, _), row_logprobs, cont in zip(chunk, logprobs, conts):
+                row_logprobs = row_logprobs[: len(cont)].unsqueeze(0)  # [1, cont, V]
+                greedy_tokens = row_logprobs.argmax(dim=-1)
+                for request_str, cont_toks, cached in re_ord.get_cache(
+                    req_str=request_str, cxt_toks=ctx_tokens, cont_toks=cont, logits=row_logprobs
+                ):
+                    cont_tensor = torch.tensor(cont_toks, dtype=torch.long, device=cached.device).unsqueeze(0)
+                    max_equal = (greedy_tokens[:, -cont_tensor.shape[1] :] == cont_tensor).all()
+                    picked = torch.gather(cached, 2, cont_tensor.unsqueeze(-1)).squeeze(-1)
+                    answer = (float(picked.sum()), bool(max_equal))
+                    results.append(answer)
+                    if request_str is not None:
+                        self.cache_hook.add_partial("loglikelihood", request_str, answer)
+                    pbar.update(1)
+        pbar.close()
+        return re_ord.get_original(results)
+
+
+def _unwrap(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class VectorSteeredLM(LeanHFLM):
+    """A base model steered by fixed directions: `steer=<run dir or .safetensors>`.
+
+    `coef=` and `positions=` (all | last | generated) override the artifact's values.
+    """
+
+    def __init__(self, pretrained: str = "gemma-3-270m", steer: str | None = None, coef: float | None = None,
+                 positions: str | None = None, **kwargs):
+        if steer is None:
+            raise ValueError(f"vector_steered needs steer=<path>; {HOW_TO_MAKE}")
+        # Load the artifact before the model so a bad path fails in a second, not after a load.
+        vectors = SteeringVectors.load(steer)
+        if coef is not None:
+            vectors.coefficient = float(coef)
+        if positions is not None:
+            vectors = SteeringVectors(**{**vectors.__dict__, "positions": positions})
+        super().__init__(pretrained=pretrained, **kwargs)
+        for layer, vector in vectors.vectors.items():
+            self.info.check_layer(layer)
+            self.info.check_vector(vector, what=f"steering vector for layer {layer} in {steer}")
+        self.steering = vectors
+        self._interventions = [vectors.intervention()]
+
+    def interventions(self) -> list[Intervention]:
+        return self._interventions
+
+
+class RLVRLoraLM(LeanHFLM):
+    """The base model with an RLVR-trained LoRA adapter: `adapter=<run dir>` (PEFT files)."""
+
+    def __init__(self, pretrained: str = "gemma-3-270m", adapter: str | None = None, **kwargs):
+        how = "train one with `crl-bench train rlvr --model M --task T`, or pass a PEFT adapter directory"
+        if adapter is None:
+            raise ValueError(f"rlvr_lora needs adapter=<run dir>; {how}")
+        run_dir = require_run_dir(adapter, "LoRA adapter", ("adapter_config.json",), how)
+        if kwargs.get("peft"):
+            raise ValueError("rlvr_lora takes adapter=<run dir>; drop peft=")
+        super().__init__(pretrained=pretrained, peft=str(run_dir), **kwargs)
+
+
+class CRLSteeredLM(LeanHFLM):
+    """The frozen base model steered token by token by a CRL controller: `controller=<run dir>`.
+
+    `sample=True` samples the controller's actions instead of taking the most probable one.
+    """
+
+    def __init__(self, pretrained: str = "gemma-3-270m", controller: str | None = None, sample: bool = False,
+                 **kwargs):
+        how = "train one with `crl-bench train crl --model M --task T`"
+        if controller is None:
+            raise ValueError(f"crl_steered needs controller=<run dir>; {how}")
+        run_dir = require_run_dir(controller, "CRL controller run", ("config.json", "*.safetensors"), how)
+        config = read_config(run_dir)
+        raise ValueError(
+            f"{run_dir}: controller type {config.get('controller')!r} is not one this version of "
+            f"crl-bench can load (no CRL controller types exist yet); {how} with a newer version"
+        )

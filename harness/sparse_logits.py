@@ -1,0 +1,35 @@
+"""Compute logits only at the positions that are scored.
+
+With a 262k-token vocabulary, the unembedding of every position (and a log-softmax over
+it) dominates the time and memory of multiple-choice evaluation. `logits_at(model, index)`
+gathers the final hidden states at `index` just before the output embedding, so the model's
+own head (including any final soft-capping it applies afterwards) runs on K positions per
+row instead of the whole sequence. Works for any Hugging Face causal LM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+
+@contextmanager
+def logits_at(model: nn.Module, index: Tensor) -> Iterator[None]:
+    """Inside the block, `model(...).logits` has shape [B, K, V] for `index` Long[B, K]."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding to restrict")
+
+    def gather(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]  # Float[B, T, D]
+        picked = torch.gather(hidden, 1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
+        return (picked, *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,120 @@
+"""crl-bench's lm-eval tasks: where they live, how they are selected, how to load one.
+
+Task folders (lm-eval YAML):
+
+- `tasks/generated/`: tasks the project generates offline with fixed seeds
+  (`toy_sentiment`, `arith_mc`, `arith_gen`) and the group `arc`. Always included.
+- `tasks/local/`: local-data variants of `gsm8k`, `arc_easy`, `arc_challenge`, `boolq` and
+  `sst2`, with the same names, prompts, filters and metrics as lm-eval's built-ins, reading
+  JSON Lines from `$CRL_BENCH_DATA`. Included **only when `CRL_BENCH_DATA` is set**: then
+  those names resolve to the local copies; unset, lm-eval's built-in tasks (which download
+  from the hub) are used unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
+
+DATA_ENV = "CRL_BENCH_DATA"
+LOCAL_TASKS = ("gsm8k", "arc_easy", "arc_challenge", "boolq", "sst2")
+GENERATED_TASKS = ("toy_sentiment", "arith_mc", "arith_gen")
+
+
+def tasks_root() -> Path:
+    """The project's `tasks/` folder (or its copy inside an installed wheel)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "tasks", package / "_tasks"):
+        if (candidate / "generated").is_dir():
+            return candidate
+    raise FileNotFoundError(f"crl-bench's task folder is missing next to {package}; reinstall crl-bench")
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get(DATA_ENV)
+    return Path(value).expanduser().resolve() if value else None
+
+
+def task_paths() -> list[Path]:
+    """Folders crl-bench adds to lm-eval's task index, in precedence order (later wins)."""
+    paths = [tasks_root() / "generated"]
+    if data_dir() is not None:
+        paths.append(tasks_root() / "local")
+    return paths
+
+
+def merge_include_paths(user: str | Path | list | tuple | None) -> list[str]:
+    """Ours first, then the user's (so a user's folder overrides ours), without duplicates."""
+    user_paths = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
+    merged: list[str] = []
+    for path in [*task_paths(), *user_paths]:
+        resolved = str(Path(path).expanduser().resolve())
+        if resolved not in merged:
+            merged.append(resolved)
+    return merged
+
+
+def check_yaml_folder(folder: Path) -> None:
+    """lm-eval silently skips YAML files it cannot parse; we name them instead."""
+    import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(Path(folder).glob("**/*.yaml")):
+        try:
+            load_yaml(path, resolve_func=False, recursive=True)
+        except yaml.YAMLError as err:
+            raise ValueError(f"task file {path} is not valid YAML ({err}); fix or remove it") from err
+
+
+def task_manager(include_path: str | Path | list | None = None) -> "TaskManager":
+    from lm_eval.tasks import TaskManager
+
+    from harness.lmeval_plugin import patch_task_manager
+
+    user = [] if include_path is None else include_path if isinstance(include_path, list) else [include_path]
+    for folder in user:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"task folder {folder} does not exist; pass an existing --include-path")
+        check_yaml_folder(Path(folder))
+    patch_task_manager(TaskManager)  # in case the .pth plugin is switched off
+    return TaskManager(include_path=user or None)
+
+
+def check_tasks(names: list[str], manager: "TaskManager") -> None:
+    """Fail before any model is loaded if a task name is unknown or its data is missing."""
+    import difflib
+
+    for name in names:
+        if name in manager.all_tasks or Path(name).is_file():
+            continue
+        close = difflib.get_close_matches(name, manager.all_tasks, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown task {name!r}.{hint} crl-bench's own tasks: {', '.join(GENERATED_TASKS)}; with "
+            f"{DATA_ENV} set, local copies of {', '.join(LOCAL_TASKS)} and the group arc; or any "
+            f"lm-eval built-in task (`lm_eval ls tasks`)."
+        )
+    local = [n for n in names if n in (*LOCAL_TASKS, "arc")]
+    directory = data_dir()
+    if local and directory is not None and not directory.is_dir():
+        raise FileNotFoundError(
+            f"{DATA_ENV}={directory} does not exist; point it at the data folder (for example "
+            f"../shared/data) or unset it to use lm-eval's built-in {', '.join(local)} from the hub"
+        )
+
+
+def load_task(name: str, manager: "TaskManager | None" = None) -> Any:
+    """One lm-eval Task object (not a group) by name."""
+    manager = manager or task_manager()
+    check_tasks([name], manager)
+    loaded = manager.load([name])
+    tasks = loaded["tasks"]
+    if name in tasks:
+        return tasks[name]
+    if len(tasks) == 1:
+        return next(iter(tasks.values()))
+    raise ValueError(f"{name!r} is a group of {sorted(tasks)}; name one task")
