@@ -55,10 +55,12 @@ def toy_sentiment_rows(seed=SEED):
     while len(pairs) < sum(SPLIT_SIZES["toy_sentiment"]) // 2:
         frame = (rng.randrange(len(TEMPLATES)), rng.choice(NAMES), rng.choice(NOUNS),
                  rng.randrange(len(POSITIVE_ADJ)), rng.randrange(len(POSITIVE_VERB)))
-        if frame in frames:
-            continue
-        frames.add(frame)
         template, name, noun, adj_i, verb_i = frame
+        # dedupe on the text: templates without {name} render the same for every name
+        text = TEMPLATES[template].format(name=name, noun=noun, adj=POSITIVE_ADJ[adj_i], verb=POSITIVE_VERB[verb_i])
+        if text in frames:
+            continue
+        frames.add(text)
         pair = []
         for label, adjs, verbs in ((1, POSITIVE_ADJ, POSITIVE_VERB), (0, NEGATIVE_ADJ, NEGATIVE_VERB)):
             review = TEMPLATES[template].format(name=name, noun=noun, adj=adjs[adj_i], verb=verbs[verb_i])

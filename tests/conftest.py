@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny randomly initialised Gemma 3 (fast) and the embedded model (slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("CRL_BENCH_CACHE", str(ROOT / ".cache"))
+os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
+os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+os.environ.setdefault("CRL_BENCH_DATA", str(SHARED_DATA))
+
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the project")
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> str:
+    from harness.models import resolve_model
+
+    return resolve_model("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, embedded_dir) -> str:
+    """A 4-layer, d_model 64 Gemma 3 with random weights and the real tokenizer, saved in fp32."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
+        max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Gemma3ForCausalLM(config).float().eval()
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_dir)
