@@ -1,0 +1,84 @@
+"""The plain `lm_eval` CLI finds our models and tasks; `crl-bench bench` resumes and fails cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.vectors import SteeringVectors
+
+BIN = Path(sys.executable).parent
+
+
+def test_entry_points_declared_for_newer_lm_eval():
+    names = {ep.name for ep in metadata.entry_points(group="lm_eval.models")}
+    assert {"vector_steered", "crl_steered", "rlvr_lora"} <= names
+
+
+def test_plain_lm_eval_cli_runs_vector_steered_on_our_task(tiny_dir, tmp_path):
+    SteeringVectors({1: torch.randn(64)}, coefficient=2.0).save(tmp_path / "steer")
+    cmd = [str(BIN / "lm_eval"), "--model", "vector_steered",
+           "--model_args", f"pretrained={tiny_dir},steer={tmp_path / 'steer'},dtype=float32",
+           "--tasks", "toy_sentiment", "--limit", "4", "--device", "cpu", "--batch_size", "4"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "vector_steered" in done.stdout and "|toy_sentiment|" in done.stdout.replace(" ", "")
+
+
+def test_plain_lm_eval_cli_lists_local_gsm8k_when_data_is_set(tmp_path):
+    code = ("from lm_eval.tasks import TaskManager; tm = TaskManager(); "
+            "print(tm.task_index['gsm8k'].yaml_path); print('arc' in tm.all_groups)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CRL_BENCH_DATA": "/somewhere"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(Path(__file__).resolve().parent.parent / "tasks" / "local" / "gsm8k.yaml"), "True"]
+    env = {k: v for k, v in os.environ.items() if k != "CRL_BENCH_DATA"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert "site-packages/lm_eval/tasks/gsm8k" in done.stdout  # built-in when no local data
+
+
+def _bench(tmp_path, *extra):
+    cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3",
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_bench_writes_leaderboard_and_resumes(tiny_dir, tmp_path):
+    first = _bench(tmp_path, "--model", tiny_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    board = json.loads((tmp_path / "results" / "leaderboard.json").read_text())
+    rows = {(r["task"], r["metric"]): r for r in board["rows"]}
+    assert set(rows) == {("toy_sentiment", "acc"), ("arith_mc", "acc")}
+    for row in rows.values():
+        assert row["n"] == 3 and row["method"] == "base" and row["delta_vs_base"] == 0.0
+        assert row["ci95"][0] <= row["value"] <= row["ci95"][1]
+        assert Path(row["run_dir"], "samples.jsonl").exists() and Path(row["run_dir"], "manifest.json").exists()
+    assert (tmp_path / "results" / "leaderboard.md").exists() and (tmp_path / "results" / "leaderboard.csv").exists()
+    samples = Path(rows[("arith_mc", "acc")]["run_dir"], "samples.jsonl")
+    stamp = samples.stat().st_mtime_ns
+    again = _bench(tmp_path, "--model", tiny_dir)
+    assert "2 reused" in again.stderr and samples.stat().st_mtime_ns == stamp
+    forced = _bench(tmp_path, "--model", tiny_dir, "--force")
+    assert forced.returncode == 0 and samples.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "nonsense_task"], "unknown task 'nonsense_task'"),
+        (["--model", "./no/such/model"], "does not exist"),
+        (["--limit", "0"], "--limit must be a positive"),
+    ],
+)
+def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, message):
+    cmd = [str(BIN / "crl-bench"), "bench", "--results-dir", str(tmp_path / "results"),
+           "--runs-dir", str(tmp_path / "runs"), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()

@@ -1,0 +1,43 @@
+"""Integration tests on the embedded Gemma 3 270M (bf16 on CPU); marked slow, run in CI."""
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from harness.models import model_info
+from harness.vectors import SteeringVectors
+
+pytestmark = pytest.mark.slow
+
+PAIRS = [(f"Review: I thought this movie was {adj}, I {verb} it.\nSentiment:", f" {label}")
+         for adj, verb in (("great", "loved"), ("awful", "hated"), ("dull", "disliked"))
+         for label in ("positive", "negative")]
+
+
+def _ll(lm):
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(PAIRS)]
+    return [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+
+
+def test_embedded_model_description():
+    info = model_info("gemma-3-270m")
+    assert (info.n_layers, info.d_model, info.vocab_size) == (18, 640, 262144)
+
+
+def test_embedded_wrappers_agree_with_lm_eval_and_sentiment_is_read(embedded_dir, tmp_path):
+    from lm_eval.models.hf_steered import SteeredModel
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.lm_models import LeanHFLM, VectorSteeredLM
+
+    common = {"device": "cpu", "dtype": "bfloat16", "batch_size": 6}
+    base = _ll(LeanHFLM(pretrained="gemma-3-270m", **common))
+    torch.testing.assert_close(base, _ll(HFLM(pretrained=embedded_dir, **common)), rtol=0, atol=2e-2)
+    # the base model prefers the right label for plain reviews
+    assert base[0] > base[1] and base[3] > base[2]
+    vectors = SteeringVectors({6: torch.nn.functional.normalize(torch.randn(640), dim=0)}, coefficient=300.0)
+    vectors.save(tmp_path / "steer")
+    ours = _ll(VectorSteeredLM(pretrained="gemma-3-270m", steer=str(tmp_path / "steer"), **common))
+    theirs = _ll(SteeredModel(pretrained=embedded_dir, steer_path=str(vectors.export_lmeval_steered(tmp_path / "s.pt")), **common))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-2)
+    assert max(abs(a - b) for a, b in zip(ours, base)) > 0.05
