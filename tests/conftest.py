@@ -12,7 +12,8 @@ os.environ.setdefault("CRL_BENCH_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
-os.environ.setdefault("CRL_BENCH_DATA", str(SHARED_DATA))
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("CRL_BENCH_DATA", str(SHARED_DATA))
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the project")
 
