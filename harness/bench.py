@@ -134,7 +134,7 @@ def run(config: BenchConfig) -> Path:
     from harness.lmeval_plugin import register_models
     from harness.tasks import check_tasks, task_manager
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (greppable)
     manager = task_manager()
     check_tasks(config.tasks, manager)  # before any model load: a typo costs a second
     register_models()

@@ -74,7 +74,7 @@ def run(config: PerfConfig) -> Path:
     from harness.models import model_info
     from harness.vectors import SteeringVectors
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (greppable)
     info = model_info(config.model)
     layer = info.check_layer(config.layer if config.layer is not None else info.n_layers // 2)
     measurements = {}
