@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= gemma-3-270m
 TASKS ?=
 LIMIT ?=
+SAE ?= auto
 ARGS ?=
 
 # Everything heavy stays inside the project: model cache, HF caches, pip cache, runs.
@@ -24,7 +25,11 @@ ifeq ($(CRL_BENCH_DATA),)
 unexport CRL_BENCH_DATA
 endif
 
-BENCH_FLAGS := --model $(MODEL) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+# With the offline data beside the project, auto SAEs train on its public-domain corpus;
+# without it, on the built-in corpus that ships with the install.
+SAE_CORPUS ?= $(if $(CRL_BENCH_DATA),$(CRL_BENCH_DATA)/gutenberg_corpus,builtin)
+
+BENCH_FLAGS := --model $(MODEL) --sae $(SAE) --sae-corpus $(SAE_CORPUS) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 .PHONY: install test test-fast bench perf clean
 

@@ -6,7 +6,10 @@ its results (`results.json`), `manifest.json`, and `stage.json`, written last. A
 whose `stage.json` matches the current settings is reused; `--force` recomputes it.
 A failing stage stops the run with its error, and every finished stage stays on disk.
 
-For now the methods are the base model (`base`); later methods add stages here.
+Before the evaluations, the SAE stage provisions the SAE (`--sae`; `auto` trains one for a
+model without a published SAE, once, then reuses it) and writes its quality record and
+feature cards (`results/saes/`). For now the evaluated method is the base model (`base`);
+later methods add stages here.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class BenchConfig:
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on CPU"})
     seed: int = field(default=0, metadata={"help": "seed for lm-eval's sampling and few-shot selection"})
+    sae: str = field(default="auto", metadata={"help": "SAE for the SAE-based methods: sae-lens <release>/<id>, a directory, auto (published, else trained and cached), or none"})
+    sae_layer: int | None = field(default=None, metadata={"help": "layer of the SAE (default: the SAE's own; the middle layer for auto)"})
+    sae_corpus: str = field(default="builtin", metadata={"help": "text to train an auto SAE on and to measure SAEs with (see `crl-bench sae train --help`)"})
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
     results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
@@ -128,6 +134,28 @@ def read_scores(stage: Stage, model: str) -> list[Scores]:
     ]
 
 
+def _sae_stage(config: BenchConfig, console: Any) -> None:
+    from harness.models import default_device, load_causal_lm, model_info
+    from harness.sae import load_sae
+    from harness.sae.assess import assess
+    from harness.sae.quality import SAEEvalConfig
+
+    console.rule(f"SAE: {config.sae}")
+    device = config.device or default_device()
+    info = model_info(config.model)
+    started = time.time()
+    loaded = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
+    record = assess(loaded, model, tokenizer, SAEEvalConfig(
+        model=config.model, sae=config.sae, layer=loaded.layer, eval_corpus=None if loaded.source == "trained" else config.sae_corpus,
+        dtype=config.dtype, device=device, results_dir=config.results_dir))
+    del model
+    m = record["metrics"]
+    console.print(f"SAE {loaded.name} (layer {loaded.layer}, {loaded.d_sae} features): L0 {m['l0']:.1f}, "
+                  f"FVU {m['fvu']:.3f}, CE recovered {m['ce_loss_recovered']:.3f}, dead {m['dead_fraction']:.1%} "
+                  f"[{time.time() - started:.0f} s]")
+
+
 def run(config: BenchConfig) -> Path:
     from rich.console import Console
 
@@ -138,6 +166,8 @@ def run(config: BenchConfig) -> Path:
     manager = task_manager()
     check_tasks(config.tasks, manager)  # before any model load: a typo costs a second
     register_models()
+    if config.sae != "none":
+        _sae_stage(config, console)
     stages = plan(config)
     todo = [s for s in stages if config.force or not s.done()]
     console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} stages, {len(stages) - len(todo)} reused")

@@ -29,6 +29,56 @@ def _model_info(args: argparse.Namespace) -> None:
     print(json.dumps({**info.__dict__, "hook_points": info.hook_points}, indent=2))
 
 
+def _sae_train(args: argparse.Namespace) -> None:
+    from harness.sae.train import SAETrainConfig, train_sae
+
+    config = from_args(SAETrainConfig, args)
+    directory = train_sae(config)
+    print(f"SAE: {directory}")
+    _sae_assess(from_args(_sae_eval_config(), argparse.Namespace(
+        model=config.model, sae=str(directory), layer=config.layer, device=config.device,
+        dtype=config.dtype, results_dir=config.results_dir)))
+
+
+def _sae_eval_config():
+    from harness.sae.quality import SAEEvalConfig
+
+    return SAEEvalConfig
+
+
+def _sae_eval(args: argparse.Namespace) -> None:
+    _sae_assess(from_args(_sae_eval_config(), args))
+
+
+def _sae_assess(config) -> None:
+    import json
+
+    from harness.models import default_device, load_causal_lm, model_info
+    from harness.sae import load_sae
+    from harness.sae.assess import assess
+
+    info = model_info(config.model)
+    device = config.device or default_device()
+    loaded = load_sae(config.sae, info, config.layer, dtype=config.sae_dtype, device=device)
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
+    record = assess(loaded, model, tokenizer, config)
+    print(json.dumps({"sae": loaded.name, "layer": loaded.layer, **record["metrics"]}, indent=2))
+    print(f"quality and feature cards: {loaded.directory}; table: {config.results_dir}/saes/README.md")
+
+
+def _sae_card(args: argparse.Namespace) -> None:
+    from harness.models import model_info
+    from harness.sae import load_sae
+    from harness.sae.cards import read_cards, render_card
+
+    loaded = load_sae(args.sae, model_info(args.model), args.layer)
+    cards = read_cards(loaded.directory)["cards"]
+    for feature in args.feature:
+        if not 0 <= feature < len(cards):
+            raise ValueError(f"feature {feature} does not exist: the SAE has {len(cards)} features (0..{len(cards) - 1})")
+        print(render_card(cards[feature], contexts=8), end="\n\n")
+
+
 def _report(args: argparse.Namespace) -> None:
     from harness.leaderboard import render
 
@@ -63,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="regenerate tables from results/leaderboard.json")
     report.add_argument("--results-dir", default="results")
     report.set_defaults(func=_report)
+    sae = commands.add_parser("sae", help="train, evaluate and describe SAEs").add_subparsers(dest="sae_command", required=True)
+    from harness.sae.quality import SAEEvalConfig
+    from harness.sae.train import SAETrainConfig
+
+    train = sae.add_parser("train", help="train an SAE with sae-lens on a model layer, then measure it")
+    add_arguments(train, SAETrainConfig)
+    train.set_defaults(func=_sae_train)
+    evaluate = sae.add_parser("eval", help="quality record and feature cards for any SAE (--sae release/id, dir, auto)")
+    add_arguments(evaluate, SAEEvalConfig)
+    evaluate.set_defaults(func=_sae_eval)
+    card = sae.add_parser("card", help="print feature cards (after `sae eval`)")
+    card.add_argument("--model", default="gemma-3-270m")
+    card.add_argument("--sae", default="auto")
+    card.add_argument("--layer", type=int, default=None)
+    card.add_argument("--feature", type=lambda s: [int(x) for x in s.split(",")], required=True,
+                      help="feature indices, comma-separated")
+    card.set_defaults(func=_sae_card)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

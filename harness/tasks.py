@@ -118,3 +118,32 @@ def load_task(name: str, manager: "TaskManager | None" = None) -> Any:
     if len(tasks) == 1:
         return next(iter(tasks.values()))
     raise ValueError(f"{name!r} is a group of {sorted(tasks)}; name one task")
+
+
+def _generated_module():
+    """The generated-task module (a task file read by lm-eval, so not on the import path)."""
+    import importlib.util
+
+    path = tasks_root() / "generated" / "generated.py"
+    spec = importlib.util.spec_from_file_location("crl_bench_generated_tasks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generated_examples(split: str = "train") -> dict[str, list[str]]:
+    """Each generated task's `split` rendered as prompt + gold answer, in the tasks' formats.
+
+    Mirrors the YAMLs' `doc_to_text` + target delimiter + `doc_to_target`; used as text for
+    the built-in SAE corpus (training split only, so no test item leaks into an SAE).
+    """
+    module = _generated_module()
+    sentiment = module.toy_sentiment()[split]
+    arith_mc = module.arith_mc()[split]
+    arith_gen = module.arith_gen()[split]
+    labels = ("negative", "positive")
+    return {
+        "toy_sentiment": [f"Review: {r['review']}\nSentiment: {labels[r['label']]}" for r in sentiment],
+        "arith_mc": [f"{r['expression']}={r['answer']}" for r in arith_mc],
+        "arith_gen": [f"Question: {r['question']}\nAnswer: {r['solution']}" for r in arith_gen],
+    }

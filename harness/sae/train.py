@@ -1,0 +1,223 @@
+"""`crl-bench sae train`: train a residual-stream SAE with sae-lens's own trainer.
+
+sae-lens's `LanguageModelSAETrainingRunner` does the work (activation store, mixing buffer,
+TopK SAE, Adam, checkpoints); we hand it the model loaded from its local directory
+(wrapped in sae-lens's `HookedProxyLM`, hooking `model.layers.<L>`, the output of decoder
+layer L) and the corpus as an in-memory dataset. Two additions:
+
+- **Decoder-bias initialisation.** Gemma's residual stream has a large constant component
+  (at the embedded model's layer 9, the mean is ~98% of the norm), and sae-lens starts
+  `b_dec` at zero: with Adam's step size the bias then takes thousands of steps to reach
+  the mean and the SAE learns nothing meanwhile. We set `b_dec` to the mean of a few
+  activation batches (in sae-lens's normalised units), the classic geometric-median trick.
+- **Resume.** Training writes to `<dir>.partial/` with sae-lens checkpoints; a rerun with
+  the same settings resumes from the newest checkpoint. The finished SAE directory gets
+  our `config.json` and `manifest.json` beside sae-lens's `cfg.json` and weights, and is
+  renamed into place last, so a half-trained SAE is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from harness.manifest import build_manifest, write_json
+from harness.models import DEFAULT_MODEL
+from harness.paths import cache_root
+
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class SAETrainConfig:
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
+    layer: int | None = field(default=None, metadata={"help": "decoder layer whose output the SAE reads (default: the middle layer)"})
+    corpus: str = field(default="builtin", metadata={"help": "builtin, a .txt/.jsonl/.jsonl.gz file or folder, or a HF dataset id"})
+    width: int = field(default=4096, metadata={"help": "number of SAE features (d_sae)"})
+    k: int = field(default=32, metadata={"help": "active features per token (TopK SAE), i.e. the L0"})
+    tokens: int = field(default=600_000, metadata={"help": "training tokens"})
+    context_size: int = field(default=128, metadata={"help": "tokens per training sequence"})
+    batch_tokens: int = field(default=2048, metadata={"help": "tokens per SAE optimisation step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    seed: int = field(default=0, metadata={"help": "seed for sae-lens, initialisation and corpus shuffling"})
+    dtype: str = field(default="auto", metadata={"help": "LLM dtype for activations; auto = bf16 on CPU"})
+    autocast: bool = field(default=True, metadata={"help": "bf16 autocast for the SAE's matmuls (fp32 weights)"})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
+    checkpoints: int = field(default=4, metadata={"help": "checkpoints during training, for resume"})
+    force: bool = field(default=False, metadata={"help": "retrain even if a finished SAE with these settings exists"})
+    out_dir: str | None = field(default=None, metadata={"help": "where the SAE goes (default: <cache>/saes/<model>/...)"})
+    results_dir: str = field(default="results", metadata={"help": "where the quality record goes after training"})
+    architecture: Literal["topk"] = field(default="topk", metadata={"help": "SAE architecture (sae-lens TopK)"})
+
+    def __post_init__(self) -> None:
+        for name in ("width", "k", "tokens", "context_size", "batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.k > self.width:
+            raise ValueError(f"--k {self.k} exceeds --width {self.width}; pick k well below the width (e.g. 32)")
+        if self.tokens < self.batch_tokens:
+            raise ValueError(f"--tokens {self.tokens} is less than one batch (--batch-tokens {self.batch_tokens})")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+
+    def identity(self) -> dict:
+        """The settings that define the SAE (not where it goes or whether to redo it)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("force", "out_dir", "device", "checkpoints", "results_dir")}
+
+    def directory(self) -> Path:
+        if self.out_dir:
+            return Path(self.out_dir).expanduser().resolve()
+        key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        model = Path(self.model).name if Path(self.model).exists() else self.model.replace("/", "__")
+        return cache_root() / "saes" / model / f"layer{self.layer}-w{self.width}-k{self.k}-{key}"
+
+
+def finished(directory: Path) -> bool:
+    return (directory / MANIFEST).exists() and (directory / "sae_weights.safetensors").exists()
+
+
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    from sae_lens.constants import TRAINER_STATE_FILENAME
+
+    # sae-lens nests checkpoints under a per-run id: <checkpoints>/<run id>/<tokens done>/
+    done = [p.parent for p in checkpoints.rglob(TRAINER_STATE_FILENAME) if p.parent.name.isdigit()]
+    return max(done, key=lambda p: int(p.name)) if done else None
+
+
+@contextmanager
+def _quiet_sae_lens():
+    """sae-lens warns that an in-memory dataset/model make a run irreproducible from its own
+    config alone; our config.json and manifest record both, so silence that."""
+    import warnings
+
+    logger = logging.getLogger("sae_lens")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # an in-memory corpus is untokenized by design, and short corpora repeat
+            warnings.filterwarnings("ignore", message="Dataset is not tokenized")
+            warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def train_sae(config: SAETrainConfig) -> Path:
+    """Train (or resume, or reuse) the SAE described by `config`; return its directory."""
+    import torch
+    from datasets import Dataset
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+    from sae_lens.load_model import HookedProxyLM
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    from harness.models import default_device, describe, load_causal_lm, model_info
+    from harness.sae.corpus import load_corpus
+
+    info = model_info(config.model)
+    if config.layer is None:
+        config.layer = info.n_layers // 2
+    info.check_layer(config.layer)
+    target = config.directory()
+    if finished(target) and not config.force:
+        return target
+    partial = target.with_name(target.name + ".partial")
+    if config.force and partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(partial / CONFIG, asdict(config))
+    device = config.device or default_device()
+
+    corpus = load_corpus(config.corpus)
+    # ~4 characters per token in English; 1.5x so the run rarely needs a second epoch.
+    texts = corpus.chunks("train", max_chars=int(config.tokens * 6), seed=config.seed)
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
+    hook = f"{describe(model).layers_path}.{config.layer}"
+
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(
+            d_in=info.d_model, d_sae=config.width, k=config.k, dtype="float32", device=device,
+            normalize_activations="expected_average_only_in",
+        ),
+        model_name=str(info.path), model_class_name="AutoModelForCausalLM", hook_name=hook,
+        dataset_path=f"crl-bench:{corpus.spec}", is_dataset_tokenized=False, streaming=False,
+        context_size=config.context_size, prepend_bos=True, exclude_special_tokens=True,
+        training_tokens=config.tokens, train_batch_size_tokens=config.batch_tokens,
+        store_batch_size_prompts=max(1, config.batch_tokens // config.context_size),
+        # the mixing buffer holds n_batches_in_buffer * context_size activations
+        n_batches_in_buffer=max(32, 4 * config.batch_tokens // config.context_size),
+        lr=config.lr, lr_warm_up_steps=min(50, config.tokens // config.batch_tokens // 10),
+        seed=config.seed, device=device, dtype="float32", autocast=config.autocast,
+        n_batches_for_norm_estimate=20,
+        # A feature silent for ~50k tokens counts as dead and gets the TopK auxiliary loss;
+        # sae-lens's default (1000 steps) exceeds a whole CPU-budget run, so AuxK never acted.
+        dead_feature_window=max(10, 50_000 // config.batch_tokens), feature_sampling_window=200,
+        n_checkpoints=config.checkpoints, checkpoint_path=str(partial / "checkpoints"),
+        output_path=str(partial), save_final_checkpoint=False, verbose=False,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    torch.manual_seed(config.seed)
+    progress = json.loads((partial / PROGRESS).read_text()) if (partial / PROGRESS).exists() else {"wall_s": 0.0}
+    started = time.perf_counter()
+    with _quiet_sae_lens():
+        runner = LanguageModelSAETrainingRunner(
+            runner_cfg,
+            override_dataset=Dataset.from_dict({"text": texts}),
+            override_model=HookedProxyLM(model, tokenizer, hook_names=[hook]),
+        )
+        checkpoint = _latest_checkpoint(partial / "checkpoints")
+        if checkpoint is not None:
+            print(f"resuming SAE training from {checkpoint} ({checkpoint.name} tokens done)")
+            runner.cfg.resume_from_checkpoint = str(checkpoint)
+        else:
+            _init_decoder_bias(runner)
+        try:
+            runner.run()
+        finally:
+            progress["wall_s"] += time.perf_counter() - started
+            write_json(partial / PROGRESS, progress)
+
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    write_json(partial / MANIFEST, build_manifest(
+        kind="sae",
+        model=config.model,
+        model_path=str(info.path),
+        layer=config.layer,
+        hook_name=hook,
+        corpus=corpus.describe(),
+        training_tokens=config.tokens,
+        training_steps=config.tokens // config.batch_tokens,
+        train_wall_s=round(progress["wall_s"], 1),
+        device=device,
+        seed=config.seed,
+    ))
+    (partial / PROGRESS).unlink(missing_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target
+
+
+def _init_decoder_bias(runner, batches: int = 8) -> None:
+    """Start b_dec at the activation mean, in the units the trainer will normalise to.
+
+    sae-lens scales inputs by sqrt(d_in) / mean norm (`expected_average_only_in`); the
+    trainer estimates that factor again on its own batches, so ours is only an initial
+    value that training then refines.
+    """
+    import torch
+
+    store = runner.activations_store
+    acts = torch.cat([next(store) for _ in range(batches)]).float()
+    scale = acts.shape[-1] ** 0.5 / acts.norm(dim=-1).mean()
+    with torch.no_grad():
+        runner.sae.b_dec.copy_((acts.mean(0) * scale).to(runner.sae.b_dec.dtype))
