@@ -53,3 +53,21 @@ def tiny_model(tiny_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory) -> str:
+    """A random TopK SAE (64 features, k=8) for layer 2 of the tiny model, saved by sae-lens."""
+    import torch
+    from sae_lens import SAE
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAEConfig
+
+    torch.manual_seed(0)
+    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=64, k=8, metadata=SAEMetadata(hook_name="model.layers.2")).to_dict())
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    path = tmp_path_factory.mktemp("tiny-sae") / "sae"
+    sae.save_model(path)
+    return str(path)

@@ -42,15 +42,19 @@ def test_plain_lm_eval_cli_lists_local_gsm8k_when_data_is_set(tmp_path):
     assert "site-packages/lm_eval/tasks/gsm8k" in done.stdout  # built-in when no local data
 
 
-def _bench(tmp_path, *extra):
-    cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3",
+def _bench(tmp_path, *extra, sae="none"):
+    cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3", "--sae", sae,
            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
-def test_bench_writes_leaderboard_and_resumes(tiny_dir, tmp_path):
-    first = _bench(tmp_path, "--model", tiny_dir)
+def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
+    first = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert first.returncode == 0, first.stderr[-3000:]
+    # the SAE stage wrote the SAE's quality record and cards
+    assert "SAE sae (layer 2, 64 features)" in first.stderr
+    assert (Path(tiny_sae_dir) / "quality.json").exists() and (Path(tiny_sae_dir) / "feature_cards.json").exists()
+    assert "| sae | 2 | 64 |" in (tmp_path / "results" / "saes" / "README.md").read_text()
     board = json.loads((tmp_path / "results" / "leaderboard.json").read_text())
     rows = {(r["task"], r["metric"]): r for r in board["rows"]}
     assert set(rows) == {("toy_sentiment", "acc"), ("arith_mc", "acc")}
@@ -61,8 +65,10 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tmp_path):
     assert (tmp_path / "results" / "leaderboard.md").exists() and (tmp_path / "results" / "leaderboard.csv").exists()
     samples = Path(rows[("arith_mc", "acc")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
-    again = _bench(tmp_path, "--model", tiny_dir)
+    quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
+    again = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert "2 reused" in again.stderr and samples.stat().st_mtime_ns == stamp
+    assert (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns == quality_stamp
     forced = _bench(tmp_path, "--model", tiny_dir, "--force")
     assert forced.returncode == 0 and samples.stat().st_mtime_ns != stamp
 

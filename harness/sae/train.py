@@ -42,7 +42,7 @@ class SAETrainConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
     layer: int | None = field(default=None, metadata={"help": "decoder layer whose output the SAE reads (default: the middle layer)"})
     corpus: str = field(default="builtin", metadata={"help": "builtin, a .txt/.jsonl/.jsonl.gz file or folder, or a HF dataset id"})
-    width: int = field(default=4096, metadata={"help": "number of SAE features (d_sae)"})
+    width: int = field(default=2048, metadata={"help": "number of SAE features (d_sae)"})
     k: int = field(default=32, metadata={"help": "active features per token (TopK SAE), i.e. the L0"})
     tokens: int = field(default=600_000, metadata={"help": "training tokens"})
     context_size: int = field(default=128, metadata={"help": "tokens per training sequence"})
