@@ -274,8 +274,17 @@ def test_quality_matches_a_hand_written_reference(tmp_path, tiny_dir, tiny_model
 
     ref_blocks = token_blocks(tokenizer, texts, 24, 8)
     assert torch.equal(blocks, ref_blocks)
+    captured = []
+    # a plain torch hook as the reference (output_hidden_states would leave transformers'
+    # capture hooks on the shared model)
+    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            model(ref_blocks)
+    finally:
+        handle.remove()
     with torch.no_grad():
-        hidden = model(ref_blocks, output_hidden_states=True).hidden_states[3][:, 1:].reshape(-1, 64)
+        hidden = captured[0][:, 1:].reshape(-1, 64)
         feats = sae.encode(hidden)
         recon = sae.decode(feats)
     fvu = float(((hidden - recon) ** 2).sum() / ((hidden - hidden.mean(0)) ** 2).sum())
