@@ -35,6 +35,13 @@ class Contrast:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def head(self, n: int | None) -> "Contrast":
+        """The first `n` items (all when n is None)."""
+        if n is None:
+            return self
+        return Contrast(self.task, self.split, self.prompts[:n], self.labels[:n], self.read_positions[:n],
+                        self.pair_ids[:n], self.class_tokens)
+
     def pairs(self) -> Tensor:
         """Long[P, 2]: (positive index, negative index) of each complete pair."""
         by_id: dict[int, dict[int, int]] = {}

@@ -30,7 +30,7 @@ def _unit(v: Tensor) -> Tensor:
     return v / norm
 
 
-def _oriented(direction: Tensor, x: Tensor, y: Tensor) -> Tensor:
+def orient(direction: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """Flip `direction` so that the positive class has the larger mean projection."""
     proj = x @ direction
     return direction if proj[y == 1].mean() >= proj[y == 0].mean() else -direction
@@ -56,7 +56,7 @@ def kmeans(x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
     x, y = _check(x, y)
     fit = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(x.numpy())
     centres = torch.from_numpy(fit.cluster_centers_)
-    return _oriented(_unit(centres[1] - centres[0]), x, y).float()
+    return orient(_unit(centres[1] - centres[0]), x, y).float()
 
 
 def probe(x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
@@ -68,7 +68,7 @@ def probe(x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
     fit = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(z, y.numpy())
     # w.z = (w/std).x + const: the direction in activation space is w / std
     weight = torch.from_numpy(np.asarray(fit.coef_[0])) / std
-    return _oriented(_unit(weight), x, y).float()
+    return orient(_unit(weight), x, y).float()
 
 
 def pca(x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
@@ -76,7 +76,7 @@ def pca(x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
 
     x, y = _check(x, y)
     fit = PCA(n_components=1, random_state=seed).fit(x.numpy())
-    return _oriented(_unit(torch.from_numpy(fit.components_[0].copy())), x, y).float()
+    return orient(_unit(torch.from_numpy(fit.components_[0].copy())), x, y).float()
 
 
 FITTERS: dict[str, Callable[..., Tensor]] = {

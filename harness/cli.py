@@ -79,6 +79,12 @@ def _sae_card(args: argparse.Namespace) -> None:
         print(render_card(cards[feature], contexts=8), end="\n\n")
 
 
+def _vector_checks(args: argparse.Namespace) -> None:
+    from baselines import sentiment
+
+    sentiment.run(from_args(sentiment.ChecksConfig, args))
+
+
 def _report(args: argparse.Namespace) -> None:
     from harness.leaderboard import render
 
@@ -130,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--feature", type=lambda s: [int(x) for x in s.split(",")], required=True,
                       help="feature indices, comma-separated")
     card.set_defaults(func=_sae_card)
+    from baselines.sentiment import ChecksConfig
+
+    vectors = commands.add_parser("vectors", help="steering-vector baselines").add_subparsers(dest="vectors_command", required=True)
+    checks = vectors.add_parser("checks", help="Tigges et al.'s checks on toy_sentiment: patching, cosines, ablation, addition")
+    add_arguments(checks, ChecksConfig)
+    checks.set_defaults(func=_vector_checks)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

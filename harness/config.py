@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         elif get_origin(kind) is typing.Literal:
             parser.add_argument(flag, choices=get_args(kind), default=None, help=help_text)
         elif is_list:
-            parser.add_argument(flag, type=lambda s: [x for x in s.split(",") if x], default=None,
+            parser.add_argument(flag, type=lambda s, kind=kind: [kind(x) for x in s.split(",") if x], default=None,
                                 help=f"{help_text} (comma-separated)")
         else:
             parser.add_argument(flag, type=kind, default=None, help=help_text)

@@ -111,9 +111,7 @@ def test_checks_run_and_patching_with_the_identity_direction_flips_nothing(tiny_
     from baselines.contrast import sentiment_contrast
 
     model, tokenizer = tiny_model
-    test = sentiment_contrast(tokenizer, "validation")
-    test.prompts, test.labels = test.prompts[:40], test.labels[:40]
-    test.read_positions, test.pair_ids = test.read_positions[:40], test.pair_ids[:40]
+    test = sentiment_contrast(tokenizer, "validation").head(40)
     u = torch.zeros(64)
     u[0] = 1.0
     clean = clean_scores(model, tokenizer, test)
@@ -123,3 +121,28 @@ def test_checks_run_and_patching_with_the_identity_direction_flips_nothing(tiny_
     assert 0.0 <= ablated["accuracy"] <= 1.0
     added = activation_addition(model, tokenizer, test, 2, u, gap=1.0, coefficients=[0.0, -2.0])
     assert added[0.0] == pytest.approx(clean["mean_logit_diff"], abs=1e-4)
+
+
+def test_vector_checks_cli_writes_tables_plots_and_artifacts(tmp_path, tiny_dir):
+    import json
+
+    from harness.cli import main
+    from harness.vectors import SteeringVectors
+
+    results = tmp_path / "results"
+    assert main(["vectors", "checks", "--model", tiny_dir, "--layers", "1,2", "--das-layers", "2", "--das-steps", "2", "--limit", "40",
+                 "--dtype", "float32", "--device", "cpu", "--results-dir", str(results),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = results / "vectors" / "toy_sentiment"
+    record = json.loads((out / "checks.json").read_text())
+    assert record["chosen_layer"] in (1, 2)
+    assert set(record["patching"]["test"]) == {"mean_diff", "kmeans", "probe", "pca", "das", "random"}
+    assert set(record["patching"]["test"]["das"]) == {"2"}
+    for path in ("checks.md", "patching.png", "cosine.png"):
+        assert (out / path).stat().st_size > 0
+    matrix = torch.tensor(record["cosine"]["matrix"])
+    assert_close(matrix.diagonal(), torch.ones(len(matrix)), atol=1e-5, rtol=0)
+    artifact = SteeringVectors.load(record["artifacts"]["probe"])
+    assert artifact.method == "probe" and list(artifact.vectors) == [record["chosen_layer"]]
+    exported = artifact.export_lmeval_steered(tmp_path / "probe.pt")
+    assert exported.exists()
