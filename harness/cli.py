@@ -101,18 +101,21 @@ def _tasks(args: argparse.Namespace) -> None:
     print(f"{', '.join(LOCAL_TASKS)}, arc: {source}")
 
 
+def _command(group, name: str, help_text: str, config_cls: type, func) -> None:
+    """A subcommand whose flags come from a config dataclass (see harness.config)."""
+    parser = group.add_parser(name, help=help_text)
+    add_arguments(parser, config_cls)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.bench import BenchConfig
     from harness.perf import PerfConfig
 
     parser = argparse.ArgumentParser(prog="crl-bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    bench = commands.add_parser("bench", help="evaluate every method on every task; write results/")
-    add_arguments(bench, BenchConfig)
-    bench.set_defaults(func=_bench)
-    perf = commands.add_parser("perf", help="time and memory of lm-eval's hf vs our wrappers")
-    add_arguments(perf, PerfConfig)
-    perf.set_defaults(func=_perf)
+    _command(commands, "bench", "evaluate every method on every task; write results/", BenchConfig, _bench)
+    _command(commands, "perf", "time and memory of lm-eval's hf vs our wrappers", PerfConfig, _perf)
     info = commands.add_parser("model-info", help="layers, d_model, hook points of a model")
     info.add_argument("--model", default="gemma-3-270m")
     info.set_defaults(func=_model_info)
@@ -123,12 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.sae.quality import SAEEvalConfig
     from harness.sae.train import SAETrainConfig
 
-    train = sae.add_parser("train", help="train an SAE with sae-lens on a model layer, then measure it")
-    add_arguments(train, SAETrainConfig)
-    train.set_defaults(func=_sae_train)
-    evaluate = sae.add_parser("eval", help="quality record and feature cards for any SAE (--sae release/id, dir, auto)")
-    add_arguments(evaluate, SAEEvalConfig)
-    evaluate.set_defaults(func=_sae_eval)
+    _command(sae, "train", "train an SAE with sae-lens on a model layer, then measure it", SAETrainConfig, _sae_train)
+    _command(sae, "eval", "quality record and feature cards for any SAE (--sae release/id, dir, auto)",
+             SAEEvalConfig, _sae_eval)
     card = sae.add_parser("card", help="print feature cards (after `sae eval`)")
     card.add_argument("--model", default="gemma-3-270m")
     card.add_argument("--sae", default="auto")
@@ -139,9 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     from baselines.sentiment import ChecksConfig
 
     vectors = commands.add_parser("vectors", help="steering-vector baselines").add_subparsers(dest="vectors_command", required=True)
-    checks = vectors.add_parser("checks", help="Tigges et al.'s checks on toy_sentiment: patching, cosines, ablation, addition")
-    add_arguments(checks, ChecksConfig)
-    checks.set_defaults(func=_vector_checks)
+    _command(vectors, "checks", "Tigges et al.'s checks on toy_sentiment: patching, cosines, ablation, addition",
+             ChecksConfig, _vector_checks)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

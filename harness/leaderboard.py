@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ KEY = ("model", "task", "method", "setting", "seed", "metric")
 
 
 @dataclass
-class Row:
+class Identity:
+    """What a leaderboard row is about (KEY plus the lm-eval filter)."""
+
     model: str
     task: str
     method: str
@@ -27,6 +29,13 @@ class Row:
     seed: int
     metric: str
     filter: str
+
+    def identity(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(Identity)}
+
+
+@dataclass
+class Row(Identity):
     value: float
     ci95: tuple[float, float]
     n: int
@@ -39,16 +48,9 @@ class Row:
 
 
 @dataclass
-class Scores:
+class Scores(Identity):
     """Per-item scores of one evaluated (model, task, method) for one metric."""
 
-    model: str
-    task: str
-    method: str
-    setting: str
-    seed: int
-    metric: str
-    filter: str
     doc_ids: list[int]
     values: list[float]
     run_dir: str
@@ -72,8 +74,7 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
         elif s.method == "base":
             delta = 0.0
         rows.append(
-            Row(model=s.model, task=s.task, method=s.method, setting=s.setting, seed=s.seed, metric=s.metric,
-                filter=s.filter, value=value, ci95=mean_ci95(s.values), n=len(s.values), delta_vs_base=delta,
+            Row(**s.identity(), value=value, ci95=mean_ci95(s.values), n=len(s.values), delta_vs_base=delta,
                 p_vs_base=None, run_dir=s.run_dir)
         )
         raw_p.append(p)
