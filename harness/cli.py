@@ -59,7 +59,9 @@ def _sae_assess(config) -> None:
 
     info = model_info(config.model)
     device = config.device or default_device()
-    loaded = load_sae(config.sae, info, config.layer, dtype=config.sae_dtype, device=device)
+    # an auto SAE that has to be trained trains on the corpus it will be measured on
+    train_options = {"corpus": config.eval_corpus} if config.eval_corpus else {}
+    loaded = load_sae(config.sae, info, config.layer, dtype=config.sae_dtype, device=device, **train_options)
     model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
     record = assess(loaded, model, tokenizer, config)
     print(json.dumps({"sae": loaded.name, "layer": loaded.layer, **record["metrics"]}, indent=2))

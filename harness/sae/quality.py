@@ -37,7 +37,7 @@ class SAEEvalConfig:
     sae: str = field(default="auto", metadata={"help": "sae-lens <release>/<id>, a local sae-lens directory, or auto"})
     layer: int | None = field(default=None, metadata={"help": "layer the SAE reads (default: the SAE's own, or the middle layer for auto)"})
     sae_dtype: str = field(default="float32", metadata={"help": "dtype the SAE is loaded and run in"})
-    eval_corpus: str | None = field(default=None, metadata={"help": "held-out text: default the SAE's training corpus if known, else builtin"})
+    eval_corpus: str | None = field(default=None, metadata={"help": "held-out text: default the SAE's training corpus if known, else builtin (an auto SAE that must be trained trains on this corpus)"})
     sequences: int = field(default=512, metadata={"help": "held-out sequences scanned for L0, FVU, dead features and cards"})
     ce_sequences: int = field(default=64, metadata={"help": "held-out sequences for the cross-entropy metrics (3 full forwards each)"})
     context_size: int = field(default=128, metadata={"help": "tokens per held-out sequence"})
