@@ -59,6 +59,8 @@ class SAETrainConfig:
     architecture: Literal["topk"] = field(default="topk", metadata={"help": "SAE architecture (sae-lens TopK)"})
 
     def __post_init__(self) -> None:
+        if Path(self.corpus).expanduser().exists():  # one cache entry however the path is written
+            self.corpus = str(Path(self.corpus).expanduser().resolve())
         for name in ("width", "k", "tokens", "context_size", "batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
