@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.activations import residuals
+from harness.sparse_logits import logits_at
 from harness.steering import Intervention, PolicyIntervention, StepContext, steer
 
 
@@ -119,8 +120,12 @@ def logit_diff(model: nn.Module, tokenizer, contrast: Contrast, indices: Tensor,
     device = next(model.parameters()).device
     ids, mask = batch(tokenizer, [contrast.prompts[i] for i in indices], device)
     neg, pos = contrast.class_tokens
-    with torch.set_grad_enabled(grad), steer(model, list(interventions)):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits[:, -1]
+    # logits only at the (left-padded) last position, gathered contiguously: transformers'
+    # `logits_to_keep=1` hands the unembedding a strided slice, and a bf16 matmul on a
+    # non-contiguous input is ~1000x slower on CPU (60 s instead of 0.05 s per batch).
+    last = torch.full((ids.shape[0], 1), ids.shape[1] - 1, dtype=torch.long, device=device)
+    with torch.set_grad_enabled(grad), steer(model, list(interventions)), logits_at(model, last):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1]
     return (logits[:, pos] - logits[:, neg]).float()
 
 
