@@ -1,8 +1,9 @@
 """The causal checks of Tigges et al. on the sentiment task, for directions at a layer.
 
 - `directional_patching`: for each opposite-label pair, the base prompt's component along
-  u at the read position (the adjective) is replaced by the source prompt's; the share of
-  pairs whose predicted label (sign of the logit difference) flips to the source's label.
+  u at the read position (the adjective) is replaced by the source prompt's; of the base
+  prompts whose clean prediction (sign of the logit difference) is not already the
+  source's label, the share whose prediction flips to it (so a random direction scores ~0).
 - `directional_ablation`: the component along u is replaced by its training-set mean at
   every non-BOS position (mean ablation); accuracy and mean |logit difference|, to
   compare with the same for a random direction.
@@ -33,13 +34,20 @@ def _batches(n: int, size: int):
 
 @torch.no_grad()
 def directional_patching(model: nn.Module, tokenizer, test: Contrast, layer: int, u: Tensor,
-                         source_acts: Tensor | None = None, batch_size: int = 32) -> float:
-    """Share of (base, source) opposite-label prompts whose prediction flips to the source label."""
+                         source_acts: Tensor | None = None, batch_size: int = 32,
+                         clean_predictions: Tensor | None = None) -> float:
+    """Of base prompts not already predicting the source's label, the share that flips to it."""
     pairs = test.pairs()
     base = torch.cat([pairs[:, 0], pairs[:, 1]])
     source = torch.cat([pairs[:, 1], pairs[:, 0]])
     if source_acts is None:
         source_acts = collect(model, tokenizer, test, [layer])[:, 0]
+    if clean_predictions is None:
+        clean_predictions = predictions(model, tokenizer, test, batch_size)
+    eligible = clean_predictions[base] != test.labels[source]
+    base, source = base[eligible], source[eligible]
+    if len(base) == 0:
+        return float("nan")
     flipped = 0
     for chunk in _batches(len(base), batch_size):
         b, s = base[chunk], source[chunk]
@@ -49,6 +57,13 @@ def directional_patching(model: nn.Module, tokenizer, test: Contrast, layer: int
         diff = logit_diff(model, tokenizer, test, b, [patch])
         flipped += int(((diff > 0).long().cpu() == test.labels[s]).sum())
     return flipped / len(base)
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, tokenizer, contrast: Contrast, batch_size: int = 32) -> Tensor:
+    """Long[N]: the clean predicted label (1 = positive) of every prompt."""
+    return torch.cat([(logit_diff(model, tokenizer, contrast, idx) > 0).long().cpu()
+                      for idx in _batches(len(contrast), batch_size)])
 
 
 def _project_out(layer: int, u: Tensor, mean_projection: float) -> PolicyIntervention:

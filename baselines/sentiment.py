@@ -120,10 +120,12 @@ def run(config: ChecksConfig) -> Path:
 
     patching: dict[str, dict[str, dict[int, float]]] = {"validation": {}, "test": {}}
     for split, contrast in (("validation", val), ("test", test)):
+        clean_predictions = checks.predictions(model, tokenizer, contrast, config.batch_size)
         for li, layer in enumerate(tqdm(layers, desc=f"patching ({split})", unit="layer")):
             source = acts[split][:, li]
             for name, u in {**directions[layer], "random": control}.items():
-                flip = checks.directional_patching(model, tokenizer, contrast, layer, u, source, config.batch_size)
+                flip = checks.directional_patching(model, tokenizer, contrast, layer, u, source, config.batch_size,
+                                                   clean_predictions)
                 patching[split].setdefault(name, {})[layer] = flip
     methods = [m for m in METHODS if m != "das"]
     chosen = max(layers, key=lambda layer: sum(patching["validation"][m][layer] for m in methods))
@@ -133,7 +135,7 @@ def run(config: ChecksConfig) -> Path:
     x_chosen = acts["train"][:, layers.index(chosen)]
     clean = checks.clean_scores(model, tokenizer, test, config.batch_size)
     ablation, addition, gaps = {}, {}, {}
-    for name, u in {**at, "random": control}.items():
+    for name, u in tqdm({**at, "random": control}.items(), desc=f"ablation and addition (layer {chosen})", unit="direction"):
         mean_proj = checks.mean_projection(model, tokenizer, train, chosen, u)
         ablation[name] = checks.directional_ablation(model, tokenizer, test, chosen, u, mean_proj, config.batch_size)
         gaps[name] = class_gap(x_chosen, train.labels, u) if name != "random" else class_gap(x_chosen, train.labels, directions[chosen]["mean_diff"])
@@ -205,7 +207,10 @@ def render(record: dict[str, Any]) -> str:
              f"{record['n']['train']} training prompts fit the directions; layer {layer} was chosen by "
              f"directional patching on the {record['n']['validation']} validation prompts; everything below is "
              f"on the {record['n']['test']} test prompts ({record['n']['test_pairs']} opposite-label pairs).", "",
-             "## Directional patching (share of predictions flipped to the source's label)", "",
+             "## Directional patching", "",
+             "Of the test prompts whose clean prediction is not already their pair partner's label, the share "
+             "whose prediction flips to the partner's label when the direction's component at the adjective "
+             "is patched in from the partner (a random direction should score about 0).", "",
              "![patching](patching.png)", "",
              "| layer | " + " | ".join(record["patching"]["test"]) + " |",
              "|---:|" + "---:|" * len(record["patching"]["test"])]

@@ -117,6 +117,16 @@ def test_checks_run_and_patching_with_the_identity_direction_flips_nothing(tiny_
     clean = clean_scores(model, tokenizer, test)
     flip = directional_patching(model, tokenizer, test, 2, u)
     assert 0.0 <= flip <= 1.0
+    # patching in a prompt's own component is the identity: nothing may flip
+    from baselines.contrast import collect
+
+    own = collect(model, tokenizer, test, [2])[:, 0]
+    partner = torch.empty(len(test), dtype=torch.long)
+    pairs = test.pairs()
+    partner[pairs[:, 0]], partner[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+    as_if_source = torch.empty_like(own)
+    as_if_source[partner] = own  # the "source" activations handed to each base are its own
+    assert directional_patching(model, tokenizer, test, 2, u, source_acts=as_if_source) == 0.0
     ablated = directional_ablation(model, tokenizer, test, 2, u, mean_projection=0.0)
     assert 0.0 <= ablated["accuracy"] <= 1.0
     added = activation_addition(model, tokenizer, test, 2, u, gap=1.0, coefficients=[0.0, -2.0])
