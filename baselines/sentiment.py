@@ -84,9 +84,8 @@ def run(config: ChecksConfig) -> Path:
     from baselines import checks
     from baselines.contrast import collect, sentiment_contrast
     from baselines.fitters import FITTERS, METHODS, orient, class_gap
-    from harness.bench import model_slug
     from harness.manifest import build_manifest, write_json
-    from harness.models import default_device, load_causal_lm, model_info
+    from harness.models import default_device, load_causal_lm, model_info, model_slug
     from harness.paths import runs_root
     from harness.vectors import SteeringVectors
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from harness.leaderboard import Scores, build_rows, write
 from harness.manifest import build_manifest, write_json
-from harness.models import DEFAULT_MODEL
+from harness.models import DEFAULT_MODEL, model_slug
 from harness.paths import runs_root
 from harness.tasks import DATA_ENV, LOCAL_TASKS, data_dir
 
@@ -56,10 +56,6 @@ class BenchConfig:
             raise ValueError(f"--limit must be a positive number of items, got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-
-
-def model_slug(model: str) -> str:
-    return Path(model).name if Path(model).exists() else model.replace("/", "__")
 
 
 @dataclass
@@ -135,7 +131,7 @@ def read_scores(stage: Stage, model: str) -> list[Scores]:
 
 
 def _sae_stage(config: BenchConfig, console: Any) -> None:
-    from harness.models import default_device, load_causal_lm, model_info
+    from harness.models import default_device, model_info
     from harness.sae import load_sae
     from harness.sae.assess import assess
     from harness.sae.quality import SAEEvalConfig
@@ -145,11 +141,9 @@ def _sae_stage(config: BenchConfig, console: Any) -> None:
     info = model_info(config.model)
     started = time.time()
     loaded = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
-    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
-    record = assess(loaded, model, tokenizer, SAEEvalConfig(
+    record = assess(loaded, SAEEvalConfig(
         model=config.model, sae=config.sae, layer=loaded.layer, eval_corpus=None if loaded.source == "trained" else config.sae_corpus,
         dtype=config.dtype, device=device, results_dir=config.results_dir))
-    del model
     m = record["metrics"]
     console.print(f"SAE {loaded.name} (layer {loaded.layer}, {loaded.d_sae} features): L0 {m['l0']:.1f}, "
                   f"FVU {m['fvu']:.3f}, CE recovered {m['ce_loss_recovered']:.3f}, dead {m['dead_fraction']:.1%} "

@@ -32,28 +32,25 @@ def _model_info(args: argparse.Namespace) -> None:
 def _sae_train(args: argparse.Namespace) -> None:
     from harness.sae.train import SAETrainConfig, train_sae
 
+    from harness.sae.quality import SAEEvalConfig
+
     config = from_args(SAETrainConfig, args)
     directory = train_sae(config)
     print(f"SAE: {directory}")
-    _sae_assess(from_args(_sae_eval_config(), argparse.Namespace(
-        model=config.model, sae=str(directory), layer=config.layer, device=config.device,
-        dtype=config.dtype, results_dir=config.results_dir)))
-
-
-def _sae_eval_config():
-    from harness.sae.quality import SAEEvalConfig
-
-    return SAEEvalConfig
+    _sae_assess(SAEEvalConfig(model=config.model, sae=str(directory), layer=config.layer, device=config.device,
+                              dtype=config.dtype, results_dir=config.results_dir))
 
 
 def _sae_eval(args: argparse.Namespace) -> None:
-    _sae_assess(from_args(_sae_eval_config(), args))
+    from harness.sae.quality import SAEEvalConfig
+
+    _sae_assess(from_args(SAEEvalConfig, args))
 
 
 def _sae_assess(config) -> None:
     import json
 
-    from harness.models import default_device, load_causal_lm, model_info
+    from harness.models import default_device, model_info
     from harness.sae import load_sae
     from harness.sae.assess import assess
 
@@ -62,8 +59,7 @@ def _sae_assess(config) -> None:
     # an auto SAE that has to be trained trains on the corpus it will be measured on
     train_options = {"corpus": config.eval_corpus} if config.eval_corpus else {}
     loaded = load_sae(config.sae, info, config.layer, dtype=config.sae_dtype, device=device, **train_options)
-    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
-    record = assess(loaded, model, tokenizer, config)
+    record = assess(loaded, config)
     print(json.dumps({"sae": loaded.name, "layer": loaded.layer, **record["metrics"]}, indent=2))
     print(f"quality and feature cards: {loaded.directory}; table: {config.results_dir}/saes/README.md")
 

@@ -18,7 +18,7 @@ from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
 from harness.artifacts import read_config, require_run_dir
-from harness.models import describe, resolve_model
+from harness.models import default_device, describe, resolve_dtype, resolve_model
 from harness.sparse_logits import logits_at
 from harness.steering import Intervention, steer
 from harness.vectors import HOW_TO_MAKE, SteeringVectors
@@ -33,9 +33,8 @@ class LeanHFLM(HFLM):
     """
 
     def __init__(self, pretrained: str = "gemma-3-270m", device: str | None = None, dtype: str = "auto", **kwargs):
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto" and str(device).startswith("cpu"):
-            dtype = "bfloat16"
+        device = device or default_device()
+        dtype = resolve_dtype(dtype, device)
         if isinstance(pretrained, str):
             pretrained = resolve_model(pretrained)
         super().__init__(pretrained=pretrained, device=device, dtype=dtype, **kwargs)

@@ -38,6 +38,11 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 }
 
 
+def model_slug(model: str) -> str:
+    """A folder name for a `--model` value: a local directory's name, or the id with `/` -> `__`."""
+    return Path(model).name if Path(model).exists() else model.replace("/", "__")
+
+
 def embedded_model_dir(name: str) -> Path:
     return cache_root() / "models" / name
 
@@ -217,7 +222,7 @@ def resolve_dtype(dtype: str, device: str) -> "torch.dtype | str":
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device == "cpu" else "auto"
+        return torch.bfloat16 if str(device).startswith("cpu") else "auto"
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}; pass auto, bfloat16, float16 or float32")
     return getattr(torch, dtype)

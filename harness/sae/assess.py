@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.manifest import build_manifest, write_json
+from harness.models import model_slug
 from harness.sae.cards import CARDS, build_cards, render_card, write_cards
 from harness.sae.provision import LoadedSAE
 from harness.sae.quality import SAEEvalConfig, measure
@@ -26,8 +27,7 @@ TARGETS = {"l0": ("<=", 64), "fvu": ("<=", 0.25), "ce_loss_recovered": (">=", 0.
 
 
 def slug(model: str, name: str) -> str:
-    model = Path(model).name if Path(model).exists() else model
-    return re.sub(r"[^A-Za-z0-9_.-]+", "__", f"{model}__{name}")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "__", f"{model_slug(model)}__{name}")
 
 
 def _training(loaded: LoadedSAE) -> dict[str, Any]:
@@ -47,14 +47,19 @@ def meets_targets(metrics: dict[str, float]) -> dict[str, bool]:
     return out
 
 
-def assess(loaded: LoadedSAE, model, tokenizer, config: SAEEvalConfig) -> dict[str, Any]:
-    """Measure (or reuse) quality and cards for `loaded`; publish to `config.results_dir`."""
+def assess(loaded: LoadedSAE, config: SAEEvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
+    """Measure (or reuse) quality and cards for `loaded`; publish to `config.results_dir`.
+
+    The model is loaded (from `config`) only when something has to be measured.
+    """
+    from harness.models import default_device, load_causal_lm
     from harness.sae.corpus import load_corpus
 
     training = _training(loaded)
     corpus_spec = config.eval_corpus or (training.get("corpus") or {}).get("spec") or "builtin"
-    settings = {k: v for k, v in asdict(config).items() if k not in ("force", "results_dir", "device")}
-    settings["eval_corpus"] = corpus_spec
+    # what the numbers depend on: the SAE itself (not how it was named), the model and the settings
+    settings = {k: v for k, v in asdict(config).items() if k not in ("force", "results_dir", "device", "sae", "layer")}
+    settings.update(eval_corpus=corpus_spec, sae=loaded.name, layer=loaded.layer)
     quality_path = loaded.directory / QUALITY
     if quality_path.exists() and (loaded.directory / CARDS).exists() and not config.force:
         record = json.loads(quality_path.read_text())
@@ -63,6 +68,8 @@ def assess(loaded: LoadedSAE, model, tokenizer, config: SAEEvalConfig) -> dict[s
             return record
     corpus = load_corpus(corpus_spec)
     texts = corpus.chunks("heldout", seed=1)
+    if model is None:
+        model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=config.device or default_device())
     started = time.perf_counter()
     metrics, scan, blocks = measure(model, tokenizer, loaded, texts, config)
     cards = build_cards(model, tokenizer, loaded.directions(), scan, blocks)

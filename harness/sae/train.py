@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.manifest import build_manifest, write_json
-from harness.models import DEFAULT_MODEL
+from harness.models import DEFAULT_MODEL, model_slug
 from harness.paths import cache_root
 
 CONFIG = "config.json"
@@ -79,8 +79,7 @@ class SAETrainConfig:
         if self.out_dir:
             return Path(self.out_dir).expanduser().resolve()
         key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
-        model = Path(self.model).name if Path(self.model).exists() else self.model.replace("/", "__")
-        return cache_root() / "saes" / model / f"layer{self.layer}-w{self.width}-k{self.k}-{key}"
+        return cache_root() / "saes" / model_slug(self.model) / f"layer{self.layer}-w{self.width}-k{self.k}-{key}"
 
 
 def finished(directory: Path) -> bool:
