@@ -6,8 +6,8 @@ activation, `h_base + ((h_source - h_base) . u) u` — makes the model predict t
 label: the objective is the logit difference of the source label over the base label
 (the paper's choice). The LLM stays frozen; only u trains.
 
-`fit_das` is model-agnostic: it optimises any differentiable `objective(u) -> loss`; the
-language-model objective is built by `baselines.contrast.das_objective`.
+`fit_das` is model-agnostic: it optimises any differentiable `objective(u) -> loss`;
+`contrast_das` builds the language-model objective from a contrast's opposite-label pairs.
 """
 
 from __future__ import annotations
@@ -39,6 +39,42 @@ def fit_das(objective: Callable[[Tensor], Tensor], d_model: int, steps: int = 60
         loss.backward()
         optimiser.step()
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     with torch.no_grad():
         return (raw / raw.norm()).detach()
+
+
+def contrast_das(model: torch.nn.Module, tokenizer, contrast, layer: int, acts_layer: Tensor, steps: int,
+                 lr: float, batch: int, seed: int, on_step: Callable[[int, float], None] | None = None) -> Tensor:
+    """DAS on a contrast with a two-answer readout (`Contrast.has_readout`): each step
+    interchanges u's component at the read position between `batch` base/source items of
+    opposite-label pairs (both directions) and maximises the source label's logit difference.
+
+    `model` should be fp32 on CPU (bf16 backward passes are ~12x slower there);
+    `acts_layer` is Float[N, D], the items' activations at `layer` (the source values).
+    """
+    from baselines.contrast import at_positions, logit_diff
+
+    if not contrast.has_readout:
+        raise ValueError(f"DAS needs a two-answer readout; the {contrast.kind} contrast of {contrast.task} has none")
+    pairs = contrast.pairs()
+    if len(pairs) == 0:
+        raise ValueError(f"the {contrast.split} contrast of {contrast.task} has no opposite-label pairs for DAS")
+    base = torch.cat([pairs[:, 0], pairs[:, 1]])
+    source = torch.cat([pairs[:, 1], pairs[:, 0]])
+    order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
+    base, source = base[order], source[order]
+    cursor = {"i": 0}
+
+    def objective(u: Tensor) -> Tensor:
+        start = cursor["i"] % len(base)
+        cursor["i"] += batch
+        b, s = base[start:start + batch], source[start:start + batch]
+        h_src = acts_layer[s]
+        patch = at_positions(layer, contrast.read_positions[b],
+                             lambda h, rows: interchange(h.float(), h_src[rows.cpu()].to(h.device), u.to(h.device)))
+        diff = logit_diff(model, tokenizer, contrast, b, [patch], grad=True)
+        sign = (contrast.labels[s].float() * 2 - 1).to(diff.device)
+        return -(sign * diff).mean()
+
+    return fit_das(objective, acts_layer.shape[-1], steps=steps, lr=lr, seed=seed, on_step=on_step)

@@ -12,7 +12,8 @@
 
 Writes `results/vectors/<task>/checks.{json,md}`, `patching.png`, `cosine.png`, and one
 steering artifact per method (run dir: config.json, vectors.safetensors, manifest.json)
-under `<runs>/<model>/vectors/<task>/<method>/`.
+under `<runs>/<model>/vector-checks/<task>/<method>/` (the leaderboard vectors, chosen by a
+validation sweep, are `crl-bench train vectors`, in `baselines.train`).
 """
 
 from __future__ import annotations
@@ -52,37 +53,13 @@ class ChecksConfig:
             raise ValueError("--das-steps must be >= 0, --das-batch >= 2 and --batch-size >= 1")
 
 
-def _das(model32, tokenizer, train, layer, init_seed, config, acts_layer) -> torch.Tensor:
-    from baselines.contrast import at_positions, logit_diff
-    from baselines.das import fit_das, interchange
-
-    pairs = train.pairs()
-    base = torch.cat([pairs[:, 0], pairs[:, 1]])
-    source = torch.cat([pairs[:, 1], pairs[:, 0]])
-    order = torch.randperm(len(base), generator=torch.Generator().manual_seed(config.seed))
-    base, source = base[order], source[order]
-    cursor = {"i": 0}
-
-    def objective(u: torch.Tensor) -> torch.Tensor:
-        start = cursor["i"] % len(base)
-        cursor["i"] += config.das_batch
-        b, s = base[start:start + config.das_batch], source[start:start + config.das_batch]
-        h_src = acts_layer[s]
-        patch = at_positions(layer, train.read_positions[b],
-                             lambda h, rows: interchange(h.float(), h_src[rows.cpu()].to(h.device), u.to(h.device)))
-        diff = logit_diff(model32, tokenizer, train, b, [patch], grad=True)
-        sign = (train.labels[s].float() * 2 - 1).to(diff.device)
-        return -(sign * diff).mean()
-
-    return fit_das(objective, acts_layer.shape[-1], steps=config.das_steps, lr=config.das_lr, seed=init_seed)
-
-
 def run(config: ChecksConfig) -> Path:
     from rich.console import Console
     from tqdm.auto import tqdm
 
     from baselines import checks
     from baselines.contrast import collect, sentiment_contrast
+    from baselines.das import contrast_das
     from baselines.fitters import FITTERS, METHODS, orient, class_gap
     from harness.manifest import build_manifest, write_json
     from harness.models import default_device, load_causal_lm, model_info, model_slug
@@ -112,7 +89,8 @@ def run(config: ChecksConfig) -> Path:
     if das_layers and config.das_steps:
         model32, _ = load_causal_lm(config.model, dtype="float32", device=device)
         for layer in tqdm(das_layers, desc="DAS", unit="layer"):
-            u = _das(model32, tokenizer, train, layer, config.seed, config, acts["train"][:, layers.index(layer)])
+            u = contrast_das(model32, tokenizer, train, layer, acts["train"][:, layers.index(layer)],
+                             config.das_steps, config.das_lr, config.das_batch, config.seed)
             directions[layer]["das"] = orient(u, acts["train"][:, layers.index(layer)], train.labels)
         del model32
     control = checks.random_direction(info.d_model, config.seed)
@@ -140,7 +118,7 @@ def run(config: ChecksConfig) -> Path:
         gaps[name] = class_gap(x_chosen, train.labels, u) if name != "random" else class_gap(x_chosen, train.labels, directions[chosen]["mean_diff"])
         addition[name] = checks.activation_addition(model, tokenizer, test, chosen, u, gaps[name], ADDITION_COEFS, config.batch_size)
 
-    runs = (Path(config.runs_dir) if config.runs_dir else runs_root()) / model_slug(config.model) / "vectors" / config.task
+    runs = (Path(config.runs_dir) if config.runs_dir else runs_root()) / model_slug(config.model) / "vector-checks" / config.task
     artifacts = {}
     for name, u in at.items():
         artifact = SteeringVectors(vectors={chosen: u * gaps[name]}, coefficient=1.0, positions="all", method=name,

@@ -6,10 +6,18 @@ its results (`results.json`), `manifest.json`, and `stage.json`, written last. A
 whose `stage.json` matches the current settings is reused; `--force` recomputes it.
 A failing stage stops the run with its error, and every finished stage stays on disk.
 
-Before the evaluations, the SAE stage provisions the SAE (`--sae`; `auto` trains one for a
-model without a published SAE, once, then reuses it) and writes its quality record and
-feature cards (`results/saes/`). For now the evaluated method is the base model (`base`);
-later methods add stages here.
+Before the evaluations:
+
+- the SAE stage provisions the SAE (`--sae`; `auto` trains one for a model without a
+  published SAE, once, then reuses it) and writes its quality record and feature cards
+  (`results/saes/`);
+- the vector stage fits the steering directions of `--vectors` on each task and chooses
+  their layer and coefficient on the validation split (`baselines.train`, reused when its
+  settings are unchanged; an interrupted sweep resumes from its last scored point).
+
+Evaluated methods: the base model (`base`) and each steering vector (`vector`, setting =
+the direction finder). Rows leave out the documents a task reserves for training when it
+has no training split of its own (`harness.splits`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ class BenchConfig:
     sae: str = field(default="auto", metadata={"help": "SAE for the SAE-based methods: sae-lens <release>/<id>, a directory, auto (published, else trained and cached), or none"})
     sae_layer: int | None = field(default=None, metadata={"help": "layer of the SAE (default: the SAE's own; the middle layer for auto)"})
     sae_corpus: str = field(default="builtin", metadata={"help": "text to train an auto SAE on and to measure SAEs with (see `crl-bench sae train --help`)"})
+    vectors: list[str] = field(default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
+                               metadata={"help": "steering-vector methods to train and evaluate (none: skip)"})
+    vector_val_limit: int | None = field(default=64, metadata={"help": "validation documents per point of the vector sweep"})
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
     results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
@@ -52,6 +63,15 @@ class BenchConfig:
             self.tasks = [t for t in self.tasks.split(",") if t]
         if not self.tasks:
             raise ValueError("no tasks given; pass --tasks toy_sentiment,arith_mc (comma-separated)")
+        if isinstance(self.vectors, str):
+            self.vectors = [v for v in self.vectors.split(",") if v]
+        if self.vectors in (["none"], []):
+            self.vectors = []
+        from baselines.fitters import METHODS
+
+        unknown = [v for v in self.vectors if v not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown --vectors {', '.join(unknown)}; choose from {', '.join(METHODS)}, or none")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive number of items, got {self.limit}")
         if self.batch_size < 1:
@@ -64,6 +84,7 @@ class Stage:
     task: str
     settings: dict[str, Any]
     run_dir: Path
+    artifact: Path | None = None  # the steering artifact a vector stage evaluates
 
     @property
     def fingerprint(self) -> str:
@@ -74,14 +95,48 @@ class Stage:
         return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == self.fingerprint
 
 
+def _file_digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def vector_config(config: BenchConfig, task: str) -> Any:
+    from baselines.train import VectorTrainConfig
+
+    return VectorTrainConfig(model=config.model, task=task, methods=list(config.vectors), val_limit=config.vector_val_limit,
+                             batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, device=config.device,
+                             results_dir=config.results_dir, runs_dir=config.runs_dir)
+
+
 def plan(config: BenchConfig) -> list[Stage]:
+    """Evaluation stages; a vector stage is planned once its task's artifacts exist."""
+    from baselines.train import vectors_dir
+    from harness.vectors import VECTORS_FILE
+
     root = Path(config.runs_dir) if config.runs_dir else runs_root()
+    slug = model_slug(config.model)
     stages = []
     for task in config.tasks:
-        settings = {"model": config.model, "method": "base", "task": task, "limit": config.limit,
-                    "seed": config.seed, "dtype": config.dtype}
-        stages.append(Stage("base", task, settings, root / model_slug(config.model) / "base" / task))
+        common = {"model": config.model, "task": task, "limit": config.limit, "seed": config.seed, "dtype": config.dtype}
+        stages.append(Stage("base", task, {**common, "method": "base"}, root / slug / "base" / task))
+        for method in config.vectors:
+            artifact = vectors_dir(vector_config(config, task)) / method
+            if not (artifact / VECTORS_FILE).exists():
+                continue
+            settings = {**common, "method": "vector", "setting": method,
+                        "artifact": _file_digest(artifact / VECTORS_FILE, artifact / "config.json")}
+            stages.append(Stage("vector", task, settings, root / slug / "vector" / method / task, artifact))
     return stages
+
+
+def interventions(stage: Stage) -> list:
+    if stage.artifact is None:
+        return []
+    from harness.vectors import SteeringVectors
+
+    return [SteeringVectors.load(stage.artifact).intervention()]
 
 
 def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
@@ -113,21 +168,33 @@ def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
     write_json(stage.run_dir / STAGE, {"fingerprint": stage.fingerprint, "settings": stage.settings})
 
 
-def read_scores(stage: Stage, model: str) -> list[Scores]:
-    """Per-item scores from a finished stage's samples.jsonl, one Scores per (filter, metric)."""
+def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset()) -> list[Scores]:
+    """Per-item scores from a finished stage's samples.jsonl, one Scores per (filter, metric);
+    documents in `exclude` (reserved for training, `harness.splits`) are left out."""
     grouped: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
     with open(stage.run_dir / "samples.jsonl") as handle:
         for line in handle:
             sample = json.loads(line)
+            if int(sample["doc_id"]) in exclude:
+                continue
             for metric in sample["metrics"]:
                 ids, values = grouped.setdefault((sample["filter"], metric), ([], []))
                 ids.append(int(sample["doc_id"]))
                 values.append(float(sample[metric]))
     return [
-        Scores(model=model, task=stage.task, method=stage.method, setting="-", seed=stage.settings["seed"],
+        Scores(model=model, task=stage.task, method=stage.method, setting=stage.settings.get("setting", "-"),
+               seed=stage.settings["seed"],
                metric=metric, filter=filter_name, doc_ids=ids, values=values, run_dir=str(stage.run_dir))
         for (filter_name, metric), (ids, values) in sorted(grouped.items())
     ]
+
+
+def _reserved(tasks: list[str], manager: Any) -> dict[str, frozenset[int]]:
+    """Per task, the evaluated documents reserved for training (`harness.splits`)."""
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+
+    return {task: method_splits(load_task(task, manager)).reserved_ids for task in tasks}
 
 
 def _sae_stage(config: BenchConfig, console: Any) -> None:
@@ -162,17 +229,38 @@ def run(config: BenchConfig) -> Path:
     register_models()
     if config.sae != "none":
         _sae_stage(config, console)
+    lm = None
+
+    def shared_lm():
+        nonlocal lm
+        if lm is None:
+            from harness.lm_models import LeanHFLM
+
+            lm = LeanHFLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+        return lm
+
+    if config.vectors:
+        from baselines import train
+
+        for task in config.tasks:
+            vectors = vector_config(config, task)
+            if config.force or not train.sweep_done(vectors):
+                console.rule(f"vectors: {', '.join(config.vectors)} on {task}")
+                train.run(vectors, lm=shared_lm())
     stages = plan(config)
     todo = [s for s in stages if config.force or not s.done()]
-    console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} stages, {len(stages) - len(todo)} reused")
-    if todo:
-        from harness.lm_models import LeanHFLM
-
-        lm = LeanHFLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
-        for number, stage in enumerate(todo, 1):
-            console.rule(f"stage {number}/{len(todo)}: {stage.method} on {stage.task}")
-            _evaluate(lm, stage, config, manager)
-    scores = [s for stage in stages for s in read_scores(stage, config.model)]
+    console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} evaluation stages, {len(stages) - len(todo)} reused")
+    for number, stage in enumerate(todo, 1):
+        label = stage.method + (f" {stage.settings['setting']}" if "setting" in stage.settings else "")
+        console.rule(f"stage {number}/{len(todo)}: {label} on {stage.task}")
+        model = shared_lm()
+        model.active = interventions(stage)
+        try:
+            _evaluate(model, stage, config, manager)
+        finally:
+            model.active = []
+    reserved = _reserved(config.tasks, manager)
+    scores = [s for stage in stages for s in read_scores(stage, config.model, reserved.get(stage.task, frozenset()))]
     path = write(Path(config.results_dir), build_rows(scores), bench_config=asdict(config))
     console.print(f"leaderboard: {path} (+ leaderboard.md, leaderboard.csv)")
     return path

@@ -83,6 +83,14 @@ def _vector_checks(args: argparse.Namespace) -> None:
     sentiment.run(from_args(sentiment.ChecksConfig, args))
 
 
+def _train_vectors(args: argparse.Namespace) -> None:
+    from baselines import train
+
+    record = train.run(from_args(train.VectorTrainConfig, args))
+    for method, path in record["artifacts"].items():
+        print(f"{method}: {path}")
+
+
 def _report(args: argparse.Namespace) -> None:
     from harness.leaderboard import render
 
@@ -139,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     vectors = commands.add_parser("vectors", help="steering-vector baselines").add_subparsers(dest="vectors_command", required=True)
     _command(vectors, "checks", "Tigges et al.'s checks on toy_sentiment: patching, cosines, ablation, addition",
              ChecksConfig, _vector_checks)
+    from baselines.train import VectorTrainConfig
+
+    train = commands.add_parser("train", help="train a method on a task").add_subparsers(dest="train_command", required=True)
+    _command(train, "vectors", "fit the five steering directions; choose layer and coefficient on validation",
+             VectorTrainConfig, _train_vectors)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

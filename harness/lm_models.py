@@ -41,10 +41,13 @@ class LeanHFLM(HFLM):
         if self.backend != "causal":
             raise ValueError(f"{type(self).__name__} supports decoder-only causal LMs; got a {self.backend} model")
         self.info = describe(self.model)
+        # What every forward and generation runs under; none for the plain base model. Code
+        # that evaluates many settings on one loaded model (the vector sweep, bench) swaps it.
+        self.active: list[Intervention] = []
 
     def interventions(self) -> list[Intervention]:
-        """The interventions applied to every forward; none for the plain base model."""
-        return []
+        """The interventions applied to every forward."""
+        return self.active
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         with steer(self.model, self.interventions()):
@@ -147,10 +150,7 @@ class VectorSteeredLM(LeanHFLM):
             self.info.check_layer(layer)
             self.info.check_vector(vector, what=f"steering vector for layer {layer} in {steer}")
         self.steering = vectors
-        self._interventions = [vectors.intervention()]
-
-    def interventions(self) -> list[Intervention]:
-        return self._interventions
+        self.active = [vectors.intervention()]
 
 
 class RLVRLoraLM(LeanHFLM):

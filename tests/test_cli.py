@@ -44,7 +44,8 @@ def test_plain_lm_eval_cli_lists_local_gsm8k_when_data_is_set(tmp_path):
 
 def _bench(tmp_path, *extra, sae="none"):
     cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3", "--sae", sae,
-           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32", *extra]
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32",
+           "--vectors", "mean_diff,das", "--vector-val-limit", "4", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
@@ -56,18 +57,28 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     assert (Path(tiny_sae_dir) / "quality.json").exists() and (Path(tiny_sae_dir) / "feature_cards.json").exists()
     assert "| sae | 2 | 64 |" in (tmp_path / "results" / "saes" / "README.md").read_text()
     board = json.loads((tmp_path / "results" / "leaderboard.json").read_text())
-    rows = {(r["task"], r["metric"]): r for r in board["rows"]}
-    assert set(rows) == {("toy_sentiment", "acc"), ("arith_mc", "acc")}
+    rows = {(r["task"], r["method"], r["setting"]): r for r in board["rows"]}
+    # DAS needs a two-answer readout: toy_sentiment has one, arith_mc's correctness contrast has not
+    assert set(rows) == {("toy_sentiment", "base", "-"), ("arith_mc", "base", "-"), ("toy_sentiment", "vector", "mean_diff"),
+                         ("toy_sentiment", "vector", "das"), ("arith_mc", "vector", "mean_diff")}
     for row in rows.values():
-        assert row["n"] == 3 and row["method"] == "base" and row["delta_vs_base"] == 0.0
+        assert row["n"] == 3 and row["metric"] == "acc"
         assert row["ci95"][0] <= row["value"] <= row["ci95"][1]
         assert Path(row["run_dir"], "samples.jsonl").exists() and Path(row["run_dir"], "manifest.json").exists()
+        if row["method"] == "base":
+            assert row["delta_vs_base"] == 0.0
+        else:
+            assert row["p_vs_base"] is not None
+    sweep = json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())
+    assert "das" in sweep["skipped"] and sweep["n"]["validation_documents"] == 4
+    assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.png").exists()
     assert (tmp_path / "results" / "leaderboard.md").exists() and (tmp_path / "results" / "leaderboard.csv").exists()
-    samples = Path(rows[("arith_mc", "acc")]["run_dir"], "samples.jsonl")
+    samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
     again = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
-    assert "2 reused" in again.stderr and samples.stat().st_mtime_ns == stamp
+    assert "5 evaluation stages, 5 reused" in again.stderr and "vectors:" not in again.stderr
+    assert samples.stat().st_mtime_ns == stamp
     assert (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns == quality_stamp
     forced = _bench(tmp_path, "--model", tiny_dir, "--force")
     assert forced.returncode == 0 and samples.stat().st_mtime_ns != stamp
