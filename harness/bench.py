@@ -15,8 +15,12 @@ Before the evaluations:
   their layer and coefficient on the validation split (`baselines.train`, reused when its
   settings are unchanged; an interrupted sweep resumes from its last scored point).
 
-Evaluated methods: the base model (`base`) and each steering vector (`vector`, setting =
-the direction finder). Rows leave out the documents a task reserves for training when it
+- the RLVR stage trains a LoRA adapter with TRL's GRPO (`--rlvr`, `--budget`; `rl.rlvr`) on
+  each task it supports, once per seed of the budget, reusing finished runs and resuming
+  killed ones from their last checkpoint.
+
+Evaluated methods: the base model (`base`), each steering vector (`vector`, setting = the
+direction finder) and RLVR (`rlvr`, through `rlvr_lora`). Rows leave out the documents a task reserves for training when it
 has no training split of its own (`harness.splits`).
 """
 
@@ -54,6 +58,8 @@ class BenchConfig:
     vectors: list[str] = field(default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
                                metadata={"help": "steering-vector methods to train and evaluate (none: skip)"})
     vector_val_limit: int | None = field(default=64, metadata={"help": "validation documents per point of the vector sweep"})
+    rlvr: bool = field(default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"})
+    budget: str = field(default="cpu", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, cpu, gpu) or YAML file"})
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
     results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
@@ -85,6 +91,7 @@ class Stage:
     settings: dict[str, Any]
     run_dir: Path
     artifact: Path | None = None  # the steering artifact a vector stage evaluates
+    adapter: Path | None = None  # the LoRA adapter an rlvr stage evaluates
 
     @property
     def fingerprint(self) -> str:
@@ -110,8 +117,18 @@ def vector_config(config: BenchConfig, task: str) -> Any:
                              results_dir=config.results_dir, runs_dir=config.runs_dir)
 
 
+def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
+    """One RLVR run per seed of the budget."""
+    from rl.budget import Budget
+    from rl.rlvr import RLVRConfig
+
+    seeds = Budget.resolve(config.budget).seeds
+    return [RLVRConfig(model=config.model, task=task, budget=config.budget, seed=seed, device=config.device,
+                       results_dir=config.results_dir, runs_dir=config.runs_dir) for seed in seeds]
+
+
 def plan(config: BenchConfig) -> list[Stage]:
-    """Evaluation stages; a vector stage is planned once its task's artifacts exist."""
+    """Evaluation stages; a vector or RLVR stage is planned once its artifact exists."""
     from baselines.train import vectors_dir
     from harness.vectors import VECTORS_FILE
 
@@ -128,6 +145,16 @@ def plan(config: BenchConfig) -> list[Stage]:
             settings = {**common, "method": "vector", "setting": method,
                         "artifact": _file_digest(artifact / VECTORS_FILE, artifact / "config.json")}
             stages.append(Stage("vector", task, settings, root / slug / "vector" / method / task, artifact))
+        if config.rlvr:
+            from rl.rlvr import run_dir_for
+
+            for rl_config in rlvr_configs(config, task):
+                adapter = run_dir_for(rl_config, "rlvr")
+                if not (adapter / "adapter_model.safetensors").exists():
+                    continue
+                settings = {**common, "seed": rl_config.seed, "method": "rlvr",
+                            "adapter": _file_digest(adapter / "adapter_model.safetensors", adapter / "config.json")}
+                stages.append(Stage("rlvr", task, settings, adapter / "eval", adapter=adapter))
     return stages
 
 
@@ -189,6 +216,26 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
     ]
 
 
+def _rlvr_stage(config: BenchConfig, console: Any) -> None:
+    """Train RLVR on every task it supports (reusing finished runs; resuming killed ones)."""
+    from transformers import AutoTokenizer
+
+    from harness.models import resolve_model
+    from harness.tasks import load_task
+    from rl import rlvr
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
+    for task in config.tasks:
+        why = rlvr.unsupported(load_task(task), tokenizer)
+        if why:
+            console.print(f"RLVR skips {task}: {why}")
+            continue
+        for rl_config in rlvr_configs(config, task):
+            if config.force or not rlvr.run_done(rl_config, "rlvr"):
+                console.rule(f"RLVR on {task} (seed {rl_config.seed})")
+                rlvr.train(rl_config)
+
+
 def _reserved(tasks: list[str], manager: Any) -> dict[str, frozenset[int]]:
     """Per task, the evaluated documents reserved for training (`harness.splits`)."""
     from harness.splits import method_splits
@@ -247,12 +294,22 @@ def run(config: BenchConfig) -> Path:
             if config.force or not train.sweep_done(vectors):
                 console.rule(f"vectors: {', '.join(config.vectors)} on {task}")
                 train.run(vectors, lm=shared_lm())
+    if config.rlvr:
+        _rlvr_stage(config, console)
     stages = plan(config)
     todo = [s for s in stages if config.force or not s.done()]
     console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} evaluation stages, {len(stages) - len(todo)} reused")
     for number, stage in enumerate(todo, 1):
         label = stage.method + (f" {stage.settings['setting']}" if "setting" in stage.settings else "")
         console.rule(f"stage {number}/{len(todo)}: {label} on {stage.task}")
+        if stage.adapter is not None:
+            from harness.lm_models import RLVRLoraLM
+
+            adapted = RLVRLoraLM(pretrained=config.model, adapter=str(stage.adapter), batch_size=config.batch_size,
+                                 device=config.device, dtype=config.dtype)
+            _evaluate(adapted, stage, config, manager)
+            del adapted
+            continue
         model = shared_lm()
         model.active = interventions(stage)
         try:

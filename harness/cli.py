@@ -91,6 +91,12 @@ def _train_vectors(args: argparse.Namespace) -> None:
         print(f"{method}: {path}")
 
 
+def _train_rlvr(args: argparse.Namespace) -> None:
+    from rl import rlvr
+
+    print(f"RLVR adapter: {rlvr.train(from_args(rlvr.RLVRConfig, args))}")
+
+
 def _report(args: argparse.Namespace) -> None:
     from harness.leaderboard import render
 
@@ -152,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a method on a task").add_subparsers(dest="train_command", required=True)
     _command(train, "vectors", "fit the five steering directions; choose layer and coefficient on validation",
              VectorTrainConfig, _train_vectors)
+    from rl.rlvr import RLVRConfig
+
+    _command(train, "rlvr", "train a LoRA adapter with TRL's GRPO on the task's reward (the RLVR reference)",
+             RLVRConfig, _train_rlvr)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

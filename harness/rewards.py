@@ -7,7 +7,8 @@ The same function serves TRL's GRPO and the CRL trainer.
 
 - multiple-choice tasks: 1.0 when the completion is the target choice (compared after
   stripping whitespace; an int completion is taken as the chosen choice index), else 0.0;
-- generation tasks: the task's filter pipeline, then the task's own `process_results`
+- generation tasks: the completion cut at the task's `until` strings (as lm-eval's
+  `generate_until` does), the task's filter pipeline, then the task's own `process_results`
   (e.g. gsm8k's strict-match regex and exact_match with its regexes_to_ignore).
 """
 
@@ -75,10 +76,17 @@ def _generation_reward(task: Any, filter_name: str | None, metric: str | None) -
         raise ValueError(f"task {task.config.task!r} has filters {sorted(ensembles)}; got filter {name!r}")
     ensemble = ensembles[name]
     metric_name = metric or task.config.metric_list[0]["metric"]
+    until = [u for u in (task.config.generation_kwargs or {}).get("until", []) if u]
+
+    def truncate(text: str) -> str:
+        # what lm-eval's generate_until does to a generation before the filters see it
+        for stop in until:
+            text = text.split(stop)[0]
+        return text
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **doc_fields: Sequence[Any]) -> list[float]:
         docs = _docs(len(completions), doc_fields)
-        resps: Any = [[_as_text(c)] for c in completions]
+        resps: Any = [[truncate(_as_text(c))] for c in completions]
         for make_filter in ensemble.filters:
             resps = make_filter().apply(resps, docs)
         rewards = []

@@ -45,7 +45,7 @@ def test_plain_lm_eval_cli_lists_local_gsm8k_when_data_is_set(tmp_path):
 def _bench(tmp_path, *extra, sae="none"):
     cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3", "--sae", sae,
            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32",
-           "--vectors", "mean_diff,das", "--vector-val-limit", "4", *extra]
+           "--vectors", "mean_diff,das", "--vector-val-limit", "4", "--no-rlvr", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
@@ -99,3 +99,18 @@ def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, me
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_bench_trains_rlvr_and_reuses_it(tiny_dir, tmp_path):
+    cmd = [str(BIN / "crl-bench"), "bench", "--model", tiny_dir, "--tasks", "arith_mc", "--limit", "3", "--sae", "none",
+           "--vectors", "none", "--budget", "smoke", "--results-dir", str(tmp_path / "results"),
+           "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads((tmp_path / "results" / "leaderboard.json").read_text())["rows"]
+    assert {(r["method"], r["n"]) for r in rows} == {("base", 3), ("rlvr", 3)}
+    rlvr_row = next(r for r in rows if r["method"] == "rlvr")
+    assert Path(rlvr_row["run_dir"]).parent.joinpath("adapter_model.safetensors").exists()
+    assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.csv").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0 and "RLVR on" not in again.stderr and "2 evaluation stages, 2 reused" in again.stderr

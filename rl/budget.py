@@ -1,0 +1,119 @@
+"""The training budget shared by RLVR and CRL, and what a run actually spent.
+
+A comparison is matched when every trained method gets the same `Budget`: the same
+optimisation steps, prompts per step, samples (rollouts) per prompt, max new tokens and
+seeds. `Spent` is what a run used, counted as it happens (and restored on resume): the
+leaderboard reports it next to the scores.
+
+Presets (`--budget NAME`, or a YAML/JSON file with any of the fields; single fields can be
+overridden by their own flags):
+
+- `smoke`: a few steps, for tests;
+- `cpu`: the embedded model on a 2-core CPU, aiming at 15 minutes of RLVR training per task
+  (generation tasks get fewer steps: each rollout costs ~30 tokens instead of one);
+- `gpu`: a real model on one GPU.
+
+The regime comes from the task: multiple-choice tasks are one-token answers
+(`max_new_tokens` is 1 whatever the budget says); generation tasks generate up to
+`max_new_tokens`, capped by the task's own `max_gen_toks`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# "generation" holds what differs for generation tasks.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 3, "prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "seeds": [0]},
+    "cpu": {"steps": 40, "prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 32, "seeds": [0],
+            "generation": {"steps": 16}},
+    "gpu": {"steps": 300, "prompts_per_step": 16, "samples_per_prompt": 16, "max_new_tokens": 256, "seeds": [0, 1, 2]},
+}
+
+
+@dataclass
+class Budget:
+    steps: int = 60
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 32
+    prompts: int | None = None  # distinct training prompts cycled through (None: as many as the steps use)
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "prompts_per_step", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"budget {name} must be at least 1, got {getattr(self, name)}")
+        if self.samples_per_prompt < 2:
+            raise ValueError(f"budget samples_per_prompt must be at least 2 (group-relative advantages need a group), "
+                             f"got {self.samples_per_prompt}")
+        if self.prompts is not None and self.prompts < 1:
+            raise ValueError(f"budget prompts must be at least 1 (or unset), got {self.prompts}")
+        if not self.seeds:
+            raise ValueError("budget seeds must name at least one seed")
+
+    @classmethod
+    def resolve(cls, name: str = "cpu", generation: bool = False, **overrides: Any) -> "Budget":
+        """A preset name or a YAML/JSON file (its `generation` entry applies to generation
+        tasks), with `overrides` (None values ignored) on top."""
+        if name in PRESETS:
+            values = dict(PRESETS[name])
+        elif Path(name).is_file():
+            import yaml
+
+            values = yaml.safe_load(Path(name).read_text()) or {}
+            known = {f.name for f in fields(cls)} | {"generation"}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ValueError(f"budget file {name}: unknown fields {unknown}; known: {sorted(known)}")
+        else:
+            raise ValueError(f"unknown budget {name!r}: use a preset ({', '.join(PRESETS)}) or a YAML/JSON file")
+        for_generation = values.pop("generation", None) or {}
+        if generation:
+            values.update(for_generation)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def for_task(self, task: Any) -> "Budget":
+        """This budget in the task's regime (one-token answers: max_new_tokens = 1)."""
+        if task.OUTPUT_TYPE == "multiple_choice":
+            return Budget(**{**asdict(self), "max_new_tokens": 1})
+        if task.OUTPUT_TYPE == "generate_until":
+            cap = (task.config.generation_kwargs or {}).get("max_gen_toks")
+            tokens = min(self.max_new_tokens, cap) if cap else self.max_new_tokens
+            return Budget(**{**asdict(self), "max_new_tokens": tokens})
+        raise ValueError(f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; RL training needs a "
+                         "multiple_choice or generate_until task")
+
+    @property
+    def rollouts(self) -> int:
+        """Rollouts the budget allows: steps x prompts per step x samples per prompt."""
+        return self.steps * self.prompts_per_step * self.samples_per_prompt
+
+    @property
+    def distinct_prompts(self) -> int:
+        return self.prompts or self.steps * self.prompts_per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rollouts": self.rollouts}
+
+
+@dataclass
+class Spent:
+    """What a run used, counted while it trains (and carried over a resume)."""
+
+    steps: int = 0
+    rollouts: int = 0
+    generated_tokens: int = 0
+    wall_s: float = 0.0
+    trainable_parameters: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: Path) -> "Spent":
+        return cls(**json.loads(Path(path).read_text())) if Path(path).exists() else cls()

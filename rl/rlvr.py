@@ -1,0 +1,379 @@
+"""`crl-bench train rlvr`: the RLVR reference, a LoRA adapter trained end to end with TRL's
+`GRPOTrainer` on a task's training split, rewarded by the task's own scoring.
+
+What is ours and what is TRL/peft's: TRL does the sampling, the group-relative advantages,
+the loss, the optimiser, checkpointing and resuming; peft builds and saves the adapter. This
+module only assembles the pieces from the shared contracts:
+
+- prompts: `rl.prompts.task_prompts` (lm-eval's own few-shot context for each training
+  document, the document never among its own examples);
+- reward: `harness.rewards.task_reward` (the task's metric), wrapped to pass only the
+  document's fields and to count what was spent;
+- budget: `rl.budget.Budget` (shared with CRL), in the task's regime: multiple-choice tasks
+  answer with one token (each choice must be one token), generation tasks generate up to
+  `max_new_tokens` (the completion is cut at the task's `until` strings when scored, as
+  lm-eval does);
+- precision: fp32 on CPU by default (bf16 backward passes are ~12x slower than fp32 there),
+  bf16 on GPU.
+
+A run directory `<runs>/<model>/rlvr/<task>/seed<k>/` ends up with the PEFT adapter
+(`adapter_config.json`, `adapter_model.safetensors`: what `rlvr_lora` and lm-eval's `hf`
+with `peft=` load), `config.json`, `manifest.json` (budget and what was spent), and the
+learning curve `curve.csv` / `curve.png` (also copied to `results/rlvr/<task>/`).
+Checkpoints go to `checkpoints/` every `checkpoint_every` steps; a rerun resumes from the
+newest one (`--no-resume` starts over). A NaN or exploding loss stops the run with the
+last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.models import DEFAULT_MODEL
+from rl.budget import Budget, Spent
+
+STATE_FILE = "crl_bench_state.json"  # spent budget and curve, saved inside each checkpoint
+CURVE_FIELDS = ("step", "rollouts", "reward", "validation")
+
+
+@dataclass
+class RLTrainConfig:
+    """Settings every RL-trained method shares (RLVR here; CRL adds its own)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
+    task: str = field(default="arith_mc", metadata={"help": "lm-eval task (its training split and reward)"})
+    budget: str = field(default="cpu", metadata={"help": "budget preset (smoke, cpu, gpu) or a YAML/JSON file"})
+    steps: int | None = field(default=None, metadata={"help": "override the budget's optimisation steps"})
+    prompts_per_step: int | None = field(default=None, metadata={"help": "override the budget's prompts per step"})
+    samples_per_prompt: int | None = field(default=None, metadata={"help": "override the budget's samples per prompt"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the budget's max new tokens (generation tasks)"})
+    prompts: int | None = field(default=None, metadata={"help": "override the budget's distinct training prompts"})
+    seed: int = field(default=0, metadata={"help": "training seed (one of the budget's seeds for matched runs)"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "optimiser learning rate"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    eval_every: int = field(default=10, metadata={"help": "validation score every N steps (0: only at the start and end)"})
+    val_limit: int | None = field(default=64, metadata={"help": "validation documents for the learning curve"})
+    checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N steps"})
+    resume: bool = field(default=True, metadata={"help": "resume from the newest checkpoint of this run (--no-resume: start over)"})
+    max_loss: float = field(default=1e3, metadata={"help": "stop when |loss| or the gradient norm exceeds this (exploding)"})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
+    dtype: str = field(default="auto", metadata={"help": "training dtype; auto = float32 on CPU, bfloat16 on GPU"})
+    batch_size: int = field(default=16, metadata={"help": "batch size of the validation scoring"})
+    results_dir: str = field(default="results", metadata={"help": "where the learning curves go"})
+    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: <cache>/runs)"})
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.checkpoint_every < 1 or self.eval_every < 0:
+            raise ValueError("--checkpoint-every must be >= 1 and --eval-every >= 0")
+        self.resolved_budget(generation=False)  # a bad budget fails here, before any model load
+
+    def resolved_budget(self, generation: bool) -> Budget:
+        return Budget.resolve(self.budget, generation=generation, steps=self.steps,
+                              prompts_per_step=self.prompts_per_step, samples_per_prompt=self.samples_per_prompt,
+                              max_new_tokens=self.max_new_tokens, prompts=self.prompts)
+
+    def fingerprint(self) -> str:
+        """What decides the trained weights (not where files go, resuming, or eval batch size)."""
+        import hashlib
+
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in {"results_dir", "runs_dir", "resume", "batch_size", "device"}}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def task_budget(self, task: Any) -> Budget:
+        """The budget in the task's regime (see `rl.budget`)."""
+        return self.resolved_budget(generation=task.OUTPUT_TYPE == "generate_until").for_task(task)
+
+
+@dataclass
+class RLVRConfig(RLTrainConfig):
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_targets: str = field(default="all-linear", metadata={"help": "modules LoRA adapts (peft target_modules)"})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient to the base model (0: no reference model)"})
+
+
+def train_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def run_dir_for(config: RLTrainConfig, method: str) -> Path:
+    from harness.models import model_slug
+    from harness.paths import runs_root
+
+    root = Path(config.runs_dir) if config.runs_dir else runs_root()
+    return root / model_slug(config.model) / method / config.task / f"seed{config.seed}"
+
+
+def run_done(config: RLTrainConfig, method: str) -> bool:
+    """Whether a finished run with these settings is on disk."""
+    run_dir = run_dir_for(config, method)
+    path = run_dir / "config.json"
+    return (run_dir / "manifest.json").exists() and path.exists() and \
+        json.loads(path.read_text()).get("fingerprint") == config.fingerprint()
+
+
+def unsupported(task: Any, tokenizer: Any) -> str | None:
+    """Why RL training cannot run on `task` (None when it can)."""
+    if task.OUTPUT_TYPE not in ("multiple_choice", "generate_until"):
+        return f"output_type {task.OUTPUT_TYPE!r} has no RL regime"
+    if task.OUTPUT_TYPE == "multiple_choice":
+        try:
+            docs = list(task.training_docs() if task.has_training_docs() else task.eval_docs)[:50]
+            check_one_token_choices(task, docs, tokenizer)
+        except ValueError as err:
+            return str(err)
+    return None
+
+
+def check_one_token_choices(task: Any, docs: list[dict], tokenizer: Any) -> None:
+    """Multiple-choice training answers with one token: every choice must be one token."""
+    delimiter = task.config.target_delimiter
+    for doc in docs[:50]:
+        for choice in task.doc_to_choice(doc):
+            if len(tokenizer(delimiter + choice, add_special_tokens=False)["input_ids"]) != 1:
+                raise ValueError(
+                    f"task {task.config.task!r} has the choice {choice!r}, which is more than one token for this "
+                    "tokenizer; the one-token regime needs one-token choices (train on a task whose answers are "
+                    "single tokens, e.g. arith_mc, boolq, toy_sentiment)")
+
+
+class RewardMeter:
+    """The task reward in TRL's convention, passing only the document's fields, and counting
+    rollouts, generated tokens and the mean reward of each call (one call per step)."""
+
+    def __init__(self, reward: Any, doc_keys: list[str], spent: Spent):
+        self.reward, self.doc_keys, self.spent = reward, doc_keys, spent
+        self.last_mean: float | None = None
+        self.__name__ = getattr(reward, "__name__", "task_reward")
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list[float]:
+        values = self.reward(prompts, completions, **{k: kwargs[k] for k in self.doc_keys})
+        self.spent.rollouts += len(completions)
+        if completion_ids is not None:
+            self.spent.generated_tokens += sum(len(ids) for ids in completion_ids)
+        self.last_mean = sum(values) / len(values)
+        return values
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def frozen_fingerprint(model: Any) -> float:
+    """A checksum of every parameter that must not train (all but the adapter's)."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for n, p in model.named_parameters() if "lora_" not in n))
+
+
+def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: list[dict], validate: Any,
+               run_started: float, wall_before: float):
+    from transformers import TrainerCallback
+
+    class Guard(TrainerCallback):
+        """Stops on a NaN or exploding loss before the bad step is checkpointed."""
+
+        failure: str | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            for key in ("loss", "grad_norm"):
+                value = logs.get(key)
+                if value is not None and (not math.isfinite(value) or abs(value) > config.max_loss):
+                    Guard.failure = f"{key} became {value} at step {state.global_step}"
+                    control.should_training_stop = True
+                    control.should_save = False
+            return control
+
+    class Curve(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not curve:
+                curve.append({"step": 0, "rollouts": 0, "reward": None, "validation": validate()})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            spent.steps = state.global_step
+            spent.wall_s = wall_before + time.time() - run_started
+            row = {"step": state.global_step, "rollouts": spent.rollouts, "reward": meter.last_mean, "validation": None}
+            last = state.global_step >= state.max_steps
+            if (config.eval_every and state.global_step % config.eval_every == 0) or last:
+                if Guard.failure is None:
+                    row["validation"] = validate()
+            curve.append(row)
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                (checkpoint / STATE_FILE).write_text(json.dumps({"spent": spent.to_dict(), "curve": curve}))
+            return control
+
+    return Guard, Curve
+
+
+def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: RLTrainConfig, device: str):
+    """Validation score of the model being trained, with lm-eval's requests (`TaskScorer`)."""
+    from baselines.train import TaskScorer
+    from harness.lm_models import LeanHFLM
+
+    lm = LeanHFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=device)
+    scorer = TaskScorer(lm, task, docs, seed=config.seed)
+
+    def validate() -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            return scorer([])
+        finally:
+            model.train(was_training)
+
+    validate.metric = scorer.metric
+    return validate
+
+
+def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str) -> None:
+    for directory in (run_dir, results):
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "curve.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS)
+            writer.writeheader()
+            for row in curve:
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CURVE_FIELDS})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    rewards = [(r["step"], r["reward"]) for r in curve if r.get("reward") is not None]
+    scores = [(r["step"], r["validation"]) for r in curve if r.get("validation") is not None]
+    if rewards:
+        ax.plot(*zip(*rewards), color="tab:blue", alpha=0.5, linewidth=1, label="training reward (batch mean)")
+    if scores:
+        ax.plot(*zip(*scores), color="tab:red", marker="o", markersize=3, label=f"validation {metric}")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("reward / score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    for directory in (run_dir, results):
+        fig.savefig(directory / "curve.png", dpi=150)
+    plt.close(fig)
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not directory.is_dir():
+        return None
+    found = get_last_checkpoint(str(directory))
+    return Path(found) if found else None
+
+
+def train(config: RLVRConfig) -> Path:
+    """Train (or resume) one RLVR run; returns its run directory."""
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from rich.console import Console
+    from trl import GRPOConfig, GRPOTrainer
+
+    from harness.manifest import build_manifest, write_json
+    from harness.models import default_device, load_causal_lm
+    from harness.rewards import task_reward
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+    from rl.prompts import doc_columns, task_prompts
+
+    console = Console(stderr=True, soft_wrap=True)
+    task = load_task(config.task)
+    budget = config.task_budget(task)
+    splits = method_splits(task)
+    device = config.device or default_device()
+    dtype = train_dtype(config.dtype, device)
+    run_dir = run_dir_for(config, "rlvr")
+    checkpoints = run_dir / "checkpoints"
+    if not config.resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    docs = [splits.train[i % len(splits.train)] for i in range(min(budget.distinct_prompts, len(splits.train)))]
+    val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
+    model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
+    if task.OUTPUT_TYPE == "multiple_choice":
+        check_one_token_choices(task, docs, tokenizer)
+    prompts = task_prompts(task, docs, seed=config.seed)
+    dataset = datasets.Dataset.from_dict({"prompt": prompts, **doc_columns(docs)})
+
+    resume_from = _latest_checkpoint(checkpoints) if config.resume else None
+    spent, curve = Spent(), []
+    if resume_from is not None and (resume_from / STATE_FILE).exists():
+        state = json.loads((resume_from / STATE_FILE).read_text())
+        spent, curve = Spent(**state["spent"]), state["curve"]
+        console.print(f"resuming {run_dir} from {resume_from.name} (step {spent.steps}, {spent.rollouts} rollouts)")
+    elif resume_from is not None:
+        resume_from = None  # a checkpoint without our state is not one we wrote: start over
+
+    meter = RewardMeter(task_reward(task), list(docs[0]), spent)
+    args = GRPOConfig(
+        output_dir=str(checkpoints), per_device_train_batch_size=budget.prompts_per_step * budget.samples_per_prompt,
+        gradient_accumulation_steps=1, num_generations=budget.samples_per_prompt,
+        max_completion_length=budget.max_new_tokens, max_steps=budget.steps, learning_rate=config.learning_rate,
+        temperature=config.temperature, beta=config.beta, seed=config.seed, data_seed=config.seed,
+        logging_steps=1, save_steps=config.checkpoint_every, save_total_limit=2, report_to="none",
+        bf16=dtype == "bfloat16", use_cpu=device == "cpu", remove_unused_columns=False, disable_tqdm=False,
+        dataloader_num_workers=0, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
+    )
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=config.lora_targets, task_type="CAUSAL_LM")
+    started = time.time()
+    validate_holder: dict[str, Any] = {}
+    Guard, Curve = _callbacks(config, meter, spent, curve, lambda: validate_holder["fn"](), started, spent.wall_s)
+    trainer = GRPOTrainer(model=model, reward_funcs=[meter], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora, callbacks=[Guard(), Curve()])
+    spent.trainable_parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    frozen_before = frozen_fingerprint(trainer.model)
+    validate_holder["fn"] = _validator(trainer.model, tokenizer, task, val_docs, config, device)
+    console.print(f"[bold]RLVR[/] {config.model} on {config.task}: {budget.steps} steps x {budget.prompts_per_step} "
+                  f"prompts x {budget.samples_per_prompt} samples (max {budget.max_new_tokens} new tokens), "
+                  f"{len(docs)} distinct prompts, LoRA r={config.lora_r} ({spent.trainable_parameters:,} trainable "
+                  f"parameters), {dtype} on {device}")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if Guard.failure is not None:
+        good = _latest_checkpoint(checkpoints)
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
+        raise TrainingFailed(f"RLVR training stopped: {Guard.failure}; {kept}. Lower --learning-rate "
+                             f"(now {config.learning_rate}) and rerun: it resumes from that checkpoint.")
+
+    frozen_after = frozen_fingerprint(trainer.model)
+    if frozen_after != frozen_before:
+        raise TrainingFailed(f"the base model's weights changed during RLVR training ({frozen_before} -> "
+                             f"{frozen_after}); only the LoRA adapter may train. This is a bug: please report it")
+    trainer.model.save_pretrained(str(run_dir))
+    spent.steps = trainer.state.global_step
+    write_json(run_dir / "config.json", {"method": "rlvr", **asdict(config), "budget_resolved": budget.to_dict(),
+                                         "fingerprint": config.fingerprint()})
+    write_json(run_dir / "manifest.json", build_manifest(
+        kind="rlvr", config=asdict(config), budget=budget.to_dict(), spent=spent.to_dict(), splits=splits.sizes(),
+        curve=curve, torch_threads=torch.get_num_threads(), frozen_weights_checksum=frozen_after,
+        resumed_from=str(resume_from) if resume_from else None))
+    write_curve(curve, run_dir, Path(config.results_dir) / "rlvr" / config.task,
+                f"RLVR (LoRA, GRPO): {config.task}, {config.model}", validate_holder["fn"].metric)
+    final = curve[-1]["validation"] if curve and curve[-1].get("validation") is not None else float("nan")
+    console.print(f"RLVR done: {spent.rollouts} rollouts, {spent.generated_tokens} generated tokens, "
+                  f"{spent.wall_s:.0f} s; validation {curve[0]['validation']:.3f} -> {final:.3f}; adapter in {run_dir}")
+    return run_dir

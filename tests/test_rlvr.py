@@ -1,0 +1,168 @@
+"""RLVR (LoRA + TRL GRPO): the shared budget, training on a tiny model, resume, the NaN
+guard, and the adapter in `rlvr_lora` against lm-eval's own `hf` with `peft=`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl.budget import Budget
+
+
+def test_budget_presets_overrides_and_regimes():
+    from harness.tasks import load_task
+
+    cpu = Budget.resolve("cpu")
+    assert cpu.rollouts == cpu.steps * cpu.prompts_per_step * cpu.samples_per_prompt
+    assert Budget.resolve("cpu", generation=True).steps < cpu.steps  # generation rollouts cost ~30 tokens
+    assert Budget.resolve("cpu", steps=7).steps == 7 and Budget.resolve("cpu", steps=None).steps == cpu.steps
+    assert cpu.for_task(load_task("arith_mc")).max_new_tokens == 1
+    assert Budget.resolve("cpu", max_new_tokens=500).for_task(load_task("arith_gen")).max_new_tokens == 32  # task cap
+    with pytest.raises(ValueError, match="unknown budget 'cheap'"):
+        Budget.resolve("cheap")
+    with pytest.raises(ValueError, match="samples_per_prompt must be at least 2"):
+        Budget.resolve("smoke", samples_per_prompt=1)
+
+
+def test_budget_file(tmp_path):
+    path = tmp_path / "budget.yaml"
+    path.write_text("steps: 5\nprompts_per_step: 3\nsamples_per_prompt: 2\nmax_new_tokens: 4\ngeneration: {steps: 2}\n")
+    assert Budget.resolve(str(path)).rollouts == 30 and Budget.resolve(str(path), generation=True).steps == 2
+    path.write_text("stepz: 5\n")
+    with pytest.raises(ValueError, match="unknown fields"):
+        Budget.resolve(str(path))
+
+
+def _config(tiny_dir, tmp_path, **overrides):
+    from rl.rlvr import RLVRConfig
+
+    options = dict(model=tiny_dir, task="arith_mc", budget="smoke", steps=4, checkpoint_every=2, eval_every=2,
+                   val_limit=4, learning_rate=5e-3, device="cpu", results_dir=str(tmp_path / "results"),
+                   runs_dir=str(tmp_path / "runs"))
+    return RLVRConfig(**{**options, **overrides})
+
+
+@pytest.fixture
+def varied_reward(monkeypatch):
+    """A random tiny model never answers arithmetic right (every advantage would be zero):
+    reward completions by a property of their text instead, so groups have variance."""
+    import harness.rewards
+
+    def task_reward(task, *args, **kwargs):
+        def reward(prompts, completions, **doc_fields):
+            assert set(doc_fields) == {"expression", "answer", "op"}  # only the document's fields
+            return [float(len(c) % 2) for c in completions]
+
+        return reward
+
+    monkeypatch.setattr(harness.rewards, "task_reward", task_reward)
+
+
+def _lora_tensors(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "adapter_model.safetensors"))
+
+
+def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path, varied_reward):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.lm_models import RLVRLoraLM
+    from rl import rlvr
+
+    config = _config(tiny_dir, tmp_path)
+    run_dir = rlvr.train(config)
+    tensors = _lora_tensors(run_dir)
+    lora_b = [t for name, t in tensors.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b)  # B starts at zero: it trained
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    budget, spent = manifest["budget"], manifest["spent"]
+    assert budget["max_new_tokens"] == 1 and spent["steps"] == 4
+    assert spent["rollouts"] == budget["rollouts"] == 4 * 2 * 4
+    assert spent["generated_tokens"] == spent["rollouts"]  # one token each
+    assert spent["trainable_parameters"] == sum(t.numel() for t in tensors.values())
+    assert manifest["frozen_weights_checksum"] is not None
+    curve = (run_dir / "curve.csv").read_text().splitlines()
+    assert curve[0] == "step,rollouts,reward,validation" and len(curve) == 1 + 5  # step 0 + 4 steps
+    assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.png").exists()
+
+    # the adapter in rlvr_lora and in lm-eval's own hf model with peft= scores the same
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
+                for i, pair in enumerate([("12+5=", "7"), ("Review: fine.\nSentiment:", " positive")])]
+    common = {"device": "cpu", "dtype": "float32", "batch_size": 2}
+    ours = RLVRLoraLM(pretrained=tiny_dir, adapter=str(run_dir), **common).loglikelihood(requests, disable_tqdm=True)
+    theirs = HFLM(pretrained=tiny_dir, peft=str(run_dir), **common).loglikelihood(requests, disable_tqdm=True)
+    base = HFLM(pretrained=tiny_dir, **common).loglikelihood(requests, disable_tqdm=True)
+    torch.testing.assert_close([ll for ll, _ in ours], [ll for ll, _ in theirs], rtol=1e-5, atol=1e-4)
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ours, base)) > 1e-4  # the adapter does something
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
+    from rl import rlvr
+
+    real = rlvr.RewardMeter.__call__
+    calls = {"n": 0}
+
+    def dies_in_step_three(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(self, *args, **kwargs)
+
+    config = _config(tiny_dir, tmp_path)
+    monkeypatch.setattr(rlvr.RewardMeter, "__call__", dies_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        rlvr.train(config)
+    run_dir = rlvr.run_dir_for(config, "rlvr")
+    assert (run_dir / "checkpoints" / "checkpoint-2").is_dir() and not (run_dir / "adapter_model.safetensors").exists()
+    calls["n"] = -1000
+    rlvr.train(config)
+    assert calls["n"] == -1000 + 2  # only steps 3 and 4 ran again
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["resumed_from"].endswith("checkpoint-2")
+    assert manifest["spent"]["rollouts"] == 4 * 2 * 4 and manifest["spent"]["steps"] == 4
+    steps = [int(line.split(",")[0]) for line in (run_dir / "curve.csv").read_text().splitlines()[1:]]
+    assert steps == [0, 1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
+    from trl import GRPOTrainer
+
+    from rl import rlvr
+
+    real = GRPOTrainer.compute_loss
+
+    def nan_from_step_three(self, *args, **kwargs):
+        loss = real(self, *args, **kwargs)
+        return loss * math.nan if self.state.global_step >= 2 else loss
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", nan_from_step_three)
+    config = _config(tiny_dir, tmp_path)
+    with pytest.raises(rlvr.TrainingFailed, match=r"(loss|grad_norm) became nan at step 3; the last good checkpoint is .*checkpoint-2"):
+        rlvr.train(config)
+    run_dir = rlvr.run_dir_for(config, "rlvr")
+    assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
+    assert not (run_dir / "adapter_model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    good = load_file(str(run_dir / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in good.values())
+
+
+def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_path):
+    from harness.tasks import load_task
+    from rl.rlvr import check_one_token_choices
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    task = load_task("arith_mc")
+    check_one_token_choices(task, list(task.training_docs())[:5], tokenizer)  # digits: fine
+    docs = [{"expression": "1+1", "answer": 2, "op": "+"}]
+    task.config.doc_to_choice = ["two", "three hundred and five"]
+    with pytest.raises(ValueError, match="one-token regime needs one-token choices"):
+        check_one_token_choices(task, docs, tokenizer)
