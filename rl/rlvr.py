@@ -10,9 +10,14 @@ module only assembles the pieces from the shared contracts:
 - reward: `harness.rewards.task_reward` (the task's metric), wrapped to pass only the
   document's fields and to count what was spent;
 - budget: `rl.budget.Budget` (shared with CRL), in the task's regime: multiple-choice tasks
-  answer with one token (each choice must be one token), generation tasks generate up to
-  `max_new_tokens` (the completion is cut at the task's `until` strings when scored, as
-  lm-eval does);
+  answer with one token, **sampled among the task's choices** (each choice must be one
+  token; a +100 `sequence_bias` on the choice tokens restricts sampling to them: a base model
+  may put under 1% of its mass on the choices, e.g. toy_sentiment, so unrestricted samples
+  would almost never be an answer). TRL's loss uses the full-vocabulary log-probability of
+  the sampled choice; with group-normalised advantages (zero-sum within a prompt's group)
+  the gradient of the choices' shared normaliser cancels, so this is the policy gradient of
+  the policy restricted to the choices. Generation tasks generate up to `max_new_tokens`
+  (the completion is cut at the task's `until` strings when scored, as lm-eval does);
 - precision: fp32 on CPU by default (bf16 backward passes are ~12x slower than fp32 there),
   bf16 on GPU.
 
@@ -41,6 +46,7 @@ from rl.budget import Budget, Spent
 
 STATE_FILE = "crl_bench_state.json"  # spent budget and curve, saved inside each checkpoint
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation")
+CHOICE_BIAS = 100.0  # logit bias that restricts one-token sampling to the task's choices
 
 
 @dataclass
@@ -137,16 +143,21 @@ def unsupported(task: Any, tokenizer: Any) -> str | None:
     return None
 
 
-def check_one_token_choices(task: Any, docs: list[dict], tokenizer: Any) -> None:
-    """Multiple-choice training answers with one token: every choice must be one token."""
+def check_one_token_choices(task: Any, docs: list[dict], tokenizer: Any) -> list[int]:
+    """Multiple-choice training answers with one token: every choice must be one token.
+    Returns the choice tokens (all documents' together)."""
     delimiter = task.config.target_delimiter
-    for doc in docs[:50]:
+    tokens: set[int] = set()
+    for doc in docs:
         for choice in task.doc_to_choice(doc):
-            if len(tokenizer(delimiter + choice, add_special_tokens=False)["input_ids"]) != 1:
+            ids = tokenizer(delimiter + choice, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
                 raise ValueError(
                     f"task {task.config.task!r} has the choice {choice!r}, which is more than one token for this "
                     "tokenizer; the one-token regime needs one-token choices (train on a task whose answers are "
                     "single tokens, e.g. arith_mc, boolq, toy_sentiment)")
+            tokens.add(ids[0])
+    return sorted(tokens)
 
 
 class RewardMeter:
@@ -313,8 +324,10 @@ def train(config: RLVRConfig) -> Path:
     docs = [splits.train[i % len(splits.train)] for i in range(min(budget.distinct_prompts, len(splits.train)))]
     val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
     model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
+    generation_kwargs = None
     if task.OUTPUT_TYPE == "multiple_choice":
-        check_one_token_choices(task, docs, tokenizer)
+        choice_tokens = check_one_token_choices(task, docs, tokenizer)
+        generation_kwargs = {"sequence_bias": [[[token], CHOICE_BIAS] for token in choice_tokens]}
     prompts = task_prompts(task, docs, seed=config.seed)
     dataset = datasets.Dataset.from_dict({"prompt": prompts, **doc_columns(docs)})
 
@@ -335,7 +348,7 @@ def train(config: RLVRConfig) -> Path:
         temperature=config.temperature, beta=config.beta, seed=config.seed, data_seed=config.seed,
         logging_steps=1, save_steps=config.checkpoint_every, save_total_limit=2, report_to="none",
         bf16=dtype == "bfloat16", use_cpu=device == "cpu", remove_unused_columns=False, disable_tqdm=False,
-        dataloader_num_workers=0, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
+        generation_kwargs=generation_kwargs, dataloader_num_workers=0, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
     )
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,

@@ -48,14 +48,16 @@ def _config(tiny_dir, tmp_path, **overrides):
 
 @pytest.fixture
 def varied_reward(monkeypatch):
-    """A random tiny model never answers arithmetic right (every advantage would be zero):
-    reward completions by a property of their text instead, so groups have variance."""
+    """A random tiny model rarely answers arithmetic right (most advantages would be zero):
+    reward odd digits instead, so groups have variance. Also checks that one-token sampling
+    stays among the task's choices (the digits)."""
     import harness.rewards
 
     def task_reward(task, *args, **kwargs):
         def reward(prompts, completions, **doc_fields):
             assert set(doc_fields) == {"expression", "answer", "op"}  # only the document's fields
-            return [float(len(c) % 2) for c in completions]
+            assert all(c in "0123456789" and len(c) == 1 for c in completions), completions
+            return [float(int(c) % 2) for c in completions]
 
         return reward
 
