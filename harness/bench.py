@@ -19,8 +19,13 @@ Before the evaluations:
   each task it supports, once per seed of the budget, reusing finished runs and resuming
   killed ones from their last checkpoint.
 
+- the CRL stage trains a controller in each setting of `--crl` on the tasks of its kind
+  (one-token and multi-layer: multiple-choice tasks; generation: generation tasks), once
+  per seed, with the same budget as RLVR (`rl.crl`).
+
 Evaluated methods: the base model (`base`), each steering vector (`vector`, setting = the
-direction finder) and RLVR (`rlvr`, through `rlvr_lora`). Rows leave out the documents a task reserves for training when it
+direction finder), RLVR (`rlvr`, through `rlvr_lora`) and CRL (`crl`, setting = the CRL
+setting, through `crl_steered`, with every intervention logged next to the samples). Rows leave out the documents a task reserves for training when it
 has no training split of its own (`harness.splits`).
 """
 
@@ -60,6 +65,8 @@ class BenchConfig:
     vector_val_limit: int | None = field(default=64, metadata={"help": "validation documents per point of the vector sweep"})
     rlvr: bool = field(default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"})
     budget: str = field(default="cpu", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, cpu, gpu) or YAML file"})
+    crl: list[str] = field(default_factory=lambda: ["one-token", "multi-layer", "generation"],
+                           metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"})
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
     results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
@@ -73,6 +80,15 @@ class BenchConfig:
             self.vectors = [v for v in self.vectors.split(",") if v]
         if self.vectors in (["none"], []):
             self.vectors = []
+        if isinstance(self.crl, str):
+            self.crl = [c for c in self.crl.split(",") if c]
+        if self.crl in (["none"], []):
+            self.crl = []
+        from rl.crl import SETTINGS
+
+        wrong = [c for c in self.crl if c not in SETTINGS]
+        if wrong:
+            raise ValueError(f"unknown --crl settings {', '.join(wrong)}; choose from {', '.join(SETTINGS)}, or none")
         from baselines.fitters import METHODS
 
         unknown = [v for v in self.vectors if v not in METHODS]
@@ -92,6 +108,7 @@ class Stage:
     run_dir: Path
     artifact: Path | None = None  # the steering artifact a vector stage evaluates
     adapter: Path | None = None  # the LoRA adapter an rlvr stage evaluates
+    controller: Path | None = None  # the CRL run a crl stage evaluates
 
     @property
     def fingerprint(self) -> str:
@@ -127,7 +144,29 @@ def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
                        results_dir=config.results_dir, runs_dir=config.runs_dir) for seed in seeds]
 
 
-def plan(config: BenchConfig) -> list[Stage]:
+def crl_configs(config: BenchConfig, task: str, output_type: str) -> list[Any]:
+    """One CRL run per (setting that fits the task's kind, seed of the budget)."""
+    from rl.budget import Budget
+    from rl.crl import CRLConfig
+
+    if config.sae == "none":
+        return []
+    fits = [s for s in config.crl if (s == "generation") == (output_type == "generate_until")]
+    seeds = Budget.resolve(config.budget).seeds
+    layers = [config.sae_layer] if config.sae_layer is not None else None
+    return [CRLConfig(model=config.model, task=task, setting=setting, sae=config.sae, sae_corpus=config.sae_corpus,
+                      layers=layers if setting != "multi-layer" else None, budget=config.budget, seed=seed,
+                      device=config.device, results_dir=config.results_dir, runs_dir=config.runs_dir)
+            for setting in fits for seed in seeds]
+
+
+def _output_types(tasks: list[str], manager: Any) -> dict[str, str]:
+    from harness.tasks import load_task
+
+    return {task: load_task(task, manager).OUTPUT_TYPE for task in tasks}
+
+
+def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> list[Stage]:
     """Evaluation stages; a vector or RLVR stage is planned once its artifact exists."""
     from baselines.train import vectors_dir
     from harness.vectors import VECTORS_FILE
@@ -155,6 +194,15 @@ def plan(config: BenchConfig) -> list[Stage]:
                 settings = {**common, "seed": rl_config.seed, "method": "rlvr",
                             "adapter": _file_digest(adapter / "adapter_model.safetensors", adapter / "config.json")}
                 stages.append(Stage("rlvr", task, settings, adapter / "eval", adapter=adapter))
+        for crl_config in crl_configs(config, task, (output_types or {}).get(task, "")):
+            from rl.rlvr import run_dir_for
+
+            controller = run_dir_for(crl_config, crl_config.method)
+            if not (controller / "controller.safetensors").exists():
+                continue
+            settings = {**common, "seed": crl_config.seed, "method": "crl", "setting": crl_config.setting,
+                        "controller": _file_digest(controller / "controller.safetensors", controller / "config.json")}
+            stages.append(Stage("crl", task, settings, controller / "eval", controller=controller))
     return stages
 
 
@@ -236,6 +284,21 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
                 rlvr.train(rl_config)
 
 
+def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) -> None:
+    """Train CRL in each setting on the tasks of its kind (reusing finished runs; resuming killed ones)."""
+    from rl import crl
+    from rl.rlvr import run_done
+
+    if config.sae == "none":
+        console.print("CRL skipped: --sae none (CRL steers with SAE features)")
+        return
+    for task in config.tasks:
+        for crl_config in crl_configs(config, task, output_types[task]):
+            if config.force or not run_done(crl_config, crl_config.method):
+                console.rule(f"CRL {crl_config.setting} on {task} (seed {crl_config.seed})")
+                crl.train(crl_config)
+
+
 def _reserved(tasks: list[str], manager: Any) -> dict[str, frozenset[int]]:
     """Per task, the evaluated documents reserved for training (`harness.splits`)."""
     from harness.splits import method_splits
@@ -296,12 +359,25 @@ def run(config: BenchConfig) -> Path:
                 train.run(vectors, lm=shared_lm())
     if config.rlvr:
         _rlvr_stage(config, console)
-    stages = plan(config)
+    output_types = _output_types(config.tasks, manager)
+    if config.crl:
+        _crl_stage(config, console, output_types)
+    stages = plan(config, output_types)
     todo = [s for s in stages if config.force or not s.done()]
     console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} evaluation stages, {len(stages) - len(todo)} reused")
     for number, stage in enumerate(todo, 1):
         label = stage.method + (f" {stage.settings['setting']}" if "setting" in stage.settings else "")
         console.rule(f"stage {number}/{len(todo)}: {label} on {stage.task}")
+        if stage.controller is not None:
+            from harness.lm_models import CRLSteeredLM
+
+            steered = CRLSteeredLM(pretrained=config.model, controller=str(stage.controller), batch_size=config.batch_size,
+                                   device=config.device, dtype=config.dtype,
+                                   log_interventions=str(stage.run_dir / "interventions.jsonl"))
+            (stage.run_dir / "interventions.jsonl").unlink(missing_ok=True)
+            _evaluate(steered, stage, config, manager)
+            del steered
+            continue
         if stage.adapter is not None:
             from harness.lm_models import RLVRLoraLM
 

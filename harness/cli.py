@@ -97,6 +97,12 @@ def _train_rlvr(args: argparse.Namespace) -> None:
     print(f"RLVR adapter: {rlvr.train(from_args(rlvr.RLVRConfig, args))}")
 
 
+def _train_crl(args: argparse.Namespace) -> None:
+    from rl import crl
+
+    print(f"CRL controller: {crl.train(from_args(crl.CRLConfig, args))}")
+
+
 def _report(args: argparse.Namespace) -> None:
     from harness.leaderboard import render
 
@@ -162,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(train, "rlvr", "train a LoRA adapter with TRL's GRPO on the task's reward (the RLVR reference)",
              RLVRConfig, _train_rlvr)
+    from rl.crl import CRLConfig
+
+    _command(train, "crl", "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
+             CRLConfig, _train_crl)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

@@ -44,6 +44,11 @@ class LeanHFLM(HFLM):
         # What every forward and generation runs under; none for the plain base model. Code
         # that evaluates many settings on one loaded model (the vector sweep, bench) swaps it.
         self.active: list[Intervention] = []
+        # While a log-likelihood batch runs: per row, the position whose logits predict the
+        # first continuation token (the context's last token: the answer position), and the
+        # context string. None otherwise (generation).
+        self.decision_positions: torch.Tensor | None = None
+        self.batch_contexts: list[str] | None = None
 
     def interventions(self) -> list[Intervention]:
         """The interventions applied to every forward."""
@@ -95,6 +100,8 @@ class LeanHFLM(HFLM):
                 # positions whose logits predict the continuation tokens (right padding)
                 scored = torch.arange(len(inp) - len(cont), len(inp))
                 index[row] = torch.cat([scored, scored[-1:].expand(n_scored - len(cont))])
+            self.decision_positions = index[:, 0].clone()
+            self.batch_contexts = [req[0] if isinstance(req, tuple) else None for req, _, _ in chunk]
             with (
                 torch.no_grad(),
                 torch.autocast(
@@ -106,6 +113,7 @@ class LeanHFLM(HFLM):
                 logits_at(_unwrap(self.model), index),
             ):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            self.decision_positions = self.batch_contexts = None
             logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [B, K, V]
             for (request_str, ctx_tokens, _), row_logprobs, cont in zip(chunk, logprobs, conts):
                 row_logprobs = row_logprobs[: len(cont)].unsqueeze(0)  # [1, cont, V]
@@ -169,17 +177,89 @@ class RLVRLoraLM(LeanHFLM):
 class CRLSteeredLM(LeanHFLM):
     """The frozen base model steered token by token by a CRL controller: `controller=<run dir>`.
 
-    `sample=True` samples the controller's actions instead of taking the most probable one.
+    The SAE directions, layers and controller come from the run directory. Multiple-choice
+    requests are steered at the answer position (the context's last token), generation at the
+    prompt's last token and every generated token. The controller takes its most probable
+    action unless `sample=True`. `log_interventions=<file.jsonl>` appends every decision:
+    (item, token position, token, layer, feature, coefficient).
     """
 
     def __init__(self, pretrained: str = "gemma-3-270m", controller: str | None = None, sample: bool = False,
-                 **kwargs):
+                 log_interventions: str | None = None, seed: int = 0, **kwargs):
         how = "train one with `crl-bench train crl --model M --task T`"
         if controller is None:
             raise ValueError(f"crl_steered needs controller=<run dir>; {how}")
         run_dir = require_run_dir(controller, "CRL controller run", ("config.json", "*.safetensors"), how)
         config = read_config(run_dir)
-        raise ValueError(
-            f"{run_dir}: controller type {config.get('controller')!r} is not one this version of "
-            f"crl-bench can load (no CRL controller types exist yet); {how} with a newer version"
-        )
+        if config.get("controller") != "crl-mlp-v1":
+            raise ValueError(
+                f"{run_dir}: controller type {config.get('controller')!r} is not one this version of "
+                f"crl-bench can load; {how} with this version"
+            )
+        super().__init__(pretrained=pretrained, **kwargs)
+        if config["d_model"] != self.info.d_model:
+            raise ValueError(f"{run_dir} was trained on a model with d_model {config['d_model']}; "
+                             f"{pretrained} has {self.info.d_model}. Pass the model it was trained on ({config['model']})")
+        for layer in config["layers_resolved"]:
+            self.info.check_layer(layer)
+        from rl.controller import load_controller
+
+        self.controller, self.bank = load_controller(run_dir, device=self.device)
+        self.mode = "sample" if sample else "greedy"
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.log_path = log_interventions
+        self.items: dict[str, int] = {}
+        self._runs: list = []
+
+    def _where(self, ctx):
+        from rl.controller import at_decision, from_last_prompt_token
+
+        if self.decision_positions is not None:
+            return at_decision(self.decision_positions)(ctx)
+        return from_last_prompt_token(ctx)
+
+    def interventions(self) -> list[Intervention]:
+        from rl.controller import ControllerRun
+
+        run = ControllerRun(self.controller, self.bank, self._where, mode=self.mode, generator=self.generator,
+                            keep_residuals=False)
+        if self.log_path:
+            self._runs.append((run, self.batch_contexts))
+        return [run.intervention()]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self.items.update({r.args[0]: r.doc_id for r in requests})
+        return self._logged(super().loglikelihood, requests, disable_tqdm=disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        self.items.update({r.args[0]: r.doc_id for r in requests})
+        return self._logged(super().generate_until, requests, disable_tqdm=disable_tqdm)
+
+    def _logged(self, method, requests, **kwargs):
+        self._runs: list = []
+        try:
+            return method(requests, **kwargs)
+        finally:
+            if self.log_path:
+                self._write_log()
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        self.generation_contexts = self.tokenizer.batch_decode(context, skip_special_tokens=True)
+        return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def _write_log(self) -> None:
+        import json
+        from pathlib import Path
+
+        path = Path(self.log_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            for run, contexts in self._runs:
+                contexts = contexts or getattr(self, "generation_contexts", None) or []
+                for record in run.records:
+                    context = contexts[record["row"]] if record["row"] < len(contexts) else None
+                    handle.write(json.dumps({
+                        "item": self.items.get(context), "position": record["position"],
+                        "token": self.tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
+                        "layer": record["layer"], "feature": record["feature"], "coef": record["coef"],
+                    }) + "\n")

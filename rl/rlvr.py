@@ -254,14 +254,15 @@ def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: 
     return validate
 
 
-def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str) -> None:
+def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str,
+                fields: tuple[str, ...] = CURVE_FIELDS) -> None:
     for directory in (run_dir, results):
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / "curve.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             for row in curve:
-                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CURVE_FIELDS})
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
     import matplotlib
 
     matplotlib.use("Agg")

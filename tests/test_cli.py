@@ -45,7 +45,7 @@ def test_plain_lm_eval_cli_lists_local_gsm8k_when_data_is_set(tmp_path):
 def _bench(tmp_path, *extra, sae="none"):
     cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3", "--sae", sae,
            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32",
-           "--vectors", "mean_diff,das", "--vector-val-limit", "4", "--no-rlvr", *extra]
+           "--vectors", "mean_diff,das", "--vector-val-limit", "4", "--no-rlvr", "--crl", "none", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
@@ -101,16 +101,21 @@ def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, me
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
-def test_bench_trains_rlvr_and_reuses_it(tiny_dir, tmp_path):
-    cmd = [str(BIN / "crl-bench"), "bench", "--model", tiny_dir, "--tasks", "arith_mc", "--limit", "3", "--sae", "none",
-           "--vectors", "none", "--budget", "smoke", "--results-dir", str(tmp_path / "results"),
+def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_path):
+    cmd = [str(BIN / "crl-bench"), "bench", "--model", tiny_dir, "--tasks", "arith_mc", "--limit", "3", "--sae", tiny_sae_dir,
+           "--vectors", "none", "--crl", "one-token", "--budget", "smoke", "--results-dir", str(tmp_path / "results"),
            "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads((tmp_path / "results" / "leaderboard.json").read_text())["rows"]
-    assert {(r["method"], r["n"]) for r in rows} == {("base", 3), ("rlvr", 3)}
+    assert {(r["method"], r["setting"], r["n"]) for r in rows} == {("base", "-", 3), ("rlvr", "-", 3), ("crl", "one-token", 3)}
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
     assert Path(rlvr_row["run_dir"]).parent.joinpath("adapter_model.safetensors").exists()
     assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.csv").exists()
+    crl_row = next(r for r in rows if r["method"] == "crl")
+    logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
+    assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
+    assert (tmp_path / "results" / "crl-one-token" / "arith_mc" / "curve.csv").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert again.returncode == 0 and "RLVR on" not in again.stderr and "2 evaluation stages, 2 reused" in again.stderr
+    assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
+    assert "3 evaluation stages, 3 reused" in again.stderr

@@ -1,0 +1,197 @@
+"""The CRL controller: a small policy that, at each steered token position, reads the
+residual stream at its layer and picks one SAE feature (or "no intervention") and a
+coefficient; the intervention adds coefficient x typical activation x decoder direction
+through the one steering mechanism (`harness.steering`).
+
+- `FeatureBank`: the SAE decoder directions of each controlled layer and each feature's
+  typical activation (its mean activation where it fires, measured on the task's prompts),
+  so coefficient 1 adds a feature at the strength it naturally has.
+- `Controller`: LayerNorm-free standardisation of the residual (mean and scale measured on
+  the task's prompts; Gemma's residual is ~98% a constant vector), a shared MLP trunk with
+  a per-layer embedding, and three heads: feature logits (d_sae + 1, the last is no-op),
+  coefficient logits (over `COEFS`), and a value (PPO's critic).
+- `ControllerRun`: the `PolicyIntervention` for one batch, in `sample`, `greedy` or `replay`
+  mode, recording every decision: (row, token position, token, layer, feature,
+  coefficient, log-probability, value, and the residual it read, for the PPO update).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from harness.steering import PolicyIntervention, StepContext
+
+COEFS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class FeatureBank:
+    """Per controlled layer: decoder directions Float[d_sae, D] and typical activations Float[d_sae]."""
+
+    layers: list[int]
+    directions: dict[int, Tensor]
+    scales: dict[int, Tensor]
+
+    @property
+    def d_sae(self) -> int:
+        return next(iter(self.directions.values())).shape[0]
+
+    def delta(self, layer: int, features: Tensor, coefs: Tensor) -> Tensor:
+        """Float[n, D]: coefs x scale[f] x W_dec[f]; zero where the feature is the no-op."""
+        directions, scales = self.directions[layer], self.scales[layer]
+        noop = features >= self.d_sae
+        safe = features.clamp(max=self.d_sae - 1)
+        delta = directions[safe] * (scales[safe] * coefs)[:, None]
+        return delta.masked_fill(noop[:, None], 0.0)
+
+
+class Controller(nn.Module):
+    def __init__(self, d_model: int, d_sae: int, n_layers: int, hidden: int = 256, n_coefs: int = len(COEFS)):
+        super().__init__()
+        self.d_sae = d_sae
+        self.register_buffer("mean", torch.zeros(n_layers, d_model))
+        self.register_buffer("scale", torch.ones(n_layers, d_model))
+        self.trunk = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.layer_embedding = nn.Embedding(n_layers, hidden)
+        self.feature_head = nn.Linear(hidden, d_sae + 1)
+        self.coef_head = nn.Linear(hidden, n_coefs)
+        self.value_head = nn.Linear(hidden, 1)
+        with torch.no_grad():  # start near uniform over features, so early exploration is broad
+            self.feature_head.weight.mul_(0.01)
+            self.feature_head.bias.zero_()
+
+    def forward(self, h: Tensor, layer_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h Float[n, D], layer_index Long[n] -> feature logits [n, d_sae+1], coef logits [n, C], value [n]."""
+        x = (h.float() - self.mean[layer_index]) / self.scale[layer_index]
+        z = self.trunk(x) + self.layer_embedding(layer_index)
+        return self.feature_head(z), self.coef_head(z), self.value_head(z).squeeze(-1)
+
+    @torch.no_grad()
+    def standardise_from(self, samples: dict[int, Tensor]) -> None:
+        """Set the input standardisation from residual samples Float[n, D] per layer index."""
+        for index, h in samples.items():
+            h = h.float()
+            self.mean[index] = h.mean(0)
+            self.scale[index] = h.std(0).clamp_min(1e-3 * h.std(0).mean().clamp_min(1e-6))
+
+
+def distributions(feature_logits: Tensor, coef_logits: Tensor, masked: Tensor | None):
+    """Categoricals over features (masked features excluded; the no-op never is) and coefficients."""
+    if masked is not None and masked.any():
+        feature_logits = feature_logits.masked_fill(masked.to(feature_logits.device)[None, :], float("-inf"))
+    return torch.distributions.Categorical(logits=feature_logits), torch.distributions.Categorical(logits=coef_logits)
+
+
+@dataclass
+class ControllerRun:
+    """A `PolicyIntervention` for one batch of forward passes (see the module docstring).
+
+    `where(ctx) -> Bool[B, T]` picks the decision positions. In `replay` mode,
+    `row_actions[row]` maps (position, layer) -> (feature index, coef index), or layer -> one
+    action used at every decision of that row at that layer.
+    """
+
+    controller: Controller
+    bank: FeatureBank
+    where: Callable[[StepContext], Tensor]
+    mode: str = "sample"  # sample | greedy | replay
+    masked: Tensor | None = None  # Bool[d_sae + 1] features excluded from sampling
+    generator: torch.Generator | None = None
+    row_actions: dict[int, dict[int, tuple[int, int]]] | None = None
+    keep_residuals: bool = True
+    records: list[dict[str, Any]] = field(default_factory=list)
+    residuals: list[Tensor] = field(default_factory=list)
+
+    def intervention(self) -> PolicyIntervention:
+        return PolicyIntervention(self.policy, list(self.bank.layers))
+
+    @torch.no_grad()
+    def policy(self, hidden: Tensor, ctx: StepContext) -> Tensor | None:
+        chosen = self.where(ctx) & ctx.mask
+        rows, cols = chosen.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return None
+        layer_index = self.bank.layers.index(ctx.layer)
+        h = hidden[rows, cols].float()
+        index = torch.full((len(rows),), layer_index, dtype=torch.long, device=h.device)
+        feature_logits, coef_logits, value = self.controller(h, index)
+        features_d, coefs_d = distributions(feature_logits, coef_logits, self.masked)
+        if self.mode == "sample":
+            features = _sample(features_d.probs, self.generator)
+            coefs = _sample(coefs_d.probs, self.generator)
+        elif self.mode == "greedy":
+            features, coefs = features_d.probs.argmax(-1), coefs_d.probs.argmax(-1)
+        elif self.mode == "replay":
+            positions_now = ctx.positions[rows, cols].tolist()
+            pairs = []
+            for r, p in zip(rows.tolist(), positions_now):
+                actions = self.row_actions[r]
+                pairs.append(actions[(p, ctx.layer)] if (p, ctx.layer) in actions else actions[ctx.layer])
+            features = torch.tensor([p[0] for p in pairs], device=h.device)
+            coefs = torch.tensor([p[1] for p in pairs], device=h.device)
+        else:
+            raise ValueError(f"mode must be sample, greedy or replay, got {self.mode!r}")
+        logp = features_d.log_prob(features) + coefs_d.log_prob(coefs)
+        coef_values = torch.tensor(COEFS, device=h.device)[coefs]
+        delta_rows = self.bank.delta(ctx.layer, features, coef_values)
+        positions = ctx.positions[rows, cols]
+        tokens = ctx.input_ids[rows, cols] if ctx.input_ids is not None else torch.full_like(rows, -1)
+        for i in range(len(rows)):
+            self.records.append({
+                "row": int(rows[i]), "position": int(positions[i]), "token": int(tokens[i]), "layer": ctx.layer,
+                "feature": int(features[i]) if int(features[i]) < self.bank.d_sae else None,
+                "coef": float(COEFS[int(coefs[i])]), "feature_index": int(features[i]), "coef_index": int(coefs[i]),
+                "logp": float(logp[i]), "value": float(value[i]), "layer_index": layer_index,
+            })
+            if self.keep_residuals:
+                self.residuals.append(h[i].cpu())
+        delta = torch.zeros_like(hidden)
+        delta[rows, cols] = delta_rows.to(hidden.dtype)
+        return delta
+
+
+def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def at_decision(decision: Tensor) -> Callable[[StepContext], Tensor]:
+    """Decide at one position per row: `decision[row]` (index within the unpadded sequence)."""
+
+    def where(ctx: StepContext) -> Tensor:
+        return ctx.positions == decision.to(ctx.positions.device)[:, None]
+
+    return where
+
+
+def from_last_prompt_token(ctx: StepContext) -> Tensor:
+    """Decide at the prompt's last token and at every generated token (generation setting)."""
+    return ctx.positions >= ctx.prompt_lengths[:, None] - 1
+
+
+def stack_rows(values: Sequence[Tensor]) -> Tensor:
+    return torch.stack(list(values)) if values else torch.empty(0)
+
+
+def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBank]:
+    """The controller and feature bank saved in a CRL run directory (safetensors only)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    layers = list(config["layers_resolved"])
+    tensors = load_file(str(run_dir / "bank.safetensors"))
+    bank = FeatureBank(layers, {l: tensors[f"directions.{l}"].to(device) for l in layers},
+                       {l: tensors[f"scales.{l}"].to(device) for l in layers})
+    controller = Controller(config["d_model"], config["d_sae"], len(layers), config["hidden"])
+    controller.load_state_dict(load_file(str(run_dir / "controller.safetensors")))
+    return controller.to(device).eval(), bank

@@ -1,0 +1,607 @@
+"""`crl-bench train crl`: train a CRL controller (`rl.controller`) with RL from the task's
+verifiable reward while the LLM and the SAE stay frozen.
+
+Settings (`--setting`):
+
+1. `one-token`: multiple-choice tasks, one controlled layer; the controller acts once, at
+   the answer position (the prompt's last token); the answer is the model's choice among
+   the task's choices (the highest log-likelihood, as lm-eval's `acc` scores it), so the
+   reward is 1 when the steered model's choice is right;
+2. `multi-layer`: the same with several controlled layers at once (one decision per layer;
+   each reads its own layer's residual, after the earlier layers' interventions);
+3. `generation`: generation tasks, one layer; the controller acts at the prompt's last token
+   and at every generated token (greedy decoding, so the controller's actions are the only
+   randomness); the reward is the task's scoring of the completion.
+
+Algorithms (`--algorithm`): `ppo` (the paper's: clipped surrogate, a value head as critic,
+advantage = reward - value) or `grpo` (critic-free: the reward normalised within each
+prompt's group of samples). Both run `ppo_epochs` passes over the stored decisions: the
+controller re-reads the residuals it saw, so an update needs no LLM forward at all.
+
+Exploration: an entropy bonus (`--entropy-coef`) and adaptive feature masking
+(`--mask-share`): a feature chosen in more than that share of the recent decisions whose
+reward when chosen is no better than the recent average is masked out of sampling for
+`--mask-steps` steps, so the policy cannot collapse onto a feature that does not help and
+must keep trying others (Cho et al. 2026 mask adaptively for the same reason); a dominant
+feature that does help is left alone. Both can be switched off (0).
+
+Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the same
+prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
+the manifest records rollouts, generated tokens, wall time and trainable parameters.
+Checkpoints (controller, optimiser and masking state as safetensors + JSON, never pickle)
+every `checkpoint_every` steps; a rerun resumes from the newest.
+
+Run directory `<runs>/<model>/crl-<setting>/<task>/seed<k>/`: `config.json`,
+`controller.safetensors` (weights and input standardisation), `bank.safetensors` (the
+features' typical activations), `manifest.json`, `curve.csv` / `curve.png`, `choices.json`
+(the most chosen features), `interventions.jsonl` (every validation decision).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl.budget import Spent
+from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
+
+SETTINGS = ("one-token", "multi-layer", "generation")
+CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "distinct_features", "masked", "newly_masked")
+CONTROLLER_FILE = "controller.safetensors"
+BANK_FILE = "bank.safetensors"
+
+
+@dataclass
+class CRLConfig(RLTrainConfig):
+    setting: str = field(default="one-token", metadata={"help": "one-token | multi-layer | generation"})
+    sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae); auto trains one per layer if needed"})
+    layers: list[int] | None = field(default=None, metadata={"help": "controlled layers (default: the SAE's layer; multi-layer: 1/3 and 1/2 of the depth)"})
+    sae_corpus: str = field(default="builtin", metadata={"help": "corpus for an auto SAE that has to be trained"})
+    algorithm: str = field(default="ppo", metadata={"help": "ppo (value head) or grpo (group-relative, critic-free)"})
+    hidden: int = field(default=256, metadata={"help": "controller width"})
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's decisions"})
+    clip: float = field(default=0.2, metadata={"help": "PPO clipping range"})
+    value_coef: float = field(default=0.5, metadata={"help": "weight of the value loss (ppo)"})
+    entropy_coef: float = field(default=0.01, metadata={"help": "entropy bonus (0: off)"})
+    mask_share: float = field(default=0.5, metadata={"help": "mask a feature chosen in more than this share of recent decisions (0: off)"})
+    mask_steps: int = field(default=5, metadata={"help": "steps a masked feature stays masked"})
+    mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "controller learning rate"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.setting not in SETTINGS:
+            raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.algorithm not in ("ppo", "grpo"):
+            raise ValueError(f"--algorithm must be ppo or grpo, got {self.algorithm!r}")
+        if isinstance(self.layers, str):
+            self.layers = [int(x) for x in self.layers.split(",") if x]
+        if self.setting != "multi-layer" and self.layers and len(self.layers) > 1:
+            raise ValueError(f"the {self.setting} setting controls one layer; use --setting multi-layer for {self.layers}")
+
+    @property
+    def method(self) -> str:
+        return f"crl-{self.setting}"
+
+
+class FeatureMask:
+    """Adaptive feature masking (see the module docstring); state is JSON-serialisable."""
+
+    def __init__(self, d_sae: int, share: float, steps: int, window: int):
+        self.d_sae, self.share, self.steps = d_sae, share, steps
+        self.recent: deque[list[int]] = deque(maxlen=max(1, window))
+        self.until: dict[int, int] = {}  # feature -> first step it is allowed again
+
+    def tensor(self, step: int) -> torch.Tensor:
+        masked = torch.zeros(self.d_sae + 1, dtype=torch.bool)
+        for feature, until in self.until.items():
+            if step < until:
+                masked[feature] = True
+        return masked
+
+    def update(self, step: int, chosen: list[int], rewards: list[float]) -> list[int]:
+        """Record one step's decisions (feature, reward of its rollout); returns the newly masked."""
+        if self.share <= 0:
+            return []
+        self.recent.append([[f, r] for f, r in zip(chosen, rewards)])
+        decisions = [(f, r) for step_decisions in self.recent for f, r in step_decisions]
+        average = sum(r for _, r in decisions) / len(decisions)
+        counts = Counter(f for f, _ in decisions if f < self.d_sae)
+        new = []
+        for feature, count in counts.items():
+            own = [r for f, r in decisions if f == feature]
+            dominant = count / len(decisions) > self.share
+            if dominant and sum(own) / len(own) <= average + 1e-9 and self.until.get(feature, -1) <= step:
+                self.until[feature] = step + 1 + self.steps
+                new.append(feature)
+        return new
+
+    def state(self) -> dict[str, Any]:
+        return {"recent": list(self.recent), "until": {str(k): v for k, v in self.until.items()}}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.recent.extend(state["recent"])
+        self.until = {int(k): v for k, v in state["until"].items()}
+
+
+@dataclass
+class Problem:
+    """What a rollout needs from the task, built once."""
+
+    task: Any
+    docs: list[dict]
+    prompts: list[str]
+    kind: str  # one-token-choices | choices | generation
+    choice_tokens: list[list[int]] | None = None  # one-token: per doc, the choice token ids
+    gold: list[int] | None = None
+
+
+def build_problem(task: Any, docs: list[dict], tokenizer: Any, seed: int) -> Problem:
+    from rl.prompts import task_prompts
+
+    prompts = task_prompts(task, docs, seed=seed)
+    if task.OUTPUT_TYPE == "generate_until":
+        return Problem(task, docs, prompts, "generation")
+    if task.OUTPUT_TYPE != "multiple_choice":
+        raise ValueError(f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; CRL needs a "
+                         "multiple_choice or generate_until task")
+    delimiter = task.config.target_delimiter
+    gold, tokens, one_token = [], [], True
+    for doc in docs:
+        choices = task.doc_to_choice(doc)
+        target = task.doc_to_target(doc)
+        gold.append(target if isinstance(target, int) else choices.index(target))
+        ids = [tokenizer(delimiter + c, add_special_tokens=False)["input_ids"] for c in choices]
+        one_token &= all(len(i) == 1 for i in ids)
+        tokens.append([i[0] for i in ids])
+    return Problem(task, docs, prompts, "one-token-choices" if one_token else "choices",
+                   tokens if one_token else None, gold)
+
+
+class Rollouts:
+    """Runs the frozen model under the controller for a batch of (document, sample) rows."""
+
+    def __init__(self, model: Any, tokenizer: Any, controller: Any, bank: Any, problem: Problem,
+                 max_new_tokens: int, batch_size: int):
+        self.model, self.tokenizer, self.controller, self.bank = model, tokenizer, controller, bank
+        self.problem, self.max_new_tokens, self.batch_size = problem, max_new_tokens, batch_size
+        self.device = next(model.parameters()).device
+
+    def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
+            generator: torch.Generator | None = None, keep_residuals: bool = True,
+            row_actions: dict[int, dict[int, tuple[int, int]]] | None = None):
+        """Rewards per row and the decisions (records + residuals), rows in `indices` order.
+        `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}."""
+        rewards: list[float] = []
+        records: list[dict] = []
+        residuals: list[torch.Tensor] = []
+        completions: list[str] = []
+        for start in range(0, len(indices), self.batch_size):
+            chunk = indices[start:start + self.batch_size]
+            self._replay = None if row_actions is None else {
+                row - start: actions for row, actions in row_actions.items() if start <= row < start + len(chunk)}
+            if self.problem.kind == "generation":
+                r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals)
+                completions += texts
+            else:
+                r, run = self._choose(chunk, mode, masked, generator, keep_residuals)
+                tokens = None
+            for record in run.records:
+                record["row"] += start
+            records += run.records
+            residuals += run.residuals
+            rewards += r
+            if tokens is not None:
+                self.generated_tokens = getattr(self, "generated_tokens", 0) + tokens
+        return rewards, records, residuals, completions
+
+    def _controller_run(self, where, mode, masked, generator, keep_residuals, row_actions=None):
+        from rl.controller import ControllerRun
+
+        if row_actions is None and mode == "replay":
+            row_actions = self._replay
+        return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
+                             row_actions=row_actions, keep_residuals=keep_residuals)
+
+    def _choose(self, chunk, mode, masked, generator, keep_residuals):
+        from baselines.contrast import batch
+        from harness.sparse_logits import logits_at
+        from harness.steering import steer
+        from rl.controller import at_decision
+
+        problem = self.problem
+        prompts = [problem.prompts[i] for i in chunk]
+        ids, mask = batch(self.tokenizer, prompts, self.device)
+        lengths = mask.sum(-1)
+        run = self._controller_run(at_decision(lengths - 1), mode, masked, generator, keep_residuals)
+        last = torch.full((len(chunk), 1), ids.shape[1] - 1, dtype=torch.long, device=self.device)
+        with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, last):
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].float()
+        if problem.kind == "one-token-choices":
+            rewards = []
+            for row, doc_index in enumerate(chunk):
+                choice_logits = logits[row, problem.choice_tokens[doc_index]]
+                rewards.append(float(int(choice_logits.argmax()) == problem.gold[doc_index]))
+            return rewards, run
+        # multi-token choices: score every choice with the same actions (replayed per row)
+        actions: dict[int, dict[int, tuple[int, int]]] = {}
+        for record in run.records:
+            actions.setdefault(record["row"], {})[record["layer"]] = (record["feature_index"], record["coef_index"])
+        rewards = [float(self._best_choice(doc_index, actions[row]) == problem.gold[doc_index])
+                   for row, doc_index in enumerate(chunk)]
+        return rewards, run
+
+    def _best_choice(self, doc_index: int, actions: dict[int, tuple[int, int]]) -> int:
+        import torch.nn.functional as F
+
+        from baselines.contrast import batch
+        from harness.sparse_logits import logits_at
+        from harness.steering import steer
+        from rl.controller import at_decision
+
+        problem = self.problem
+        doc = problem.docs[doc_index]
+        prompt = problem.prompts[doc_index]
+        choices = problem.task.doc_to_choice(doc)
+        delimiter = problem.task.config.target_delimiter
+        prompt_len = len(self.tokenizer(prompt)["input_ids"])
+        texts = [prompt + delimiter + c for c in choices]
+        ids, mask = batch(self.tokenizer, texts, self.device)
+        lengths = mask.sum(-1)
+        cont = lengths - prompt_len
+        width = int(cont.max())
+        pad = ids.shape[1] - lengths  # left padding
+        index = torch.stack([torch.clamp(pad[r] + prompt_len - 1 + torch.arange(width, device=self.device),
+                                         max=ids.shape[1] - 2) for r in range(len(texts))])
+        run = self._controller_run(at_decision(torch.full((len(texts),), prompt_len - 1)), "replay", None, None, False,
+                                   row_actions={r: actions for r in range(len(texts))})
+        with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, index):
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        logprobs = F.log_softmax(logits, -1)
+        scores = []
+        for r in range(len(texts)):
+            n = int(cont[r])
+            targets = ids[r, pad[r] + prompt_len: pad[r] + prompt_len + n]
+            scores.append(float(logprobs[r, :n].gather(-1, targets[:, None]).sum()))
+        return int(torch.tensor(scores).argmax())
+
+    def _generate(self, chunk, mode, masked, generator, keep_residuals):
+        from baselines.contrast import batch
+        from harness.rewards import task_reward
+        from harness.steering import steer
+        from rl.controller import from_last_prompt_token
+
+        problem = self.problem
+        ids, mask = batch(self.tokenizer, [problem.prompts[i] for i in chunk], self.device)
+        run = self._controller_run(from_last_prompt_token, mode, masked, generator, keep_residuals)
+        with torch.no_grad(), steer(self.model, [run.intervention()]):
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, ids.shape[1]:]
+        until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
+        texts, alive_until, tokens = [], [], 0
+        for row in range(len(chunk)):
+            n = _stop_length(self.tokenizer, new[row].tolist(), until, self.tokenizer.eos_token_id)
+            alive_until.append(n)
+            tokens += n
+            texts.append(self.tokenizer.decode(new[row, :n], skip_special_tokens=True))
+        docs = [problem.docs[i] for i in chunk]
+        fields = {k: [d[k] for d in docs] for k in docs[0]}
+        if not hasattr(self, "_reward"):
+            self._reward = task_reward(problem.task)
+        rewards = self._reward([problem.prompts[i] for i in chunk], texts, **fields)
+        # decisions after a row's stop produce tokens the reward never sees: drop them
+        prompt_lengths = mask.sum(-1).tolist()
+        kept_records, kept_residuals = [], []
+        for i, record in enumerate(run.records):
+            step = record["position"] - (prompt_lengths[record["row"]] - 1)
+            if step < alive_until[record["row"]]:
+                kept_records.append(record)
+                if keep_residuals:
+                    kept_residuals.append(run.residuals[i])
+        run.records, run.residuals = kept_records, kept_residuals
+        return rewards, run, texts, tokens
+
+
+def _stop_length(tokenizer: Any, ids: list[int], until: list[str], eos: int | None) -> int:
+    """Generated tokens up to and including the one that completes a stop string (or EOS)."""
+    for n in range(1, len(ids) + 1):
+        if eos is not None and ids[n - 1] == eos:
+            return n
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        if any(stop in text for stop in until):
+            return n
+    return len(ids)
+
+
+def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> list[int]:
+    if config.layers:
+        return list(config.layers)
+    if config.setting == "multi-layer":
+        return sorted({n_layers // 3, n_layers // 2})
+    return [sae_layer if sae_layer is not None else n_layers // 2]
+
+
+@torch.no_grad()
+def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list[str], batch_size: int):
+    """Typical activation of every feature (mean where it fires, over the prompts' tokens, BOS
+    excluded) and residual samples at the prompts' last token for the controller's inputs."""
+    from baselines.contrast import batch
+    from harness.activations import residuals
+
+    device = next(model.parameters()).device
+    layers = sorted(saes)
+    sums = {l: torch.zeros(saes[l].d_sae, dtype=torch.float64) for l in layers}
+    counts = {l: torch.zeros(saes[l].d_sae, dtype=torch.float64) for l in layers}
+    last = {l: [] for l in layers}
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
+        acts = residuals(model, ids, mask, layers=layers)
+        real = mask.bool().clone()
+        real[torch.arange(len(ids)), (mask.shape[1] - mask.sum(-1))] = False  # BOS
+        for l in layers:
+            features = saes[l].encode(acts[l][real]).float().cpu()
+            sums[l] += features.clamp_min(0).sum(0).double()
+            counts[l] += (features > 0).sum(0).double()
+            last[l].append(acts[l][:, -1].float().cpu())
+    scales = {}
+    for l in layers:
+        mean = (sums[l] / counts[l].clamp_min(1)).float()
+        fired = counts[l] > 0
+        fallback = mean[fired].median() if fired.any() else torch.tensor(1.0)
+        scales[l] = torch.where(fired, mean, fallback)
+    return scales, {l: torch.cat(last[l]) for l in layers}
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state = optimizer.state_dict()
+    tensors = {f"{index}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
+               for index, entry in state["state"].items() for name, value in entry.items()}
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _checkpoint(directory: Path, controller, optimizer, state: dict[str, Any]) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    _save_tensors(tmp / CONTROLLER_FILE, controller.state_dict())
+    tensors, groups = _optimizer_state(optimizer)
+    if tensors:
+        _save_tensors(tmp / "optimizer.safetensors", tensors)
+    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups}))
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def _latest(checkpoints: Path) -> Path | None:
+    found = sorted((p for p in checkpoints.glob("step-*") if (p / "state.json").exists()),
+                   key=lambda p: int(p.name.split("-")[1])) if checkpoints.is_dir() else []
+    return found[-1] if found else None
+
+
+def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CRLConfig) -> dict[str, float]:
+    """`ppo_epochs` full-batch passes of the clipped surrogate (+ value loss for ppo, + entropy bonus)."""
+    from rl.controller import distributions
+
+    stats = {}
+    for _ in range(config.ppo_epochs):
+        feature_logits, coef_logits, value = controller(batch["h"], batch["layer_index"])
+        features_d, coefs_d = distributions(feature_logits, coef_logits, batch["masked"])
+        logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
+        ratio = torch.exp(logp - batch["logp"])
+        advantage = batch["advantage"]
+        surrogate = torch.min(ratio * advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * advantage)
+        entropy = features_d.entropy() + coefs_d.entropy()
+        loss = -surrogate.mean() - config.entropy_coef * entropy.mean()
+        if config.algorithm == "ppo":
+            loss = loss + config.value_coef * (value - batch["returns"]).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"controller loss became {float(loss)}")
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
+        optimizer.step()
+        stats = {"loss": float(loss), "entropy": float(entropy.mean())}
+    return stats
+
+
+def _advantages(config: CRLConfig, rewards: list[float], records: list[dict], rows_per_group: int) -> tuple[list[float], list[float]]:
+    """Per decision: (advantage, return). ppo: R - V(h); grpo: R normalised in its prompt's group."""
+    if config.algorithm == "grpo":
+        normalised = []
+        for start in range(0, len(rewards), rows_per_group):
+            group = torch.tensor(rewards[start:start + rows_per_group])
+            normalised += ((group - group.mean()) / (group.std(unbiased=False) + 1e-6)).tolist()
+        return [normalised[r["row"]] for r in records], [rewards[r["row"]] for r in records]
+    return [rewards[r["row"]] - r["value"] for r in records], [rewards[r["row"]] for r in records]
+
+
+def train(config: CRLConfig) -> Path:
+    """Train (or resume) one CRL controller; returns its run directory."""
+    from rich.console import Console
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    from harness.manifest import build_manifest, write_json
+    from harness.models import default_device, describe, load_causal_lm, resolve_dtype
+    from harness.sae import load_sae
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+    from rl.controller import COEFS, Controller, FeatureBank
+    from rl.rlvr import frozen_fingerprint
+
+    console = Console(stderr=True, soft_wrap=True)
+    started = time.time()
+    task = load_task(config.task)
+    budget = config.task_budget(task)
+    if config.setting == "generation" and task.OUTPUT_TYPE != "generate_until":
+        raise ValueError(f"the generation setting needs a generation task; {config.task} is {task.OUTPUT_TYPE} "
+                         "(use --setting one-token or multi-layer)")
+    if config.setting != "generation" and task.OUTPUT_TYPE != "multiple_choice":
+        raise ValueError(f"the {config.setting} setting needs a multiple-choice task; {config.task} is "
+                         f"{task.OUTPUT_TYPE} (use --setting generation)")
+    splits = method_splits(task)
+    device = config.device or default_device()
+    dtype = resolve_dtype("auto" if config.dtype == "auto" else config.dtype, device)  # forward only: bf16 on CPU
+    model, tokenizer = load_causal_lm(config.model, dtype=str(dtype).replace("torch.", ""), device=device)
+    info = describe(model)
+    first = load_sae(config.sae, info, config.layers[0] if config.layers else None, device=device,
+                     corpus=config.sae_corpus)
+    layers = _default_layers(config, info.n_layers, first.layer)
+    saes = {first.layer: first} if first.layer in layers else {}
+    for layer in layers:
+        if layer not in saes:
+            saes[layer] = load_sae(config.sae, info, layer, device=device, corpus=config.sae_corpus)
+    run_dir = run_dir_for(config, config.method)
+    checkpoints = run_dir / "checkpoints"
+    if not config.resume and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+    n_docs = min(budget.distinct_prompts, len(splits.train))
+    docs = splits.train[:n_docs]
+    val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
+    problem = build_problem(task, docs, tokenizer, config.seed)
+    val_problem = build_problem(task, val_docs, tokenizer, config.seed)
+    scales, samples = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
+    bank = FeatureBank(layers, {l: saes[l].directions().float().to(device) for l in layers},
+                       {l: scales[l].to(device) for l in layers})
+    torch.manual_seed(config.seed)
+    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden).to(device)
+    controller.standardise_from({i: samples[l] for i, l in enumerate(layers)})
+    optimizer = torch.optim.Adam([p for p in controller.parameters() if p.requires_grad], lr=config.learning_rate)
+    mask = FeatureMask(bank.d_sae, config.mask_share, config.mask_steps, config.mask_window)
+    generator = torch.Generator().manual_seed(config.seed)
+    order = list(range(n_docs))
+    random.Random(config.seed).shuffle(order)
+    rollouts = Rollouts(model, tokenizer, controller, bank, problem, budget.max_new_tokens, config.batch_size)
+    validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
+
+    spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
+    latest = _latest(checkpoints) if config.resume else None
+    if latest is not None:
+        state = json.loads((latest / "state.json").read_text())
+        controller.load_state_dict(load_file(str(latest / CONTROLLER_FILE)))
+        if (latest / "optimizer.safetensors").exists():
+            _load_optimizer(optimizer, load_file(str(latest / "optimizer.safetensors")), state["param_groups"])
+        spent, curve, start_step = Spent(**state["spent"]), state["curve"], state["step"]
+        mask.load(state["mask"])
+        chosen_counts = Counter({int(k): v for k, v in state["chosen"].items()})
+        generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        console.print(f"resuming {run_dir} from {latest.name} ({spent.rollouts} rollouts)")
+    spent.trainable_parameters = sum(p.numel() for p in controller.parameters() if p.requires_grad)
+    frozen_before = frozen_fingerprint(model) + sum(float(d.double().abs().sum()) for d in bank.directions.values())
+
+    def validate() -> tuple[float, list[dict], list[float]]:
+        rewards, records, _, _ = validator.run(list(range(len(val_docs))), "greedy", keep_residuals=False)
+        return sum(rewards) / len(rewards), records, rewards
+
+    if not curve:
+        curve.append({"step": 0, "rollouts": 0, "reward": None, "validation": validate()[0]})
+    console.print(f"[bold]CRL[/] {config.setting} on {config.task}: layers {layers}, {bank.d_sae} features + no-op, "
+                  f"{budget.steps} steps x {budget.prompts_per_step} prompts x {budget.samples_per_prompt} samples, "
+                  f"{config.algorithm}, {spent.trainable_parameters:,} trainable parameters, LLM in {dtype} on {device}")
+    wall_before = spent.wall_s
+    bar = tqdm(total=budget.steps, initial=start_step, desc=f"CRL {config.setting} {config.task}", unit="step")
+    for step in range(start_step, budget.steps):
+        picks = [order[(step * budget.prompts_per_step + j) % n_docs] for j in range(budget.prompts_per_step)]
+        rows = [doc for doc in picks for _ in range(budget.samples_per_prompt)]
+        masked = mask.tensor(step)
+        tokens_before = getattr(rollouts, "generated_tokens", 0)
+        rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
+        spent.rollouts += len(rows)
+        spent.generated_tokens += (getattr(rollouts, "generated_tokens", 0) - tokens_before) \
+            if problem.kind == "generation" else len(rows)
+        advantages, returns = _advantages(config, rewards, records, budget.samples_per_prompt)
+        batch = {
+            "h": torch.stack(residuals).to(device), "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
+            "feature": torch.tensor([r["feature_index"] for r in records], device=device),
+            "coef": torch.tensor([r["coef_index"] for r in records], device=device),
+            "logp": torch.tensor([r["logp"] for r in records], device=device),
+            "advantage": torch.tensor(advantages, device=device, dtype=torch.float32),
+            "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
+        }
+        stats = ppo_update(controller, optimizer, batch, config)
+        chosen = [r["feature_index"] for r in records]
+        chosen_counts.update(f for f in chosen if f < bank.d_sae)
+        newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
+        spent.steps = step + 1
+        spent.wall_s = wall_before + time.time() - started
+        row = {"step": step + 1, "rollouts": spent.rollouts, "reward": sum(rewards) / len(rewards), "validation": None,
+               "entropy": stats["entropy"], "distinct_features": len(chosen_counts), "masked": int(masked.sum()),
+               "newly_masked": len(newly_masked)}
+        if (config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == budget.steps:
+            row["validation"] = validate()[0]
+        curve.append(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward']:.2f}", features=len(chosen_counts))
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < budget.steps:
+            _checkpoint(checkpoints / f"step-{step + 1}", controller, optimizer, {
+                "step": step + 1, "spent": spent.to_dict(), "curve": curve, "mask": mask.state(),
+                "chosen": {str(k): v for k, v in chosen_counts.items()}, "generator": generator.get_state().tolist()})
+    bar.close()
+
+    frozen_after = frozen_fingerprint(model) + sum(float(d.double().abs().sum()) for d in bank.directions.values())
+    if frozen_after != frozen_before:
+        raise RuntimeError("the LLM or SAE weights changed during CRL training; only the controller may train. "
+                           "This is a bug: please report it")
+    score, decisions, val_rewards = validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _save_tensors(run_dir / CONTROLLER_FILE, controller.state_dict())
+    _save_tensors(run_dir / BANK_FILE, {**{f"directions.{l}": bank.directions[l] for l in layers},
+                                        **{f"scales.{l}": bank.scales[l] for l in layers}})
+    with open(run_dir / "interventions.jsonl", "w") as handle:
+        for record in decisions:
+            doc_index = record["row"]
+            handle.write(json.dumps({"split": "validation", "item": doc_index, "position": record["position"],
+                                     "token": tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
+                                     "layer": record["layer"], "feature": record["feature"], "coef": record["coef"],
+                                     "reward": val_rewards[doc_index]}) + "\n")
+    write_json(run_dir / "choices.json", {
+        "training": [{"feature": f, "count": c} for f, c in chosen_counts.most_common(50)],
+        "validation": [{"feature": f, "count": c} for f, c in
+                       Counter(r["feature"] for r in decisions if r["feature"] is not None).most_common(50)],
+        "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions))})
+    write_json(run_dir / "config.json", {
+        "method": config.method, "controller": "crl-mlp-v1", **asdict(config), "layers_resolved": layers,
+        "d_model": info.d_model, "d_sae": bank.d_sae, "coefs": list(COEFS), "hidden": config.hidden,
+        "saes": {str(l): saes[l].describe() for l in layers}, "budget_resolved": budget.to_dict(),
+        "fingerprint": config.fingerprint()})
+    write_json(run_dir / "manifest.json", build_manifest(
+        kind="crl", config=asdict(config), budget=budget.to_dict(), spent=spent.to_dict(), splits=splits.sizes(),
+        curve=curve, frozen_weights_checksum=frozen_after, resumed_from=str(latest) if latest else None))
+    write_curve(curve, run_dir, Path(config.results_dir) / config.method / config.task,
+                f"CRL ({config.setting}, {config.algorithm}): {config.task}, {config.model}", "score",
+                fields=CURVE_FIELDS)
+    import shutil
+
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    console.print(f"CRL done: {spent.rollouts} rollouts, {spent.wall_s:.0f} s; validation "
+                  f"{curve[0]['validation']:.3f} -> {score:.3f}; {len(chosen_counts)} features tried; {run_dir}")
+    return run_dir

@@ -1,0 +1,195 @@
+"""CRL: the controller learns a planted good feature on a tiny model, trains alone (LLM and
+SAE frozen), replays its logged interventions exactly, resumes, and masks adaptively."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+LAYER = 3  # the tiny model's last decoder layer
+GOOD = 5  # the planted feature
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_dir, tmp_path_factory):
+    """An SAE for layer 3 of the tiny model whose feature 5 adds a large push towards one digit,
+    and arith_mc documents whose answer is that digit (one the unsteered model rarely picks)."""
+    from sae_lens import SAE
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAEConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from baselines.contrast import batch
+    from harness.sparse_logits import logits_at
+    from harness.tasks import load_task
+    from rl.prompts import task_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    task = load_task("arith_mc")
+    docs = list(task.training_docs()) + list(task.validation_docs())
+    digits = [tokenizer(d, add_special_tokens=False)["input_ids"][0] for d in "0123456789"]
+    ids, mask = batch(tokenizer, task_prompts(task, docs[:40]), "cpu")
+    last = torch.full((len(ids), 1), ids.shape[1] - 1)
+    with torch.no_grad(), logits_at(model, last):
+        base_choice = model(input_ids=ids, attention_mask=mask).logits[:, -1][:, digits].argmax(-1)
+    target = min(range(10), key=lambda d: int((base_choice == d).sum()))  # the digit the model picks least
+    embed = model.get_input_embeddings().weight.detach()
+    push = embed[digits[target]] - embed[digits].mean(0)
+    torch.manual_seed(0)
+    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=16, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{LAYER}")).to_dict())
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn_like(sae.W_enc) * 0.3)
+        sae.b_enc.fill_(1.0)
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn_like(sae.W_dec), dim=-1))
+        sae.W_dec[GOOD] = push / push.norm() * 400
+    path = tmp_path_factory.mktemp("planted-sae") / "sae"
+    sae.save_model(path)
+    chosen = [d for d in docs if d["answer"] == target]
+    return {"sae": str(path), "train": chosen[: len(chosen) * 2 // 3], "validation": chosen[len(chosen) * 2 // 3:],
+            "target": target}
+
+
+@pytest.fixture
+def planted_splits(planted, monkeypatch):
+    import harness.splits
+
+    real = harness.splits.method_splits
+
+    def method_splits(task):
+        splits = real(task)
+        splits.train, splits.validation = planted["train"], planted["validation"]
+        return splits
+
+    monkeypatch.setattr(harness.splits, "method_splits", method_splits)
+
+
+def _config(tiny_dir, planted, tmp_path, **overrides):
+    from rl.crl import CRLConfig
+
+    options = dict(model=tiny_dir, task="arith_mc", sae=planted["sae"], layers=[LAYER], budget="smoke", steps=12,
+                   prompts_per_step=4, samples_per_prompt=8, learning_rate=1e-2, hidden=32, eval_every=4,
+                   checkpoint_every=4, val_limit=None, device="cpu", dtype="float32", batch_size=32,
+                   results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    return CRLConfig(**{**options, **overrides})
+
+
+def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, planted, planted_splits, tmp_path):
+    from safetensors.torch import load_file
+
+    from rl import crl
+    from rl.controller import Controller
+
+    config = _config(tiny_dir, planted, tmp_path)
+    run_dir = crl.train(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    curve = manifest["curve"]
+    assert curve[0]["validation"] < 0.5 and curve[-1]["validation"] >= 0.9, curve
+    choices = json.loads((run_dir / "choices.json").read_text())
+    assert choices["validation"][0]["feature"] == GOOD
+    spent = manifest["spent"]
+    assert spent["rollouts"] == 12 * 4 * 8 and spent["generated_tokens"] == spent["rollouts"]
+    # only the controller trained: its weights moved from their seeded start; LLM and SAE checksums held
+    torch.manual_seed(config.seed)
+    start = Controller(64, 16, 1, 32).state_dict()
+    trained = load_file(str(run_dir / crl.CONTROLLER_FILE))
+    assert any(not torch.equal(start[k], trained[k]) for k in start if "mean" not in k and "scale" not in k)
+    assert manifest["frozen_weights_checksum"] is not None
+    assert (Path(config.results_dir) / "crl-one-token" / "arith_mc" / "curve.png").exists()
+
+
+def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, planted_splits, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.tasks import load_task
+    from rl import crl
+    from rl.controller import COEFS, Controller, FeatureBank
+
+    run_dir = crl.train(_config(tiny_dir, planted, tmp_path, steps=4))
+    log = [json.loads(line) for line in (run_dir / "interventions.jsonl").read_text().splitlines()]
+    assert log and {"item", "position", "token", "layer", "feature", "coef"} <= set(log[0])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    bank_tensors = load_file(str(run_dir / crl.BANK_FILE))
+    bank = FeatureBank([LAYER], {LAYER: bank_tensors[f"directions.{LAYER}"]}, {LAYER: bank_tensors[f"scales.{LAYER}"]})
+    controller = Controller(64, 16, 1, 32)
+    controller.load_state_dict(load_file(str(run_dir / crl.CONTROLLER_FILE)))
+    problem = crl.build_problem(load_task("arith_mc"), planted["validation"], tokenizer, seed=0)
+    rollouts = crl.Rollouts(model, tokenizer, controller, bank, problem, 1, 8)
+    actions = {e["item"]: {e["layer"]: (16 if e["feature"] is None else e["feature"], COEFS.index(e["coef"]))}
+               for e in log}
+    rewards, records, _, _ = rollouts.run(list(range(len(problem.docs))), "replay", row_actions=actions)
+    assert rewards == [e["reward"] for e in sorted(log, key=lambda e: e["item"])]
+    assert [(r["feature"], r["coef"], r["position"]) for r in records] == [(e["feature"], e["coef"], e["position"]) for e in sorted(log, key=lambda e: e["item"])]
+    # and the replay is not vacuous: without the interventions the outputs differ
+    noop = {item: {LAYER: (16, 0)} for item in actions}
+    unsteered, _, _, _ = rollouts.run(list(range(len(problem.docs))), "replay", row_actions=noop)
+    assert unsteered != rewards
+
+
+def test_killed_run_resumes(tiny_dir, planted, planted_splits, tmp_path, monkeypatch):
+    from rl import crl
+
+    real = crl.ppo_update
+    calls = {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crl, "ppo_update", dies)
+    config = _config(tiny_dir, planted, tmp_path, steps=8)
+    with pytest.raises(KeyboardInterrupt):
+        crl.train(config)
+    assert (crl.run_dir_for(config, config.method) / "checkpoints" / "step-4" / "state.json").exists()
+    calls["n"] = -100
+    run_dir = crl.train(config)
+    assert calls["n"] == -100 + 4  # steps 5-8 only
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["resumed_from"].endswith("step-4") and manifest["spent"]["rollouts"] == 8 * 4 * 8
+    assert [row["step"] for row in manifest["curve"]] == list(range(9))
+
+
+def test_adaptive_mask_masks_dominant_unhelpful_features_only():
+    from rl.controller import distributions
+    from rl.crl import FeatureMask
+
+    mask = FeatureMask(d_sae=8, share=0.5, steps=3, window=2)
+    # feature 2 dominates and does no better than average: masked; feature 3 dominates and helps: kept
+    assert mask.update(0, [2, 2, 2, 2, 8, 1], [0, 0, 0, 0, 1, 1]) == [2]
+    assert mask.tensor(1)[2] and not mask.tensor(1)[8] and not mask.tensor(4)[2]  # released after 3 steps
+    helpful = FeatureMask(d_sae=8, share=0.5, steps=3, window=1)
+    assert helpful.update(0, [3, 3, 3, 1], [1, 1, 1, 0]) == []
+    off = FeatureMask(d_sae=8, share=0.0, steps=3, window=1)
+    assert off.update(0, [2, 2, 2], [0, 0, 0]) == []
+    # a masked feature is never sampled; the no-op never is masked
+    features_d, _ = distributions(torch.zeros(1, 9), torch.zeros(1, 5), mask.tensor(1))
+    assert features_d.probs[0, 2] == 0 and features_d.probs[0, 8] > 0
+
+
+def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted, planted_splits, tmp_path):
+    from baselines.train import TaskScorer
+    from harness.lm_models import CRLSteeredLM, LeanHFLM
+    from harness.tasks import load_task
+    from rl import crl
+
+    run_dir = crl.train(_config(tiny_dir, planted, tmp_path))
+    docs = planted["validation"]
+    log = tmp_path / "decisions.jsonl"
+    steered = CRLSteeredLM(pretrained=tiny_dir, controller=str(run_dir), log_interventions=str(log),
+                           device="cpu", dtype="float32", batch_size=8)
+    base = LeanHFLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=8)
+    assert TaskScorer(steered, load_task("arith_mc"), docs)([]) >= 0.9
+    assert TaskScorer(base, load_task("arith_mc"), docs)([]) < 0.5
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries and {e["layer"] for e in entries} == {LAYER}
+    assert {e["item"] for e in entries} <= set(range(len(docs))) and None not in {e["item"] for e in entries}
+    assert sum(e["feature"] == GOOD for e in entries) / len(entries) >= 0.9
+    # one decision per forward row, at the answer position: the "=" that ends each prompt
+    assert {e["token"] for e in entries} == {"="}
