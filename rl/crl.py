@@ -62,7 +62,7 @@ BANK_FILE = "bank.safetensors"
 @dataclass
 class CRLConfig(RLTrainConfig):
     setting: str = field(default="one-token", metadata={"help": "one-token | multi-layer | generation"})
-    sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae); auto trains one per layer if needed"})
+    sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae); auto trains one per layer if needed; '{layer}' in the spec is replaced by each layer (multi-layer)"})
     layers: list[int] | None = field(default=None, metadata={"help": "controlled layers (default: the SAE's layer; multi-layer: 1/3 and 1/2 of the depth)"})
     sae_corpus: str = field(default="builtin", metadata={"help": "corpus for an auto SAE that has to be trained"})
     algorithm: str = field(default="ppo", metadata={"help": "ppo (value head) or grpo (group-relative, critic-free)"})
@@ -470,13 +470,18 @@ def train(config: CRLConfig) -> Path:
     dtype = resolve_dtype("auto" if config.dtype == "auto" else config.dtype, device)  # forward only: bf16 on CPU
     model, tokenizer = load_causal_lm(config.model, dtype=str(dtype).replace("torch.", ""), device=device)
     info = describe(model)
-    first = load_sae(config.sae, info, config.layers[0] if config.layers else None, device=device,
-                     corpus=config.sae_corpus)
+    def sae_for(layer):
+        spec = config.sae.format(layer=layer) if "{layer}" in config.sae else config.sae
+        return load_sae(spec, info, layer, device=device, corpus=config.sae_corpus)
+
+    if "{layer}" in config.sae and not config.layers and config.setting != "multi-layer":
+        raise ValueError(f"--sae {config.sae} names one SAE per layer; pass --layers")
+    first = sae_for(config.layers[0]) if config.layers else sae_for(None)
     layers = _default_layers(config, info.n_layers, first.layer)
     saes = {first.layer: first} if first.layer in layers else {}
     for layer in layers:
         if layer not in saes:
-            saes[layer] = load_sae(config.sae, info, layer, device=device, corpus=config.sae_corpus)
+            saes[layer] = sae_for(layer)
     run_dir = run_dir_for(config, config.method)
     checkpoints = run_dir / "checkpoints"
     if not config.resume and run_dir.exists():

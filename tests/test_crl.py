@@ -193,3 +193,45 @@ def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted,
     assert sum(e["feature"] == GOOD for e in entries) / len(entries) >= 0.9
     # one decision per forward row, at the answer position: the "=" that ends each prompt
     assert {e["token"] for e in entries} == {"="}
+
+
+@pytest.fixture(scope="module")
+def per_layer_saes(tmp_path_factory):
+    """Random TopK SAEs for layers 2 and 3 of the tiny model, named sae-layer<N>."""
+    from sae_lens import SAE
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAEConfig
+
+    root = tmp_path_factory.mktemp("per-layer-saes")
+    torch.manual_seed(1)
+    for layer in (2, 3):
+        sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=32, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{layer}")).to_dict())
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.copy_(torch.randn_like(p) * 0.2)
+        sae.save_model(root / f"sae-layer{layer}")
+    return str(root / "sae-layer{layer}")
+
+
+@pytest.mark.parametrize("setting,task,layers", [("multi-layer", "arith_mc", [2, 3]), ("generation", "arith_gen", [2])])
+def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setting, task, layers):
+    from rl import crl
+
+    config = crl.CRLConfig(model=tiny_dir, task=task, setting=setting, sae=per_layer_saes, layers=layers, budget="smoke",
+                           steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, val_limit=3,
+                           eval_every=0, hidden=16, algorithm="grpo", device="cpu", dtype="float32",
+                           results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    run_dir = crl.train(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    spent = manifest["spent"]
+    assert spent["rollouts"] == 2 * 2 * 2
+    log = [json.loads(line) for line in (run_dir / "interventions.jsonl").read_text().splitlines()]
+    if setting == "multi-layer":
+        assert spent["generated_tokens"] == spent["rollouts"]
+        # one decision per layer per item, at the same (answer) position
+        assert sorted((e["item"], e["layer"]) for e in log) == [(i, l) for i in range(3) for l in (2, 3)]
+        assert len({(e["item"], e["position"]) for e in log}) == 3
+    else:
+        assert 0 < spent["generated_tokens"] <= spent["rollouts"] * 6
+        # a decision at the prompt's last token and at generated tokens (several per item)
+        assert {e["layer"] for e in log} == {2} and max(sum(e["item"] == i for e in log) for i in range(3)) > 1
