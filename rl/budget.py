@@ -108,7 +108,8 @@ class Spent:
     steps: int = 0
     rollouts: int = 0
     generated_tokens: int = 0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole run: loading, validation and training
+    train_s: float = 0.0  # optimisation steps only (rollouts and updates; no loading or validation)
     trainable_parameters: int = 0
 
     def to_dict(self) -> dict[str, Any]:

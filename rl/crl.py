@@ -535,6 +535,7 @@ def train(config: CRLConfig) -> Path:
     wall_before = spent.wall_s
     bar = tqdm(total=budget.steps, initial=start_step, desc=f"CRL {config.setting} {config.task}", unit="step")
     for step in range(start_step, budget.steps):
+        step_started = time.time()
         picks = [order[(step * budget.prompts_per_step + j) % n_docs] for j in range(budget.prompts_per_step)]
         rows = [doc for doc in picks for _ in range(budget.samples_per_prompt)]
         masked = mask.tensor(step)
@@ -553,6 +554,7 @@ def train(config: CRLConfig) -> Path:
             "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
         }
         stats = ppo_update(controller, optimizer, batch, config)
+        spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
         chosen_counts.update(f for f in chosen if f < bank.d_sae)
         newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])

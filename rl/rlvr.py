@@ -210,11 +210,17 @@ def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: l
             return control
 
     class Curve(TrainerCallback):
+        step_started = 0.0
+
         def on_train_begin(self, args, state, control, **kwargs):
             if not curve:
                 curve.append({"step": 0, "rollouts": 0, "reward": None, "validation": validate()})
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            Curve.step_started = time.time()
+
         def on_step_end(self, args, state, control, **kwargs):
+            spent.train_s += time.time() - Curve.step_started
             spent.steps = state.global_step
             spent.wall_s = wall_before + time.time() - run_started
             row = {"step": state.global_step, "rollouts": spent.rollouts, "reward": meter.last_mean, "validation": None}
