@@ -448,7 +448,7 @@ def train(config: CRLConfig) -> Path:
     from tqdm.auto import tqdm
 
     from harness.manifest import build_manifest, write_json
-    from harness.models import default_device, describe, load_causal_lm, resolve_dtype
+    from harness.models import default_device, load_causal_lm, model_info, resolve_dtype
     from harness.sae import load_sae
     from harness.splits import method_splits
     from harness.tasks import load_task
@@ -469,7 +469,7 @@ def train(config: CRLConfig) -> Path:
     device = config.device or default_device()
     dtype = resolve_dtype("auto" if config.dtype == "auto" else config.dtype, device)  # forward only: bf16 on CPU
     model, tokenizer = load_causal_lm(config.model, dtype=str(dtype).replace("torch.", ""), device=device)
-    info = describe(model)
+    info = model_info(config.model)  # as bench names it: an auto SAE is found in the same cache entry
     def sae_for(layer):
         spec = config.sae.format(layer=layer) if "{layer}" in config.sae else config.sae
         return load_sae(spec, info, layer, device=device, corpus=config.sae_corpus)
