@@ -10,7 +10,8 @@ overridden by their own flags):
 
 - `smoke`: a few steps, for tests;
 - `cpu`: the embedded model on a 2-core CPU, aiming at 15 minutes of RLVR training per task
-  (generation tasks get fewer steps: each rollout costs ~30 tokens instead of one);
+  (generation tasks get fewer steps and smaller groups: each rollout costs ~20-30 tokens
+  instead of one);
 - `gpu`: a real model on one GPU.
 
 The regime comes from the task: multiple-choice tasks are one-token answers
@@ -29,7 +30,7 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"steps": 3, "prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "seeds": [0]},
     "cpu": {"steps": 40, "prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 32, "seeds": [0],
-            "generation": {"steps": 16}},
+            "generation": {"steps": 16, "samples_per_prompt": 4}},
     "gpu": {"steps": 300, "prompts_per_step": 16, "samples_per_prompt": 16, "max_new_tokens": 256, "seeds": [0, 1, 2]},
 }
 

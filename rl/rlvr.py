@@ -16,8 +16,10 @@ module only assembles the pieces from the shared contracts:
   would almost never be an answer). TRL's loss uses the full-vocabulary log-probability of
   the sampled choice; with group-normalised advantages (zero-sum within a prompt's group)
   the gradient of the choices' shared normaliser cancels, so this is the policy gradient of
-  the policy restricted to the choices. Generation tasks generate up to `max_new_tokens`
-  (the completion is cut at the task's `until` strings when scored, as lm-eval does);
+  the policy restricted to the choices. Generation tasks generate up to `max_new_tokens`,
+  stopping at the task's one-token `until` strings (e.g. a newline; TRL stops and masks
+  at the model's end-of-sequence ids, which we extend), and the completion is cut at all
+  `until` strings when scored, as lm-eval does;
 - precision: fp32 on CPU by default (bf16 backward passes are ~12x slower than fp32 there),
   bf16 on GPU.
 
@@ -240,6 +242,16 @@ def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: l
     return Guard, Curve
 
 
+def _stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
+    """Rollouts stop at the task's one-token `until` strings (e.g. arith_gen's newline), as
+    lm-eval's generation does: TRL stops and masks at the model's `eos_token_id`s."""
+    until = [u for u in (task.config.generation_kwargs or {}).get("until", []) if u]
+    stops = [ids[0] for ids in (tokenizer(u, add_special_tokens=False)["input_ids"] for u in until) if len(ids) == 1]
+    current = model.generation_config.eos_token_id
+    current = [] if current is None else [current] if isinstance(current, int) else list(current)
+    model.generation_config.eos_token_id = current + [t for t in stops if t not in current]
+
+
 def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: RLTrainConfig, device: str):
     """Validation score of the model being trained, with lm-eval's requests (`TaskScorer`)."""
     from baselines.train import TaskScorer
@@ -335,6 +347,8 @@ def train(config: RLVRConfig) -> Path:
     if task.OUTPUT_TYPE == "multiple_choice":
         choice_tokens = check_one_token_choices(task, docs, tokenizer)
         generation_kwargs = {"sequence_bias": [[[token], CHOICE_BIAS] for token in choice_tokens]}
+    if task.OUTPUT_TYPE == "generate_until":
+        _stop_at_until(model, tokenizer, task)
     prompts = task_prompts(task, docs, seed=config.seed)
     dataset = datasets.Dataset.from_dict({"prompt": prompts, **doc_columns(docs)})
 

@@ -168,3 +168,18 @@ def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_
     task.config.doc_to_choice = ["two", "three hundred and five"]
     with pytest.raises(ValueError, match="one-token regime needs one-token choices"):
         check_one_token_choices(task, docs, tokenizer)
+
+
+def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
+    from harness.tasks import load_task
+    from rl.rlvr import _stop_at_until
+
+    model, tokenizer = tiny_model
+    before = model.generation_config.eos_token_id
+    try:
+        _stop_at_until(model, tokenizer, load_task("arith_gen"))
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+        eos = model.generation_config.eos_token_id
+        assert newline in eos and tokenizer.eos_token_id in ([before] if isinstance(before, int) else before) + eos
+    finally:
+        model.generation_config.eos_token_id = before
