@@ -243,10 +243,17 @@ def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: l
 
 
 def _stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
-    """Rollouts stop at the task's one-token `until` strings (e.g. arith_gen's newline), as
-    lm-eval's generation does: TRL stops and masks at the model's `eos_token_id`s."""
+    """Rollouts stop at the first token that contains one of the task's one-token `until`
+    strings (e.g. arith_gen's newline, also inside "\n\n" or ".\n" tokens), as lm-eval's
+    generation does: TRL stops and masks at the model's `eos_token_id`s, which we extend."""
     until = [u for u in (task.config.generation_kwargs or {}).get("until", []) if u]
-    stops = [ids[0] for ids in (tokenizer(u, add_special_tokens=False)["input_ids"] for u in until) if len(ids) == 1]
+    short = [u for u in until if len(tokenizer(u, add_special_tokens=False)["input_ids"]) == 1]
+    if not short:
+        return
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    decoded = {i: tokenizer.convert_tokens_to_string([p]) for i, p in enumerate(pieces)
+               if p is not None and any(u in p or u.replace("\n", "Ċ") in p for u in short)}
+    stops = sorted(i for i, text in decoded.items() if any(u in text for u in short))
     current = model.generation_config.eos_token_id
     current = [] if current is None else [current] if isinstance(current, int) else list(current)
     model.generation_config.eos_token_id = current + [t for t in stops if t not in current]

@@ -179,7 +179,10 @@ def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
     try:
         _stop_at_until(model, tokenizer, load_task("arith_gen"))
         newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+        double = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
         eos = model.generation_config.eos_token_id
         assert newline in eos and tokenizer.eos_token_id in ([before] if isinstance(before, int) else before) + eos
+        assert len(double) == 1 and double[0] in eos  # "\n\n" is its own token and contains the stop
+        assert all("\n" in tokenizer.decode([t]) for t in eos if t not in ([before] if isinstance(before, int) else before))
     finally:
         model.generation_config.eos_token_id = before
