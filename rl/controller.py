@@ -17,7 +17,7 @@ through the one steering mechanism (`harness.steering`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,10 +173,6 @@ def at_decision(decision: Tensor) -> Callable[[StepContext], Tensor]:
 def from_last_prompt_token(ctx: StepContext) -> Tensor:
     """Decide at the prompt's last token and at every generated token (generation setting)."""
     return ctx.positions >= ctx.prompt_lengths[:, None] - 1
-
-
-def stack_rows(values: Sequence[Tensor]) -> Tensor:
-    return torch.stack(list(values)) if values else torch.empty(0)
 
 
 def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBank]:

@@ -40,7 +40,6 @@ features' typical activations), `manifest.json`, `curve.csv` / `curve.png`, `cho
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import Counter, deque
@@ -52,6 +51,7 @@ import torch
 
 from rl.budget import Spent
 from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
+from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
 SETTINGS = ("one-token", "multi-layer", "generation")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "distinct_features", "masked", "newly_masked")
@@ -130,196 +130,6 @@ class FeatureMask:
     def load(self, state: dict[str, Any]) -> None:
         self.recent.extend(state["recent"])
         self.until = {int(k): v for k, v in state["until"].items()}
-
-
-@dataclass
-class Problem:
-    """What a rollout needs from the task, built once."""
-
-    task: Any
-    docs: list[dict]
-    prompts: list[str]
-    kind: str  # one-token-choices | choices | generation
-    choice_tokens: list[list[int]] | None = None  # one-token: per doc, the choice token ids
-    gold: list[int] | None = None
-
-
-def build_problem(task: Any, docs: list[dict], tokenizer: Any, seed: int) -> Problem:
-    from rl.prompts import task_prompts
-
-    prompts = task_prompts(task, docs, seed=seed)
-    if task.OUTPUT_TYPE == "generate_until":
-        return Problem(task, docs, prompts, "generation")
-    if task.OUTPUT_TYPE != "multiple_choice":
-        raise ValueError(f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; CRL needs a "
-                         "multiple_choice or generate_until task")
-    delimiter = task.config.target_delimiter
-    gold, tokens, one_token = [], [], True
-    for doc in docs:
-        choices = task.doc_to_choice(doc)
-        target = task.doc_to_target(doc)
-        gold.append(target if isinstance(target, int) else choices.index(target))
-        ids = [tokenizer(delimiter + c, add_special_tokens=False)["input_ids"] for c in choices]
-        one_token &= all(len(i) == 1 for i in ids)
-        tokens.append([i[0] for i in ids])
-    return Problem(task, docs, prompts, "one-token-choices" if one_token else "choices",
-                   tokens if one_token else None, gold)
-
-
-class Rollouts:
-    """Runs the frozen model under the controller for a batch of (document, sample) rows."""
-
-    def __init__(self, model: Any, tokenizer: Any, controller: Any, bank: Any, problem: Problem,
-                 max_new_tokens: int, batch_size: int):
-        self.model, self.tokenizer, self.controller, self.bank = model, tokenizer, controller, bank
-        self.problem, self.max_new_tokens, self.batch_size = problem, max_new_tokens, batch_size
-        self.device = next(model.parameters()).device
-
-    def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
-            generator: torch.Generator | None = None, keep_residuals: bool = True,
-            row_actions: dict[int, dict[int, tuple[int, int]]] | None = None):
-        """Rewards per row and the decisions (records + residuals), rows in `indices` order.
-        `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}."""
-        rewards: list[float] = []
-        records: list[dict] = []
-        residuals: list[torch.Tensor] = []
-        completions: list[str] = []
-        for start in range(0, len(indices), self.batch_size):
-            chunk = indices[start:start + self.batch_size]
-            self._replay = None if row_actions is None else {
-                row - start: actions for row, actions in row_actions.items() if start <= row < start + len(chunk)}
-            if self.problem.kind == "generation":
-                r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals)
-                completions += texts
-            else:
-                r, run = self._choose(chunk, mode, masked, generator, keep_residuals)
-                tokens = None
-            for record in run.records:
-                record["row"] += start
-            records += run.records
-            residuals += run.residuals
-            rewards += r
-            if tokens is not None:
-                self.generated_tokens = getattr(self, "generated_tokens", 0) + tokens
-        return rewards, records, residuals, completions
-
-    def _controller_run(self, where, mode, masked, generator, keep_residuals, row_actions=None):
-        from rl.controller import ControllerRun
-
-        if row_actions is None and mode == "replay":
-            row_actions = self._replay
-        return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
-                             row_actions=row_actions, keep_residuals=keep_residuals)
-
-    def _choose(self, chunk, mode, masked, generator, keep_residuals):
-        from baselines.contrast import batch
-        from harness.sparse_logits import logits_at
-        from harness.steering import steer
-        from rl.controller import at_decision
-
-        problem = self.problem
-        prompts = [problem.prompts[i] for i in chunk]
-        ids, mask = batch(self.tokenizer, prompts, self.device)
-        lengths = mask.sum(-1)
-        run = self._controller_run(at_decision(lengths - 1), mode, masked, generator, keep_residuals)
-        last = torch.full((len(chunk), 1), ids.shape[1] - 1, dtype=torch.long, device=self.device)
-        with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, last):
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].float()
-        if problem.kind == "one-token-choices":
-            rewards = []
-            for row, doc_index in enumerate(chunk):
-                choice_logits = logits[row, problem.choice_tokens[doc_index]]
-                rewards.append(float(int(choice_logits.argmax()) == problem.gold[doc_index]))
-            return rewards, run
-        # multi-token choices: score every choice with the same actions (replayed per row)
-        actions: dict[int, dict[int, tuple[int, int]]] = {}
-        for record in run.records:
-            actions.setdefault(record["row"], {})[record["layer"]] = (record["feature_index"], record["coef_index"])
-        rewards = [float(self._best_choice(doc_index, actions[row]) == problem.gold[doc_index])
-                   for row, doc_index in enumerate(chunk)]
-        return rewards, run
-
-    def _best_choice(self, doc_index: int, actions: dict[int, tuple[int, int]]) -> int:
-        import torch.nn.functional as F
-
-        from baselines.contrast import batch
-        from harness.sparse_logits import logits_at
-        from harness.steering import steer
-        from rl.controller import at_decision
-
-        problem = self.problem
-        doc = problem.docs[doc_index]
-        prompt = problem.prompts[doc_index]
-        choices = problem.task.doc_to_choice(doc)
-        delimiter = problem.task.config.target_delimiter
-        prompt_len = len(self.tokenizer(prompt)["input_ids"])
-        texts = [prompt + delimiter + c for c in choices]
-        ids, mask = batch(self.tokenizer, texts, self.device)
-        lengths = mask.sum(-1)
-        cont = lengths - prompt_len
-        width = int(cont.max())
-        pad = ids.shape[1] - lengths  # left padding
-        index = torch.stack([torch.clamp(pad[r] + prompt_len - 1 + torch.arange(width, device=self.device),
-                                         max=ids.shape[1] - 2) for r in range(len(texts))])
-        run = self._controller_run(at_decision(torch.full((len(texts),), prompt_len - 1)), "replay", None, None, False,
-                                   row_actions={r: actions for r in range(len(texts))})
-        with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, index):
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-        logprobs = F.log_softmax(logits, -1)
-        scores = []
-        for r in range(len(texts)):
-            n = int(cont[r])
-            targets = ids[r, pad[r] + prompt_len: pad[r] + prompt_len + n]
-            scores.append(float(logprobs[r, :n].gather(-1, targets[:, None]).sum()))
-        return int(torch.tensor(scores).argmax())
-
-    def _generate(self, chunk, mode, masked, generator, keep_residuals):
-        from baselines.contrast import batch
-        from harness.rewards import task_reward
-        from harness.steering import steer
-        from rl.controller import from_last_prompt_token
-
-        problem = self.problem
-        ids, mask = batch(self.tokenizer, [problem.prompts[i] for i in chunk], self.device)
-        run = self._controller_run(from_last_prompt_token, mode, masked, generator, keep_residuals)
-        with torch.no_grad(), steer(self.model, [run.intervention()]):
-            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, ids.shape[1]:]
-        until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
-        texts, alive_until, tokens = [], [], 0
-        for row in range(len(chunk)):
-            n = _stop_length(self.tokenizer, new[row].tolist(), until, self.tokenizer.eos_token_id)
-            alive_until.append(n)
-            tokens += n
-            texts.append(self.tokenizer.decode(new[row, :n], skip_special_tokens=True))
-        docs = [problem.docs[i] for i in chunk]
-        fields = {k: [d[k] for d in docs] for k in docs[0]}
-        if not hasattr(self, "_reward"):
-            self._reward = task_reward(problem.task)
-        rewards = self._reward([problem.prompts[i] for i in chunk], texts, **fields)
-        # decisions after a row's stop produce tokens the reward never sees: drop them
-        prompt_lengths = mask.sum(-1).tolist()
-        kept_records, kept_residuals = [], []
-        for i, record in enumerate(run.records):
-            step = record["position"] - (prompt_lengths[record["row"]] - 1)
-            if step < alive_until[record["row"]]:
-                kept_records.append(record)
-                if keep_residuals:
-                    kept_residuals.append(run.residuals[i])
-        run.records, run.residuals = kept_records, kept_residuals
-        return rewards, run, texts, tokens
-
-
-def _stop_length(tokenizer: Any, ids: list[int], until: list[str], eos: int | None) -> int:
-    """Generated tokens up to and including the one that completes a stop string (or EOS)."""
-    for n in range(1, len(ids) + 1):
-        if eos is not None and ids[n - 1] == eos:
-            return n
-        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
-        if any(stop in text for stop in until):
-            return n
-    return len(ids)
 
 
 def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> list[int]:
@@ -539,10 +349,10 @@ def train(config: CRLConfig) -> Path:
         picks = [order[(step * budget.prompts_per_step + j) % n_docs] for j in range(budget.prompts_per_step)]
         rows = [doc for doc in picks for _ in range(budget.samples_per_prompt)]
         masked = mask.tensor(step)
-        tokens_before = getattr(rollouts, "generated_tokens", 0)
+        tokens_before = rollouts.generated_tokens
         rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
         spent.rollouts += len(rows)
-        spent.generated_tokens += (getattr(rollouts, "generated_tokens", 0) - tokens_before) \
+        spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
         advantages, returns = _advantages(config, rewards, records, budget.samples_per_prompt)
         batch = {
