@@ -25,7 +25,6 @@ a crashed run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -80,8 +79,9 @@ class VectorTrainConfig:
 
     def fingerprint(self) -> str:
         """What decides the sweep's numbers (not where files go, batch sizes or --force)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in {"results_dir", "runs_dir", "force", "batch_size", "device"}}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        from harness.manifest import fingerprint
+
+        return fingerprint(asdict(self), {"results_dir", "runs_dir", "force", "batch_size", "device"})
 
 
 def default_layers(n_layers: int) -> list[int]:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.leaderboard import Scores, build_rows, write
-from harness.manifest import build_manifest, write_json
+from harness.manifest import build_manifest, fingerprint, write_json
 from harness.models import DEFAULT_MODEL, model_slug
 from harness.paths import runs_root
 from harness.tasks import DATA_ENV, LOCAL_TASKS, data_dir
@@ -112,7 +112,7 @@ class Stage:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(self.settings)
 
     def done(self) -> bool:
         marker = self.run_dir / STAGE

@@ -16,6 +16,13 @@ from typing import Any
 LIBRARIES = ("crl-bench", "torch", "transformers", "lm-eval", "sae-lens", "peft", "trl", "datasets", "scipy")
 
 
+def fingerprint(settings: dict[str, Any], ignore: set[str] | frozenset[str] = frozenset()) -> str:
+    """A short hash of the settings that decide a result (keys in `ignore` left out): what
+    reuse and resume compare."""
+    keep = {k: v for k, v in settings.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def git_commit(repo: Path | None = None) -> str | None:
     """The project's git commit, with `+dirty` when the work tree has changes."""
     repo = repo or Path(__file__).resolve().parent.parent

@@ -91,11 +91,9 @@ class RLTrainConfig:
 
     def fingerprint(self) -> str:
         """What decides the trained weights (not where files go, resuming, or eval batch size)."""
-        import hashlib
+        from harness.manifest import fingerprint
 
-        keep = {k: v for k, v in asdict(self).items()
-                if k not in {"results_dir", "runs_dir", "resume", "batch_size", "device"}}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(asdict(self), {"results_dir", "runs_dir", "resume", "batch_size", "device"})
 
     def task_budget(self, task: Any) -> Budget:
         """The budget in the task's regime (see `rl.budget`)."""
