@@ -63,6 +63,7 @@ class Rollouts:
         self.problem, self.max_new_tokens, self.batch_size = problem, max_new_tokens, batch_size
         self.device = next(model.parameters()).device
         self.generated_tokens = 0  # by generation rollouts, over this object's life
+        self.choice_logits: list[torch.Tensor] = []  # one-token choices: the last run's, per row
 
     def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
             generator: torch.Generator | None = None, keep_residuals: bool = True,
@@ -73,8 +74,12 @@ class Rollouts:
         records: list[dict] = []
         residuals: list[torch.Tensor] = []
         completions: list[str] = []
-        for start in range(0, len(indices), self.batch_size):
-            chunk = indices[start:start + self.batch_size]
+        self.choice_logits = []
+        size = self.batch_size
+        if self.problem.kind == "one-token-choices":  # rows share prompts: batch_size distinct prompts per chunk
+            size *= max(1, len(indices) // max(1, len(set(indices))))
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
             self._replay = None if row_actions is None else {
                 row - start: actions for row, actions in row_actions.items() if start <= row < start + len(chunk)}
             if self.problem.kind == "generation":
@@ -101,6 +106,41 @@ class Rollouts:
                              row_actions=row_actions, keep_residuals=keep_residuals)
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
+        problem = self.problem
+        if problem.kind != "one-token-choices":
+            return self._choose_full(chunk, mode, masked, generator, keep_residuals)
+        # The controller acts only at the answer position, so every sample of a prompt shares
+        # the prompt's prefix: run it once per distinct prompt (KV cache), then only the last
+        # token per row, and unembed only the choice tokens.
+        from baselines.contrast import batch
+        from harness.steering import steer
+        from rl.controller import at_decision
+
+        distinct = list(dict.fromkeys(chunk))
+        slot = {doc: i for i, doc in enumerate(distinct)}
+        ids, mask = batch(self.tokenizer, [problem.prompts[d] for d in distinct], self.device)
+        if ids.shape[1] < 2:
+            return self._choose_full(chunk, mode, masked, generator, keep_residuals)
+        body = self.model.base_model
+        with torch.no_grad():
+            cache = body(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True).past_key_values
+        select = torch.tensor([slot[d] for d in chunk], device=self.device)
+        cache.reorder_cache(select)
+        ids, mask = ids[select], mask[select]
+        run = self._controller_run(at_decision(mask.sum(-1) - 1), mode, masked, generator, keep_residuals)
+        with torch.no_grad(), steer(body, [run.intervention()]):
+            hidden = body(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache,
+                          use_cache=True).last_hidden_state[:, -1]
+        unembed = self.model.get_output_embeddings().weight.detach()
+        # the model's head restricted to the choices (a final soft-cap is monotone: same argmax)
+        logits = [hidden[row].float() @ unembed[problem.choice_tokens[doc]].float().T for row, doc in enumerate(chunk)]
+        return self._one_token_rewards(chunk, logits), run
+
+    def _one_token_rewards(self, chunk: list[int], logits: list[torch.Tensor]) -> list[float]:
+        self.choice_logits += logits
+        return [float(int(row.argmax()) == self.problem.gold[doc]) for row, doc in zip(logits, chunk)]
+
+    def _choose_full(self, chunk, mode, masked, generator, keep_residuals):
         from baselines.contrast import batch
         from harness.sparse_logits import logits_at
         from harness.steering import steer
@@ -115,11 +155,8 @@ class Rollouts:
         with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, last):
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].float()
         if problem.kind == "one-token-choices":
-            rewards = []
-            for row, doc_index in enumerate(chunk):
-                choice_logits = logits[row, problem.choice_tokens[doc_index]]
-                rewards.append(float(int(choice_logits.argmax()) == problem.gold[doc_index]))
-            return rewards, run
+            return self._one_token_rewards(chunk, [logits[row, problem.choice_tokens[doc]]
+                                                   for row, doc in enumerate(chunk)]), run
         # multi-token choices: score every choice with the same actions (replayed per row)
         actions: dict[int, dict[int, tuple[int, int]]] = {}
         for record in run.records:

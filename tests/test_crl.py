@@ -131,6 +131,38 @@ def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, plan
     assert unsteered != rewards
 
 
+def test_shared_prefix_rollouts_match_full_forwards(tiny_dir, planted):
+    """One-token rollouts run each prompt's prefix once and only the answer token per sample;
+    the choice logits must equal a full forward of every row's whole prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.tasks import load_task
+    from rl import crl
+    from rl.controller import Controller, FeatureBank
+    from sae_lens import SAE
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    sae = SAE.load_from_disk(planted["sae"])
+    bank = FeatureBank([LAYER], {LAYER: sae.W_dec.detach().float()}, {LAYER: torch.full((16,), 2.0)})
+    problem = crl.build_problem(load_task("arith_mc"), planted["validation"][:5], tokenizer, seed=0)
+    assert problem.kind == "one-token-choices"
+    rollouts = crl.Rollouts(model, tokenizer, Controller(64, 16, 1, 32), bank, problem, 1, 4)
+    rows = [doc for doc in range(5) for _ in range(3)]  # three samples of each prompt, features differ per row
+    actions = {row: {LAYER: ((row * 7) % 17, row % 5)} for row in range(len(rows))}
+    rewards, records, _, _ = rollouts.run(rows, "replay", row_actions=actions)
+    cached = [l.clone() for l in rollouts.choice_logits]
+    rollouts.choice_logits = []
+    for start in range(0, len(rows), 4):
+        chunk = rows[start:start + 4]
+        rollouts._replay = {r - start: actions[r] for r in range(start, start + len(chunk))}
+        assert rollouts._choose_full(chunk, "replay", None, None, False)[0] == rewards[start:start + len(chunk)]
+    full = rollouts.choice_logits
+    assert len(cached) == len(rows) == len(full)
+    assert torch.allclose(torch.stack(cached), torch.stack(full), atol=1e-4)
+    assert {r["feature_index"] for r in records} == {a[LAYER][0] for a in actions.values()}
+
+
 def test_killed_run_resumes(tiny_dir, planted, planted_splits, tmp_path, monkeypatch):
     from rl import crl
 
