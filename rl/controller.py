@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -31,11 +33,19 @@ COEFS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 @dataclass
 class FeatureBank:
-    """Per controlled layer: decoder directions Float[d_sae, D] and typical activations Float[d_sae]."""
+    """Per controlled layer: the candidate features' decoder directions Float[n, D], typical
+    activations Float[n] and SAE ids Long[n] (all features when no candidate set is chosen)."""
 
     layers: list[int]
     directions: dict[int, Tensor]
     scales: dict[int, Tensor]
+    ids: dict[int, Tensor] | None = None
+
+    def sae_id(self, layer: int, index: int) -> int | None:
+        """The SAE feature id of candidate `index` at `layer` (None for the no-op)."""
+        if index >= self.d_sae:
+            return None
+        return int(self.ids[layer][index]) if self.ids is not None else index
 
     @property
     def d_sae(self) -> int:
@@ -51,7 +61,8 @@ class FeatureBank:
 
 
 class Controller(nn.Module):
-    def __init__(self, d_model: int, d_sae: int, n_layers: int, hidden: int = 256, n_coefs: int = len(COEFS)):
+    def __init__(self, d_model: int, d_sae: int, n_layers: int, hidden: int = 256, n_coefs: int = len(COEFS),
+                 noop_prior: float = 0.5):
         super().__init__()
         self.d_sae = d_sae
         self.register_buffer("mean", torch.zeros(n_layers, d_model))
@@ -61,9 +72,13 @@ class Controller(nn.Module):
         self.feature_head = nn.Linear(hidden, d_sae + 1)
         self.coef_head = nn.Linear(hidden, n_coefs)
         self.value_head = nn.Linear(hidden, 1)
-        with torch.no_grad():  # start near uniform over features, so early exploration is broad
+        with torch.no_grad():
+            # start near uniform over the features, with `noop_prior` of the mass on "no
+            # intervention": an untrained controller (greedy) leaves the model alone
             self.feature_head.weight.mul_(0.01)
             self.feature_head.bias.zero_()
+            if 0 < noop_prior < 1:
+                self.feature_head.bias[d_sae] = math.log(noop_prior / (1 - noop_prior) * d_sae)
 
     def forward(self, h: Tensor, layer_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h Float[n, D], layer_index Long[n] -> feature logits [n, d_sae+1], coef logits [n, C], value [n]."""
@@ -144,7 +159,7 @@ class ControllerRun:
         for i in range(len(rows)):
             self.records.append({
                 "row": int(rows[i]), "position": int(positions[i]), "token": int(tokens[i]), "layer": ctx.layer,
-                "feature": int(features[i]) if int(features[i]) < self.bank.d_sae else None,
+                "feature": self.bank.sae_id(ctx.layer, int(features[i])),
                 "coef": float(COEFS[int(coefs[i])]), "feature_index": int(features[i]), "coef_index": int(coefs[i]),
                 "logp": float(logp[i]), "value": float(value[i]), "layer_index": layer_index,
             })
@@ -187,7 +202,8 @@ def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBa
     layers = list(config["layers_resolved"])
     tensors = load_file(str(run_dir / "bank.safetensors"))
     bank = FeatureBank(layers, {l: tensors[f"directions.{l}"].to(device) for l in layers},
-                       {l: tensors[f"scales.{l}"].to(device) for l in layers})
+                       {l: tensors[f"scales.{l}"].to(device) for l in layers},
+                       {l: tensors[f"ids.{l}"].to(device) for l in layers} if f"ids.{layers[0]}" in tensors else None)
     controller = Controller(config["d_model"], config["d_sae"], len(layers), config["hidden"])
     controller.load_state_dict(load_file(str(run_dir / "controller.safetensors")))
     return controller.to(device).eval(), bank

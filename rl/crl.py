@@ -75,6 +75,8 @@ class CRLConfig(RLTrainConfig):
     mask_steps: int = field(default=5, metadata={"help": "steps a masked feature stays masked"})
     mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
     learning_rate: float = field(default=3e-4, metadata={"help": "controller learning rate"})
+    candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
+    noop_prior: float = field(default=0.5, metadata={"help": "initial probability of 'no intervention'"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +154,7 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
     sums = {l: torch.zeros(saes[l].d_sae, dtype=torch.float64) for l in layers}
     counts = {l: torch.zeros(saes[l].d_sae, dtype=torch.float64) for l in layers}
     last = {l: [] for l in layers}
+    # counts: how often each feature fires on these prompts (the candidate score of generation tasks)
     for start in range(0, len(prompts), batch_size):
         ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
         acts = residuals(model, ids, mask, layers=layers)
@@ -168,7 +171,36 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
         fired = counts[l] > 0
         fallback = mean[fired].median() if fired.any() else torch.tensor(1.0)
         scales[l] = torch.where(fired, mean, fallback)
-    return scales, {l: torch.cat(last[l]) for l in layers}
+    return scales, {l: torch.cat(last[l]) for l in layers}, counts
+
+
+@torch.no_grad()
+def choose_candidates(model: Any, sae: Any, problem: Any, scale: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Long[n]: the SAE features the controller may add at one layer.
+
+    One-token multiple-choice tasks: the features whose decoder direction, added at its
+    typical activation and read through the final norm and unembedding, spreads the choice
+    tokens' logits the most (the ones that can move the answer). Other tasks: the features
+    that fire most often on the task's prompts. `n <= 0` keeps the whole dictionary.
+    """
+    d_sae = scale.shape[0]
+    if n <= 0 or n >= d_sae:
+        return torch.arange(d_sae)
+    if problem.kind == "one-token-choices":
+        from harness.sae.cards import final_norm
+
+        tokens = sorted({t for doc in problem.choice_tokens for t in doc})
+        head, norm = model.get_output_embeddings(), final_norm(model)
+        directions = sae.directions().to(head.weight.dtype)
+        spread = []
+        for start in range(0, d_sae, 256):
+            d = directions[start:start + 256]
+            d = norm(d) if norm is not None else d
+            spread.append((d @ head.weight[tokens].T).float().std(-1).cpu())
+        score = torch.cat(spread)
+    else:
+        score = counts.float()
+    return score.topk(n).indices.sort().values
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -304,11 +336,12 @@ def train(config: CRLConfig) -> Path:
     val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
     problem = build_problem(task, docs, tokenizer, config.seed)
     val_problem = build_problem(task, val_docs, tokenizer, config.seed)
-    scales, samples = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
-    bank = FeatureBank(layers, {l: saes[l].directions().float().to(device) for l in layers},
-                       {l: scales[l].to(device) for l in layers})
+    scales, samples, counts = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
+    ids = {l: choose_candidates(model, saes[l], problem, scales[l], counts[l], config.candidates) for l in layers}
+    bank = FeatureBank(layers, {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
+                       {l: scales[l][ids[l]].to(device) for l in layers}, {l: ids[l].to(device) for l in layers})
     torch.manual_seed(config.seed)
-    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden).to(device)
+    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=config.noop_prior).to(device)
     controller.standardise_from({i: samples[l] for i, l in enumerate(layers)})
     optimizer = torch.optim.Adam([p for p in controller.parameters() if p.requires_grad], lr=config.learning_rate)
     mask = FeatureMask(bank.d_sae, config.mask_share, config.mask_steps, config.mask_window)
@@ -366,7 +399,7 @@ def train(config: CRLConfig) -> Path:
         stats = ppo_update(controller, optimizer, batch, config)
         spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
-        chosen_counts.update(f for f in chosen if f < bank.d_sae)
+        chosen_counts.update(bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae)
         newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
         spent.steps = step + 1
         spent.wall_s = wall_before + time.time() - started
@@ -392,7 +425,8 @@ def train(config: CRLConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_tensors(run_dir / CONTROLLER_FILE, controller.state_dict())
     _save_tensors(run_dir / BANK_FILE, {**{f"directions.{l}": bank.directions[l] for l in layers},
-                                        **{f"scales.{l}": bank.scales[l] for l in layers}})
+                                        **{f"scales.{l}": bank.scales[l] for l in layers},
+                                        **{f"ids.{l}": bank.ids[l] for l in layers}})
     with open(run_dir / "interventions.jsonl", "w") as handle:
         for record in decisions:
             doc_index = record["row"]
@@ -407,7 +441,7 @@ def train(config: CRLConfig) -> Path:
         "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions))})
     write_json(run_dir / "config.json", {
         "method": config.method, "controller": "crl-mlp-v1", **asdict(config), "layers_resolved": layers,
-        "d_model": info.d_model, "d_sae": bank.d_sae, "coefs": list(COEFS), "hidden": config.hidden,
+        "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,
         "saes": {str(l): saes[l].describe() for l in layers}, "budget_resolved": budget.to_dict(),
         "fingerprint": config.fingerprint()})
     write_json(run_dir / "manifest.json", build_manifest(

@@ -109,7 +109,7 @@ def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, plan
     from rl import crl
     from rl.controller import COEFS, Controller, FeatureBank
 
-    run_dir = crl.train(_config(tiny_dir, planted, tmp_path, steps=4))
+    run_dir = crl.train(_config(tiny_dir, planted, tmp_path))  # trained enough to steer (the no-op is its prior)
     log = [json.loads(line) for line in (run_dir / "interventions.jsonl").read_text().splitlines()]
     assert log and {"item", "position", "token", "layer", "feature", "coef"} <= set(log[0])
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
@@ -267,3 +267,25 @@ def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setti
         assert 0 < spent["generated_tokens"] <= spent["rollouts"] * 6
         # a decision at the prompt's last token and at generated tokens (several per item)
         assert {e["layer"] for e in log} == {2} and max(sum(e["item"] == i for e in log) for i in range(3)) > 1
+
+
+def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.models import model_info
+    from harness.sae import load_sae
+    from harness.tasks import load_task
+    from rl.crl import build_problem, choose_candidates
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    sae = load_sae(planted["sae"], model_info(tiny_dir), LAYER)
+    problem = build_problem(load_task("arith_mc"), planted["train"][:4], tokenizer, seed=0)
+    ones = torch.ones(16)
+    picked = choose_candidates(model, sae, problem, ones, ones, 2)
+    assert GOOD in picked.tolist() and len(picked) == 2
+    assert choose_candidates(model, sae, problem, ones, ones, 0).tolist() == list(range(16))
+    # generation tasks (no one-token choices): the most frequent features
+    counts = torch.arange(16).float()
+    problem.kind = "generation"
+    assert choose_candidates(model, sae, problem, ones, counts, 3).tolist() == [13, 14, 15]
