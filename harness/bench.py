@@ -246,21 +246,24 @@ def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
 def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset()) -> list[Scores]:
     """Per-item scores from a finished stage's samples.jsonl, one Scores per (filter, metric);
     documents in `exclude` (reserved for training, `harness.splits`) are left out."""
-    grouped: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    from harness.tasks import cluster_of
+
+    grouped: dict[tuple[str, str], tuple[list[int], list[float], list]] = {}
     with open(stage.run_dir / "samples.jsonl") as handle:
         for line in handle:
             sample = json.loads(line)
             if int(sample["doc_id"]) in exclude:
                 continue
             for metric in sample["metrics"]:
-                ids, values = grouped.setdefault((sample["filter"], metric), ([], []))
+                ids, values, clusters = grouped.setdefault((sample["filter"], metric), ([], [], []))
                 ids.append(int(sample["doc_id"]))
                 values.append(float(sample[metric]))
+                clusters.append(cluster_of(sample.get("doc")))
     return [
         Scores(model=model, task=stage.task, method=stage.method, setting=stage.settings.get("setting", "-"),
-               seed=stage.settings["seed"],
-               metric=metric, filter=filter_name, doc_ids=ids, values=values, run_dir=str(stage.run_dir))
-        for (filter_name, metric), (ids, values) in sorted(grouped.items())
+               seed=stage.settings["seed"], metric=metric, filter=filter_name, doc_ids=ids, values=values,
+               run_dir=str(stage.run_dir), clusters=None if None in clusters else clusters)
+        for (filter_name, metric), (ids, values, clusters) in sorted(grouped.items())
     ]
 
 

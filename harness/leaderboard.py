@@ -40,8 +40,16 @@ class Row(Identity):
     ci95: tuple[float, float]
     n: int
     delta_vs_base: float | None
-    p_vs_base: float | None
+    p_vs_base: float | None  # exact McNemar, Holm-corrected across the model's comparisons
     run_dir: str
+    delta_vs_base_ci95: tuple[float, float] | None = None
+    side_effects: float | None = None  # of the items that changed vs base, the share that got worse
+    delta_vs_rlvr: float | None = None
+    delta_vs_rlvr_ci95: tuple[float, float] | None = None
+    p_vs_rlvr: float | None = None
+    mdd80: float | None = None  # the gain over base this test size detects with 80% power
+    interval: str = ""  # how the intervals were computed
+    seeds: int = 1
 
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY)
@@ -49,39 +57,97 @@ class Row(Identity):
 
 @dataclass
 class Scores(Identity):
-    """Per-item scores of one evaluated (model, task, method) for one metric."""
+    """Per-item scores of one evaluated (model, task, method) for one metric; `clusters`
+    names each item's shared passage where items share one (None: independent items)."""
 
     doc_ids: list[int]
     values: list[float]
     run_dir: str
+    clusters: list[str] | None = None
+
+
+def _compare(mine: Scores, reference: Scores) -> tuple[float, tuple[float, float], float | None, str, list, list]:
+    from harness.stats import paired_difference
+
+    ref = dict(zip(reference.doc_ids, reference.values))
+    own = dict(zip(mine.doc_ids, mine.values))
+    shared = [d for d in mine.doc_ids if d in ref]
+    if not shared:
+        raise ValueError(f"{mine.method} and {reference.method} on {mine.task} share no evaluated items; "
+                         "evaluate both with the same --limit")
+    a, b = [own[d] for d in shared], [ref[d] for d in shared]
+    clusters = None
+    if mine.clusters is not None:
+        by_doc = dict(zip(mine.doc_ids, mine.clusters))
+        clusters = [by_doc[d] for d in shared]
+    delta, interval, how = paired_difference(a, b, clusters)
+    binary = all(v in (0.0, 1.0) for v in a + b)
+    return delta, interval, mcnemar_exact(a, b) if binary else None, how, a, b
 
 
 def build_rows(all_scores: list[Scores]) -> list[Row]:
-    """Rows with intervals, deltas and paired p-values vs the base model, Holm-corrected
-    across every comparison of one model."""
-    base = {(s.model, s.task, s.metric, s.filter): s for s in all_scores if s.method == "base"}
-    rows, raw_p = [], []
+    """Rows with intervals, paired differences vs the base model and vs RLVR (paired
+    intervals, exact McNemar p-values Holm-corrected across every comparison of one model),
+    side-effect ratios, the minimum detectable difference per task, and, where a method has
+    several seeds, a `seed="all"` row whose interval resamples seeds and items."""
+    from harness.stats import min_detectable_difference, seeds_items_interval, side_effect_ratio
+
+    def group(s: Scores) -> tuple:
+        return (s.model, s.task, s.metric, s.filter)
+
+    base = {group(s): s for s in all_scores if s.method == "base"}
+    rlvr: dict[tuple, dict[int, Scores]] = {}
+    for s in all_scores:
+        if s.method == "rlvr":
+            rlvr.setdefault(group(s), {})[s.seed] = s
+    rows, raw = [], []  # raw: per row, (p vs base, p vs rlvr) before correction
     for s in all_scores:
         value = sum(s.values) / len(s.values)
-        reference = base.get((s.model, s.task, s.metric, s.filter))
-        delta = p = None
-        if reference is not None and s.method != "base":
-            ref = dict(zip(reference.doc_ids, reference.values))
-            shared = [d for d in s.doc_ids if d in ref]
-            mine = dict(zip(s.doc_ids, s.values))
-            delta = value - sum(ref[d] for d in shared) / len(shared)
-            p = mcnemar_exact([mine[d] for d in shared], [ref[d] for d in shared])
-        elif s.method == "base":
-            delta = 0.0
-        rows.append(
-            Row(**s.identity(), value=value, ci95=mean_ci95(s.values), n=len(s.values), delta_vs_base=delta,
-                p_vs_base=None, run_dir=s.run_dir)
-        )
-        raw_p.append(p)
+        reference = base.get(group(s))
+        row = Row(**s.identity(), value=value, ci95=mean_ci95(s.values), n=len(s.values), delta_vs_base=None,
+                  p_vs_base=None, run_dir=s.run_dir)
+        p_base = p_rlvr = None
+        if reference is not None:
+            row.mdd80 = min_detectable_difference(len(reference.values), sum(reference.values) / len(reference.values))
+            if s.method == "base":
+                row.delta_vs_base = 0.0
+            else:
+                row.delta_vs_base, row.delta_vs_base_ci95, p_base, row.interval, a, b = _compare(s, reference)
+                row.side_effects = side_effect_ratio(a, b)
+        seeds = rlvr.get(group(s), {})
+        if seeds and s.method != "rlvr":
+            ref_rlvr = seeds.get(s.seed, seeds[min(seeds)])
+            row.delta_vs_rlvr, row.delta_vs_rlvr_ci95, p_rlvr, how, _, _ = _compare(s, ref_rlvr)
+            row.interval = row.interval or how
+            if s.method == "base":
+                p_rlvr = None  # the same test as RLVR's p vs base: counted once
+        rows.append(row)
+        raw.append((p_base, p_rlvr))
     for model in {r.model for r in rows}:
         index = [i for i, r in enumerate(rows) if r.model == model]
-        for i, adjusted in zip(index, holm([raw_p[i] for i in index])):
-            rows[i].p_vs_base = adjusted
+        flat = [raw[i][k] for i in index for k in (0, 1)]
+        adjusted = holm(flat)
+        for j, i in enumerate(index):
+            rows[i].p_vs_base, rows[i].p_vs_rlvr = adjusted[2 * j], adjusted[2 * j + 1]
+    # several seeds of one method: one more row over seeds and items
+    by_method: dict[tuple, list[Scores]] = {}
+    for s in all_scores:
+        by_method.setdefault((*group(s), s.method, s.setting), []).append(s)
+    for (model, task, metric, filter_name, method, setting), runs in by_method.items():
+        if len(runs) < 2:
+            continue
+        shared = sorted(set.intersection(*(set(r.doc_ids) for r in runs)))
+        matrix = [[dict(zip(r.doc_ids, r.values))[d] for d in shared] for r in runs]
+        members = [r for r in rows if (r.model, r.task, r.metric, r.filter, r.method, r.setting) ==
+                   (model, task, metric, filter_name, method, setting)]
+        mean_of = lambda name: (None if any(getattr(m, name) is None for m in members)  # noqa: E731
+                                else sum(getattr(m, name) for m in members) / len(members))
+        rows.append(Row(model=model, task=task, method=method, setting=setting, seed="all", metric=metric,
+                        filter=filter_name, value=sum(map(sum, matrix)) / (len(matrix) * len(shared)),
+                        ci95=seeds_items_interval(matrix), n=len(shared), delta_vs_base=mean_of("delta_vs_base"),
+                        p_vs_base=None, run_dir=";".join(r.run_dir for r in runs),
+                        delta_vs_rlvr=mean_of("delta_vs_rlvr"), mdd80=members[0].mdd80,
+                        interval="two-level bootstrap over seeds and items", seeds=len(runs)))
     return rows
 
 
@@ -108,18 +174,27 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(pair: Any, digits: int = 3) -> str:
+    return "" if not pair else f"[{_fmt(pair[0], digits)}, {_fmt(pair[1], digits)}]"
+
+
+CSV_COLUMNS = [*KEY, "filter", "value", "ci95_low", "ci95_high", "n", "delta_vs_base", "delta_vs_base_ci95_low",
+               "delta_vs_base_ci95_high", "p_vs_base", "side_effects", "delta_vs_rlvr", "delta_vs_rlvr_ci95_low",
+               "delta_vs_rlvr_ci95_high", "p_vs_rlvr", "mdd80", "interval", "seeds", "run_dir"]
+
+
 def render(results_dir: Path) -> None:
     """Generate leaderboard.md and leaderboard.csv from leaderboard.json (never edit them by hand)."""
     results_dir = Path(results_dir)
     document = json.loads((results_dir / "leaderboard.json").read_text())
     rows = document["rows"]
-    columns = [*KEY, "filter", "value", "ci95_low", "ci95_high", "n", "delta_vs_base", "p_vs_base", "run_dir"]
     with open(results_dir / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
-            flat = {k: row[k] for k in columns if k in row}
-            flat["ci95_low"], flat["ci95_high"] = row["ci95"]
+            flat = {k: row.get(k) for k in CSV_COLUMNS if k in row}
+            for name in ("ci95", "delta_vs_base_ci95", "delta_vs_rlvr_ci95"):
+                flat[f"{name}_low"], flat[f"{name}_high"] = row.get(name) or (None, None)
             writer.writerow(flat)
     lines = [
         "# Leaderboard",
@@ -127,17 +202,32 @@ def render(results_dir: Path) -> None:
         "Generated from `leaderboard.json` by `crl-bench report`; do not edit by hand.",
         f"Commit {document['manifest'].get('git_commit')}, created {document['manifest'].get('created')}.",
         "",
+        "Accuracy with its 95% interval (Wilson for per-item 0/1 scores); Δ: paired difference with its 95% "
+        "interval; p: exact McNemar, Holm-corrected across all comparisons of one model; side effects: of the "
+        "items whose correctness changed vs base, the share that got worse.",
+        "",
     ]
     for model in sorted({r["model"] for r in rows}):
         lines += [f"## {model}", "",
-                  "| task | method | setting | metric | filter | value | 95% CI | n | Δ vs base | p vs base (Holm) |",
-                  "|---|---|---|---|---|---:|---|---:|---:|---:|"]
-        for r in (r for r in rows if r["model"] == model):
-            low, high = r["ci95"]
+                  "| task | method | setting | seed | metric | value | 95% CI | n | Δ vs base | 95% CI | p vs base "
+                  "| side effects | Δ vs RLVR | p vs RLVR |",
+                  "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+        mine = [r for r in rows if r["model"] == model]
+        for r in mine:
+            metric = r["metric"] if r["filter"] in ("none", "-") else f"{r['metric']} ({r['filter']})"
             lines.append(
-                f"| {r['task']} | {r['method']} | {r['setting']} | {r['metric']} | {r['filter']} | "
-                f"{_fmt(r['value'])} | [{_fmt(low)}, {_fmt(high)}] | {r['n']} | {_fmt(r['delta_vs_base'])} | "
-                f"{_fmt(r['p_vs_base'], 4)} |"
+                f"| {r['task']} | {r['method']} | {r['setting']} | {r['seed']} | {metric} | {_fmt(r['value'])} | "
+                f"{_interval(r['ci95'])} | {r['n']} | {_fmt(r['delta_vs_base'])} | "
+                f"{_interval(r.get('delta_vs_base_ci95'))} | {_fmt(r['p_vs_base'], 4)} | "
+                f"{_fmt(r.get('side_effects'), 2)} | {_fmt(r.get('delta_vs_rlvr'))} | {_fmt(r.get('p_vs_rlvr'), 4)} |"
             )
+        mdd = {}
+        for r in mine:
+            if r["method"] == "base" and r.get("mdd80") is not None:
+                mdd[(r["task"], r["metric"], r["filter"])] = (r["mdd80"], r["n"])
+        if mdd:
+            lines += ["", "Minimum detectable gain over base at 80% power (two-sided, α = 0.05; conservative: "
+                      "unpaired): " + "; ".join(f"{task} {metric}: {_fmt(d, 3)} (n = {n})"
+                                                for (task, metric, _), (d, n) in sorted(mdd.items())) + "."]
         lines.append("")
     (results_dir / "leaderboard.md").write_text("\n".join(lines))

@@ -23,6 +23,19 @@ if TYPE_CHECKING:
 DATA_ENV = "CRL_BENCH_DATA"
 LOCAL_TASKS = ("gsm8k", "arc_easy", "arc_challenge", "boolq", "sst2")
 GENERATED_TASKS = ("toy_sentiment", "arith_mc", "arith_gen")
+# document fields naming a passage several items share (BoolQ's passages); items that share
+# one are not independent, so their paired intervals are cluster-robust (`harness.stats`)
+CLUSTER_FIELDS = ("passage",)
+
+
+def cluster_of(doc: Any) -> str | None:
+    """The passage an evaluated document shares with others (None: it stands alone)."""
+    if not isinstance(doc, dict):
+        return None
+    for name in CLUSTER_FIELDS:
+        if isinstance(doc.get(name), str):
+            return doc[name]
+    return None
 
 
 def tasks_root() -> Path:

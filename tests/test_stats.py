@@ -38,3 +38,96 @@ def test_holm_matches_hand_computation():
     p = [0.01, 0.04, None, 0.03]
     # sorted: 0.01*3=0.03, 0.03*2=0.06, 0.04*1 -> max(0.06, 0.04)=0.06
     assert holm(p) == pytest.approx([0.03, 0.06, None, 0.06])
+
+
+def test_paired_difference_bootstrap_contains_delta_and_is_seeded():
+    from harness.stats import paired_difference
+
+    a = [1] * 30 + [0] * 10 + [1] * 40 + [0] * 20
+    b = [0] * 30 + [1] * 10 + [1] * 40 + [0] * 20
+    delta, (low, high), how = paired_difference(a, b)
+    assert delta == pytest.approx(0.2) and low < 0.2 < high and "bootstrap" in how
+    assert paired_difference(a, b) == (delta, (low, high), how)
+    # the paired interval is narrower than ignoring the pairing would give (concordant items add no noise)
+    unpaired_half = 1.96 * math.sqrt(0.7 * 0.3 / 100 + 0.5 * 0.5 / 100)
+    assert high - low < 2 * unpaired_half
+    assert paired_difference([1, 0, 1], [1, 0, 1])[1] == (0.0, 0.0)
+
+
+def test_clustered_interval_matches_sandwich_formula():
+    from scipy import stats as st
+
+    from harness.stats import paired_difference
+
+    a = [1, 1, 1, 0, 1, 0, 1, 1, 0, 0, 1, 1]
+    b = [0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1]
+    clusters = ["p1", "p1", "p1", "p2", "p2", "p3", "p3", "p3", "p4", "p4", "p5", "p5"]
+    delta, (low, high), how = paired_difference(a, b, clusters)
+    d = [x - y for x, y in zip(a, b)]
+    n, mean = len(d), sum(d) / len(d)
+    sums = {}
+    for c, v in zip(clusters, d):
+        sums[c] = sums.get(c, 0.0) + v - mean
+    g = len(sums)
+    se = math.sqrt(g / (g - 1) * sum(s * s for s in sums.values()) / n**2)
+    z = st.norm.ppf(0.975)
+    assert delta == pytest.approx(mean) and "cluster" in how
+    assert (low, high) == pytest.approx((mean - z * se, mean + z * se), rel=1e-6)
+
+
+def test_side_effect_ratio_and_minimum_detectable_difference():
+    from scipy import stats as st
+
+    from harness.stats import min_detectable_difference, side_effect_ratio
+
+    assert side_effect_ratio([1, 0, 1, 1], [0, 1, 1, 0]) == pytest.approx(1 / 3)
+    assert side_effect_ratio([1, 0], [1, 0]) is None
+    n, p = 400, 0.5
+    h = (st.norm.ppf(0.975) + st.norm.ppf(0.8)) * math.sqrt(2 / n)  # Cohen's h at 80% power
+    expected = math.sin(2 * math.asin(math.sqrt(p)) / 2 + h / 2) ** 2 - p
+    assert min_detectable_difference(n, p) == pytest.approx(expected, rel=1e-3)
+    assert min_detectable_difference(4 * n, p) < min_detectable_difference(n, p)
+
+
+def test_seeds_items_interval_widens_with_seed_variance():
+    from harness.stats import seeds_items_interval
+
+    items = [1, 0, 1, 1, 0, 1, 0, 1, 1, 0] * 5
+    same = [items, items, items]
+    spread = [[1] * 50, items, [0] * 50]
+    low, high = seeds_items_interval(same)
+    assert low < sum(items) / 50 < high
+    low2, high2 = seeds_items_interval(spread)
+    assert high2 - low2 > 1.5 * (high - low)
+    assert seeds_items_interval(same) == (low, high)
+
+
+def test_build_rows_compares_with_base_and_rlvr_and_corrects_jointly():
+    from harness.leaderboard import Scores, build_rows
+    from harness.stats import holm, mcnemar_exact
+
+    def scores(method, values, seed=0, setting="-"):
+        return Scores(model="m", task="t", method=method, setting=setting, seed=seed, metric="acc", filter="none",
+                      doc_ids=list(range(len(values))), values=values, run_dir=f"runs/{method}{seed}")
+
+    base = [0] * 30 + [1] * 30
+    rlvr = [1] * 25 + [0] * 5 + [1] * 30
+    crl0 = [1] * 15 + [0] * 15 + [1] * 28 + [0] * 2
+    crl1 = [1] * 20 + [0] * 10 + [1] * 30
+    rows = build_rows([scores("base", base), scores("rlvr", rlvr), scores("crl", crl0, 0, "one-token"),
+                       scores("crl", crl1, 1, "one-token")])
+    by = {(r.method, r.seed): r for r in rows}
+    raw = [None, None, mcnemar_exact(rlvr, base), None, mcnemar_exact(crl0, base), mcnemar_exact(crl0, rlvr),
+           mcnemar_exact(crl1, base), mcnemar_exact(crl1, rlvr)]
+    adjusted = holm(raw)
+    assert by[("rlvr", 0)].p_vs_base == pytest.approx(adjusted[2])
+    assert by[("crl", 0)].p_vs_base == pytest.approx(adjusted[4])
+    assert by[("crl", 0)].p_vs_rlvr == pytest.approx(adjusted[5])
+    assert by[("crl", 1)].p_vs_rlvr == pytest.approx(adjusted[7])  # no rlvr seed 1: paired with seed 0
+    assert by[("crl", 0)].delta_vs_base == pytest.approx((43 - 30) / 60)
+    assert by[("crl", 0)].side_effects == pytest.approx(2 / 17)
+    assert by[("crl", 0)].delta_vs_rlvr == pytest.approx((43 - 55) / 60)
+    assert by[("base", 0)].mdd80 == by[("crl", 0)].mdd80 > 0
+    pooled = by[("crl", "all")]
+    assert pooled.seeds == 2 and pooled.value == pytest.approx((43 + 50) / 120)
+    assert pooled.ci95[0] < pooled.value < pooled.ci95[1]
