@@ -74,7 +74,7 @@ class CRLConfig(RLTrainConfig):
     mask_share: float = field(default=0.5, metadata={"help": "mask a feature chosen in more than this share of recent decisions (0: off)"})
     mask_steps: int = field(default=5, metadata={"help": "steps a masked feature stays masked"})
     mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "controller learning rate"})
+    learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
     noop_prior: float = field(default=0.5, metadata={"help": "initial probability of 'no intervention'"})
 
@@ -118,10 +118,14 @@ class FeatureMask:
         average = sum(r for _, r in decisions) / len(decisions)
         counts = Counter(f for f, _ in decisions if f < self.d_sae)
         new = []
+        best = max(r for _, r in decisions)
         for feature, count in counts.items():
             own = [r for f, r in decisions if f == feature]
             dominant = count / len(decisions) > self.share
-            if dominant and sum(own) / len(own) <= average + 1e-9 and self.until.get(feature, -1) <= step:
+            mean = sum(own) / len(own)
+            # a feature that already earns the best reward every time is not stuck: leave it
+            unhelpful = mean <= average + 1e-9 and mean < best
+            if dominant and unhelpful and self.until.get(feature, -1) <= step:
                 self.until[feature] = step + 1 + self.steps
                 new.append(feature)
         return new
@@ -174,30 +178,60 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
     return scales, {l: torch.cat(last[l]) for l in layers}, counts
 
 
-@torch.no_grad()
-def choose_candidates(model: Any, sae: Any, problem: Any, scale: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
-    """Long[n]: the SAE features the controller may add at one layer.
+def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, directions: torch.Tensor,
+                       scale: torch.Tensor, n_prompts: int = 32, batch_size: int = 8) -> torch.Tensor:
+    """Float[d_sae]: how far each feature, added at its typical activation at the answer
+    position of `layer`, moves the choices' logits apart, to first order through the whole
+    rest of the network: per prompt, the gradients g_c of each choice's logit with respect to
+    the residual, then the spread over choices of g_c . (scale_f W_dec[f]), averaged over
+    prompts. Uses no labels (the gold answer is never read)."""
+    from baselines.contrast import batch
+    from harness.models import find_decoder_layers
+    from harness.sparse_logits import logits_at
 
-    One-token multiple-choice tasks: the features whose decoder direction, added at its
-    typical activation and read through the final norm and unembedding, spreads the choice
-    tokens' logits the most (the ones that can move the answer). Other tasks: the features
-    that fire most often on the task's prompts. `n <= 0` keeps the whole dictionary.
-    """
+    _, blocks = find_decoder_layers(model)
+    device = next(model.parameters()).device
+    weighted = (directions.float() * scale.float()[:, None]).to(device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    total = torch.zeros(directions.shape[0], dtype=torch.float64)
+    docs = list(range(min(n_prompts, len(problem.prompts))))
+    handle = blocks[layer].register_forward_hook(keep)
+    try:
+        for start in range(0, len(docs), batch_size):
+            chunk = docs[start:start + batch_size]
+            ids, mask = batch(tokenizer, [problem.prompts[d] for d in chunk], device)
+            last = torch.full((len(chunk), 1), ids.shape[1] - 1, dtype=torch.long, device=device)
+            with torch.enable_grad(), logits_at(model, last):
+                embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+                logits = model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits[:, -1]
+                tokens = [problem.choice_tokens[d] for d in chunk]
+                groups = [list(range(len(chunk)))] if len({len(t) for t in tokens}) == 1 else [[r] for r in range(len(chunk))]
+                for rows in groups:  # rows are independent: one backward per choice serves them all
+                    grads = torch.stack([torch.autograd.grad(sum(logits[r, tokens[r][c]] for r in rows), captured["h"],
+                                                             retain_graph=True)[0][rows, -1]
+                                         for c in range(len(tokens[rows[0]]))], 1).float()  # [R, C, D]
+                    total += (grads @ weighted.T).std(1).sum(0).double().cpu()
+    finally:
+        handle.remove()
+    return (total / max(1, len(docs))).float()
+
+
+def choose_candidates(model: Any, tokenizer: Any, sae: Any, problem: Any, scale: torch.Tensor,
+                      counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Long[n]: the SAE features the controller may add at one layer (all when `n <= 0`).
+
+    One-token multiple-choice tasks: the `n` features that move the choices' logits apart the
+    most (`choice_attribution`): the ones that can change the answer. Other tasks: the
+    features that fire most often on the task's prompts."""
     d_sae = scale.shape[0]
     if n <= 0 or n >= d_sae:
         return torch.arange(d_sae)
     if problem.kind == "one-token-choices":
-        from harness.sae.cards import final_norm
-
-        tokens = sorted({t for doc in problem.choice_tokens for t in doc})
-        head, norm = model.get_output_embeddings(), final_norm(model)
-        directions = sae.directions().to(head.weight.dtype)
-        spread = []
-        for start in range(0, d_sae, 256):
-            d = directions[start:start + 256]
-            d = norm(d) if norm is not None else d
-            spread.append((d @ head.weight[tokens].T).float().std(-1).cpu())
-        score = torch.cat(spread)
+        score = choice_attribution(model, tokenizer, problem, sae.layer, sae.directions(), scale)
     else:
         score = counts.float()
     return score.topk(n).indices.sort().values
@@ -337,7 +371,7 @@ def train(config: CRLConfig) -> Path:
     problem = build_problem(task, docs, tokenizer, config.seed)
     val_problem = build_problem(task, val_docs, tokenizer, config.seed)
     scales, samples, counts = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
-    ids = {l: choose_candidates(model, saes[l], problem, scales[l], counts[l], config.candidates) for l in layers}
+    ids = {l: choose_candidates(model, tokenizer, saes[l], problem, scales[l], counts[l], config.candidates) for l in layers}
     bank = FeatureBank(layers, {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
                        {l: scales[l][ids[l]].to(device) for l in layers}, {l: ids[l].to(device) for l in layers})
     torch.manual_seed(config.seed)

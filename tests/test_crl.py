@@ -198,6 +198,8 @@ def test_adaptive_mask_masks_dominant_unhelpful_features_only():
     assert mask.tensor(1)[2] and not mask.tensor(1)[8] and not mask.tensor(4)[2]  # released after 3 steps
     helpful = FeatureMask(d_sae=8, share=0.5, steps=3, window=1)
     assert helpful.update(0, [3, 3, 3, 1], [1, 1, 1, 0]) == []
+    perfect = FeatureMask(d_sae=8, share=0.5, steps=3, window=1)  # solved: every decision earns the best reward
+    assert perfect.update(0, [4, 4, 4, 1], [1, 1, 1, 1]) == []
     off = FeatureMask(d_sae=8, share=0.0, steps=3, window=1)
     assert off.update(0, [2, 2, 2], [0, 0, 0]) == []
     # a masked feature is never sampled; the no-op never is masked
@@ -282,10 +284,10 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
     sae = load_sae(planted["sae"], model_info(tiny_dir), LAYER)
     problem = build_problem(load_task("arith_mc"), planted["train"][:4], tokenizer, seed=0)
     ones = torch.ones(16)
-    picked = choose_candidates(model, sae, problem, ones, ones, 2)
+    picked = choose_candidates(model, tokenizer, sae, problem, ones, ones, 2)
     assert GOOD in picked.tolist() and len(picked) == 2
-    assert choose_candidates(model, sae, problem, ones, ones, 0).tolist() == list(range(16))
+    assert choose_candidates(model, tokenizer, sae, problem, ones, ones, 0).tolist() == list(range(16))
     # generation tasks (no one-token choices): the most frequent features
     counts = torch.arange(16).float()
     problem.kind = "generation"
-    assert choose_candidates(model, sae, problem, ones, counts, 3).tolist() == [13, 14, 15]
+    assert choose_candidates(model, tokenizer, sae, problem, ones, counts, 3).tolist() == [13, 14, 15]
