@@ -317,6 +317,49 @@ def _advantages(config: CRLConfig, rewards: list[float], records: list[dict], ro
     return [rewards[r["row"]] - r["value"] for r in records], [rewards[r["row"]] for r in records]
 
 
+def _by_layer(decisions: list[dict]) -> list[dict[str, Any]]:
+    """(layer, feature) pairs chosen at validation, most frequent first, with their coefficients."""
+    counts = Counter((r["layer"], r["feature"]) for r in decisions if r["feature"] is not None)
+    coefs: dict[tuple, set] = {}
+    for r in decisions:
+        if r["feature"] is not None:
+            coefs.setdefault((r["layer"], r["feature"]), set()).add(r["coef"])
+    return [{"layer": l, "feature": f, "count": c, "coefs": sorted(coefs[(l, f)])}
+            for (l, f), c in counts.most_common(50)]
+
+
+def write_features(path: Path, run_dir: Path, saes: dict[int, Any], title: str, top: int = 10) -> None:
+    """The features the trained controller chooses most often on the validation split, with
+    their feature cards where the SAE has them (`crl-bench sae eval` writes them)."""
+    from harness.sae.cards import read_cards, render_card
+
+    choices = json.loads((run_dir / "choices.json").read_text())
+    layers = sorted(saes)
+    cards: dict[int, dict[int, dict]] = {}
+    for layer in layers:
+        try:
+            cards[layer] = {c["feature"]: c for c in read_cards(saes[layer].directory)["cards"]}
+        except FileNotFoundError:
+            cards[layer] = {}
+    decisions = choices["validation_decisions"]
+    lines = [f"# {title}: the most chosen features", "",
+             f"Greedy controller on the validation split: {decisions} decisions, "
+             f"{choices['validation_noop_share']:.1%} of them 'no intervention'. Training: the features sampled "
+             "most often during training, in `choices.json`.", "",
+             "| layer | feature | share of decisions | coefficients |", "|---:|---:|---:|---|"]
+    chosen = choices["validation_by_layer"]
+    for entry in chosen[:top]:
+        lines.append(f"| {entry['layer']} | {entry['feature']} | {entry['count'] / max(1, decisions):.1%} | "
+                     f"{', '.join(f'{c:g}' for c in entry['coefs'])} |")
+    lines += ["", "## Feature cards", ""]
+    for entry in chosen[:top]:
+        card = cards.get(entry["layer"], {}).get(entry["feature"])
+        lines += [f"### layer {entry['layer']}, feature {entry['feature']}", "",
+                  render_card(card) if card else "(no card: run `crl-bench sae eval` for this SAE)", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
 def train(config: CRLConfig) -> Path:
     """Train (or resume) one CRL controller; returns its run directory."""
     from rich.console import Console
@@ -472,7 +515,11 @@ def train(config: CRLConfig) -> Path:
         "training": [{"feature": f, "count": c} for f, c in chosen_counts.most_common(50)],
         "validation": [{"feature": f, "count": c} for f, c in
                        Counter(r["feature"] for r in decisions if r["feature"] is not None).most_common(50)],
+        "validation_by_layer": _by_layer(decisions),
+        "validation_decisions": len(decisions),
         "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions))})
+    write_features(Path(config.results_dir) / config.method / config.task / "features.md", run_dir, saes,
+                   f"CRL ({config.setting}) on {config.task}, {config.model}")
     write_json(run_dir / "config.json", {
         "method": config.method, "controller": "crl-mlp-v1", **asdict(config), "layers_resolved": layers,
         "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,

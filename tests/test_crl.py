@@ -90,6 +90,10 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
     assert curve[0]["validation"] < 0.5 and curve[-1]["validation"] >= 0.9, curve
     choices = json.loads((run_dir / "choices.json").read_text())
     assert choices["validation"][0]["feature"] == GOOD
+    assert choices["validation_by_layer"][0] == {"layer": LAYER, "feature": GOOD, **{
+        k: choices["validation_by_layer"][0][k] for k in ("count", "coefs")}}
+    features = (tmp_path / "results" / "crl-one-token" / "arith_mc" / "features.md").read_text()
+    assert f"| {LAYER} | {GOOD} |" in features and "no card" in features  # the planted SAE has no cards
     spent = manifest["spent"]
     assert spent["rollouts"] == 12 * 4 * 8 and spent["generated_tokens"] == spent["rollouts"]
     # only the controller trained: its weights moved from their seeded start; LLM and SAE checksums held
