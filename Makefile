@@ -53,7 +53,7 @@ bench: install
 	$(BIN)/crl-bench bench $(BENCH_FLAGS)
 
 perf: install
-	$(BIN)/crl-bench perf --model $(MODEL) $(ARGS)
+	$(BIN)/crl-bench perf --model $(MODEL) --sae $(SAE) --sae-corpus $(SAE_CORPUS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

@@ -43,6 +43,7 @@ class PerfConfig:
     train_prompts_per_step: int = field(default=4, metadata={"help": "prompts per step of the training comparison"})
     train_samples: int = field(default=8, metadata={"help": "samples per prompt of the training comparison"})
     sae: str = field(default="auto", metadata={"help": "SAE for CRL's training measurement"})
+    sae_corpus: str = field(default="builtin", metadata={"help": "corpus of an auto SAE (as bench's --sae-corpus, so bench's SAE is reused)"})
 
 
 def _rss_mb() -> float:
@@ -90,7 +91,7 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
     else:
         from rl.crl import CRLConfig, train
 
-        run_dir = train(CRLConfig(**common, sae=config.sae))
+        run_dir = train(CRLConfig(**common, sae=config.sae, sae_corpus=config.sae_corpus))
     spent = json.loads((run_dir / "manifest.json").read_text())["spent"]
     return {"variant": variant, **spent, "rollouts_per_s": spent["rollouts"] / spent["train_s"], "peak_rss_mb": _rss_mb()}
 
