@@ -430,6 +430,12 @@ def train(config: CRLConfig) -> Path:
 
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
     latest = _latest(checkpoints) if config.resume else None
+    if latest is not None and json.loads((latest / "state.json").read_text()).get("fingerprint") != config.fingerprint():
+        console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
+        import shutil
+
+        shutil.rmtree(checkpoints)
+        latest = None
     if latest is not None:
         state = json.loads((latest / "state.json").read_text())
         controller.load_state_dict(load_file(str(latest / CONTROLLER_FILE)))
@@ -490,7 +496,8 @@ def train(config: CRLConfig) -> Path:
         bar.set_postfix(reward=f"{row['reward']:.2f}", features=len(chosen_counts))
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < budget.steps:
             _checkpoint(checkpoints / f"step-{step + 1}", controller, optimizer, {
-                "step": step + 1, "spent": spent.to_dict(), "curve": curve, "mask": mask.state(),
+                "step": step + 1, "fingerprint": config.fingerprint(), "spent": spent.to_dict(), "curve": curve,
+                "mask": mask.state(),
                 "chosen": {str(k): v for k, v in chosen_counts.items()}, "generator": generator.get_state().tolist()})
     bar.close()
 

@@ -93,7 +93,10 @@ class RLTrainConfig:
         """What decides the trained weights (not where files go, resuming, or eval batch size)."""
         from harness.manifest import fingerprint
 
-        return fingerprint(asdict(self), {"results_dir", "runs_dir", "resume", "batch_size", "device"})
+        settings = asdict(self)
+        if Path(self.budget).is_file():  # a budget file: what it says, not only its name
+            settings["budget"] = {"file": self.budget, "content": Path(self.budget).read_text()}
+        return fingerprint(settings, {"results_dir", "runs_dir", "resume", "batch_size", "device"})
 
     def task_budget(self, task: Any) -> Budget:
         """The budget in the task's regime (see `rl.budget`)."""
@@ -234,7 +237,8 @@ def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: l
         def on_save(self, args, state, control, **kwargs):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                (checkpoint / STATE_FILE).write_text(json.dumps({"spent": spent.to_dict(), "curve": curve}))
+                (checkpoint / STATE_FILE).write_text(json.dumps({"spent": spent.to_dict(), "curve": curve,
+                                                                  "fingerprint": config.fingerprint()}))
             return control
 
     return Guard, Curve
@@ -359,6 +363,11 @@ def train(config: RLVRConfig) -> Path:
 
     resume_from = _latest_checkpoint(checkpoints) if config.resume else None
     spent, curve = Spent(), []
+    if resume_from is not None and (resume_from / STATE_FILE).exists() and \
+            json.loads((resume_from / STATE_FILE).read_text()).get("fingerprint") != config.fingerprint():
+        console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
+        shutil.rmtree(checkpoints)
+        resume_from = None
     if resume_from is not None and (resume_from / STATE_FILE).exists():
         state = json.loads((resume_from / STATE_FILE).read_text())
         spent, curve = Spent(**state["spent"]), state["curve"]

@@ -190,6 +190,16 @@ def test_killed_run_resumes(tiny_dir, planted, planted_splits, tmp_path, monkeyp
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["resumed_from"].endswith("step-4") and manifest["spent"]["rollouts"] == 8 * 4 * 8
     assert [row["step"] for row in manifest["curve"]] == list(range(9))
+    # a checkpoint left by a killed run with other settings is not resumed: the new run starts over
+    calls["n"] = 0
+    other = _config(tiny_dir, planted, tmp_path, steps=8, runs_dir=str(tmp_path / "runs-2"))
+    with pytest.raises(KeyboardInterrupt):
+        crl.train(other)
+    changed = _config(tiny_dir, planted, tmp_path, steps=8, runs_dir=str(tmp_path / "runs-2"), learning_rate=5e-3)
+    calls["n"] = -100
+    run_dir = crl.train(changed)
+    assert calls["n"] == -100 + 8
+    assert json.loads((run_dir / "manifest.json").read_text())["resumed_from"] is None
 
 
 def test_adaptive_mask_masks_dominant_unhelpful_features_only():

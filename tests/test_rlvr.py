@@ -132,6 +132,29 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_
     assert steps == [0, 1, 2, 3, 4]
 
 
+def test_checkpoint_of_other_settings_is_not_resumed(tiny_dir, tmp_path, varied_reward, monkeypatch):
+    from rl import rlvr
+
+    real = rlvr.RewardMeter.__call__
+    calls = {"n": 0}
+
+    def dies_in_step_three(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(rlvr.RewardMeter, "__call__", dies_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        rlvr.train(_config(tiny_dir, tmp_path))
+    calls["n"] = -1000
+    changed = _config(tiny_dir, tmp_path, learning_rate=3e-4)
+    run_dir = rlvr.train(changed)
+    assert calls["n"] == -1000 + 4  # all four steps, none taken from the other run's checkpoint
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["resumed_from"] is None and manifest["spent"]["steps"] == 4
+
+
 def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
     from trl import GRPOTrainer
 
