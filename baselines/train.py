@@ -38,6 +38,7 @@ from harness.models import DEFAULT_MODEL
 DEFAULT_COEFS = [-1.0, 0.25, 0.5, 1.0, 2.0]
 SWEEP_FILE = "sweep.json"
 PARTIAL_FILE = "sweep.partial.json"
+DIRECTIONS_FILE = "directions.safetensors"  # every fitted unit direction, "<method>.<layer>"
 
 
 @dataclass
@@ -94,6 +95,18 @@ def vectors_dir(config: VectorTrainConfig) -> Path:
 
     root = Path(config.runs_dir) if config.runs_dir else runs_root()
     return root / model_slug(config.model) / "vectors" / config.task
+
+
+def fitted_directions(config: VectorTrainConfig, layer: int) -> dict[str, torch.Tensor]:
+    """Unit directions of each method fitted at `layer` in a finished sweep (methods the sweep
+    did not fit there are missing)."""
+    from safetensors.torch import load_file
+
+    path = vectors_dir(config) / DIRECTIONS_FILE
+    if not path.exists():
+        return {}
+    found = load_file(str(path))
+    return {key.split(".")[0]: value for key, value in found.items() if int(key.split(".")[1]) == layer}
 
 
 def sweep_done(config: VectorTrainConfig) -> bool:
@@ -280,6 +293,11 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
         chosen[method] = {"layer": layer, "coef": coef, "validation": points[f"{method}|{layer}|{coef}"],
                           "gap": gaps[method][layer]}
 
+    from safetensors.torch import save_file
+
+    # every fitted direction (unit, per method and layer): the analyses read them at the SAE layer
+    save_file({f"{m}.{l}": u.float().contiguous() for m, per_layer in directions.items() for l, u in per_layer.items()},
+              str(out_dir / DIRECTIONS_FILE))
     artifacts = {}
     for method, pick in chosen.items():
         vectors = SteeringVectors(

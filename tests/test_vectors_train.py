@@ -165,6 +165,15 @@ def test_sweep_chooses_the_best_validation_point_and_writes_artifacts(tiny_dir, 
         assert vectors.vectors[layer].norm().item() == pytest.approx(chosen["gap"], rel=1e-4)
     assert record["chosen"]["das"]["layer"] == record["chosen"]["mean_diff"]["layer"]
     assert train.sweep_done(config)
+    # every fitted direction is kept (unit norm), the chosen one among them
+    for layer in (1, 2):
+        fitted = train.fitted_directions(config, layer)
+        assert set(config.methods) - {"das"} <= set(fitted)
+        assert all(u.norm().item() == pytest.approx(1.0, rel=1e-4) for u in fitted.values())
+    chosen = record["chosen"]["mean_diff"]
+    vector = SteeringVectors.load(record["artifacts"]["mean_diff"]).vectors[chosen["layer"]]
+    unit = train.fitted_directions(config, chosen["layer"])["mean_diff"]
+    assert torch.nn.functional.cosine_similarity(vector, unit, dim=0).item() == pytest.approx(1.0, abs=1e-5)
     written = json.loads((tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.json").read_text())
     assert written["points"] == points
     assert "| mean_diff |" in (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.md").read_text()
