@@ -109,6 +109,22 @@ def fitted_directions(config: VectorTrainConfig, layer: int) -> dict[str, torch.
     return {key.split(".")[0]: value for key, value in found.items() if int(key.split(".")[1]) == layer}
 
 
+def fit_at_layer(config: VectorTrainConfig, layer: int, model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Unit directions of the closed-form methods (not DAS) fitted at `layer` on the same
+    training contrast as the sweep: for a layer the sweep did not keep."""
+    from baselines.contrast import collect, task_contrast
+    from baselines.fitters import FITTERS
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+
+    task = load_task(config.task)
+    splits = method_splits(task)
+    train_docs = splits.train[:config.train_limit] if config.train_limit else splits.train
+    contrast = task_contrast(tokenizer, task, train_docs, "train", config.seed)
+    x = collect(model, tokenizer, contrast, [layer], config.batch_size)[:, 0]
+    return {m: FITTERS[m](x, contrast.labels, seed=config.seed) for m in config.methods if m != "das"}
+
+
 def sweep_done(config: VectorTrainConfig) -> bool:
     """Whether a finished sweep with these settings is on disk (with all its artifacts)."""
     path = vectors_dir(config) / SWEEP_FILE

@@ -67,6 +67,7 @@ class BenchConfig:
     budget: str = field(default="cpu", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, cpu, gpu) or YAML file"})
     crl: list[str] = field(default_factory=lambda: ["one-token", "multi-layer", "generation"],
                            metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"})
+    analyses: bool = field(default=True, metadata={"help": "after the evaluations: behavioural similarity to RLVR and SAE-feature overlap (results/similarity.md, results/overlap.md)"})
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
     results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
@@ -399,4 +400,9 @@ def run(config: BenchConfig) -> Path:
     scores = [s for stage in stages for s in read_scores(stage, config.model, reserved.get(stage.task, frozenset()))]
     path = write(Path(config.results_dir), build_rows(scores), bench_config=asdict(config))
     console.print(f"leaderboard: {path} (+ leaderboard.md, leaderboard.csv)")
+    if config.analyses:
+        from harness import analysis
+
+        console.rule("analyses: similarity to RLVR, SAE-feature overlap")
+        analysis.run(config, stages, reserved, console)
     return path

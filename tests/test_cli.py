@@ -73,6 +73,10 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     assert "das" in sweep["skipped"] and sweep["n"]["validation_documents"] == 4
     assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.png").exists()
     assert (tmp_path / "results" / "leaderboard.md").exists() and (tmp_path / "results" / "leaderboard.csv").exists()
+    # analyses: no RLVR here, so no similarity rows; the vectors' features at the SAE layer
+    assert json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"] == []
+    overlap = json.loads((tmp_path / "results" / "overlap.json").read_text())["tasks"]
+    assert overlap["arith_mc"]["layer"] == 2 and len(overlap["arith_mc"]["top"]["vector:mean_diff"]) == 20
     samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
@@ -116,6 +120,18 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
     assert (tmp_path / "results" / "crl-one-token" / "arith_mc" / "curve.csv").exists()
+    # analyses: CRL and base against RLVR; the features RLVR and CRL implicate, and their overlap
+    similarity = json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"]
+    assert {(r["method"], r["n"]) for r in similarity} == {("base", 3), ("crl:one-token", 3)}
+    base_sim = next(r for r in similarity if r["method"] == "base")
+    assert base_sim["gap_closed"] == pytest.approx(0.0) and 0 <= base_sim["answer_agreement"] <= 1
+    overlap = json.loads((tmp_path / "results" / "overlap.json").read_text())["tasks"]["arith_mc"]
+    assert len(overlap["top"]["rlvr"]) == 20
+    implicated = set(overlap["top"]) | set(overlap["missing"])
+    assert "crl:one-token" in implicated
+    if "crl:one-token" in overlap["top"]:
+        assert any({p["a"], p["b"]} == {"crl:one-token", "rlvr"} for p in overlap["pairs"])
+    assert "| arith_mc | crl:one-token | 3 |" in (tmp_path / "results" / "similarity.md").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
     assert "3 evaluation stages, 3 reused" in again.stderr

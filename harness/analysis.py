@@ -1,0 +1,209 @@
+"""Bench's analysis stage: behavioural similarity to RLVR and SAE-feature overlap, per task.
+
+Reads the finished evaluation stages (their `samples.jsonl` and CRL intervention logs), the
+vector sweeps' fitted directions and the RLVR adapters, and writes
+
+- `results/similarity.{json,md}`: every method vs RLVR (`harness.similarity`), with base vs
+  RLVR beside it;
+- `results/overlap.{json,md}`: the features each method implicates at the SAE layer and their
+  pairwise top-k overlap with a frequency-matched permutation null (`harness.overlap`).
+
+Tasks without an RLVR run get no similarity rows; methods that implicate no features at the
+SAE layer are listed with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOP_K = 20
+SHIFT_PROMPTS = 64
+
+
+def _label(stage: Any) -> str:
+    setting = stage.settings.get("setting")
+    return stage.method if not setting else f"{stage.method}:{setting}"
+
+
+def similarity_rows(stages: list, reserved: dict[str, frozenset[int]]) -> list[dict[str, Any]]:
+    from harness.similarity import read_behaviour, similarity
+
+    rows = []
+    for task in sorted({s.task for s in stages}):
+        mine = [s for s in stages if s.task == task and (s.run_dir / "samples.jsonl").exists()]
+        base = next((s for s in mine if s.method == "base"), None)
+        rlvr = sorted((s for s in mine if s.method == "rlvr"), key=lambda s: s.settings["seed"])
+        if base is None or not rlvr:
+            continue
+        exclude = reserved.get(task, frozenset())
+        read = lambda s: read_behaviour(s.run_dir / "samples.jsonl", exclude=exclude)  # noqa: E731
+        base_b, rlvr_b = read(base), read(rlvr[0])
+        for stage in mine:
+            if stage.method == "rlvr":
+                continue
+            result = similarity(read(stage), rlvr_b, base_b)
+            rows.append({"task": task, "method": _label(stage), "seed": stage.settings["seed"], **result.to_dict()})
+    return rows
+
+
+def _frequency(sae: Any, model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 8) -> np.ndarray:
+    from baselines.contrast import batch
+    from harness.activations import residuals
+
+    import torch
+
+    device = next(model.parameters()).device
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64)
+    tokens = 0
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
+            acts = residuals(model, ids, mask, layers=[sae.layer])[sae.layer][mask.bool()]
+            fired += (sae.encode(acts).float() > 0).sum(0).double().cpu()
+            tokens += len(acts)
+    return (fired / max(1, tokens)).numpy()
+
+
+def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_size: int = 8) -> np.ndarray:
+    from baselines.contrast import batch
+    from harness.activations import residuals
+
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
+            real = mask.bool().clone()
+            real[torch.arange(len(ids)), mask.shape[1] - mask.sum(-1)] = False  # BOS
+            acts = residuals(model, ids, mask, layers=[sae.layer])[sae.layer][real]
+            out.append(sae.encode(acts).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any,
+                    prompts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Per method, its weighting over the SAE's features at the SAE layer (and why any is missing)."""
+    import torch
+
+    from baselines.train import fit_at_layer, fitted_directions
+    from harness.overlap import activation_shift, crl_weights, vector_weights
+
+    weights: dict[str, np.ndarray] = {}
+    missing: dict[str, str] = {}
+    decoder = sae.directions().float().cpu().numpy()
+    mine = [s for s in stages if s.task == task]
+    for stage in mine:
+        label = _label(stage)
+        if stage.method == "crl":
+            log = stage.run_dir / "interventions.jsonl"
+            if log.exists():
+                weights[label] = crl_weights(log, sae.d_sae, layer=sae.layer)
+                if not weights[label].any():
+                    missing[label] = f"chose no feature at layer {sae.layer}"
+                    del weights[label]
+    vector_stages = [s for s in mine if s.method == "vector"]
+    if vector_stages:
+        from harness.bench import vector_config
+
+        vectors = vector_config(config, task)
+        directions = fitted_directions(vectors, sae.layer)
+        wanted = {s.settings["setting"] for s in vector_stages}
+        if wanted - {"das"} - set(directions):
+            directions = {**fit_at_layer(vectors, sae.layer, model, tokenizer), **directions}
+        for method in sorted(wanted):
+            if method in directions:
+                weights[f"vector:{method}"] = vector_weights(directions[method].float().numpy(), decoder)
+            else:
+                missing[f"vector:{method}"] = f"not fitted at the SAE layer {sae.layer} (DAS is trained at one layer)"
+    rlvr = sorted((s for s in mine if s.method == "rlvr"), key=lambda s: s.settings["seed"])
+    if rlvr:
+        from peft import PeftModel
+
+        before = _encoded(model, tokenizer, sae, prompts)
+        tuned = PeftModel.from_pretrained(model, str(rlvr[0].adapter)).eval()
+        try:
+            after = _encoded(tuned, tokenizer, sae, prompts)
+        finally:
+            tuned.unload()  # leaves the shared base model as it was
+        weights["rlvr"] = activation_shift(before, after)
+        del tuned
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return weights, missing
+
+
+def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
+    from harness.manifest import build_manifest, write_json
+    from harness.models import load_causal_lm, model_info
+    from harness.overlap import overlap_table, top_k
+    from harness.sae import load_sae
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+    from rl.prompts import task_prompts
+
+    results = Path(config.results_dir)
+    sim = similarity_rows(stages, reserved)
+    write_json(results / "similarity.json", {"manifest": build_manifest(bench_config=vars(config)), "rows": sim})
+    (results / "similarity.md").write_text(render_similarity(sim))
+    console.print(f"analysis: {results / 'similarity.md'} ({len(sim)} rows)")
+    if config.sae == "none":
+        return
+    info = model_info(config.model)
+    sae = load_sae(config.sae, info, config.sae_layer, device=config.device or "cpu", corpus=config.sae_corpus)
+    model, tokenizer = load_causal_lm(config.model, dtype="float32", device=config.device or "cpu")
+    overlap = {}
+    for task in sorted({s.task for s in stages}):
+        docs = method_splits(load_task(task)).validation[:SHIFT_PROMPTS]
+        prompts = task_prompts(load_task(task), docs, seed=config.seed)
+        weights, missing = feature_weights(config, task, stages, sae, model, tokenizer, prompts)
+        frequency = _frequency(sae, model, tokenizer, prompts)
+        overlap[task] = {"layer": sae.layer, "sae": sae.name, "k": TOP_K, "missing": missing,
+                         "top": {name: top_k(w, TOP_K) for name, w in weights.items()},
+                         "pairs": overlap_table(weights, frequency, k=TOP_K)}
+    write_json(results / "overlap.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": overlap})
+    (results / "overlap.md").write_text(render_overlap(overlap))
+    console.print(f"analysis: {results / 'overlap.md'}")
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def render_similarity(rows: list[dict[str, Any]]) -> str:
+    lines = ["# Behavioural similarity to RLVR", "",
+             "Generated from `similarity.json` by bench's analysis stage (`harness.similarity`). Agreement: same "
+             "answer as RLVR; κ: Cohen's kappa of per-item correctness with RLVR; fixed: items base gets wrong that "
+             "RLVR / the method / both get right, their Jaccard index and hypergeometric p; KL(RLVR‖m) and JS "
+             "distance to RLVR on the answer distribution, with base's beside it (gap closed = 1 − JS(m) / JS(base)); "
+             "KL(m‖base): how far the method moved the model.", "",
+             "| task | method | n | agreement | κ | fixed RLVR / m / both | Jaccard | p | KL(RLVR‖m) | JS | JS base | "
+             "gap closed | KL(m‖base) |", "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['method']} | {r['n']} | {_f(r['answer_agreement'])} | {_f(r['kappa'])} | "
+                     f"{r['fixed_by_rlvr']} / {r['fixed_by_method']} / {r['fixed_both']} | {_f(r['fixed_jaccard'])} | "
+                     f"{_f(r['fixed_overlap_p'], 4)} | {_f(r['kl_from_rlvr'])} | {_f(r['js_to_rlvr'])} | "
+                     f"{_f(r['base_js_to_rlvr'])} | {_f(r['gap_closed'])} | {_f(r['kl_from_base'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_overlap(tasks: dict[str, Any]) -> str:
+    lines = ["# SAE-feature overlap between methods", "",
+             "Generated from `overlap.json` by bench's analysis stage (`harness.overlap`). Top-k features each "
+             "method implicates at the SAE layer (CRL: chosen, by frequency; vectors: orthogonal matching pursuit "
+             "of the direction fitted at the SAE layer; RLVR: mean |activation change| LoRA vs base on validation "
+             "prompts); Jaccard and rank-biased overlap (p = 0.9) with permutation p-values against random sets "
+             "matched for firing frequency.", ""]
+    for task, entry in tasks.items():
+        lines += [f"## {task} (layer {entry['layer']}, top {entry['k']})", "",
+                  "| a | b | Jaccard | p | RBO | p | shared |", "|---|---|---:|---:|---:|---:|---|"]
+        for pair in entry["pairs"]:
+            lines.append(f"| {pair['a']} | {pair['b']} | {_f(pair['jaccard'])} | {_f(pair['jaccard_p'], 4)} | "
+                         f"{_f(pair['rbo'])} | {_f(pair['rbo_p'], 4)} | {', '.join(map(str, pair['shared'][:10]))} |")
+        for name, why in entry["missing"].items():
+            lines.append(f"\n{name}: no features ({why}).")
+        lines.append("")
+    return "\n".join(lines) + "\n"
