@@ -76,7 +76,7 @@ class CRLConfig(RLTrainConfig):
     mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
     learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
-    noop_prior: float = field(default=0.5, metadata={"help": "initial probability of 'no intervention'"})
+    noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -418,7 +418,9 @@ def train(config: CRLConfig) -> Path:
     bank = FeatureBank(layers, {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
                        {l: scales[l][ids[l]].to(device) for l in layers}, {l: ids[l].to(device) for l in layers})
     torch.manual_seed(config.seed)
-    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=config.noop_prior).to(device)
+    noop_prior = config.noop_prior if config.noop_prior is not None else \
+        (1 - 2 / max(4, budget.max_new_tokens) if config.setting == "generation" else 0.5)
+    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=noop_prior).to(device)
     controller.standardise_from({i: samples[l] for i, l in enumerate(layers)})
     optimizer = torch.optim.Adam([p for p in controller.parameters() if p.requires_grad], lr=config.learning_rate)
     mask = FeatureMask(bank.d_sae, config.mask_share, config.mask_steps, config.mask_window)
@@ -529,6 +531,7 @@ def train(config: CRLConfig) -> Path:
                    f"CRL ({config.setting}) on {config.task}, {config.model}")
     write_json(run_dir / "config.json", {
         "method": config.method, "controller": "crl-mlp-v1", **asdict(config), "layers_resolved": layers,
+        "noop_prior_resolved": noop_prior,
         "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,
         "saes": {str(l): saes[l].describe() for l in layers}, "budget_resolved": budget.to_dict(),
         "fingerprint": config.fingerprint()})
