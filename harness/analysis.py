@@ -136,6 +136,89 @@ def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, 
     return weights, missing
 
 
+CIRCUIT_ITEMS = 32
+K_COMPONENTS = 10
+K_FEATURES = 20
+
+
+def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """Attribution-patching circuits of each method on one one-token task (`harness.circuits`):
+    top components and SAE features, the share of the method's own change they recover when
+    patched, their overlap between methods, and the share of RLVR's change each method's
+    nodes recover."""
+    from harness.circuits import (attribution, make_batches, node_overlap, patched_metric, recovered,
+                                  top_nodes)
+    from harness.models import load_causal_lm
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+    from harness.vectors import SteeringVectors
+    from rl.controller import ControllerRun, at_decision, load_controller
+    from rl.rollouts import build_problem
+
+    task_obj = load_task(task)
+    docs = method_splits(task_obj).validation[:CIRCUIT_ITEMS]
+    problem = build_problem(task_obj, docs, tokenizer, config.seed)
+    if problem.kind != "one-token-choices":
+        return {"skipped": f"circuits need one-token choices (logit difference at the answer); {task} has {problem.kind}"}
+    device = next(model.parameters()).device
+    batches = make_batches(tokenizer, problem, 8, device)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_heads = text_config.num_attention_heads
+    methods: dict[str, tuple[Any, Any]] = {}
+    rlvr_model = None
+    for stage in (s for s in stages if s.task == task):
+        if stage.method == "vector":
+            methods[_label(stage)] = (model, [SteeringVectors.load(stage.artifact).intervention()])
+        elif stage.method == "crl" and stage.settings.get("setting") != "generation":
+            controller, bank = load_controller(stage.controller, device=device)
+
+            def decide(b, controller=controller, bank=bank):
+                return [ControllerRun(controller, bank, at_decision(b.mask.sum(-1) - 1), mode="greedy",
+                                      keep_residuals=False).intervention()]
+
+            methods[_label(stage)] = (model, decide)
+        elif stage.method == "rlvr" and rlvr_model is None:
+            from peft import PeftModel
+
+            copy, _ = load_causal_lm(config.model, dtype="float32", device=device)
+            rlvr_model = PeftModel.from_pretrained(copy, str(stage.adapter)).eval()
+            methods["rlvr"] = (rlvr_model, [])
+    universe = [("head", l, h) for l in range(text_config.num_hidden_layers) for h in range(n_heads)] + \
+               [("mlp", l, 0) for l in range(text_config.num_hidden_layers)]
+    found: dict[str, dict[str, Any]] = {}
+    for name, (method_model, interventions) in methods.items():
+        scores, metrics = attribution(model, method_model, batches, n_heads, sae, interventions)
+        components = top_nodes(scores, K_COMPONENTS, ("head", "mlp"))
+        features = top_nodes(scores, K_FEATURES, ("sae",))
+        patched = patched_metric(model, method_model, batches, n_heads, components + features, sae, interventions)
+        found[name] = {"metric_base": metrics["base"], "metric_method": metrics["method"],
+                       "components": [list(n) for n in components], "features": [n[2] for n in features],
+                       "scores": {f"{k}:{l}:{i}": scores[(k, l, i)] for k, l, i in components + features},
+                       "recovered_by_own_nodes": recovered(patched, metrics["base"], metrics["method"])}
+        if rlvr_model is not None and name != "rlvr":
+            found[name]["_rlvr_patched"] = patched_metric(model, rlvr_model, batches, n_heads, components + features,
+                                                          sae, [])
+    if "rlvr" in found:
+        for name, entry in found.items():
+            if "_rlvr_patched" in entry:
+                entry["rlvr_change_recovered"] = recovered(entry.pop("_rlvr_patched"), found["rlvr"]["metric_base"],
+                                                           found["rlvr"]["metric_method"])
+    pairs = []
+    names = sorted(found)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            comp = node_overlap([tuple(n) for n in found[a]["components"]], [tuple(n) for n in found[b]["components"]],
+                                universe)
+            feats = node_overlap([("sae", sae.layer, f) for f in found[a]["features"]],
+                                 [("sae", sae.layer, f) for f in found[b]["features"]],
+                                 [("sae", sae.layer, f) for f in range(sae.d_sae)])
+            pairs.append({"a": a, "b": b, "components_jaccard": comp["jaccard"], "components_p": comp["p"],
+                          "features_jaccard": feats["jaccard"], "features_p": feats["p"]})
+    if rlvr_model is not None:
+        rlvr_model.unload()
+    return {"items": len(problem.prompts), "methods": found, "pairs": pairs}
+
+
 def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
     from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm, model_info
@@ -167,6 +250,10 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
     write_json(results / "overlap.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": overlap})
     (results / "overlap.md").write_text(render_overlap(overlap))
     console.print(f"analysis: {results / 'overlap.md'}")
+    circuits = {task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted({s.task for s in stages})}
+    write_json(results / "circuits.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": circuits})
+    (results / "circuits.md").write_text(render_circuits(circuits, sae.layer))
+    console.print(f"analysis: {results / 'circuits.md'}")
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -205,5 +292,33 @@ def render_overlap(tasks: dict[str, Any]) -> str:
                          f"{_f(pair['rbo'])} | {_f(pair['rbo_p'], 4)} | {', '.join(map(str, pair['shared'][:10]))} |")
         for name, why in entry["missing"].items():
             lines.append(f"\n{name}: no features ({why}).")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def render_circuits(tasks: dict[str, Any], layer: int) -> str:
+    lines = ["# Circuit overlap between methods", "",
+             "Generated from `circuits.json` by bench's analysis stage (`harness.circuits`). Metric: logit of the "
+             "correct choice minus the mean of the others at the answer position, on validation items. Nodes: "
+             f"attention heads, MLP outputs, and SAE features at layer {layer}; scored by attribution patching "
+             f"(activation difference method vs base times the base gradient); top {K_COMPONENTS} components and top "
+             f"{K_FEATURES} features per method. 'Own nodes recover': share of the method's metric change restored "
+             "by patching only those nodes into the base run (real activation patching). 'RLVR change recovered': "
+             "the same with RLVR's activations at the method's nodes.", ""]
+    for task, entry in tasks.items():
+        lines += [f"## {task}", ""]
+        if "skipped" in entry:
+            lines += [entry["skipped"], ""]
+            continue
+        lines += ["| method | metric base → method | own nodes recover | RLVR change recovered | top components |",
+                  "|---|---|---:|---:|---|"]
+        for name, m in entry["methods"].items():
+            comps = ", ".join(f"{k[0]}{k[1]}" + (f".{k[2]}" if k[0] == "head" else "") for k in m["components"][:5])
+            lines.append(f"| {name} | {_f(m['metric_base'], 2)} → {_f(m['metric_method'], 2)} | "
+                         f"{_f(m['recovered_by_own_nodes'], 2)} | {_f(m.get('rlvr_change_recovered'), 2)} | {comps} |")
+        lines += ["", "| a | b | components Jaccard | p | features Jaccard | p |", "|---|---|---:|---:|---:|---:|"]
+        for p in entry["pairs"]:
+            lines.append(f"| {p['a']} | {p['b']} | {_f(p['components_jaccard'])} | {_f(p['components_p'], 4)} | "
+                         f"{_f(p['features_jaccard'])} | {_f(p['features_p'], 4)} |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ Llama, Mistral, Qwen).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,11 +129,13 @@ class Recorder:
                 handle.remove()
 
 
-def _run(model: Any, b: Batch, n_heads: int, sae_layer: int | None, interventions: Sequence = (),
+def _run(model: Any, b: Batch, n_heads: int, sae_layer: int | None, interventions: Any = (),
          grad: bool = False, patch: dict | None = None) -> tuple[Tensor, dict[tuple, Tensor]]:
     from harness.sparse_logits import logits_at
     from harness.steering import steer
 
+    if callable(interventions):  # per batch (a CRL controller decides at each batch's answer positions)
+        interventions = interventions(b)
     recorder = Recorder(model, n_heads, sae_layer, keep_grad=grad, patch=patch or {})
     last = torch.full((len(b.ids), 1), b.ids.shape[1] - 1, dtype=torch.long, device=b.ids.device)
     # steering hooks first, so the recorder sees (and patches) the steered residual
@@ -147,9 +149,10 @@ def _run(model: Any, b: Batch, n_heads: int, sae_layer: int | None, intervention
 
 
 def attribution(base_model: Any, method_model: Any, batches: list[Batch], n_heads: int, sae: Any = None,
-                interventions: Sequence = ()) -> tuple[dict[Node, float], dict[str, float]]:
+                interventions: Any = ()) -> tuple[dict[Node, float], dict[str, float]]:
     """Attribution-patching scores of every node for one method (mean over items), and the
-    base and method metrics. `method_model` may be `base_model` with `interventions`."""
+    base and method metrics. `method_model` may be `base_model` with `interventions` (a list,
+    or a function of the batch returning one)."""
     scores: dict[Node, float] = {}
     totals = {"base": 0.0, "method": 0.0, "n": 0}
     layer = sae.layer if sae is not None else None
@@ -194,7 +197,7 @@ def top_nodes(scores: dict[Node, float], k: int, kinds: tuple[str, ...]) -> list
 
 @torch.no_grad()
 def patched_metric(base_model: Any, method_model: Any, batches: list[Batch], n_heads: int, nodes: list[Node],
-                   sae: Any = None, interventions: Sequence = ()) -> float:
+                   sae: Any = None, interventions: Any = ()) -> float:
     """Mean metric of the base model with the method's activations written in at `nodes`."""
     layer = sae.layer if sae is not None else None
     total, count = 0.0, 0

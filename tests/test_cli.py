@@ -77,6 +77,9 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     assert json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"] == []
     overlap = json.loads((tmp_path / "results" / "overlap.json").read_text())["tasks"]
     assert overlap["arith_mc"]["layer"] == 2 and len(overlap["arith_mc"]["top"]["vector:mean_diff"]) == 20
+    circuits = json.loads((tmp_path / "results" / "circuits.json").read_text())["tasks"]
+    assert set(circuits["toy_sentiment"]["methods"]) == {"vector:mean_diff", "vector:das"}
+    assert circuits["toy_sentiment"]["pairs"][0]["components_p"] <= 1
     samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
@@ -132,6 +135,12 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     if "crl:one-token" in overlap["top"]:
         assert any({p["a"], p["b"]} == {"crl:one-token", "rlvr"} for p in overlap["pairs"])
     assert "| arith_mc | crl:one-token | 3 |" in (tmp_path / "results" / "similarity.md").read_text()
+    circuits = json.loads((tmp_path / "results" / "circuits.json").read_text())["tasks"]["arith_mc"]
+    assert {"rlvr", "crl:one-token"} == set(circuits["methods"])
+    rlvr_circuit = circuits["methods"]["rlvr"]
+    assert rlvr_circuit["metric_method"] != rlvr_circuit["metric_base"] and len(rlvr_circuit["components"]) == 10
+    assert "rlvr_change_recovered" in circuits["methods"]["crl:one-token"]
+    assert {(p["a"], p["b"]) for p in circuits["pairs"]} == {("crl:one-token", "rlvr")}
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
     assert "3 evaluation stages, 3 reused" in again.stderr
