@@ -403,6 +403,10 @@ def run(config: BenchConfig) -> Path:
     if config.analyses:
         from harness import analysis
 
-        console.rule("analyses: similarity to RLVR, SAE-feature overlap")
+        console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits")
         analysis.run(config, stages, reserved, console)
+    from harness.plots import all_figures
+
+    figures = all_figures(config.results_dir)
+    console.print(f"figures: {', '.join(sorted({f.stem for f in figures}))} in {Path(config.results_dir) / 'figures'}")
     return path
