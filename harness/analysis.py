@@ -256,6 +256,22 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
     console.print(f"analysis: {results / 'circuits.md'}")
 
 
+def rerender(results_dir: str | Path) -> None:
+    """Regenerate the analyses' markdown tables from their JSON files (those that exist)."""
+    import json
+
+    results = Path(results_dir)
+    if (results / "similarity.json").exists():
+        (results / "similarity.md").write_text(render_similarity(json.loads((results / "similarity.json").read_text())["rows"]))
+    if (results / "overlap.json").exists():
+        (results / "overlap.md").write_text(render_overlap(json.loads((results / "overlap.json").read_text())["tasks"]))
+    if (results / "circuits.json").exists():
+        circuits = json.loads((results / "circuits.json").read_text())["tasks"]
+        layer = json.loads((results / "overlap.json").read_text())["tasks"] if (results / "overlap.json").exists() else {}
+        sae_layer = next((e["layer"] for e in layer.values()), "?")
+        (results / "circuits.md").write_text(render_circuits(circuits, sae_layer))
+
+
 def _f(value: Any, digits: int = 3) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 

@@ -407,6 +407,9 @@ def run(config: BenchConfig) -> Path:
         analysis.run(config, stages, reserved, console)
     from harness.plots import all_figures
 
+    from harness.report import build
+
     figures = all_figures(config.results_dir)
     console.print(f"figures: {', '.join(sorted({f.stem for f in figures}))} in {Path(config.results_dir) / 'figures'}")
+    console.print(f"report: {build(config.results_dir)}")
     return path

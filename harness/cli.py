@@ -104,10 +104,15 @@ def _train_crl(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from harness.analysis import rerender
     from harness.leaderboard import render
+    from harness.plots import all_figures
+    from harness.report import build
 
     render(args.results_dir)
-    print(f"regenerated tables in {args.results_dir}")
+    rerender(args.results_dir)
+    all_figures(args.results_dir)
+    print(f"regenerated tables and figures in {args.results_dir}; report: {build(args.results_dir)}")
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -137,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("model-info", help="layers, d_model, hook points of a model")
     info.add_argument("--model", default="gemma-3-270m")
     info.set_defaults(func=_model_info)
-    report = commands.add_parser("report", help="regenerate tables from results/leaderboard.json")
+    report = commands.add_parser("report", help="regenerate tables, figures and report.html from the results files")
     report.add_argument("--results-dir", default="results")
     report.set_defaults(func=_report)
     sae = commands.add_parser("sae", help="train, evaluate and describe SAEs").add_subparsers(dest="sae_command", required=True)

@@ -141,6 +141,14 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     assert rlvr_circuit["metric_method"] != rlvr_circuit["metric_base"] and len(rlvr_circuit["components"]) == 10
     assert "rlvr_change_recovered" in circuits["methods"]["crl:one-token"]
     assert {(p["a"], p["b"]) for p in circuits["pairs"]} == {("crl:one-token", "rlvr")}
+    # figures and the self-contained report
+    assert (tmp_path / "results" / "figures" / "accuracy.pdf").exists()
+    page = (tmp_path / "results" / "report.html").read_text()
+    for heading in ("Leaderboard", "Training budget spent", "Behavioural similarity to RLVR", "Circuit overlap",
+                    "CRL intervention traces", "Provenance"):
+        assert f">{heading}</h2>" in page
+    assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1]
+    assert crl_row["run_dir"] in page
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
     assert "3 evaluation stages, 3 reused" in again.stderr
