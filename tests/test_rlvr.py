@@ -104,7 +104,8 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
     assert max(abs(a - b) for (a, _), (b, _) in zip(ours, base)) > 1e-4  # the adapter does something
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
+def _die_in_step_three(monkeypatch) -> dict:
+    """Make the reward raise in the third step (a killed run); returns the call counter."""
     from rl import rlvr
 
     real = rlvr.RewardMeter.__call__
@@ -116,8 +117,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_
             raise KeyboardInterrupt("killed")
         return real(self, *args, **kwargs)
 
-    config = _config(tiny_dir, tmp_path)
     monkeypatch.setattr(rlvr.RewardMeter, "__call__", dies_in_step_three)
+    return calls
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
+    from rl import rlvr
+
+    config = _config(tiny_dir, tmp_path)
+    calls = _die_in_step_three(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         rlvr.train(config)
     run_dir = rlvr.run_dir_for(config, "rlvr")
@@ -135,16 +143,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_dir, tmp_path, varied_reward, monkeypatch):
     from rl import rlvr
 
-    real = rlvr.RewardMeter.__call__
-    calls = {"n": 0}
-
-    def dies_in_step_three(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(rlvr.RewardMeter, "__call__", dies_in_step_three)
+    calls = _die_in_step_three(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         rlvr.train(_config(tiny_dir, tmp_path))
     calls["n"] = -1000
