@@ -130,7 +130,8 @@ def similarity(method: Behaviour, rlvr: Behaviour, base: Behaviour) -> Similarit
         raise ValueError("the method, RLVR and base share no evaluated items; evaluate them with the same --limit")
     agreement = float(np.mean([method.answers[d] == rlvr.answers[d] for d in items]))
     x, y = [method.correct[d] for d in items], [rlvr.correct[d] for d in items]
-    kappa = None if len(set(x)) < 2 and len(set(y)) < 2 else float(cohen_kappa_score(x, y))
+    # undefined when either side is constant (e.g. RLVR right on every item)
+    kappa = None if len(set(x)) < 2 or len(set(y)) < 2 else float(cohen_kappa_score(x, y))
     wrong = [d for d in items if base.correct[d] == 0]
     fixed_rlvr = {d for d in wrong if rlvr.correct[d] == 1}
     fixed_method = {d for d in wrong if method.correct[d] == 1}
