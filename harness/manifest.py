@@ -24,14 +24,15 @@ def fingerprint(settings: dict[str, Any], ignore: set[str] | frozenset[str] = fr
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """The project's git commit, with `+dirty` when the work tree has changes."""
+    """The project's git commit, with `+dirty` when the code has uncommitted changes (changes
+    under `results/`, which runs write themselves, do not count)."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
