@@ -229,7 +229,10 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
     from rl.prompts import task_prompts
 
     results = Path(config.results_dir)
+    tasks = {s.task for s in stages}
     sim = similarity_rows(stages, reserved)
+    # like the leaderboard, results of tasks this run did not cover are kept
+    sim = [r for r in _existing(results / "similarity.json", "rows", []) if r["task"] not in tasks] + sim
     write_json(results / "similarity.json", {"manifest": build_manifest(bench_config=vars(config)), "rows": sim})
     (results / "similarity.md").write_text(render_similarity(sim))
     console.print(f"analysis: {results / 'similarity.md'} ({len(sim)} rows)")
@@ -247,13 +250,21 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
         overlap[task] = {"layer": sae.layer, "sae": sae.name, "k": TOP_K, "missing": missing,
                          "top": {name: top_k(w, TOP_K) for name, w in weights.items()},
                          "pairs": overlap_table(weights, frequency, k=TOP_K)}
+    overlap = {**_existing(results / "overlap.json", "tasks", {}), **overlap}
     write_json(results / "overlap.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": overlap})
     (results / "overlap.md").write_text(render_overlap(overlap))
     console.print(f"analysis: {results / 'overlap.md'}")
-    circuits = {task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted({s.task for s in stages})}
+    circuits = {**_existing(results / "circuits.json", "tasks", {}),
+                **{task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)}}
     write_json(results / "circuits.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": circuits})
     (results / "circuits.md").write_text(render_circuits(circuits, sae.layer))
     console.print(f"analysis: {results / 'circuits.md'}")
+
+
+def _existing(path: Path, key: str, empty: Any) -> Any:
+    import json
+
+    return json.loads(path.read_text())[key] if path.exists() else empty
 
 
 def rerender(results_dir: str | Path) -> None:

@@ -72,3 +72,19 @@ def test_generation_similarity_uses_the_answer_distribution(tmp_path):
     with pytest.raises(ValueError, match="share no evaluated items"):
         similarity(m, r, read_behaviour(_write(tmp_path / "b.jsonl", base + base, "generation"),
                                         exclude=frozenset(range(4))))
+
+
+def test_analysis_keeps_the_results_of_tasks_it_did_not_run(tmp_path):
+    from types import SimpleNamespace
+
+    from harness import analysis
+
+    old = {"task": "old_task", "method": "crl:one-token", "n": 4, "answer_agreement": 0.5, "kappa": None,
+           "fixed_by_rlvr": 1, "fixed_by_method": 1, "fixed_both": 1, "fixed_jaccard": 1.0, "fixed_overlap_p": 1.0,
+           "kl_from_rlvr": 0.1, "js_to_rlvr": 0.1, "base_js_to_rlvr": 0.2, "gap_closed": 0.5, "kl_from_base": 0.1}
+    (tmp_path / "similarity.json").write_text(json.dumps({"rows": [old]}))
+    config = SimpleNamespace(results_dir=str(tmp_path), sae="none", model="m", seed=0)
+    analysis.run(config, [], {}, console=SimpleNamespace(print=lambda *a, **k: None))
+    rows = json.loads((tmp_path / "similarity.json").read_text())["rows"]
+    assert rows == [old]
+    assert "| old_task | crl:one-token | 4 |" in (tmp_path / "similarity.md").read_text()
