@@ -126,41 +126,36 @@ def _similarity(results: Path) -> str:
                     r["js_to_rlvr"], r["base_js_to_rlvr"], r["gap_closed"], r["kl_from_base"]] for r in rows], left=2)
 
 
-def _overlap(results: Path) -> str:
-    tasks = _json_rows(results / "overlap.json", "tasks")
+def _per_task(path: Path, empty: str, entry_html: Any) -> str:
+    """One <h3> section per task of an analysis JSON (`{"tasks": {task: entry}}`)."""
+    tasks = _json_rows(path, "tasks")
     if not tasks:
-        return "<p>No feature overlap computed (no SAE, or no analyses).</p>"
-    parts = []
-    for task, entry in tasks.items():
-        parts.append(f"<h3>{html.escape(task)} (layer {entry['layer']}, top {entry['k']})</h3>")
-        parts.append(_table(["a", "b", "Jaccard", "p", "RBO", "p", "shared"],
-                            [[p["a"], p["b"], p["jaccard"], p["jaccard_p"], p["rbo"], p["rbo_p"],
-                              ", ".join(map(str, p["shared"][:10]))] for p in entry["pairs"]], left=2))
-        for name, why in entry.get("missing", {}).items():
-            parts.append(f"<p>{html.escape(name)}: no features ({html.escape(why)}).</p>")
+        return f"<p>{empty}</p>"
+    return "".join(f"<h3>{html.escape(task)}</h3>" + entry_html(entry) for task, entry in tasks.items())
+
+
+def _overlap_entry(entry: dict[str, Any]) -> str:
+    parts = [f"<p>SAE layer {entry['layer']}, top {entry['k']} features per method.</p>",
+             _table(["a", "b", "Jaccard", "p", "RBO", "p", "shared"],
+                    [[p["a"], p["b"], p["jaccard"], p["jaccard_p"], p["rbo"], p["rbo_p"],
+                      ", ".join(map(str, p["shared"][:10]))] for p in entry["pairs"]], left=2)]
+    parts += [f"<p>{html.escape(name)}: no features ({html.escape(why)}).</p>"
+              for name, why in entry.get("missing", {}).items()]
     return "".join(parts)
 
 
-def _circuits(results: Path) -> str:
-    tasks = _json_rows(results / "circuits.json", "tasks")
-    if not tasks:
-        return "<p>No circuits computed.</p>"
-    parts = []
-    for task, entry in tasks.items():
-        parts.append(f"<h3>{html.escape(task)}</h3>")
-        if "skipped" in entry:
-            parts.append(f"<p>{html.escape(entry['skipped'])}</p>")
-            continue
-        parts.append(_table(["method", "metric base", "metric method", "own nodes recover", "RLVR change recovered",
-                             "top components", "top features"],
-                            [[name, m["metric_base"], m["metric_method"], m["recovered_by_own_nodes"],
-                              m.get("rlvr_change_recovered"),
-                              ", ".join(f"{k[0]}{k[1]}" + (f".{k[2]}" if k[0] == "head" else "") for k in m["components"][:6]),
-                              ", ".join(map(str, m["features"][:8]))] for name, m in entry["methods"].items()]))
-        parts.append(_table(["a", "b", "components Jaccard", "p", "features Jaccard", "p"],
-                            [[p["a"], p["b"], p["components_jaccard"], p["components_p"], p["features_jaccard"],
-                              p["features_p"]] for p in entry["pairs"]], left=2))
-    return "".join(parts)
+def _circuit_entry(entry: dict[str, Any]) -> str:
+    if "skipped" in entry:
+        return f"<p>{html.escape(entry['skipped'])}</p>"
+    return _table(["method", "metric base", "metric method", "own nodes recover", "RLVR change recovered",
+                   "top components", "top features"],
+                  [[name, m["metric_base"], m["metric_method"], m["recovered_by_own_nodes"],
+                    m.get("rlvr_change_recovered"),
+                    ", ".join(f"{k[0]}{k[1]}" + (f".{k[2]}" if k[0] == "head" else "") for k in m["components"][:6]),
+                    ", ".join(map(str, m["features"][:8]))] for name, m in entry["methods"].items()]) + \
+        _table(["a", "b", "components Jaccard", "p", "features Jaccard", "p"],
+               [[p["a"], p["b"], p["components_jaccard"], p["components_p"], p["features_jaccard"], p["features_p"]]
+                for p in entry["pairs"]], left=2)
 
 
 def _cards(run: Path) -> dict[tuple[int, int], dict]:
@@ -252,8 +247,9 @@ def build(results_dir: str | Path) -> Path:
         ("budget", "Training budget spent", _budget(rows)),
         ("figures", "Figures", "".join(_image(p) for p in figures) or "<p>No figures.</p>"),
         ("similarity", "Behavioural similarity to RLVR", _similarity(results)),
-        ("overlap", "SAE-feature overlap", _overlap(results)),
-        ("circuits", "Circuit overlap", _circuits(results)),
+        ("overlap", "SAE-feature overlap", _per_task(results / "overlap.json", "No feature overlap computed (no SAE, "
+                                                     "or no analyses).", _overlap_entry)),
+        ("circuits", "Circuit overlap", _per_task(results / "circuits.json", "No circuits computed.", _circuit_entry)),
         ("curves", "Learning curves", "".join(_image(p) for p in curves) or "<p>No training runs.</p>"),
         ("traces", "CRL intervention traces", _traces(rows)),
         ("provenance", "Provenance", _provenance(rows)),
