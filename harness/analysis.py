@@ -49,22 +49,9 @@ def similarity_rows(stages: list, reserved: dict[str, frozenset[int]]) -> list[d
     return rows
 
 
-def _frequency(sae: Any, model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 8) -> np.ndarray:
-    from baselines.contrast import batch
-    from harness.activations import residuals
-
-    import torch
-
-    device = next(model.parameters()).device
-    fired = torch.zeros(sae.d_sae, dtype=torch.float64)
-    tokens = 0
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
-            acts = residuals(model, ids, mask, layers=[sae.layer])[sae.layer][mask.bool()]
-            fired += (sae.encode(acts).float() > 0).sum(0).double().cpu()
-            tokens += len(acts)
-    return (fired / max(1, tokens)).numpy()
+def _frequency(sae: Any, model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray:
+    """Float[d_sae]: the share of the prompts' tokens (BOS excluded) each feature fires on."""
+    return (_encoded(model, tokenizer, sae, prompts) > 0).mean(0)
 
 
 def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_size: int = 8) -> np.ndarray:
