@@ -75,8 +75,6 @@ def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_siz
 def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any,
                     prompts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Per method, its weighting over the SAE's features at the SAE layer (and why any is missing)."""
-    import torch
-
     from baselines.train import fit_at_layer, fitted_directions
     from harness.overlap import activation_shift, crl_weights, vector_weights
 
@@ -118,8 +116,6 @@ def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, 
         finally:
             tuned.unload()  # leaves the shared base model as it was
         weights["rlvr"] = activation_shift(before, after)
-        del tuned
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return weights, missing
 
 

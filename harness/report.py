@@ -11,6 +11,7 @@ each row, the commit that produced the tables).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 from pathlib import Path
@@ -158,19 +159,25 @@ def _circuit_entry(entry: dict[str, Any]) -> str:
                 for p in entry["pairs"]], left=2)
 
 
-def _cards(run: Path) -> dict[tuple[int, int], dict]:
-    """(layer, feature) -> card, from the SAEs the CRL run used (where they have cards)."""
+@functools.lru_cache(maxsize=None)
+def _sae_cards(directory: str) -> dict[int, dict]:
+    """feature -> card of one SAE (read once per report: card files are large)."""
     from harness.sae.cards import read_cards
 
+    try:
+        return {c["feature"]: c for c in read_cards(Path(directory))["cards"]}
+    except FileNotFoundError:
+        return {}
+
+
+def _cards(run: Path) -> dict[tuple[int, int], dict]:
+    """(layer, feature) -> card, from the SAEs the CRL run used (where they have cards)."""
     config = json.loads((run / "config.json").read_text())
     cards = {}
     for layer, described in (config.get("saes") or {}).items():
         directory = described.get("directory") if isinstance(described, dict) else None
-        try:
-            found = read_cards(Path(directory)) if directory else {"cards": []}
-        except FileNotFoundError:
-            continue
-        cards.update({(int(layer), c["feature"]): c for c in found["cards"]})
+        if directory:
+            cards.update({(int(layer), f): c for f, c in _sae_cards(directory).items()})
     return cards
 
 
