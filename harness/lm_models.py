@@ -18,7 +18,7 @@ from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
 from harness.artifacts import read_config, require_run_dir
-from harness.models import default_device, describe, resolve_dtype, resolve_model
+from harness.models import contiguous_head, default_device, describe, resolve_dtype, resolve_model
 from harness.sparse_logits import logits_at
 from harness.steering import Intervention, steer
 from harness.vectors import HOW_TO_MAKE, SteeringVectors
@@ -41,6 +41,7 @@ class LeanHFLM(HFLM):
         if self.backend != "causal":
             raise ValueError(f"{type(self).__name__} supports decoder-only causal LMs; got a {self.backend} model")
         self.info = describe(self.model)
+        contiguous_head(self.model)
         # What every forward and generation runs under; none for the plain base model. Code
         # that evaluates many settings on one loaded model (the vector sweep, bench) swaps it.
         self.active: list[Intervention] = []

@@ -119,3 +119,20 @@ def test_artifact_round_trip(tmp_path):
     assert (loaded.coefficient, loaded.positions, loaded.method, loaded.model) == (2.5, "last", "mean_diff", "m")
     torch.testing.assert_close(loaded.vectors[3], vectors.vectors[3])
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"config.json", "vectors.safetensors", "manifest.json"}
+
+
+def test_contiguous_head_hands_the_head_contiguous_input_with_the_same_logits(tiny_dir):
+    from harness.models import contiguous_head, load_causal_lm
+
+    model, _ = load_causal_lm(tiny_dir, dtype="bfloat16", device="cpu")
+    head = model.get_output_embeddings()
+    contiguous_head(model)  # second call: still one hook
+    assert len(head._forward_pre_hooks) == 1
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, 100, (3, 7))
+    with torch.no_grad():
+        sliced = model(input_ids=ids, logits_to_keep=1).logits  # the last position: a strided view
+        full = model(input_ids=ids).logits[:, -1:]
+    assert seen == [True, True]
+    torch.testing.assert_close(sliced, full)
