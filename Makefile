@@ -11,7 +11,8 @@ MODEL ?= gemma-3-270m
 TASKS ?=
 LIMIT ?=
 SAE ?= auto
-BUDGET ?= cpu
+BUDGET ?=
+PROFILE ?=
 ARGS ?=
 
 # Everything heavy stays inside the project: model cache, HF caches, pip cache, runs.
@@ -30,7 +31,7 @@ endif
 # without it, on the built-in corpus that ships with the install.
 SAE_CORPUS ?= $(if $(CRL_BENCH_DATA),$(CRL_BENCH_DATA)/gutenberg_corpus,builtin)
 
-BENCH_FLAGS := --model $(MODEL) --sae $(SAE) --sae-corpus $(SAE_CORPUS) --budget $(BUDGET) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
+BENCH_FLAGS := --model $(MODEL) --sae $(SAE) --sae-corpus $(SAE_CORPUS) $(if $(BUDGET),--budget $(BUDGET)) $(if $(PROFILE),--profile $(PROFILE)) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 .PHONY: install test test-fast bench perf clean
 

@@ -47,11 +47,25 @@ from harness.tasks import DATA_ENV, LOCAL_TASKS, data_dir
 DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "boolq")
 STAGE = "stage.json"
 
+# What a bench run does when its flags leave it open. `laptop` (the embedded model on a CPU:
+# `make bench` within 45 minutes on 2 cores) covers all three CRL settings with one
+# one-token task and one generation task, the `laptop` budget, and a smaller vector sweep on
+# generation tasks (each point generates for every validation document); `full` is the
+# whole default task set and the `cpu` budget (`gpu` on a GPU).
+PROFILES: dict[str, dict[str, Any]] = {
+    "laptop": {"tasks": ["toy_sentiment", "arith_gen"], "budget": "laptop",
+               "generation_sweep": {"val_limit": 32, "coefs": [0.5, 1.0, 2.0], "layer_fractions": (1 / 3, 1 / 2)}},
+    "full": {"tasks": list(DEFAULT_TASKS), "budget": {"cpu": "cpu", "cuda": "gpu"}, "generation_sweep": {}},
+}
+
 
 @dataclass
 class BenchConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
-    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS), metadata={"help": "lm-eval task names"})
+    profile: str = field(default="auto", metadata={"help": "defaults for what the flags leave open: laptop (tasks toy_sentiment,arith_gen, "
+                                                          "laptop budget, small generation sweeps), full (every default task), or auto "
+                                                          "(laptop for the embedded model on a CPU, else full)"})
+    tasks: list[str] | None = field(default=None, metadata={"help": "lm-eval task names (default: the profile's)"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
@@ -64,7 +78,8 @@ class BenchConfig:
                                metadata={"help": "steering-vector methods to train and evaluate (none: skip)"})
     vector_val_limit: int | None = field(default=64, metadata={"help": "validation documents per point of the vector sweep"})
     rlvr: bool = field(default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"})
-    budget: str = field(default="cpu", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, cpu, gpu) or YAML file"})
+    budget: str = field(default="auto", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, laptop, cpu, gpu), "
+                                                        "YAML file, or auto (the profile's: laptop, else cpu, gpu on a GPU)"})
     crl: list[str] = field(default_factory=lambda: ["one-token", "multi-layer", "generation"],
                            metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"})
     analyses: bool = field(default=True, metadata={"help": "after the evaluations: behavioural similarity to RLVR and SAE-feature overlap (results/similarity.md, results/overlap.md)"})
@@ -73,6 +88,19 @@ class BenchConfig:
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
 
     def __post_init__(self) -> None:
+        from harness.models import default_device
+
+        device = "cuda" if str(self.device or default_device()).startswith("cuda") else "cpu"
+        if self.profile == "auto":
+            self.profile = "laptop" if self.model == DEFAULT_MODEL and device == "cpu" else "full"
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(PROFILES)}, or auto")
+        defaults = PROFILES[self.profile]
+        if self.tasks is None:
+            self.tasks = list(defaults["tasks"])
+        if self.budget == "auto":
+            budget = defaults["budget"]
+            self.budget = budget[device] if isinstance(budget, dict) else budget
         if isinstance(self.tasks, str):
             self.tasks = [t for t in self.tasks.split(",") if t]
         if not self.tasks:
@@ -127,12 +155,25 @@ def _file_digest(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def vector_config(config: BenchConfig, task: str) -> Any:
+def vector_config(config: BenchConfig, task: str, output_type: str | None = None) -> Any:
+    """The vector sweep of `task`; a generation task (`output_type` generate_until) gets the
+    profile's smaller sweep."""
     from baselines.train import VectorTrainConfig
 
-    return VectorTrainConfig(model=config.model, task=task, methods=list(config.vectors), val_limit=config.vector_val_limit,
+    sweep = PROFILES[config.profile]["generation_sweep"] if output_type == "generate_until" else {}
+    layers = None
+    if "layer_fractions" in sweep:
+        from harness.models import model_info
+
+        n_layers = model_info(config.model).n_layers
+        layers = sorted({min(n_layers - 1, round(n_layers * f)) for f in sweep["layer_fractions"]})
+    extra = {"coefs": list(sweep["coefs"])} if "coefs" in sweep else {}
+    val_limit = config.vector_val_limit
+    if "val_limit" in sweep and val_limit is not None:
+        val_limit = min(val_limit, sweep["val_limit"])
+    return VectorTrainConfig(model=config.model, task=task, methods=list(config.vectors), val_limit=val_limit, layers=layers,
                              batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, device=config.device,
-                             results_dir=config.results_dir, runs_dir=config.runs_dir)
+                             results_dir=config.results_dir, runs_dir=config.runs_dir, **extra)
 
 
 def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
@@ -179,7 +220,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
         common = {"model": config.model, "task": task, "limit": config.limit, "seed": config.seed, "dtype": config.dtype}
         stages.append(Stage("base", task, {**common, "method": "base"}, root / slug / "base" / task))
         for method in config.vectors:
-            artifact = vectors_dir(vector_config(config, task)) / method
+            artifact = vectors_dir(vector_config(config, task, (output_types or {}).get(task))) / method
             if not (artifact / VECTORS_FILE).exists():
                 continue
             settings = {**common, "method": "vector", "setting": method,
@@ -353,17 +394,17 @@ def run(config: BenchConfig) -> Path:
             lm = LeanHFLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
         return lm
 
+    output_types = _output_types(config.tasks, manager)
     if config.vectors:
         from baselines import train
 
         for task in config.tasks:
-            vectors = vector_config(config, task)
+            vectors = vector_config(config, task, output_types[task])
             if config.force or not train.sweep_done(vectors):
                 console.rule(f"vectors: {', '.join(config.vectors)} on {task}")
                 train.run(vectors, lm=shared_lm())
     if config.rlvr:
         _rlvr_stage(config, console)
-    output_types = _output_types(config.tasks, manager)
     if config.crl:
         _crl_stage(config, console, output_types)
     stages = plan(config, output_types)

@@ -9,6 +9,9 @@ Presets (`--budget NAME`, or a YAML/JSON file with any of the fields; single fie
 overridden by their own flags):
 
 - `smoke`: a few steps, for tests;
+- `laptop`: what `make bench` trains on the embedded model on a 2-core CPU (the `laptop`
+  bench profile): half the `cpu` one-token budget and 128 generation rollouts, so that the
+  whole bench fits in 45 minutes;
 - `cpu`: the embedded model on a 2-core CPU, aiming at 15 minutes of RLVR training per task
   (generation tasks get fewer steps and smaller groups: each rollout costs ~20-30 tokens
   instead of one);
@@ -29,6 +32,8 @@ from typing import Any
 # "generation" holds what differs for generation tasks.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"steps": 3, "prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "seeds": [0]},
+    "laptop": {"steps": 20, "prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 32, "seeds": [0],
+               "generation": {"steps": 8, "prompts_per_step": 2, "samples_per_prompt": 8}},
     "cpu": {"steps": 40, "prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 32, "seeds": [0],
             "generation": {"steps": 16, "samples_per_prompt": 4}},
     "gpu": {"steps": 300, "prompts_per_step": 16, "samples_per_prompt": 16, "max_new_tokens": 256, "seeds": [0, 1, 2]},

@@ -152,3 +152,21 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
     assert "3 evaluation stages, 3 reused" in again.stderr
+
+
+def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
+    from harness.bench import DEFAULT_TASKS, BenchConfig, vector_config
+
+    laptop = BenchConfig(device="cpu")  # the embedded model on a CPU: make bench's 45-minute run
+    assert (laptop.profile, laptop.tasks, laptop.budget) == ("laptop", ["toy_sentiment", "arith_gen"], "laptop")
+    full = BenchConfig(model=tiny_dir, device="cpu")
+    assert (full.profile, full.tasks, full.budget) == ("full", list(DEFAULT_TASKS), "cpu")
+    chosen = BenchConfig(device="cpu", tasks="arith_mc", budget="smoke")  # flags win over the profile
+    assert (chosen.tasks, chosen.budget) == (["arith_mc"], "smoke")
+    # laptop: generation tasks get the small sweep, one-token tasks the default one
+    small = vector_config(BenchConfig(model=tiny_dir, profile="laptop", device="cpu"), "arith_gen", "generate_until")
+    assert (small.layers, small.coefs, small.val_limit) == ([1, 2], [0.5, 1.0, 2.0], 32)  # 4 layers: 1/3, 1/2
+    usual = vector_config(BenchConfig(model=tiny_dir, profile="laptop", device="cpu"), "arith_mc", "multiple_choice")
+    assert (usual.layers, usual.val_limit) == (None, 64)
+    with pytest.raises(ValueError, match="unknown --profile 'fast'; choose from laptop, full"):
+        BenchConfig(profile="fast")
