@@ -33,7 +33,7 @@ SAE_CORPUS ?= $(if $(CRL_BENCH_DATA),$(CRL_BENCH_DATA)/gutenberg_corpus,builtin)
 
 BENCH_FLAGS := --model $(MODEL) --sae $(SAE) --sae-corpus $(SAE_CORPUS) $(if $(BUDGET),--budget $(BUDGET)) $(if $(PROFILE),--profile $(PROFILE)) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
-.PHONY: install test test-fast bench perf clean
+.PHONY: install browser test test-fast bench perf clean
 
 install: $(STAMP)
 
@@ -44,7 +44,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	touch $@
 
-test: install
+# Headless Chromium (Debian's package) for the report's browser test; skipped when present,
+# and when neither root nor password-less sudo can install it (the test then says so).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then as=""; elif sudo -n true 2>/dev/null; then as="sudo -n"; \
+	  else echo "browser: cannot install chromium without root; run: sudo apt-get install chromium"; exit 0; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$as apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$as apt-get update -q >/dev/null 2>&1 && $$as apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+	  echo "browser: apt-get could not install chromium"; }
+
+test: install browser
 	$(BIN)/pytest
 
 test-fast: install

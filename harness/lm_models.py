@@ -211,6 +211,7 @@ class CRLSteeredLM(LeanHFLM):
         self.log_path = log_interventions
         self.items: dict[str, int] = {}
         self._runs: list = []
+        self.generation_contexts: list[str] | None = None
 
     def _where(self, ctx):
         from rl.controller import at_decision, from_last_prompt_token
@@ -225,7 +226,9 @@ class CRLSteeredLM(LeanHFLM):
         run = ControllerRun(self.controller, self.bank, self._where, mode=self.mode, generator=self.generator,
                             keep_residuals=False)
         if self.log_path:
-            self._runs.append((run, self.batch_contexts))
+            # the rows of this forward or generation batch, captured now: the next batch replaces them
+            contexts = self.batch_contexts if self.batch_contexts is not None else self.generation_contexts
+            self._runs.append((run, list(contexts or [])))
         return [run.intervention()]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -246,7 +249,10 @@ class CRLSteeredLM(LeanHFLM):
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         self.generation_contexts = self.tokenizer.batch_decode(context, skip_special_tokens=True)
-        return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        try:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            self.generation_contexts = None
 
     def _write_log(self) -> None:
         import json
@@ -256,7 +262,6 @@ class CRLSteeredLM(LeanHFLM):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as handle:
             for run, contexts in self._runs:
-                contexts = contexts or getattr(self, "generation_contexts", None) or []
                 for record in run.records:
                     context = contexts[record["row"]] if record["row"] < len(contexts) else None
                     handle.write(json.dumps({

@@ -27,7 +27,9 @@ table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f2f2f2; } td.l, th.l { text-align: left; }
 img { max-width: 100%; } figure { margin: 1em 0; }
-.tok { font-family: monospace; white-space: pre; } .hit { background: #ffd86b; font-weight: bold; }
+.scroll { overflow-x: auto; max-width: 100%; } /* wide tables scroll inside the page, not the page */
+pre, code { white-space: pre-wrap; overflow-wrap: anywhere; }
+.tok { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; margin: 2px 0; } .hit { background: #ffd86b; font-weight: bold; }
 .card { font-size: 12px; background: #fafafa; border-left: 3px solid #999; padding: 4px 8px; margin: 4px 0 10px; }
 .prov { font-size: 12px; color: #555; }
 </style></head><body>
@@ -47,23 +49,28 @@ def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
     head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(_cell(v))}</td>'
                                     for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-4:
+            return f"{value:.1e}"
         return f"{value:.4f}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
         return f"[{value[0]:.3f}, {value[1]:.3f}]"
     return str(value)
 
 
-def _image(path: Path) -> str:
+def _image(path: Path, results: Path) -> str:
+    """An inlined figure, captioned with its file (and the PDF beside it) under results/."""
     data = base64.b64encode(path.read_bytes()).decode()
+    name = f"results/{path.relative_to(results).as_posix()}"
+    pdf = " (and .pdf)" if path.with_suffix(".pdf").exists() else ""
     return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"><figcaption class="prov">' \
-           f"{html.escape(str(path))}</figcaption></figure>"
+           f"{html.escape(name)}{pdf}</figcaption></figure>"
 
 
 def _leaderboard(rows: list[dict[str, Any]]) -> str:
@@ -219,14 +226,47 @@ def _traces(rows: list[dict[str, Any]]) -> str:
             sample, score = scored[item]
             decisions = sorted(by_item[item], key=lambda e: (e["position"], e["layer"]))
             chosen = [e for e in decisions if e["feature"] is not None]
-            parts.append(f"<p><b>item {item}</b> (score {score:g}): " + ", ".join(
-                f"position {e['position']} token {html.escape(repr(e['token']))}, layer {e['layer']}: feature "
-                f"{e['feature']} × {e['coef']:g}" for e in chosen[:8]) + "</p>")
-            response = sample.get("resps")
-            parts.append(f'<div class="tok">{html.escape(str(response)[:300])}</div>')
+            parts.append(f"<p><b>item {item}</b> ({'correct' if score > 0 else 'wrong'}; {_answer(sample)})</p>"
+                         + _token_trace(sample, decisions))
             for e in {(e["layer"], e["feature"]): e for e in chosen}.values():
                 parts.append(_card_html(cards.get((e["layer"], e["feature"]))))
     return "".join(parts) or "<p>No CRL evaluations with intervention logs.</p>"
+
+
+def _answer(sample: dict[str, Any]) -> str:
+    """What the steered model answered, in words: the most likely choice, or the generation."""
+    args, resps = sample.get("arguments") or [], sample.get("filtered_resps") or []
+    target = sample.get("target")
+    if args and len(args) == len(resps) and all(isinstance(r, list) and r and isinstance(r[0], (int, float)) for r in resps):
+        best = max(range(len(resps)), key=lambda i: resps[i][0])
+        gold = args[int(target)][1] if str(target).isdigit() and int(target) < len(args) else target
+        return f"answered {args[best][1].strip()!r}, gold {str(gold).strip()!r}"
+    generated = (sample.get("resps") or [[""]])[0]
+    generated = generated[0] if isinstance(generated, list) else generated
+    return f"generated {str(generated).strip()!r}, gold {str(target).strip()!r}"
+
+
+def _token_trace(sample: dict[str, Any], decisions: list[dict[str, Any]]) -> str:
+    """The tokens the controller acted at, in order; steered ones highlighted, with the
+    feature and coefficient on hover and below."""
+    args = sample.get("arguments") or []
+    context = args[0][0] if args and isinstance(args[0], list) else ""
+    tail = html.escape(context[-160:]) if context else ""
+    spans, by_position = [], {}
+    for e in decisions:
+        by_position.setdefault(e["position"], []).append(e)
+    for position, acts in sorted(by_position.items()):
+        steered = [e for e in acts if e["feature"] is not None]
+        label = "; ".join(f"layer {e['layer']}: feature {e['feature']} × {e['coef']:g}" for e in steered) or "no intervention"
+        token = html.escape(str(acts[0]["token"]))
+        spans.append(f'<span class="hit" title="{html.escape(label)}">{token}</span>' if steered
+                     else f'<span title="position {position}: no intervention">{token}</span>')
+    shown = "".join(spans[:64]) + (" …" if len(spans) > 64 else "")
+    steered = [e for e in decisions if e["feature"] is not None]
+    listed = ", ".join(f"token {html.escape(repr(e['token']))} (position {e['position']}), layer {e['layer']}: feature "
+                       f"{e['feature']} × {e['coef']:g}" for e in steered[:8])
+    return (f'<div class="tok">…{tail}</div>' if tail else "") + f'<div class="tok">decisions: {shown}</div>' \
+        + f'<p class="prov">steered: {listed}{" …" if len(steered) > 8 else ""}</p>'
 
 
 def _provenance(rows: list[dict[str, Any]]) -> str:
@@ -252,12 +292,12 @@ def build(results_dir: str | Path) -> Path:
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard(rows)),
         ("budget", "Training budget spent", _budget(rows)),
-        ("figures", "Figures", "".join(_image(p) for p in figures) or "<p>No figures.</p>"),
+        ("figures", "Figures", "".join(_image(p, results) for p in figures) or "<p>No figures.</p>"),
         ("similarity", "Behavioural similarity to RLVR", _similarity(results)),
         ("overlap", "SAE-feature overlap", _per_task(results / "overlap.json", "No feature overlap computed (no SAE, "
                                                      "or no analyses).", _overlap_entry)),
         ("circuits", "Circuit overlap", _per_task(results / "circuits.json", "No circuits computed.", _circuit_entry)),
-        ("curves", "Learning curves", "".join(_image(p) for p in curves) or "<p>No training runs.</p>"),
+        ("curves", "Learning curves", "".join(_image(p, results) for p in curves) or "<p>No training runs.</p>"),
         ("traces", "CRL intervention traces", _traces(rows)),
         ("provenance", "Provenance", _provenance(rows)),
     ]

@@ -305,3 +305,40 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
     counts = torch.arange(16).float()
     problem.kind = "generation"
     assert choose_candidates(model, tokenizer, sae, problem, ones, counts, 3).tolist() == [13, 14, 15]
+
+
+def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_saes, tmp_path):
+    """Every logged decision belongs to the item it names: an item's decisions start at its
+    prompt's last token and then read, token by token, exactly what was generated for it."""
+    from baselines.train import TaskScorer
+    from harness.lm_models import CRLSteeredLM
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+    from rl import crl
+
+    config = crl.CRLConfig(model=tiny_dir, task="arith_gen", setting="generation", sae=per_layer_saes, layers=[2],
+                           budget="smoke", steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6,
+                           val_limit=2, eval_every=0, hidden=16, algorithm="grpo", noop_prior=0.0, device="cpu",
+                           dtype="float32", results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    run_dir = crl.train(config)
+    log = tmp_path / "decisions.jsonl"
+    steered = CRLSteeredLM(pretrained=tiny_dir, controller=str(run_dir), log_interventions=str(log),
+                           device="cpu", dtype="float32", batch_size=2, max_length=400)
+    task = load_task("arith_gen")
+    docs = method_splits(task).validation[:5]  # three batches of two
+    scorer = TaskScorer(steered, task, docs)
+    flat = [r for requests in scorer.requests for r in requests]
+    for r in flat:
+        r.arguments[1]["max_gen_toks"] = 6
+    generated = steered.generate_until(flat, disable_tqdm=True)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    tokenizer = steered.tokenizer
+    assert {e["item"] for e in entries} == set(range(len(docs)))
+    for item, request in enumerate(flat):
+        mine = sorted((e for e in entries if e["item"] == item), key=lambda e: e["position"])
+        prompt_ids = tokenizer(request.arguments[0])["input_ids"]
+        positions = [e["position"] for e in mine]
+        assert positions == list(range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(positions)))
+        assert mine[0]["token"] == tokenizer.decode(prompt_ids[-1:])
+        read = "".join(e["token"] for e in mine[1:])  # the generated tokens the controller read
+        assert generated[item].startswith(read) or read.startswith(generated[item]), (item, read, generated[item])
