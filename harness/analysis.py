@@ -307,6 +307,8 @@ def render_overlap(tasks: dict[str, Any]) -> str:
 
 
 def render_circuits(tasks: dict[str, Any], layer: int) -> str:
+    from harness.circuits import MIN_CHANGE
+
     lines = ["# Circuit overlap between methods", "",
              "Generated from `circuits.json` by bench's analysis stage (`harness.circuits`). Metric: logit of the "
              "correct choice minus the mean of the others at the answer position, on validation items. Nodes: "
@@ -314,7 +316,8 @@ def render_circuits(tasks: dict[str, Any], layer: int) -> str:
              f"(activation difference method vs base times the base gradient); top {K_COMPONENTS} components and top "
              f"{K_FEATURES} features per method. 'Own nodes recover': share of the method's metric change restored "
              "by patching only those nodes into the base run (real activation patching). 'RLVR change recovered': "
-             "the same with RLVR's activations at the method's nodes.", ""]
+             "the same with RLVR's activations at the method's nodes. A share is left blank when the method (or "
+             f"RLVR) moves the mean logit difference by less than {MIN_CHANGE} (a ratio of two near-zero numbers).", ""]
     for task, entry in tasks.items():
         lines += [f"## {task}", ""]
         if "skipped" in entry:

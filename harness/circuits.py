@@ -225,10 +225,15 @@ def patched_metric(base_model: Any, method_model: Any, batches: list[Batch], n_h
     return total / max(1, count)
 
 
-def recovered(patched: float, base: float, method: float) -> float | None:
-    """Share of the method's metric change that the patched run recovers."""
+MIN_CHANGE = 0.05
+
+
+def recovered(patched: float, base: float, method: float, min_change: float = MIN_CHANGE) -> float | None:
+    """Share of the method's metric change that the patched run recovers; None when the method
+    changes the metric (mean logit difference) by less than `min_change`, where a share is a
+    ratio of two near-zero numbers and says nothing."""
     change = method - base
-    return None if abs(change) < 1e-9 else (patched - base) / change
+    return None if abs(change) < min_change else (patched - base) / change
 
 
 def node_overlap(a: list[Node], b: list[Node], universe: list[Node], n_permutations: int = 2000,

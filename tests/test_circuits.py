@@ -44,10 +44,10 @@ def test_patching_the_one_changed_mlp_recovers_the_whole_change(setup):
     assert all(abs(scores.get(n, 0.0)) == 0 for n in [("head", 0, 0), ("head", 1, 1), ("mlp", 0, 0), ("mlp", 1, 0)])
     assert ("mlp", 2, 0) in top_nodes(scores, 3, ("head", "mlp"))
     patched = patched_metric(model, method, batches, 2, [("mlp", 2, 0)])
-    assert recovered(patched, metrics["base"], metrics["method"]) == pytest.approx(1.0, abs=1e-4)
+    assert recovered(patched, metrics["base"], metrics["method"], min_change=1e-9) == pytest.approx(1.0, abs=1e-4)
     # an unchanged node recovers nothing
     assert recovered(patched_metric(model, method, batches, 2, [("mlp", 0, 0)]), metrics["base"],
-                     metrics["method"]) == pytest.approx(0.0, abs=1e-5)
+                     metrics["method"], min_change=1e-9) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_patching_heads_and_sae_features(setup):
@@ -59,7 +59,7 @@ def test_patching_heads_and_sae_features(setup):
     scores, metrics = attribution(model, method, batches, n_heads=2)
     assert set(top_nodes(scores, 2, ("head",))) == {("head", 3, 0), ("head", 3, 1)}
     patched = patched_metric(model, method, batches, 2, [("head", 3, 0), ("head", 3, 1)])
-    assert recovered(patched, metrics["base"], metrics["method"]) == pytest.approx(1.0, abs=1e-4)
+    assert recovered(patched, metrics["base"], metrics["method"], min_change=1e-9) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_sae_feature_nodes_with_an_exact_sae(setup, tiny_dir, tmp_path):
@@ -91,7 +91,7 @@ def test_sae_feature_nodes_with_an_exact_sae(setup, tiny_dir, tmp_path):
     assert top_nodes(scores, 5, ("sae",)) == [("sae", 2, feature)]
     assert all(abs(scores.get(("head", l, h), 0.0)) == 0 for l in (0, 1, 2) for h in (0, 1))  # upstream of the steering
     patched = patched_metric(model, model, batches, 2, [("sae", 2, feature)], sae=sae, interventions=steering)
-    assert recovered(patched, metrics["base"], metrics["method"]) == pytest.approx(1.0, abs=1e-3)
+    assert recovered(patched, metrics["base"], metrics["method"], min_change=1e-9) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_node_overlap_null():
@@ -102,3 +102,11 @@ def test_node_overlap_null():
     assert same["jaccard"] == 1.0 and same["p"] < 0.01
     disjoint = node_overlap(universe[:8], universe[20:28], universe, n_permutations=300)
     assert disjoint["jaccard"] == 0.0 and disjoint["p"] == 1.0
+
+
+def test_recovered_share_needs_a_real_change():
+    from harness.circuits import recovered
+
+    assert recovered(1.5, 1.0, 2.0) == pytest.approx(0.5)
+    assert recovered(1.02, 1.0, 1.01) is None  # a 0.01 change: the share would be noise over noise
+    assert recovered(1.02, 1.0, 1.01, min_change=0.001) == pytest.approx(2.0)
