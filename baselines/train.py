@@ -85,8 +85,8 @@ class VectorTrainConfig:
         return fingerprint(asdict(self), {"results_dir", "runs_dir", "force", "batch_size", "device"})
 
 
-def default_layers(n_layers: int) -> list[int]:
-    return sorted({min(n_layers - 1, max(0, round(n_layers * f))) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3)})
+def default_layers(n_layers: int, fractions: tuple[float, ...] = (1 / 6, 1 / 3, 1 / 2, 2 / 3)) -> list[int]:
+    return sorted({min(n_layers - 1, max(0, round(n_layers * f))) for f in fractions})
 
 
 def vectors_dir(config: VectorTrainConfig) -> Path:

@@ -163,10 +163,10 @@ def vector_config(config: BenchConfig, task: str, output_type: str | None = None
     sweep = PROFILES[config.profile]["generation_sweep"] if output_type == "generate_until" else {}
     layers = None
     if "layer_fractions" in sweep:
+        from baselines.train import default_layers
         from harness.models import model_info
 
-        n_layers = model_info(config.model).n_layers
-        layers = sorted({min(n_layers - 1, round(n_layers * f)) for f in sweep["layer_fractions"]})
+        layers = default_layers(model_info(config.model).n_layers, sweep["layer_fractions"])
     extra = {"coefs": list(sweep["coefs"])} if "coefs" in sweep else {}
     val_limit = config.vector_val_limit
     if "val_limit" in sweep and val_limit is not None:
