@@ -283,6 +283,9 @@ def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: 
 
 def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str,
                 fields: tuple[str, ...] = CURVE_FIELDS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "manifest.json").exists():  # the curve's provenance travels with it
+        shutil.copyfile(run_dir / "manifest.json", results / "manifest.json")
     for directory in (run_dir, results):
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / "curve.csv", "w", newline="") as handle:

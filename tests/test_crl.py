@@ -103,6 +103,7 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
     assert any(not torch.equal(start[k], trained[k]) for k in start if "mean" not in k and "scale" not in k)
     assert manifest["frozen_weights_checksum"] is not None
     assert (Path(config.results_dir) / "crl-one-token" / "arith_mc" / "curve.png").exists()
+    assert json.loads((Path(config.results_dir) / "crl-one-token" / "arith_mc" / "manifest.json").read_text()) == manifest
 
 
 def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, planted_splits, tmp_path):

@@ -92,6 +92,7 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
     curve = (run_dir / "curve.csv").read_text().splitlines()
     assert curve[0] == "step,rollouts,reward,validation" and len(curve) == 1 + 5  # step 0 + 4 steps
     assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.png").exists()
+    assert json.loads((tmp_path / "results" / "rlvr" / "arith_mc" / "manifest.json").read_text()) == manifest
 
     # the adapter in rlvr_lora and in lm-eval's own hf model with peft= scores the same
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
