@@ -256,10 +256,10 @@ def _token_trace(sample: dict[str, Any], decisions: list[dict[str, Any]]) -> str
     for e in decisions:
         by_position.setdefault(e["position"], []).append(e)
     for position, acts in sorted(by_position.items()):
-        steered = [e for e in acts if e["feature"] is not None]
-        label = "; ".join(f"layer {e['layer']}: feature {e['feature']} × {e['coef']:g}" for e in steered) or "no intervention"
+        acting = [e for e in acts if e["feature"] is not None]
+        label = "; ".join(f"layer {e['layer']}: feature {e['feature']} × {e['coef']:g}" for e in acting)
         token = html.escape(str(acts[0]["token"]))
-        spans.append(f'<span class="hit" title="{html.escape(label)}">{token}</span>' if steered
+        spans.append(f'<span class="hit" title="{html.escape(label)}">{token}</span>' if acting
                      else f'<span title="position {position}: no intervention">{token}</span>')
     shown = "".join(spans[:64]) + (" …" if len(spans) > 64 else "")
     steered = [e for e in decisions if e["feature"] is not None]
