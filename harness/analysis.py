@@ -6,7 +6,10 @@ vector sweeps' fitted directions and the RLVR adapters, and writes
 - `results/similarity.{json,md}`: every method vs RLVR (`harness.similarity`), with base vs
   RLVR beside it;
 - `results/overlap.{json,md}`: the features each method implicates at the SAE layer and their
-  pairwise top-k overlap with a frequency-matched permutation null (`harness.overlap`).
+  pairwise top-k overlap with a frequency-matched permutation null (`harness.overlap`);
+- `results/circuits.{json,md}`: attribution-patching circuits (`harness.circuits`);
+- `results/interactions.{json,md}`: how the choices of CRL controllers with several layers or
+  generated tokens depend on each other (`harness.interactions`).
 
 Tasks without an RLVR run get no similarity rows; methods that implicate no features at the
 SAE layer are listed with the reason.
@@ -242,6 +245,30 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
     write_json(results / "circuits.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": circuits})
     (results / "circuits.md").write_text(render_circuits(circuits, sae.layer))
     console.print(f"analysis: {results / 'circuits.md'}")
+    del model
+    interaction_rows(config, stages, results, console)
+
+
+def interaction_rows(config: Any, stages: list, results: Path, console: Any) -> None:
+    """`results/interactions.{json,md}` for every CRL stage of the multi-layer and generation
+    settings, with the model in the dtype the controllers were trained and evaluated in."""
+    from harness.interactions import analyse, render
+    from harness.manifest import build_manifest, write_json
+    from harness.models import load_causal_lm
+    from harness.tasks import load_task
+
+    chosen = [s for s in stages if s.method == "crl" and s.settings.get("setting") in ("multi-layer", "generation")]
+    if not chosen:
+        return
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=config.device or "cpu")
+    found: dict[str, dict[str, Any]] = {}
+    for stage in chosen:
+        found.setdefault(stage.task, {})[_label(stage)] = analyse(
+            stage.controller, stage.settings["setting"], load_task(stage.task), model, tokenizer, config.seed)
+    tasks = {**_existing(results / "interactions.json", "tasks", {}), **found}
+    write_json(results / "interactions.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": tasks})
+    (results / "interactions.md").write_text(render(tasks))
+    console.print(f"analysis: {results / 'interactions.md'}")
 
 
 def _existing(path: Path, key: str, empty: Any) -> Any:
@@ -264,6 +291,10 @@ def rerender(results_dir: str | Path) -> None:
         layer = json.loads((results / "overlap.json").read_text())["tasks"] if (results / "overlap.json").exists() else {}
         sae_layer = next((e["layer"] for e in layer.values()), "?")
         (results / "circuits.md").write_text(render_circuits(circuits, sae_layer))
+    if (results / "interactions.json").exists():
+        from harness.interactions import render
+
+        (results / "interactions.md").write_text(render(json.loads((results / "interactions.json").read_text())["tasks"]))
 
 
 def _f(value: Any, digits: int = 3) -> str:

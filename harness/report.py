@@ -166,6 +166,30 @@ def _circuit_entry(entry: dict[str, Any]) -> str:
                 for p in entry["pairs"]], left=2)
 
 
+def _interaction_entry(methods: dict[str, Any]) -> str:
+    parts = []
+    for label, e in methods.items():
+        parts.append(f"<h4>{html.escape(label)}</h4>")
+        if "skipped" in e or "note" in e:
+            parts.append(f"<p>{html.escape(e.get('skipped') or e['note'])}</p>")
+        elif e["setting"] == "generation":
+            parts.append(f"<p>{e['items']} validation items, {e['steered_decisions']} of {e['decisions']} decisions "
+                         f"steered, {e['ablations']} ablations: later choices changed {_cell(e['later_changed_share'])} "
+                         f"{_cell(e['later_changed_share_ci'])}, completion changed {_cell(e['completion_changed_share'])}, "
+                         f"reward effect of a choice {_cell(e['reward_effect'])} {_cell(e['reward_effect_ci'])}.</p>")
+            parts.append(_table(["ablated feature", "ablations", "later choices changed", "completion changed",
+                                 "reward effect"],
+                                [[f["feature"], f["ablations"], f["later_changed_share"], f["completion_changed_share"],
+                                  f["reward_effect"]] for f in e["by_feature"]]))
+        else:
+            parts.append(_table(["earlier → later layer", "earlier steered", "later re-decided differently",
+                                 "m(both)", "m(earlier only)", "m(later only)", "m(neither)", "interaction", "95% CI"],
+                                [[f"{p['earlier']} → {p['later']}", f"{p['earlier_steered']} / {p['items']}",
+                                  p["later_changed"], p["metric_both"], p["metric_earlier_only"], p["metric_later_only"],
+                                  p["metric_neither"], p["interaction"], p["interaction_ci"]] for p in e["pairs"]]))
+    return "".join(parts)
+
+
 @functools.lru_cache(maxsize=None)
 def _sae_cards(directory: str) -> dict[int, dict]:
     """feature -> card of one SAE (read once per report: card files are large)."""
@@ -297,6 +321,9 @@ def build(results_dir: str | Path) -> Path:
         ("overlap", "SAE-feature overlap", _per_task(results / "overlap.json", "No feature overlap computed (no SAE, "
                                                      "or no analyses).", _overlap_entry)),
         ("circuits", "Circuit overlap", _per_task(results / "circuits.json", "No circuits computed.", _circuit_entry)),
+        ("interactions", "CRL interactions across layers and tokens",
+         _per_task(results / "interactions.json", "No CRL controller with several layers or generated tokens.",
+                   _interaction_entry)),
         ("curves", "Learning curves", "".join(_image(p, results) for p in curves) or "<p>No training runs.</p>"),
         ("traces", "CRL intervention traces", _traces(rows)),
         ("provenance", "Provenance", _provenance(rows)),

@@ -108,16 +108,20 @@ class ControllerRun:
 
     `where(ctx) -> Bool[B, T]` picks the decision positions. In `replay` mode,
     `row_actions[row]` maps (position, layer) -> (feature index, coef index), or layer -> one
-    action used at every decision of that row at that layer.
+    action used at every decision of that row at that layer. `overrides` force single
+    decisions in any mode (the others are taken as the mode says): what the interaction
+    analysis (`harness.interactions`) uses to ablate one choice and let the later ones react.
     """
 
     controller: Controller
     bank: FeatureBank
     where: Callable[[StepContext], Tensor]
-    mode: str = "sample"  # sample | greedy | replay
+    mode: str = "sample"  # sample | greedy | replay | off (no decisions: the unsteered model)
     masked: Tensor | None = None  # Bool[d_sae + 1] features excluded from sampling
     generator: torch.Generator | None = None
     row_actions: dict[int, dict[int, tuple[int, int]]] | None = None
+    # any mode: row -> {(position, layer): (feature index, coef index)} forced there (ablations)
+    overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None
     keep_residuals: bool = True
     records: list[dict[str, Any]] = field(default_factory=list)
     residuals: list[Tensor] = field(default_factory=list)
@@ -127,6 +131,8 @@ class ControllerRun:
 
     @torch.no_grad()
     def policy(self, hidden: Tensor, ctx: StepContext) -> Tensor | None:
+        if self.mode == "off":
+            return None
         chosen = self.where(ctx) & ctx.mask
         rows, cols = chosen.nonzero(as_tuple=True)
         if len(rows) == 0:
@@ -150,7 +156,13 @@ class ControllerRun:
             features = torch.tensor([p[0] for p in pairs], device=h.device)
             coefs = torch.tensor([p[1] for p in pairs], device=h.device)
         else:
-            raise ValueError(f"mode must be sample, greedy or replay, got {self.mode!r}")
+            raise ValueError(f"mode must be sample, greedy, replay or off, got {self.mode!r}")
+        if self.overrides:
+            features, coefs = features.clone(), coefs.clone()
+            for i, (r, p) in enumerate(zip(rows.tolist(), ctx.positions[rows, cols].tolist())):
+                forced = self.overrides.get(r, {}).get((p, ctx.layer))
+                if forced is not None:
+                    features[i], coefs[i] = forced
         logp = features_d.log_prob(features) + coefs_d.log_prob(coefs)
         coef_values = torch.tensor(COEFS, device=h.device)[coefs]
         delta_rows = self.bank.delta(ctx.layer, features, coef_values)

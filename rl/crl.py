@@ -18,6 +18,15 @@ advantage = reward - value) or `grpo` (critic-free: the reward normalised within
 prompt's group of samples). Both run `ppo_epochs` passes over the stored decisions: the
 controller re-reads the residuals it saw, so an update needs no LLM forward at all.
 
+Advantage baseline (`--baseline`): `value` (ppo's critic), `group` (grpo's), or `unsteered`:
+the reward of the same prompt with no intervention at all. Under greedy decoding that reward
+is exact and deterministic (one extra rollout per distinct training prompt, cached and counted
+in the spent rollouts), so a rollout whose interventions did not change the outcome teaches
+nothing, and only the interventions of rollouts they fixed (+1) or broke (-1) move the policy
+(its no-op decisions are the baseline's own actions and get no credit). `auto` (the
+default) uses it for the generation setting, where a completion holds ~30 decisions and a
+learned critic or a group of 8 is a far noisier baseline.
+
 Exploration: an entropy bonus (`--entropy-coef`) and adaptive feature masking
 (`--mask-share`): a feature chosen in more than that share of the recent decisions whose
 reward when chosen is no better than the recent average is masked out of sampling for
@@ -55,7 +64,9 @@ from rl.candidates import choice_attribution, choose_candidates  # noqa: F401  (
 from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
 SETTINGS = ("one-token", "multi-layer", "generation")
-CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "distinct_features", "masked", "newly_masked")
+BASELINES = ("auto", "value", "group", "unsteered")
+CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
+                "newly_masked")
 CONTROLLER_FILE = "controller.safetensors"
 BANK_FILE = "bank.safetensors"
 
@@ -78,6 +89,7 @@ class CRLConfig(RLTrainConfig):
     learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
+    baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +97,11 @@ class CRLConfig(RLTrainConfig):
             raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.algorithm not in ("ppo", "grpo"):
             raise ValueError(f"--algorithm must be ppo or grpo, got {self.algorithm!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.baseline == "value" and self.algorithm == "grpo":
+            raise ValueError("--baseline value needs the value head of --algorithm ppo; grpo is critic-free "
+                             "(use --baseline group or unsteered)")
         if isinstance(self.layers, str):
             self.layers = [int(x) for x in self.layers.split(",") if x]
         if self.setting != "multi-layer" and self.layers and len(self.layers) > 1:
@@ -93,6 +110,14 @@ class CRLConfig(RLTrainConfig):
     @property
     def method(self) -> str:
         return f"crl-{self.setting}"
+
+    @property
+    def resolved_baseline(self) -> str:
+        if self.baseline != "auto":
+            return self.baseline
+        if self.setting == "generation":
+            return "unsteered"
+        return "value" if self.algorithm == "ppo" else "group"
 
 
 class FeatureMask:
@@ -223,7 +248,11 @@ def _latest(checkpoints: Path) -> Path | None:
 
 
 def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CRLConfig) -> dict[str, float]:
-    """`ppo_epochs` full-batch passes of the clipped surrogate (+ value loss for ppo, + entropy bonus)."""
+    """`ppo_epochs` full-batch passes of the clipped surrogate (+ value loss when the value head
+    is the baseline, + entropy bonus). In the generation setting the bonus is the entropy of
+    the choice among features given that the controller intervenes: it keeps the dictionary
+    explored without pushing the no-op's share down (most generated tokens should be left
+    alone, and an entropy over all actions would drive the policy towards steering every one)."""
     from rl.controller import distributions
 
     stats = {}
@@ -234,9 +263,14 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CR
         ratio = torch.exp(logp - batch["logp"])
         advantage = batch["advantage"]
         surrogate = torch.min(ratio * advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * advantage)
-        entropy = features_d.entropy() + coefs_d.entropy()
+        if config.setting == "generation":
+            given_steering, _ = distributions(feature_logits[:, :-1], coef_logits,
+                                              None if batch["masked"] is None else batch["masked"][:-1])
+            entropy = given_steering.entropy() + coefs_d.entropy()
+        else:
+            entropy = features_d.entropy() + coefs_d.entropy()
         loss = -surrogate.mean() - config.entropy_coef * entropy.mean()
-        if config.algorithm == "ppo":
+        if config.resolved_baseline == "value":
             loss = loss + config.value_coef * (value - batch["returns"]).pow(2).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"controller loss became {float(loss)}")
@@ -244,13 +278,20 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CR
         loss.backward()
         torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
         optimizer.step()
-        stats = {"loss": float(loss), "entropy": float(entropy.mean())}
+        stats = {"loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
     return stats
 
 
-def _advantages(config: CRLConfig, rewards: list[float], records: list[dict], rows_per_group: int) -> tuple[list[float], list[float]]:
-    """Per decision: (advantage, return). ppo: R - V(h); grpo: R normalised in its prompt's group."""
-    if config.algorithm == "grpo":
+def _advantages(config: CRLConfig, rewards: list[float], records: list[dict], rows_per_group: int,
+                unsteered: list[float] | None = None) -> tuple[list[float], list[float]]:
+    """Per decision: (advantage, return). value: R - V(h); group: R normalised in its prompt's
+    group; unsteered: R - `unsteered[row]` (the row's prompt scored with no intervention) for
+    the decisions that intervened, 0 for the no-op ones."""
+    if config.resolved_baseline == "unsteered":
+        # a no-op decision is what the baseline itself does: only the interventions take the credit
+        return [0.0 if r["feature"] is None else rewards[r["row"]] - unsteered[r["row"]] for r in records], \
+            [rewards[r["row"]] for r in records]
+    if config.resolved_baseline == "group":
         normalised = []
         for start in range(0, len(rewards), rows_per_group):
             group = torch.tensor(rewards[start:start + rows_per_group])
@@ -373,6 +414,7 @@ def train(config: CRLConfig) -> Path:
     validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
 
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
+    unsteered: dict[int, float] = {}  # training doc -> its reward with no intervention (baseline unsteered)
     latest = _latest(checkpoints) if config.resume else None
     if latest is not None and json.loads((latest / "state.json").read_text()).get("fingerprint") != config.fingerprint():
         console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
@@ -388,6 +430,7 @@ def train(config: CRLConfig) -> Path:
         spent, curve, start_step = Spent(**state["spent"]), state["curve"], state["step"]
         mask.load(state["mask"])
         chosen_counts = Counter({int(k): v for k, v in state["chosen"].items()})
+        unsteered = {int(k): v for k, v in state.get("unsteered", {}).items()}
         generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         console.print(f"resuming {run_dir} from {latest.name} ({spent.rollouts} rollouts)")
     spent.trainable_parameters = sum(p.numel() for p in controller.parameters() if p.requires_grad)
@@ -410,11 +453,17 @@ def train(config: CRLConfig) -> Path:
         rows = [doc for doc in picks for _ in range(budget.samples_per_prompt)]
         masked = mask.tensor(step)
         tokens_before = rollouts.generated_tokens
+        new = [doc for doc in dict.fromkeys(picks) if doc not in unsteered] \
+            if config.resolved_baseline == "unsteered" else []
+        if new:  # greedy decoding is deterministic: each prompt's unsteered reward is computed once
+            unsteered.update(zip(new, rollouts.run(new, "off", keep_residuals=False)[0]))
+            spent.rollouts += len(new)
         rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
         spent.rollouts += len(rows)
         spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
-        advantages, returns = _advantages(config, rewards, records, budget.samples_per_prompt)
+        advantages, returns = _advantages(config, rewards, records, budget.samples_per_prompt,
+                                          [unsteered.get(doc, 0.0) for doc in rows])
         batch = {
             "h": torch.stack(residuals).to(device), "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
             "feature": torch.tensor([r["feature_index"] for r in records], device=device),
@@ -431,7 +480,8 @@ def train(config: CRLConfig) -> Path:
         spent.steps = step + 1
         spent.wall_s = wall_before + time.time() - started
         row = {"step": step + 1, "rollouts": spent.rollouts, "reward": sum(rewards) / len(rewards), "validation": None,
-               "entropy": stats["entropy"], "distinct_features": len(chosen_counts), "masked": int(masked.sum()),
+               "entropy": stats["entropy"], "steered_share": sum(r["feature"] is not None for r in records) / max(1, len(records)),
+               "distinct_features": len(chosen_counts), "masked": int(masked.sum()),
                "newly_masked": len(newly_masked)}
         if (config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == budget.steps:
             row["validation"] = validate()[0]
@@ -442,7 +492,8 @@ def train(config: CRLConfig) -> Path:
             _checkpoint(checkpoints / f"step-{step + 1}", controller, optimizer, {
                 "step": step + 1, "fingerprint": config.fingerprint(), "spent": spent.to_dict(), "curve": curve,
                 "mask": mask.state(),
-                "chosen": {str(k): v for k, v in chosen_counts.items()}, "generator": generator.get_state().tolist()})
+                "chosen": {str(k): v for k, v in chosen_counts.items()}, "generator": generator.get_state().tolist(),
+                "unsteered": {str(k): v for k, v in unsteered.items()}})
     bar.close()
 
     frozen_after = frozen_fingerprint(model) + sum(float(d.double().abs().sum()) for d in bank.directions.values())
@@ -473,7 +524,7 @@ def train(config: CRLConfig) -> Path:
                    f"CRL ({config.setting}) on {config.task}, {config.model}")
     write_json(run_dir / "config.json", {
         "method": config.method, "controller": "crl-mlp-v1", **asdict(config), "layers_resolved": layers,
-        "noop_prior_resolved": noop_prior,
+        "noop_prior_resolved": noop_prior, "baseline_resolved": config.resolved_baseline,
         "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,
         "saes": {str(l): saes[l].describe() for l in layers}, "budget_resolved": budget.to_dict(),
         "fingerprint": config.fingerprint()})

@@ -67,9 +67,11 @@ class Rollouts:
 
     def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
             generator: torch.Generator | None = None, keep_residuals: bool = True,
-            row_actions: dict[int, dict[int, tuple[int, int]]] | None = None):
+            row_actions: dict[int, dict[int, tuple[int, int]]] | None = None,
+            overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None):
         """Rewards per row and the decisions (records + residuals), rows in `indices` order.
-        `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}."""
+        `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}; `overrides`
+        (any mode): row -> {(position, layer): (feature index, coef index)} forced there."""
         rewards: list[float] = []
         records: list[dict] = []
         residuals: list[torch.Tensor] = []
@@ -82,6 +84,8 @@ class Rollouts:
             chunk = indices[start:start + size]
             self._replay = None if row_actions is None else {
                 row - start: actions for row, actions in row_actions.items() if start <= row < start + len(chunk)}
+            self._overrides = None if overrides is None else {
+                row - start: forced for row, forced in overrides.items() if start <= row < start + len(chunk)}
             if self.problem.kind == "generation":
                 r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals)
                 completions += texts
@@ -100,10 +104,12 @@ class Rollouts:
     def _controller_run(self, where, mode, masked, generator, keep_residuals, row_actions=None):
         from rl.controller import ControllerRun
 
+        # explicit row_actions (a choice's rescoring) already hold the overridden decisions
+        overrides = getattr(self, "_overrides", None) if row_actions is None else None
         if row_actions is None and mode == "replay":
             row_actions = self._replay
         return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
-                             row_actions=row_actions, keep_residuals=keep_residuals)
+                             row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides)
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
         problem = self.problem

@@ -222,6 +222,59 @@ def test_adaptive_mask_masks_dominant_unhelpful_features_only():
     assert features_d.probs[0, 2] == 0 and features_d.probs[0, 8] > 0
 
 
+def test_advantage_baselines():
+    from rl.crl import CRLConfig, _advantages
+
+    records = [{"row": 0, "value": 0.25, "feature": 7}, {"row": 0, "value": 0.5, "feature": 3},
+               {"row": 1, "value": 0.0, "feature": 7}, {"row": 2, "value": 0.0, "feature": 7},
+               {"row": 2, "value": 0.0, "feature": None}]
+    rewards = [1.0, 0.0, 1.0, 0.0]
+    generation = CRLConfig(setting="generation", task="arith_gen")
+    assert generation.resolved_baseline == "unsteered"
+    # rows 0 and 1 share a prompt the unsteered model gets right, row 2's prompt it gets wrong:
+    # row 0's decisions changed nothing (0), row 1's broke the answer (-1), row 2's fixed it (+1),
+    # and a no-op decision (the baseline's own action) takes no credit
+    advantages, returns = _advantages(generation, rewards, records, 2, unsteered=[1.0, 1.0, 0.0, 0.0])
+    assert advantages == [0.0, 0.0, -1.0, 1.0, 0.0] and returns == [1.0, 1.0, 0.0, 1.0, 1.0]
+    value = CRLConfig(task="arith_mc")
+    assert value.resolved_baseline == "value"
+    assert _advantages(value, rewards, records, 2)[0] == [0.75, 0.5, 0.0, 1.0, 1.0]
+    group = CRLConfig(task="arith_mc", algorithm="grpo")
+    assert group.resolved_baseline == "group"
+    normalised = _advantages(group, rewards, records, 2)[0]
+    assert normalised[0] > 0 > normalised[2] and normalised[0] == pytest.approx(-normalised[2], rel=1e-4)
+    with pytest.raises(ValueError, match="critic-free"):
+        CRLConfig(task="arith_mc", algorithm="grpo", baseline="value")
+
+
+def test_generation_entropy_bonus_leaves_the_noop_share_alone():
+    """In the generation setting the bonus is the entropy among features (given steering): its
+    gradient does not push the no-op's logit down, while the all-action entropy would."""
+    from types import SimpleNamespace
+
+    from rl.controller import Controller
+    from rl.crl import CRLConfig, ppo_update
+
+    def noop_logit_change(setting):
+        torch.manual_seed(0)
+        controller = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.9)
+        h = torch.randn(32, 8)
+        before = controller(h, torch.zeros(32, dtype=torch.long))[0][:, -1].mean()
+        config = CRLConfig(task="arith_gen" if setting == "generation" else "arith_mc", setting=setting,
+                           entropy_coef=1.0, ppo_epochs=5, baseline="group" if setting == "generation" else "value",
+                           value_coef=0.0)
+        optimizer = torch.optim.SGD(controller.parameters(), lr=0.5)
+        batch = {"h": h, "layer_index": torch.zeros(32, dtype=torch.long), "feature": torch.full((32,), 6),
+                 "coef": torch.zeros(32, dtype=torch.long), "logp": torch.zeros(32), "advantage": torch.zeros(32),
+                 "returns": torch.zeros(32), "masked": torch.zeros(7, dtype=torch.bool)}
+        ppo_update(controller, optimizer, batch, config)
+        return float(controller(h, torch.zeros(32, dtype=torch.long))[0][:, -1].mean() - before)
+
+    assert noop_logit_change("one-token") < -0.1
+    # only through the shared trunk (the feature rows of the head move it slightly)
+    assert abs(noop_logit_change("generation")) < 0.01
+
+
 def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted, planted_splits, tmp_path):
     from baselines.train import TaskScorer
     from harness.lm_models import CRLSteeredLM, LeanHFLM
@@ -273,7 +326,8 @@ def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setti
     run_dir = crl.train(config)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     spent = manifest["spent"]
-    assert spent["rollouts"] == 2 * 2 * 2
+    # generation: the unsteered baseline adds one greedy rollout per distinct training prompt
+    assert spent["rollouts"] == 2 * 2 * 2 + (4 if setting == "generation" else 0)
     log = [json.loads(line) for line in (run_dir / "interventions.jsonl").read_text().splitlines()]
     if setting == "multi-layer":
         assert spent["generated_tokens"] == spent["rollouts"]
@@ -284,6 +338,20 @@ def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setti
         assert 0 < spent["generated_tokens"] <= spent["rollouts"] * 6
         # a decision at the prompt's last token and at generated tokens (several per item)
         assert {e["layer"] for e in log} == {2} and max(sum(e["item"] == i for e in log) for i in range(3)) > 1
+    # the trained controller goes through the interaction analysis (harness.interactions)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.interactions import analyse, render
+    from harness.tasks import load_task
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    found = analyse(run_dir, setting, load_task(task), model, AutoTokenizer.from_pretrained(tiny_dir), seed=0, items=3)
+    if setting == "multi-layer":
+        (pair,) = found["pairs"]
+        assert (pair["earlier"], pair["later"], pair["items"]) == (2, 3, 3)
+    else:
+        assert found["items"] == 3 and found["decisions"] > 3
+    assert f"## {task}: crl" in render({task: {"crl": found}})
 
 
 def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
