@@ -82,7 +82,7 @@ class BenchConfig:
                                                         "YAML file, or auto (the profile's: laptop, else cpu, gpu on a GPU)"})
     crl: list[str] = field(default_factory=lambda: ["one-token", "multi-layer", "generation"],
                            metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"})
-    analyses: bool = field(default=True, metadata={"help": "after the evaluations: behavioural similarity to RLVR and SAE-feature overlap (results/similarity.md, results/overlap.md)"})
+    analyses: bool = field(default=True, metadata={"help": "after the evaluations: similarity to RLVR, SAE-feature overlap, circuits and CRL interactions (results/{similarity,overlap,circuits,interactions}.md)"})
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
     results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
@@ -444,7 +444,7 @@ def run(config: BenchConfig) -> Path:
     if config.analyses:
         from harness import analysis
 
-        console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits")
+        console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits, CRL interactions")
         analysis.run(config, stages, reserved, console)
     from harness.plots import all_figures
 
