@@ -123,6 +123,15 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
     assert (tmp_path / "results" / "crl-one-token" / "arith_mc" / "curve.csv").exists()
+    # the interaction analysis of any trained controller from the CLI (one layer: nothing to interact)
+    inter = subprocess.run([str(BIN / "crl-bench"), "interactions", "--controller", str(Path(crl_row["run_dir"]).parent),  # <controller>/eval
+                            "--model", tiny_dir, "--items", "2", "--dtype", "float32", "--out", str(tmp_path / "i.json")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert inter.returncode == 0, inter.stderr[-3000:]
+    assert "one controlled layer" in inter.stdout and json.loads((tmp_path / "i.json").read_text())["task"] == "arith_mc"
+    wrong = subprocess.run([str(BIN / "crl-bench"), "interactions", "--controller", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert wrong.returncode == 2 and "not a CRL run directory" in wrong.stderr and "Traceback" not in wrong.stderr
     # analyses: CRL and base against RLVR; the features RLVR and CRL implicate, and their overlap
     similarity = json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"]
     assert {(r["method"], r["n"]) for r in similarity} == {("base", 3), ("crl:one-token", 3)}
