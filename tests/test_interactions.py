@@ -163,3 +163,13 @@ def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tin
     result = generation(rollouts, [0, 1, 2], (D_SAE, 0), max_ablations=2, mode="sample", seed=7)
     assert result["mode"] == "sample" and result["ablations"] > 0
     assert result["later_changed_share"] == 0.0  # the policy ignores its input: removing a choice changes no later one
+
+
+def test_bench_adds_the_sampled_analysis_only_where_the_greedy_one_has_nothing():
+    from harness.interactions import steered_nothing
+
+    assert steered_nothing({"setting": "generation", "ablations": 0})
+    assert not steered_nothing({"setting": "generation", "ablations": 3})
+    assert steered_nothing({"setting": "multi-layer", "pairs": [{"earlier_steered": 0}]})
+    assert not steered_nothing({"setting": "multi-layer", "pairs": [{"earlier_steered": 0}, {"earlier_steered": 2}]})
+    assert not steered_nothing({"setting": "multi-layer", "skipped": "one controlled layer"})
