@@ -83,8 +83,14 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(tmp_path / "results" / "vectors")
     again = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert "5 evaluation stages, 5 reused" in again.stderr and "vectors:" not in again.stderr
+    # a reused sweep still publishes its table and plot into the results
+    assert json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())["points"] == sweep["points"]
+    assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.md").exists()
     assert samples.stat().st_mtime_ns == stamp
     assert (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns == quality_stamp
     forced = _bench(tmp_path, "--model", tiny_dir, "--force")
