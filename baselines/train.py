@@ -331,16 +331,27 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
         wall_s=round(time.time() - started, 1),
     )
     write_json(out_dir / SWEEP_FILE, record)
-    results = Path(config.results_dir) / "vectors" / config.task
-    results.mkdir(parents=True, exist_ok=True)
-    write_json(results / SWEEP_FILE, {k: v for k, v in record.items() if k not in {"platform", "artifacts"}})
-    _plot(record, results / "sweep.png")
-    (results / "sweep.md").write_text(render(record))
+    publish(config, record)
     partial_path.unlink(missing_ok=True)
     (out_dir / "das.partial.safetensors").unlink(missing_ok=True)
     summary = ", ".join(f"{m} L{c['layer']} x{c['coef']:g} {c['validation']:.3f}" for m, c in chosen.items())
     console.print(f"{config.task}: base {base_score:.3f}; {summary} [{time.time() - started:.0f} s]")
     return record
+
+
+def publish(config: VectorTrainConfig, record: dict[str, Any] | None = None) -> Path:
+    """Write the sweep's table, plot and JSON to `results/vectors/<task>/` (from the finished
+    sweep on disk when `record` is not given: a reused sweep is published too)."""
+    from harness.manifest import write_json
+
+    if record is None:
+        record = json.loads((vectors_dir(config) / SWEEP_FILE).read_text())
+    results = Path(config.results_dir) / "vectors" / config.task
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / SWEEP_FILE, {k: v for k, v in record.items() if k not in {"platform", "artifacts"}})
+    _plot(record, results / "sweep.png")
+    (results / "sweep.md").write_text(render(record))
+    return results
 
 
 def _parse(points: dict[str, float]) -> list[tuple[str, int, float, float]]:

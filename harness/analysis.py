@@ -252,7 +252,7 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
 def interaction_rows(config: Any, stages: list, results: Path, console: Any) -> None:
     """`results/interactions.{json,md}` for every CRL stage of the multi-layer and generation
     settings, with the model in the dtype the controllers were trained and evaluated in."""
-    from harness.interactions import analyse, render
+    from harness.interactions import analyse, render, steered_nothing
     from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm
     from harness.tasks import load_task
@@ -263,8 +263,11 @@ def interaction_rows(config: Any, stages: list, results: Path, console: Any) -> 
     model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=config.device or "cpu")
     found: dict[str, dict[str, Any]] = {}
     for stage in chosen:
-        found.setdefault(stage.task, {})[_label(stage)] = analyse(
-            stage.controller, stage.settings["setting"], load_task(stage.task), model, tokenizer, config.seed)
+        args = (stage.controller, stage.settings["setting"], load_task(stage.task), model, tokenizer, config.seed)
+        entry = found.setdefault(stage.task, {})
+        entry[_label(stage)] = analyse(*args)
+        if steered_nothing(entry[_label(stage)]):  # then the policy it was trained as, sampling
+            entry[f"{_label(stage)} (sampled)"] = analyse(*args, mode="sample")
     tasks = {**_existing(results / "interactions.json", "tasks", {}), **found}
     write_json(results / "interactions.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": tasks})
     (results / "interactions.md").write_text(render(tasks))

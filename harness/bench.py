@@ -403,6 +403,8 @@ def run(config: BenchConfig) -> Path:
             if config.force or not train.sweep_done(vectors):
                 console.rule(f"vectors: {', '.join(config.vectors)} on {task}")
                 train.run(vectors, lm=shared_lm())
+            else:  # reused: its table and plot still belong in this run's results
+                train.publish(vectors)
     if config.rlvr:
         _rlvr_stage(config, console)
     if config.crl:

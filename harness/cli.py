@@ -103,6 +103,29 @@ def _train_crl(args: argparse.Namespace) -> None:
     print(f"CRL controller: {crl.train(from_args(crl.CRLConfig, args))}")
 
 
+def _interactions(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from harness.interactions import analyse, render
+    from harness.models import load_causal_lm
+    from harness.tasks import load_task
+
+    run_dir = Path(args.controller)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a CRL run directory (no config.json); pass the directory "
+                                "`crl-bench train crl` printed")
+    config = json.loads((run_dir / "config.json").read_text())
+    model, tokenizer = load_causal_lm(args.model or config["model"], dtype=args.dtype, device=args.device)
+    task = args.task or config["task"]
+    found = analyse(run_dir, config["setting"], load_task(task), model, tokenizer, args.seed, items=args.items,
+                    mode=args.mode)
+    label = f"crl:{config['setting']}" + (" (sampled)" if args.mode == "sample" else "")
+    print(render({task: {label: found}}))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"controller": str(run_dir), "task": task, "label": label, **found}, indent=1))
+
+
 def _report(args: argparse.Namespace) -> None:
     from harness.analysis import rerender
     from harness.leaderboard import render
@@ -177,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(train, "crl", "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
              CRLConfig, _train_crl)
+    inter = commands.add_parser("interactions", help="how a CRL controller's choices depend on each other across "
+                                "layers and tokens (ablation; harness.interactions)")
+    inter.add_argument("--controller", required=True, help="a CRL run directory")
+    inter.add_argument("--task", default=None, help="default: the task it was trained on")
+    inter.add_argument("--model", default=None, help="default: the model it was trained on")
+    inter.add_argument("--mode", choices=("greedy", "sample"), default="greedy",
+                       help="greedy: as evaluated; sample: as trained, with common random numbers")
+    inter.add_argument("--items", type=int, default=32, help="validation items")
+    inter.add_argument("--seed", type=int, default=0)
+    inter.add_argument("--dtype", default="auto")
+    inter.add_argument("--device", default="cpu")
+    inter.add_argument("--out", default=None, help="also write the analysis as JSON here")
+    inter.set_defaults(func=_interactions)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

@@ -4,7 +4,9 @@ A controller that acts at several layers (setting 2) or at every generated token
 3) makes choices that depend on each other: a feature added at layer 6 changes the
 residual the layer-9 decision reads, and a feature added at token t changes every later
 token's context. Both questions are answered by ablation, on validation items, with the
-greedy (evaluation) controller and its decisions forced through
+controller greedy (as it is evaluated) or sampling (as it was trained; common random numbers
+per document, position and layer, so a re-run draws a different action only where the
+controller reads a different residual), and its decisions forced through
 `rl.controller.ControllerRun.overrides`:
 
 - **Multi-layer** (decisions at the answer position, one per layer). For every pair of
@@ -59,9 +61,18 @@ def _metric(rollouts: Any, rewards: list[float], rows: list[int]) -> list[float]
     return out
 
 
-def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int]) -> dict[str, Any]:
+def _decide(mode: str, seed: int) -> dict[str, Any]:
+    """How the analysed runs pick actions: greedy, or sampled with common random numbers."""
+    if mode not in ("greedy", "sample"):
+        raise ValueError(f"the interaction analysis runs the controller greedy or sample, got {mode!r}")
+    return {"mode": mode, "common_random": seed if mode == "sample" else None}
+
+
+def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int], mode: str = "greedy",
+                seed: int = 0) -> dict[str, Any]:
     """The multi-layer analysis on `items` (documents of `rollouts.problem`)."""
-    rewards, records, _, _ = rollouts.run(items, "greedy", keep_residuals=False)
+    decide = _decide(mode, seed)
+    rewards, records, _, _ = rollouts.run(items, keep_residuals=False, **decide)
     base_metric = _metric(rollouts, rewards, items)
     layers = sorted({r["layer"] for r in records})
     actions = defaultdict(dict)  # row -> layer -> (feature index, coef index)
@@ -76,7 +87,7 @@ def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int]) -> dict[
             steered = [row for row in range(len(items)) if actions[row][i][0] != noop[0]]
             # re-decision at j with i's choice removed
             forced = {row: {(position[row], i): noop} for row in range(len(items))}
-            _, again, _, _ = rollouts.run(items, "greedy", keep_residuals=False, overrides=forced)
+            _, again, _, _ = rollouts.run(items, keep_residuals=False, overrides=forced, **decide)
             now = {r["row"]: r["feature"] for r in again if r["layer"] == j}
             changed = [row for row in steered if now[row] != sae_id[(row, j)]]
             moves = Counter((sae_id[(row, i)], sae_id[(row, j)], now[row]) for row in changed)
@@ -99,12 +110,14 @@ def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int]) -> dict[
                 "metric_later_only": float(np.mean(only_j)), "metric_neither": float(np.mean(neither)),
                 "interaction": float(np.mean(interaction)), "interaction_ci": [low, high],
             })
-    return {"setting": "multi-layer", "layers": layers, "pairs": pairs}
+    return {"setting": "multi-layer", "mode": mode, "layers": layers, "pairs": pairs}
 
 
-def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablations: int = MAX_ABLATIONS) -> dict[str, Any]:
+def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablations: int = MAX_ABLATIONS,
+               mode: str = "greedy", seed: int = 0) -> dict[str, Any]:
     """The generation analysis on `items` (documents of `rollouts.problem`)."""
-    rewards, records, _, completions = rollouts.run(items, "greedy", keep_residuals=False)
+    decide = _decide(mode, seed)
+    rewards, records, _, completions = rollouts.run(items, keep_residuals=False, **decide)
     by_row = defaultdict(dict)  # row -> position -> sae feature (None: no-op)
     steered = defaultdict(list)
     for r in records:
@@ -113,16 +126,16 @@ def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablat
             steered[r["row"]].append(r)
     ablations = [(row, r) for row in range(len(items)) for r in steered[row][:max_ablations]]
     decisions = len(records)
-    out: dict[str, Any] = {"setting": "generation", "items": len(items), "decisions": decisions,
+    out: dict[str, Any] = {"setting": "generation", "mode": mode, "items": len(items), "decisions": decisions,
                            "steered_decisions": sum(len(v) for v in steered.values()),
                            "items_steered": sum(1 for v in steered.values() if v), "ablations": len(ablations),
                            "reward": float(np.mean(rewards))}
     if not ablations:
-        out["note"] = "the greedy controller steered no token of these items: nothing to ablate"
+        out["note"] = f"the controller ({mode}) steered no token of these items: nothing to ablate"
         return out
     rows = [items[row] for row, _ in ablations]
     forced = {k: {(r["position"], r["layer"]): noop} for k, (_, r) in enumerate(ablations)}
-    new_rewards, new_records, _, new_completions = rollouts.run(rows, "greedy", keep_residuals=False, overrides=forced)
+    new_rewards, new_records, _, new_completions = rollouts.run(rows, keep_residuals=False, overrides=forced, **decide)
     after = defaultdict(dict)
     for r in new_records:
         after[r["row"]][r["position"]] = r["feature"]
@@ -161,9 +174,14 @@ def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablat
 
 
 def analyse(stage_controller: Any, setting: str, task: Any, model: Any, tokenizer: Any, seed: int,
-            items: int = ITEMS, batch_size: int = 8, max_ablations: int = MAX_ABLATIONS) -> dict[str, Any]:
+            items: int = ITEMS, batch_size: int = 8, max_ablations: int = MAX_ABLATIONS,
+            mode: str = "greedy") -> dict[str, Any]:
     """The interaction analysis of one trained CRL controller (a run directory) on the first
-    `items` validation documents of `task` (an lm-eval task object)."""
+    `items` validation documents of `task` (an lm-eval task object). `mode` greedy analyses
+    the controller as it is evaluated; sample analyses the stochastic policy it was trained
+    as, with common random numbers: each (document, position, layer) draws with its own fixed
+    uniforms, so an ablated run makes a different choice only where the controller reads a
+    different residual."""
     from harness.splits import method_splits
     from rl.controller import load_controller
     from rl.rollouts import Rollouts, build_problem
@@ -177,10 +195,17 @@ def analyse(stage_controller: Any, setting: str, task: Any, model: Any, tokenize
     noop = (bank.d_sae, 0)
     indices = list(range(len(docs)))
     if setting == "generation":
-        return generation(rollouts, indices, noop, max_ablations)
+        return generation(rollouts, indices, noop, max_ablations, mode, seed)
     if len(bank.layers) < 2:
         return {"setting": setting, "skipped": "one controlled layer: no cross-layer interaction to measure"}
-    return multi_layer(rollouts, indices, noop)
+    return multi_layer(rollouts, indices, noop, mode, seed)
+
+
+def steered_nothing(entry: dict[str, Any]) -> bool:
+    """True when the analysed controller made no choice there was to ablate."""
+    if entry.get("setting") == "generation":
+        return entry.get("ablations", 0) == 0
+    return bool(entry.get("pairs")) and all(p["earlier_steered"] == 0 for p in entry["pairs"])
 
 
 def render(tasks: dict[str, dict[str, Any]]) -> str:
@@ -189,8 +214,11 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
         return "" if x is None else f"{x:.{d}f}"
 
     lines = ["# CRL interactions across layers and tokens", "",
-             "Generated from `interactions.json` by bench's analysis stage (`harness.interactions`), with the greedy "
-             "controller on validation items. Multi-layer: the earlier layer's choice is replaced by 'no "
+             "Generated from `interactions.json` by bench's analysis stage (`harness.interactions`), on validation "
+             "items, with the controller greedy as it is evaluated, and, where the greedy controller steers nothing, "
+             "also sampling as it was trained ('(sampled)': common random numbers per document, position and layer, "
+             "so an ablated run draws a different action only where the controller reads a different residual). "
+             "Multi-layer: the earlier layer's choice is replaced by 'no "
              "intervention' and the later layer decides again (re-decision), and the interaction on the metric "
              "(logit of the correct choice minus the mean of the others) is m(both) − m(earlier only) − m(later "
              "only) + m(neither), choices replayed, with a 95% bootstrap interval over items. Generation: each "
@@ -205,7 +233,7 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
                 continue
             if entry["setting"] == "generation":
                 lines += [f"{entry['items']} items, {entry['decisions']} decisions, {entry['steered_decisions']} of "
-                          f"them steered ({entry['items_steered']} items steered at least once); greedy reward "
+                          f"them steered ({entry['items_steered']} items steered at least once); reward "
                           f"{f(entry['reward'])}; {entry['ablations']} ablations.", ""]
                 if "note" in entry:
                     lines += [entry["note"], ""]

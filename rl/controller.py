@@ -122,6 +122,10 @@ class ControllerRun:
     row_actions: dict[int, dict[int, tuple[int, int]]] | None = None
     # any mode: row -> {(position, layer): (feature index, coef index)} forced there (ablations)
     overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None
+    # sample mode: (rows, positions, layer) -> Float[n, 2] uniforms for the feature and the
+    # coefficient (inverse-CDF sampling): common random numbers, so that two runs draw the
+    # same action wherever the controller sees the same residual (the interaction analysis)
+    uniforms: Callable[[Tensor, Tensor, int], Tensor] | None = None
     keep_residuals: bool = True
     records: list[dict[str, Any]] = field(default_factory=list)
     residuals: list[Tensor] = field(default_factory=list)
@@ -142,7 +146,10 @@ class ControllerRun:
         index = torch.full((len(rows),), layer_index, dtype=torch.long, device=h.device)
         feature_logits, coef_logits, value = self.controller(h, index)
         features_d, coefs_d = distributions(feature_logits, coef_logits, self.masked)
-        if self.mode == "sample":
+        if self.mode == "sample" and self.uniforms is not None:
+            u = self.uniforms(rows, ctx.positions[rows, cols], ctx.layer).to(h.device)
+            features, coefs = _inverse_cdf(features_d.probs, u[:, 0]), _inverse_cdf(coefs_d.probs, u[:, 1])
+        elif self.mode == "sample":
             features = _sample(features_d.probs, self.generator)
             coefs = _sample(coefs_d.probs, self.generator)
         elif self.mode == "greedy":
@@ -186,6 +193,24 @@ def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     if generator is not None and generator.device != probs.device:
         return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Per row, the first index whose cumulative probability exceeds u (a draw from probs)."""
+    cdf = probs.float().cumsum(-1)
+    return torch.searchsorted(cdf, (u.float() * cdf[:, -1])[:, None].contiguous(), right=True).squeeze(-1) \
+        .clamp(max=probs.shape[-1] - 1)
+
+
+def common_uniforms(seed: int, docs: list[int]) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """Uniforms keyed by (seed, document, position, layer): `docs[row]` is each row's document."""
+    import numpy as np
+
+    def uniforms(rows: Tensor, positions: Tensor, layer: int) -> Tensor:
+        return torch.tensor(np.array([np.random.default_rng([seed, docs[r], p, layer]).random(2)
+                                      for r, p in zip(rows.tolist(), positions.tolist())]))
+
+    return uniforms
 
 
 def at_decision(decision: Tensor) -> Callable[[StepContext], Tensor]:

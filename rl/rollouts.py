@@ -68,10 +68,15 @@ class Rollouts:
     def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
             generator: torch.Generator | None = None, keep_residuals: bool = True,
             row_actions: dict[int, dict[int, tuple[int, int]]] | None = None,
-            overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None):
+            overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None,
+            common_random: int | None = None):
         """Rewards per row and the decisions (records + residuals), rows in `indices` order.
         `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}; `overrides`
-        (any mode): row -> {(position, layer): (feature index, coef index)} forced there."""
+        (any mode): row -> {(position, layer): (feature index, coef index)} forced there;
+        `common_random` (mode `sample`): a seed; each (document, position, layer) then gets its
+        own fixed random numbers (`rl.controller.common_uniforms`), whatever the batch."""
+        from rl.controller import common_uniforms
+
         rewards: list[float] = []
         records: list[dict] = []
         residuals: list[torch.Tensor] = []
@@ -86,6 +91,7 @@ class Rollouts:
                 row - start: actions for row, actions in row_actions.items() if start <= row < start + len(chunk)}
             self._overrides = None if overrides is None else {
                 row - start: forced for row, forced in overrides.items() if start <= row < start + len(chunk)}
+            self._uniforms = None if common_random is None else common_uniforms(common_random, list(chunk))
             if self.problem.kind == "generation":
                 r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals)
                 completions += texts
@@ -109,7 +115,8 @@ class Rollouts:
         if row_actions is None and mode == "replay":
             row_actions = self._replay
         return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
-                             row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides)
+                             row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides,
+                             uniforms=getattr(self, "_uniforms", None))
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
         problem = self.problem

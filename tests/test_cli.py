@@ -83,8 +83,14 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(tmp_path / "results" / "vectors")
     again = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert "5 evaluation stages, 5 reused" in again.stderr and "vectors:" not in again.stderr
+    # a reused sweep still publishes its table and plot into the results
+    assert json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())["points"] == sweep["points"]
+    assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.md").exists()
     assert samples.stat().st_mtime_ns == stamp
     assert (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns == quality_stamp
     forced = _bench(tmp_path, "--model", tiny_dir, "--force")
@@ -123,6 +129,15 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
     assert (tmp_path / "results" / "crl-one-token" / "arith_mc" / "curve.csv").exists()
+    # the interaction analysis of any trained controller from the CLI (one layer: nothing to interact)
+    inter = subprocess.run([str(BIN / "crl-bench"), "interactions", "--controller", str(Path(crl_row["run_dir"]).parent),  # <controller>/eval
+                            "--model", tiny_dir, "--items", "2", "--dtype", "float32", "--out", str(tmp_path / "i.json")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert inter.returncode == 0, inter.stderr[-3000:]
+    assert "one controlled layer" in inter.stdout and json.loads((tmp_path / "i.json").read_text())["task"] == "arith_mc"
+    wrong = subprocess.run([str(BIN / "crl-bench"), "interactions", "--controller", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert wrong.returncode == 2 and "not a CRL run directory" in wrong.stderr and "Traceback" not in wrong.stderr
     # analyses: CRL and base against RLVR; the features RLVR and CRL implicate, and their overlap
     similarity = json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"]
     assert {(r["method"], r["n"]) for r in similarity} == {("base", 3), ("crl:one-token", 3)}

@@ -77,6 +77,8 @@ def test_multi_layer_finds_a_later_choice_that_depends_on_the_earlier_one(tiny_m
     controller.mean[1] = next(h for r, h in zip(records, residuals) if r["layer"] == LAYERS[1])
 
     result = multi_layer(rollouts, [0], noop)
+    # sampling with common random numbers finds the same dependence (these logits are decisive)
+    assert multi_layer(rollouts, [0], noop, mode="sample")["pairs"][0]["later_changed"] == 1
     (pair,) = result["pairs"]
     assert (pair["earlier"], pair["later"], pair["earlier_steered"]) == (1, 2, 1)
     assert pair["later_changed"] == 1
@@ -133,3 +135,41 @@ def test_generation_ablations_follow_each_steered_token(tiny_model):
         silent.feature_head.bias[D_SAE] = 10.0
     quiet = generation(_rollouts(tiny_model, silent.eval(), bank, "arith_gen", 2, max_new=5), [0, 1], (D_SAE, 0))
     assert quiet["ablations"] == 0 and "nothing to ablate" in quiet["note"]
+
+
+def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tiny_model):
+    from harness.interactions import generation
+    from rl.controller import Controller, FeatureBank, _inverse_cdf
+
+    assert _inverse_cdf(torch.tensor([[0.2, 0.5, 0.3]] * 3), torch.tensor([0.1, 0.6, 0.95])).tolist() == [0, 1, 2]
+    model, _ = tiny_model
+    d_model = model.config.hidden_size
+    two = _bank(d_model)
+    bank = FeatureBank([1], {1: two.directions[1]}, {1: two.scales[1]}, {1: two.ids[1]})
+    # a stochastic policy that ignores its input: 1/3 each on two features and the no-op
+    policy = Controller(d_model, D_SAE, n_layers=1, hidden=8)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.zero_()
+        policy.feature_head.bias.fill_(-100.0)
+        policy.feature_head.bias[[F_EARLY, G_LATE, D_SAE]] = 0.0
+    rollouts = _rollouts(tiny_model, policy.eval(), bank, "arith_gen", 3, max_new=6)
+    first = rollouts.run([0, 1, 2], "sample", keep_residuals=False, common_random=7)[1]
+    again = rollouts.run([2, 1, 0, 1], "sample", keep_residuals=False, common_random=7)[1]  # other rows, same draws
+    key = lambda rows, records: sorted((rows[r["row"]], r["position"], r["feature"]) for r in records)  # noqa: E731
+    assert key([0, 1, 2], first) == sorted(set(key([2, 1, 0, 1], again)))
+    assert key([0, 1, 2], first) != key([0, 1, 2], rollouts.run([0, 1, 2], "sample", keep_residuals=False,
+                                                                  common_random=8)[1])
+    result = generation(rollouts, [0, 1, 2], (D_SAE, 0), max_ablations=2, mode="sample", seed=7)
+    assert result["mode"] == "sample" and result["ablations"] > 0
+    assert result["later_changed_share"] == 0.0  # the policy ignores its input: removing a choice changes no later one
+
+
+def test_bench_adds_the_sampled_analysis_only_where_the_greedy_one_has_nothing():
+    from harness.interactions import steered_nothing
+
+    assert steered_nothing({"setting": "generation", "ablations": 0})
+    assert not steered_nothing({"setting": "generation", "ablations": 3})
+    assert steered_nothing({"setting": "multi-layer", "pairs": [{"earlier_steered": 0}]})
+    assert not steered_nothing({"setting": "multi-layer", "pairs": [{"earlier_steered": 0}, {"earlier_steered": 2}]})
+    assert not steered_nothing({"setting": "multi-layer", "skipped": "one controlled layer"})
