@@ -51,6 +51,27 @@ def _controller(d_model: int, later_reads_residual: bool):
     return c.eval()
 
 
+def _input_blind(d_model: int, bias: dict[int, float], fill: float = -100.0):
+    """A one-layer controller that ignores its input: feature logits = `fill`, except `bias`."""
+    from rl.controller import Controller
+
+    c = Controller(d_model, D_SAE, n_layers=1, hidden=8)
+    with torch.no_grad():
+        for p in c.parameters():
+            p.zero_()
+        c.feature_head.bias.fill_(fill)
+        for index, value in bias.items():
+            c.feature_head.bias[index] = value
+    return c.eval()
+
+
+def _one_layer_bank(d_model: int):
+    from rl.controller import FeatureBank
+
+    two = _bank(d_model)
+    return FeatureBank([1], {1: two.directions[1]}, {1: two.scales[1]}, {1: two.ids[1]})
+
+
 def _rollouts(tiny_model, controller, bank, task_name: str, n_docs: int, max_new: int = 6):
     from harness.tasks import load_task
     from rl.rollouts import Rollouts, build_problem
@@ -110,50 +131,31 @@ def test_generation_ablations_follow_each_steered_token(tiny_model):
 
     model, _ = tiny_model
     d_model = model.config.hidden_size
-    from rl.controller import Controller, FeatureBank
-
-    two = _bank(d_model)
-    bank = FeatureBank([1], {1: two.directions[1]}, {1: two.scales[1]}, {1: two.ids[1]})
-
-    constant = Controller(d_model, D_SAE, n_layers=1, hidden=8)
-    with torch.no_grad():
-        for p in constant.parameters():
-            p.zero_()
-        constant.feature_head.bias.fill_(-100.0)
-        constant.feature_head.bias[F_EARLY] = 1.0  # steer every token with the same feature
-    rollouts = _rollouts(tiny_model, constant.eval(), bank, "arith_gen", 2, max_new=5)
+    bank = _one_layer_bank(d_model)
+    constant = _input_blind(d_model, {F_EARLY: 1.0})  # steer every token with the same feature
+    rollouts = _rollouts(tiny_model, constant, bank, "arith_gen", 2, max_new=5)
     result = generation(rollouts, [0, 1], (D_SAE, 0), max_ablations=3)
     assert result["items_steered"] == 2 and result["ablations"] == 2 * min(3, result["steered_decisions"] // 2)
     # a policy that ignores its input makes the same later choices whatever was removed before
     assert result["later_changed_share"] == 0.0
     assert result["by_feature"][0]["feature"] == 10 + F_EARLY
 
-    silent = Controller(d_model, D_SAE, n_layers=1, hidden=8)
-    with torch.no_grad():
-        for p in silent.parameters():
-            p.zero_()
-        silent.feature_head.bias[D_SAE] = 10.0
-    quiet = generation(_rollouts(tiny_model, silent.eval(), bank, "arith_gen", 2, max_new=5), [0, 1], (D_SAE, 0))
+    silent = _input_blind(d_model, {D_SAE: 10.0}, fill=0.0)
+    quiet = generation(_rollouts(tiny_model, silent, bank, "arith_gen", 2, max_new=5), [0, 1], (D_SAE, 0))
     assert quiet["ablations"] == 0 and "nothing to ablate" in quiet["note"]
 
 
 def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tiny_model):
     from harness.interactions import generation
-    from rl.controller import Controller, FeatureBank, _inverse_cdf
+    from rl.controller import _inverse_cdf
 
     assert _inverse_cdf(torch.tensor([[0.2, 0.5, 0.3]] * 3), torch.tensor([0.1, 0.6, 0.95])).tolist() == [0, 1, 2]
     model, _ = tiny_model
     d_model = model.config.hidden_size
-    two = _bank(d_model)
-    bank = FeatureBank([1], {1: two.directions[1]}, {1: two.scales[1]}, {1: two.ids[1]})
+    bank = _one_layer_bank(d_model)
     # a stochastic policy that ignores its input: 1/3 each on two features and the no-op
-    policy = Controller(d_model, D_SAE, n_layers=1, hidden=8)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.zero_()
-        policy.feature_head.bias.fill_(-100.0)
-        policy.feature_head.bias[[F_EARLY, G_LATE, D_SAE]] = 0.0
-    rollouts = _rollouts(tiny_model, policy.eval(), bank, "arith_gen", 3, max_new=6)
+    policy = _input_blind(d_model, {F_EARLY: 0.0, G_LATE: 0.0, D_SAE: 0.0})
+    rollouts = _rollouts(tiny_model, policy, bank, "arith_gen", 3, max_new=6)
     first = rollouts.run([0, 1, 2], "sample", keep_residuals=False, common_random=7)[1]
     again = rollouts.run([2, 1, 0, 1], "sample", keep_residuals=False, common_random=7)[1]  # other rows, same draws
     key = lambda rows, records: sorted((rows[r["row"]], r["position"], r["feature"]) for r in records)  # noqa: E731
