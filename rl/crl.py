@@ -414,7 +414,8 @@ def train(config: CRLConfig) -> Path:
     validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
 
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
-    unsteered: dict[int, float] = {}  # training doc -> its reward with no intervention (baseline unsteered)
+    unsteered_baseline = config.resolved_baseline == "unsteered"
+    unsteered: dict[int, float] = {}  # training doc -> its reward with no intervention (that baseline)
     latest = _latest(checkpoints) if config.resume else None
     if latest is not None and json.loads((latest / "state.json").read_text()).get("fingerprint") != config.fingerprint():
         console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
@@ -453,8 +454,7 @@ def train(config: CRLConfig) -> Path:
         rows = [doc for doc in picks for _ in range(budget.samples_per_prompt)]
         masked = mask.tensor(step)
         tokens_before = rollouts.generated_tokens
-        new = [doc for doc in dict.fromkeys(picks) if doc not in unsteered] \
-            if config.resolved_baseline == "unsteered" else []
+        new = [doc for doc in dict.fromkeys(picks) if doc not in unsteered] if unsteered_baseline else []
         if new:  # greedy decoding is deterministic: each prompt's unsteered reward is computed once
             unsteered.update(zip(new, rollouts.run(new, "off", keep_residuals=False)[0]))
             spent.rollouts += len(new)
@@ -463,7 +463,7 @@ def train(config: CRLConfig) -> Path:
         spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
         advantages, returns = _advantages(config, rewards, records, budget.samples_per_prompt,
-                                          [unsteered.get(doc, 0.0) for doc in rows])
+                                          [unsteered[doc] for doc in rows] if unsteered_baseline else None)
         batch = {
             "h": torch.stack(residuals).to(device), "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
             "feature": torch.tensor([r["feature_index"] for r in records], device=device),

@@ -64,6 +64,8 @@ class Rollouts:
         self.device = next(model.parameters()).device
         self.generated_tokens = 0  # by generation rollouts, over this object's life
         self.choice_logits: list[torch.Tensor] = []  # one-token choices: the last run's, per row
+        # the chunk being run: its rows' replayed actions, forced decisions and common uniforms
+        self._replay = self._overrides = self._uniforms = None
 
     def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
             generator: torch.Generator | None = None, keep_residuals: bool = True,
@@ -87,10 +89,8 @@ class Rollouts:
             size *= max(1, len(indices) // max(1, len(set(indices))))
         for start in range(0, len(indices), size):
             chunk = indices[start:start + size]
-            self._replay = None if row_actions is None else {
-                row - start: actions for row, actions in row_actions.items() if start <= row < start + len(chunk)}
-            self._overrides = None if overrides is None else {
-                row - start: forced for row, forced in overrides.items() if start <= row < start + len(chunk)}
+            self._replay = _rows_of_chunk(row_actions, start, len(chunk))
+            self._overrides = _rows_of_chunk(overrides, start, len(chunk))
             self._uniforms = None if common_random is None else common_uniforms(common_random, list(chunk))
             if self.problem.kind == "generation":
                 r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals)
@@ -111,12 +111,12 @@ class Rollouts:
         from rl.controller import ControllerRun
 
         # explicit row_actions (a choice's rescoring) already hold the overridden decisions
-        overrides = getattr(self, "_overrides", None) if row_actions is None else None
+        overrides = self._overrides if row_actions is None else None
         if row_actions is None and mode == "replay":
             row_actions = self._replay
         return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
                              row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides,
-                             uniforms=getattr(self, "_uniforms", None))
+                             uniforms=self._uniforms)
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
         problem = self.problem
@@ -248,6 +248,13 @@ class Rollouts:
                     kept_residuals.append(run.residuals[i])
         run.records, run.residuals = kept_records, kept_residuals
         return rewards, run, texts, tokens
+
+
+def _rows_of_chunk(per_row: dict[int, Any] | None, start: int, size: int) -> dict[int, Any] | None:
+    """The entries of rows start .. start + size - 1, renumbered from 0 (None stays None)."""
+    if per_row is None:
+        return None
+    return {row - start: value for row, value in per_row.items() if start <= row < start + size}
 
 
 def _stop_length(tokenizer: Any, ids: list[int], until: list[str], eos: int | None) -> int:
