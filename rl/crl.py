@@ -32,7 +32,8 @@ Exploration: an entropy bonus (`--entropy-coef`) and adaptive feature masking
 reward when chosen is no better than the recent average is masked out of sampling for
 `--mask-steps` steps, so the policy cannot collapse onto a feature that does not help and
 must keep trying others (Cho et al. 2026 mask adaptively for the same reason); a dominant
-feature that does help is left alone. Both can be switched off (0).
+feature that does help is left alone (`rl.exploration.FeatureMask`). Both can be switched
+off (0).
 
 Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the same
 prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
@@ -51,7 +52,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ import torch
 from rl.budget import Spent
 from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
 from rl.candidates import choice_attribution, choose_candidates  # noqa: F401  (part of this module's API)
+from rl.exploration import FeatureMask
 from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
 SETTINGS = ("one-token", "multi-layer", "generation")
@@ -118,50 +120,6 @@ class CRLConfig(RLTrainConfig):
         if self.setting == "generation":
             return "unsteered"
         return "value" if self.algorithm == "ppo" else "group"
-
-
-class FeatureMask:
-    """Adaptive feature masking (see the module docstring); state is JSON-serialisable."""
-
-    def __init__(self, d_sae: int, share: float, steps: int, window: int):
-        self.d_sae, self.share, self.steps = d_sae, share, steps
-        self.recent: deque[list[int]] = deque(maxlen=max(1, window))
-        self.until: dict[int, int] = {}  # feature -> first step it is allowed again
-
-    def tensor(self, step: int) -> torch.Tensor:
-        masked = torch.zeros(self.d_sae + 1, dtype=torch.bool)
-        for feature, until in self.until.items():
-            if step < until:
-                masked[feature] = True
-        return masked
-
-    def update(self, step: int, chosen: list[int], rewards: list[float]) -> list[int]:
-        """Record one step's decisions (feature, reward of its rollout); returns the newly masked."""
-        if self.share <= 0:
-            return []
-        self.recent.append([[f, r] for f, r in zip(chosen, rewards)])
-        decisions = [(f, r) for step_decisions in self.recent for f, r in step_decisions]
-        average = sum(r for _, r in decisions) / len(decisions)
-        counts = Counter(f for f, _ in decisions if f < self.d_sae)
-        new = []
-        best = max(r for _, r in decisions)
-        for feature, count in counts.items():
-            own = [r for f, r in decisions if f == feature]
-            dominant = count / len(decisions) > self.share
-            mean = sum(own) / len(own)
-            # a feature that already earns the best reward every time is not stuck: leave it
-            unhelpful = mean <= average + 1e-9 and mean < best
-            if dominant and unhelpful and self.until.get(feature, -1) <= step:
-                self.until[feature] = step + 1 + self.steps
-                new.append(feature)
-        return new
-
-    def state(self) -> dict[str, Any]:
-        return {"recent": list(self.recent), "until": {str(k): v for k, v in self.until.items()}}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.recent.extend(state["recent"])
-        self.until = {int(k): v for k, v in state["until"].items()}
 
 
 def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> list[int]:
