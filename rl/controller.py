@@ -9,7 +9,16 @@ through the one steering mechanism (`harness.steering`).
 - `Controller`: LayerNorm-free standardisation of the residual (mean and scale measured on
   the task's prompts; Gemma's residual is ~98% a constant vector), a shared MLP trunk with
   a per-layer embedding, and three heads: feature logits (d_sae + 1, the last is no-op),
-  coefficient logits (over `COEFS`), and a value (PPO's critic).
+  coefficient logits (over `COEFS`), and a value (PPO's critic). Two policies:
+  - `flat`: one categorical over the d_sae features and the no-op; its most probable action
+    (greedy) is the argmax;
+  - `gated`: a gate (intervene or not) times a categorical over the features, returned as
+    the same d_sae + 1 log-probabilities (so sampling, PPO and the logs are unchanged); its
+    most probable action is decided stage by stage: intervene when the gate says so (p > 1/2),
+    with the most probable feature. With ~30 decisions per completion and a no-op prior of
+    ~94%, no single feature of a flat policy can outweigh the no-op, so a flat greedy
+    controller never steers a generated token however much it learns; a gated one steers
+    where its gate has learnt to.
 - `ControllerRun`: the `PolicyIntervention` for one batch, in `sample`, `greedy` or `replay`
   mode, recording every decision: (row, token position, token, layer, feature,
   coefficient, log-probability, value, and the residual it read, for the PPO update).
@@ -29,6 +38,7 @@ from torch import Tensor, nn
 from harness.steering import PolicyIntervention, StepContext
 
 COEFS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+POLICIES = ("flat", "gated")
 
 
 @dataclass
@@ -62,14 +72,17 @@ class FeatureBank:
 
 class Controller(nn.Module):
     def __init__(self, d_model: int, d_sae: int, n_layers: int, hidden: int = 256, n_coefs: int = len(COEFS),
-                 noop_prior: float = 0.5):
+                 noop_prior: float = 0.5, policy: str = "flat"):
         super().__init__()
-        self.d_sae = d_sae
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.d_sae, self.policy = d_sae, policy
         self.register_buffer("mean", torch.zeros(n_layers, d_model))
         self.register_buffer("scale", torch.ones(n_layers, d_model))
         self.trunk = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.layer_embedding = nn.Embedding(n_layers, hidden)
-        self.feature_head = nn.Linear(hidden, d_sae + 1)
+        self.feature_head = nn.Linear(hidden, d_sae + 1 if policy == "flat" else d_sae)
+        self.gate_head = nn.Linear(hidden, 1) if policy == "gated" else None
         self.coef_head = nn.Linear(hidden, n_coefs)
         self.value_head = nn.Linear(hidden, 1)
         with torch.no_grad():
@@ -77,14 +90,32 @@ class Controller(nn.Module):
             # intervention": an untrained controller (greedy) leaves the model alone
             self.feature_head.weight.mul_(0.01)
             self.feature_head.bias.zero_()
-            if 0 < noop_prior < 1:
+            if self.gate_head is not None:
+                self.gate_head.weight.mul_(0.01)
+                self.gate_head.bias.fill_(math.log((1 - noop_prior) / noop_prior) if 0 < noop_prior < 1 else 0.0)
+            elif 0 < noop_prior < 1:
                 self.feature_head.bias[d_sae] = math.log(noop_prior / (1 - noop_prior) * d_sae)
 
     def forward(self, h: Tensor, layer_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h Float[n, D], layer_index Long[n] -> feature logits [n, d_sae+1], coef logits [n, C], value [n]."""
+        """h Float[n, D], layer_index Long[n] -> feature logits [n, d_sae+1], coef logits [n, C], value [n].
+        The gated policy's feature logits are log-probabilities: log p(intervene) + log p(feature |
+        intervene) for the features, log p(no intervention) last."""
         x = (h.float() - self.mean[layer_index]) / self.scale[layer_index]
         z = self.trunk(x) + self.layer_embedding(layer_index)
-        return self.feature_head(z), self.coef_head(z), self.value_head(z).squeeze(-1)
+        logits = self.feature_head(z)
+        if self.gate_head is not None:
+            gate = self.gate_head(z)
+            logits = torch.cat([nn.functional.logsigmoid(gate) + logits.log_softmax(-1), nn.functional.logsigmoid(-gate)], -1)
+        return logits, self.coef_head(z), self.value_head(z).squeeze(-1)
+
+    def most_probable(self, feature_probs: Tensor) -> Tensor:
+        """Long[n]: the greedy feature index (d_sae = no-op) from probabilities [n, d_sae+1]
+        (after masking): the argmax (flat), or stage by stage (gated): the most probable
+        feature where intervening is more probable than not, else the no-op."""
+        if self.policy == "flat":
+            return feature_probs.argmax(-1)
+        intervene = feature_probs[:, :-1].sum(-1) > feature_probs[:, -1]
+        return torch.where(intervene, feature_probs[:, :-1].argmax(-1), torch.full_like(intervene, self.d_sae, dtype=torch.long))
 
     @torch.no_grad()
     def standardise_from(self, samples: dict[int, Tensor]) -> None:
@@ -153,7 +184,7 @@ class ControllerRun:
             features = _sample(features_d.probs, self.generator)
             coefs = _sample(coefs_d.probs, self.generator)
         elif self.mode == "greedy":
-            features, coefs = features_d.probs.argmax(-1), coefs_d.probs.argmax(-1)
+            features, coefs = self.controller.most_probable(features_d.probs), coefs_d.probs.argmax(-1)
         elif self.mode == "replay":
             positions_now = ctx.positions[rows, cols].tolist()
             pairs = []
@@ -241,6 +272,7 @@ def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBa
     bank = FeatureBank(layers, {l: tensors[f"directions.{l}"].to(device) for l in layers},
                        {l: tensors[f"scales.{l}"].to(device) for l in layers},
                        {l: tensors[f"ids.{l}"].to(device) for l in layers} if f"ids.{layers[0]}" in tensors else None)
-    controller = Controller(config["d_model"], config["d_sae"], len(layers), config["hidden"])
+    controller = Controller(config["d_model"], config["d_sae"], len(layers), config["hidden"],
+                            policy=config.get("policy_resolved", "flat"))
     controller.load_state_dict(load_file(str(run_dir / "controller.safetensors")))
     return controller.to(device).eval(), bank

@@ -62,6 +62,7 @@ import torch
 from rl.budget import Spent
 from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
 from rl.candidates import choice_attribution, choose_candidates  # noqa: F401  (part of this module's API)
+from rl.controller import POLICIES
 from rl.exploration import FeatureMask
 from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
@@ -91,6 +92,7 @@ class CRLConfig(RLTrainConfig):
     learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
+    policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
     baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
 
     def __post_init__(self) -> None:
@@ -99,6 +101,8 @@ class CRLConfig(RLTrainConfig):
             raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.algorithm not in ("ppo", "grpo"):
             raise ValueError(f"--algorithm must be ppo or grpo, got {self.algorithm!r}")
+        if self.policy not in ("auto", *POLICIES):
+            raise ValueError(f"--policy must be auto, {' or '.join(POLICIES)}, got {self.policy!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.baseline == "value" and self.algorithm == "grpo":
@@ -112,6 +116,18 @@ class CRLConfig(RLTrainConfig):
     @property
     def method(self) -> str:
         return f"crl-{self.setting}"
+
+    @property
+    def resolved_policy(self) -> str:
+        if self.policy != "auto":
+            return self.policy
+        return "gated" if self.setting == "generation" else "flat"
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        settings = super().fingerprint_settings()
+        if self.resolved_policy == "flat":  # what every run before the gated policy was: their caches stay valid
+            settings.pop("policy")
+        return settings
 
     @property
     def resolved_baseline(self) -> str:
@@ -361,7 +377,8 @@ def train(config: CRLConfig) -> Path:
     torch.manual_seed(config.seed)
     noop_prior = config.noop_prior if config.noop_prior is not None else \
         (1 - 2 / max(4, budget.max_new_tokens) if config.setting == "generation" else 0.5)
-    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=noop_prior).to(device)
+    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=noop_prior,
+                            policy=config.resolved_policy).to(device)
     controller.standardise_from({i: samples[l] for i, l in enumerate(layers)})
     optimizer = torch.optim.Adam([p for p in controller.parameters() if p.requires_grad], lr=config.learning_rate)
     mask = FeatureMask(bank.d_sae, config.mask_share, config.mask_steps, config.mask_window)
@@ -481,7 +498,8 @@ def train(config: CRLConfig) -> Path:
     write_features(Path(config.results_dir) / config.method / config.task / "features.md", run_dir, saes,
                    f"CRL ({config.setting}) on {config.task}, {config.model}")
     write_json(run_dir / "config.json", {
-        "method": config.method, "controller": "crl-mlp-v1", **asdict(config), "layers_resolved": layers,
+        "method": config.method, "controller": "crl-mlp-v1" if config.resolved_policy == "flat" else "crl-mlp-gated-v1",
+        **asdict(config), "layers_resolved": layers, "policy_resolved": config.resolved_policy,
         "noop_prior_resolved": noop_prior, "baseline_resolved": config.resolved_baseline,
         "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,
         "saes": {str(l): saes[l].describe() for l in layers}, "budget_resolved": budget.to_dict(),

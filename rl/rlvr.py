@@ -93,10 +93,14 @@ class RLTrainConfig:
         """What decides the trained weights (not where files go, resuming, or eval batch size)."""
         from harness.manifest import fingerprint
 
-        settings = asdict(self)
+        settings = self.fingerprint_settings()
         if Path(self.budget).is_file():  # a budget file: what it says, not only its name
             settings["budget"] = {"file": self.budget, "content": Path(self.budget).read_text()}
         return fingerprint(settings, {"results_dir", "runs_dir", "resume", "batch_size", "device"})
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The settings the fingerprint hashes (subclasses drop what old runs did not have)."""
+        return asdict(self)
 
     def task_budget(self, task: Any) -> Budget:
         """The budget in the task's regime (see `rl.budget`)."""

@@ -103,6 +103,7 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
         (["--tasks", "nonsense_task"], "unknown task 'nonsense_task'"),
         (["--model", "./no/such/model"], "does not exist"),
         (["--limit", "0"], "--limit must be a positive"),
+        (["--rl-settings", "no-such.yaml"], "--rl-settings no-such.yaml: no such file"),
     ],
 )
 def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, message):
@@ -185,3 +186,31 @@ def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
     assert (usual.layers, usual.val_limit) == (None, 64)
     with pytest.raises(ValueError, match="unknown --profile 'fast'; choose from laptop, full"):
         BenchConfig(profile="fast")
+
+
+def test_bench_rl_settings_reach_each_method_and_keep_runs_matched(tmp_path):
+    """--rl-settings: per task, shared fields go to RLVR and CRL alike (the budget stays matched),
+    rlvr:/crl: to one method; other tasks keep the defaults; a wrong field is named."""
+    from harness.bench import BenchConfig, crl_configs, rlvr_configs
+
+    settings = tmp_path / "rl.yaml"
+    settings.write_text("arith_gen:\n  steps: 100\n  prompts_per_step: 2\n  checkpoint_every: 5\n"
+                        "  rlvr: {temperature: 0.5, learning_rate: 5e-5}\n  crl: {policy: flat}\n")
+    config = BenchConfig(device="cpu", tasks="arith_gen,arith_mc", budget="cpu", rl_settings=str(settings))
+    (rlvr,) = rlvr_configs(config, "arith_gen")
+    (crl,) = crl_configs(config, "arith_gen", "generate_until")
+    assert (rlvr.steps, rlvr.prompts_per_step, rlvr.checkpoint_every, rlvr.budget) == (100, 2, 5, "cpu")
+    assert (rlvr.temperature, rlvr.learning_rate) == (0.5, 5e-5)  # YAML reads 5e-5 as a string
+    assert (crl.steps, crl.prompts_per_step, crl.policy, crl.temperature) == (100, 2, "flat", 1.0)
+    assert rlvr.resolved_budget(True) == crl.resolved_budget(True)
+    (other,) = rlvr_configs(config, "arith_mc")
+    assert (other.steps, other.temperature) == (None, 1.0)
+    assert rlvr.fingerprint() != rlvr_configs(BenchConfig(device="cpu", tasks="arith_gen", budget="cpu"), "arith_gen")[0].fingerprint()
+    for bad, message in [("arith_gen: {temprature: 0.5}", "arith_gen: temprature cannot be set there"),
+                         ("arith_gen: {rlvr: {policy: gated}}", "rlvr: policy cannot be set"),
+                         ("arith_gen: {seed: 3}", "seed cannot be set there"),
+                         ("arith_gen: {rlvr: {temperature: hot}}", "temperature must be a number"),
+                         ("- arith_gen", "expected a mapping")]:
+        settings.write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            BenchConfig(device="cpu", tasks="arith_gen", rl_settings=str(settings))

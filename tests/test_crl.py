@@ -4,6 +4,7 @@ SAE frozen), replays its logged interventions exactly, resumes, and masks adapti
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,44 @@ def test_generation_entropy_bonus_leaves_the_noop_share_alone():
     assert noop_logit_change("one-token") < -0.1
     # only through the shared trunk (the feature rows of the head move it slightly)
     assert abs(noop_logit_change("generation")) < 0.01
+
+
+def test_gated_policy_steers_greedily_where_its_gate_says_so():
+    """The gated policy's logits are log-probabilities of gate x feature; its greedy action
+    intervenes once p(intervene) > 1/2, although no single feature then outweighs the no-op
+    (where a flat policy's argmax keeps the no-op); the generation entropy bonus leaves the
+    gate alone; auto picks gated for generation only, and flat runs keep their fingerprint."""
+    from rl.controller import Controller
+    from rl.crl import CRLConfig
+
+    torch.manual_seed(0)
+    gated = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.9, policy="gated")
+    h, index = torch.randn(5, 8), torch.zeros(5, dtype=torch.long)
+    logits = gated(h, index)[0]
+    assert logits.shape == (5, 7) and torch.allclose(logits.logsumexp(-1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(logits.exp()[:, -1], torch.full((5,), 0.9), atol=0.01)
+    assert gated.most_probable(logits.softmax(-1)).tolist() == [6] * 5
+    with torch.no_grad():
+        gated.gate_head.bias.fill_(math.log(0.6 / 0.4))  # p(intervene) = 0.6: ~0.1 per feature, 0.4 no-op
+    probs = gated(h, index)[0].softmax(-1)
+    assert (probs[:, :-1] < probs[:, -1:]).all()
+    assert Controller(8, 6, 1, 16).most_probable(probs).tolist() == [6] * 5  # flat: the argmax
+    assert gated.most_probable(probs).tolist() == probs[:, :-1].argmax(-1).tolist()
+    logits = gated(h, index)[0]
+    torch.distributions.Categorical(logits=logits[:, :-1]).entropy().mean().backward()
+    # the gate's gradient is rounding residue only (the entropy among features does not depend on it)
+    assert gated.gate_head.weight.grad.abs().max() < 1e-4 * gated.feature_head.weight.grad.abs().max()
+    with pytest.raises(ValueError, match="policy"):
+        Controller(8, 6, 1, 16, policy="tree")
+
+    assert CRLConfig(task="arith_gen", setting="generation").resolved_policy == "gated"
+    assert CRLConfig(task="arith_mc").resolved_policy == "flat"
+    assert CRLConfig(task="arith_mc", policy="flat").fingerprint() == CRLConfig(task="arith_mc").fingerprint()
+    assert CRLConfig(task="arith_mc", policy="gated").fingerprint() != CRLConfig(task="arith_mc").fingerprint()
+    assert CRLConfig(task="arith_gen", setting="generation").fingerprint() != \
+        CRLConfig(task="arith_gen", setting="generation", policy="flat").fingerprint()
+    with pytest.raises(ValueError, match="--policy"):
+        CRLConfig(task="arith_mc", policy="tree")
 
 
 def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted, planted_splits, tmp_path):
