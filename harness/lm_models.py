@@ -192,7 +192,9 @@ class CRLSteeredLM(LeanHFLM):
             raise ValueError(f"crl_steered needs controller=<run dir>; {how}")
         run_dir = require_run_dir(controller, "CRL controller run", ("config.json", "*.safetensors"), how)
         config = read_config(run_dir)
-        if config.get("controller") != "crl-mlp-v1":
+        from rl.controller import CONTROLLER_TYPES
+
+        if config.get("controller") not in CONTROLLER_TYPES.values():
             raise ValueError(
                 f"{run_dir}: controller type {config.get('controller')!r} is not one this version of "
                 f"crl-bench can load; {how} with this version"

@@ -39,6 +39,7 @@ from harness.steering import PolicyIntervention, StepContext
 
 COEFS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 POLICIES = ("flat", "gated")
+CONTROLLER_TYPES = {"flat": "crl-mlp-v1", "gated": "crl-mlp-gated-v1"}  # config.json's "controller", per policy
 
 
 @dataclass
@@ -273,6 +274,6 @@ def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBa
                        {l: tensors[f"scales.{l}"].to(device) for l in layers},
                        {l: tensors[f"ids.{l}"].to(device) for l in layers} if f"ids.{layers[0]}" in tensors else None)
     controller = Controller(config["d_model"], config["d_sae"], len(layers), config["hidden"],
-                            policy=config.get("policy_resolved", "flat"))
+                            policy={v: k for k, v in CONTROLLER_TYPES.items()}[config["controller"]])
     controller.load_state_dict(load_file(str(run_dir / "controller.safetensors")))
     return controller.to(device).eval(), bank

@@ -328,7 +328,7 @@ def train(config: CRLConfig) -> Path:
     from harness.sae import load_sae
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from rl.controller import COEFS, Controller, FeatureBank
+    from rl.controller import COEFS, CONTROLLER_TYPES, Controller, FeatureBank
     from rl.rlvr import frozen_fingerprint
 
     console = Console(stderr=True, soft_wrap=True)
@@ -498,7 +498,7 @@ def train(config: CRLConfig) -> Path:
     write_features(Path(config.results_dir) / config.method / config.task / "features.md", run_dir, saes,
                    f"CRL ({config.setting}) on {config.task}, {config.model}")
     write_json(run_dir / "config.json", {
-        "method": config.method, "controller": "crl-mlp-v1" if config.resolved_policy == "flat" else "crl-mlp-gated-v1",
+        "method": config.method, "controller": CONTROLLER_TYPES[config.resolved_policy],
         **asdict(config), "layers_resolved": layers, "policy_resolved": config.resolved_policy,
         "noop_prior_resolved": noop_prior, "baseline_resolved": config.resolved_baseline,
         "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,
