@@ -160,9 +160,13 @@ def _cache_length(kwargs: dict[str, Any]) -> int:
     cache_position = kwargs.get("cache_position")
     if cache_position is not None and cache_position.numel():
         return int(cache_position[0])
-    past = kwargs.get("past_key_values")
-    if past is not None and hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
+    for key in ("past_key_values", "cache"):  # transformers >= 5.24 passes the KV cache as `cache`
+        past = kwargs.get(key)
+        if past is not None and hasattr(past, "get_seq_length"):
+            return int(past.get_seq_length())
+    position_ids = kwargs.get("position_ids")  # no mask and no cache argument: unpadded, so positions are shared
+    if position_ids is not None and position_ids.numel():
+        return int(position_ids.reshape(-1)[0])
     return 0
 
 

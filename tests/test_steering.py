@@ -61,6 +61,27 @@ def test_position_selection_last_and_generated(tiny_model):
     assert len(seen) == 3
 
 
+@pytest.mark.parametrize("texts", [["one two three"], ["one two three", "four five six"]])
+def test_positions_count_on_through_decoding_without_padding(tiny_model, texts):
+    """Unpadded batches decode without an attention mask, and transformers >= 5.24 passes the
+    KV cache as `cache` (no `past_key_values`, no `cache_position`): the positions still
+    count on from the prompt, so generated tokens are "generated"."""
+    model, tokenizer = tiny_model
+    batch = tokenizer(texts, return_tensors="pt")
+    assert batch["attention_mask"].all()
+    seen = []
+
+    def policy(hidden, ctx):
+        seen.append((ctx.positions.clone(), ctx.select("generated").clone()))
+        return None
+
+    with torch.no_grad(), steer(model, [PolicyIntervention(policy, layers=[1])]):
+        model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    n = batch["input_ids"].shape[1]
+    assert [p.tolist() for p, _ in seen] == [[list(range(n))] * len(texts), [[n]] * len(texts), [[n + 1]] * len(texts)]
+    assert not seen[0][1].any() and all(g.all() for _, g in seen[1:])
+
+
 def test_kv_cache_steers_each_token_once_and_matches_no_cache(tiny_model):
     model, tokenizer = tiny_model
     batch = _left_padded(tokenizer, ["the movie was", "I think that this film was really"])
