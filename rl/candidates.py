@@ -1,11 +1,21 @@
 """Which SAE features a CRL controller may choose among (`--candidates`), picked before
-training and without labels: on one-token multiple-choice tasks the features that move the
-choices' logits apart most, to first order through the rest of the network; elsewhere the
-features that fire most often on the task's prompts."""
+training and without labels (`--candidate-rule`):
+
+- `attribution` (one-token multiple-choice tasks): the features that move the choices' logits
+  apart most, to first order through the rest of the network;
+- `likelihood` (generation tasks): the features that, added where the controller acts, lower
+  the likelihood of the model's own greedy completion most, to first order: the ones that can
+  change what is generated (confident tokens have saturated gradients, so the positions where
+  the model hesitates dominate);
+- `frequency`: the features that fire most often on the task's prompts.
+
+`auto` is `attribution` for one-token tasks and `frequency` otherwise."""
 
 from __future__ import annotations
 
 from typing import Any
+
+CANDIDATE_RULES = ("auto", "attribution", "likelihood", "frequency")
 
 import torch
 
@@ -52,18 +62,87 @@ def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, dir
     return (total / max(1, len(docs))).float()
 
 
-def choose_candidates(model: Any, tokenizer: Any, sae: Any, problem: Any, scale: torch.Tensor,
-                      counts: torch.Tensor, n: int) -> torch.Tensor:
-    """Long[n]: the SAE features the controller may add at one layer (all when `n <= 0`).
+def _cut_at(tokenizer: Any, tokens: list[int], until: list[str]) -> int:
+    """How many of `tokens` a generation keeps: up to and including the token that completes
+    the first `until` string (as lm-eval's generate_until cuts), else all of them."""
+    for k in range(1, len(tokens) + 1):
+        if any(u in tokenizer.decode(tokens[:k]) for u in until):
+            return k
+    return len(tokens)
 
-    One-token multiple-choice tasks: the `n` features that move the choices' logits apart the
-    most (`choice_attribution`): the ones that can change the answer. Other tasks: the
-    features that fire most often on the task's prompts."""
+
+def likelihood_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, directions: torch.Tensor,
+                           scale: torch.Tensor, max_new_tokens: int, n_prompts: int = 16,
+                           batch_size: int = 4) -> torch.Tensor:
+    """Float[d_sae]: how far each feature, added at its typical activation at one of the
+    positions a generation controller acts on (the prompt's last token and each generated
+    token), lowers the log-likelihood of the model's own greedy completion, to first order:
+    relu(-g_t . (scale_f W_dec[f])) with g_t the gradient of the completion's log-likelihood
+    with respect to the residual at position t, averaged over positions and prompts. Uses no
+    labels (the gold answer is never read)."""
+    from baselines.contrast import batch
+    from harness.models import find_decoder_layers
+    from harness.sparse_logits import logits_at
+    from tqdm.auto import tqdm
+
+    _, blocks = find_decoder_layers(model)
+    device = next(model.parameters()).device
+    weighted = (directions.float() * scale.float()[:, None]).to(device)
+    until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    total, positions = torch.zeros(directions.shape[0], dtype=torch.float64), 0
+    prompts = problem.prompts[:n_prompts]
+    for start in tqdm(range(0, len(prompts), batch_size), desc=f"candidates (likelihood, layer {layer})",
+                      unit="batch", leave=False):
+        ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
+        with torch.no_grad():
+            sequences = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                       max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        generated = sequences[:, ids.shape[1]:]
+        kept = [_cut_at(tokenizer, row.tolist(), until) for row in generated]
+        full_mask = torch.cat([mask, torch.ones_like(generated)], 1)
+        handle = blocks[layer].register_forward_hook(keep)
+        try:
+            with torch.enable_grad():
+                embeds = model.get_input_embeddings()(sequences).detach().requires_grad_(True)
+                acts_at = torch.arange(ids.shape[1] - 1, sequences.shape[1] - 1, device=device).expand(len(ids), -1)
+                with logits_at(model, acts_at):  # the logits that predict each generated token
+                    logits = model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False).logits
+                acting = logits.float().log_softmax(-1)
+                chosen = acting.gather(-1, generated[..., None])[..., 0]
+                keep_mask = torch.arange(generated.shape[1], device=device)[None] < torch.tensor(kept, device=device)[:, None]
+                grads = torch.autograd.grad((chosen * keep_mask).sum(), captured["h"])[0]
+        finally:
+            handle.remove()
+        at = grads[:, ids.shape[1] - 1:-1][keep_mask].float()  # [positions, D]
+        total += torch.relu(-(at @ weighted.T)).sum(0).double().cpu()
+        positions += int(keep_mask.sum())
+    return (total / max(1, positions)).float()
+
+
+def choose_candidates(model: Any, tokenizer: Any, sae: Any, problem: Any, scale: torch.Tensor,
+                      counts: torch.Tensor, n: int, rule: str = "auto", max_new_tokens: int = 32) -> torch.Tensor:
+    """Long[n]: the SAE features the controller may add at one layer (all when `n <= 0`),
+    the top `n` under `rule` (see the module docstring)."""
     d_sae = scale.shape[0]
     if n <= 0 or n >= d_sae:
         return torch.arange(d_sae)
-    if problem.kind == "one-token-choices":
+    if rule == "auto":
+        rule = "attribution" if problem.kind == "one-token-choices" else "frequency"
+    if rule == "attribution":
+        if problem.kind != "one-token-choices":
+            raise ValueError("--candidate-rule attribution needs a one-token multiple-choice task; "
+                             "use likelihood (generation) or frequency")
         score = choice_attribution(model, tokenizer, problem, sae.layer, sae.directions(), scale)
+    elif rule == "likelihood":
+        if problem.kind != "generation":
+            raise ValueError("--candidate-rule likelihood needs a generation task; use attribution "
+                             "(one-token multiple choice) or frequency")
+        score = likelihood_attribution(model, tokenizer, problem, sae.layer, sae.directions(), scale, max_new_tokens)
     else:
         score = counts.float()
     return score.topk(n).indices.sort().values

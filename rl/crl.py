@@ -61,9 +61,10 @@ import torch
 
 from rl.budget import Spent
 from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
-from rl.candidates import choice_attribution, choose_candidates  # noqa: F401  (part of this module's API)
+from rl.candidates import CANDIDATE_RULES, choice_attribution, choose_candidates  # noqa: F401  (part of this module's API)
 from rl.controller import POLICIES
 from rl.exploration import FeatureMask
+from rl.features import choices_summary, write_features, write_interventions
 from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
 SETTINGS = ("one-token", "multi-layer", "generation")
@@ -91,6 +92,7 @@ class CRLConfig(RLTrainConfig):
     mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
     learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
+    candidate_rule: str = field(default="auto", metadata={"help": "how the candidates are picked, without labels: attribution (they move the choices' logits apart; one-token tasks), likelihood (they can change the greedy completion; generation), frequency (they fire most often on the prompts); auto: attribution for one-token tasks, else frequency"})
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
     policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
     baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
@@ -103,6 +105,8 @@ class CRLConfig(RLTrainConfig):
             raise ValueError(f"--algorithm must be ppo or grpo, got {self.algorithm!r}")
         if self.policy not in ("auto", *POLICIES):
             raise ValueError(f"--policy must be auto, {' or '.join(POLICIES)}, got {self.policy!r}")
+        if self.candidate_rule not in CANDIDATE_RULES:
+            raise ValueError(f"--candidate-rule must be one of {', '.join(CANDIDATE_RULES)}, got {self.candidate_rule!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.baseline == "value" and self.algorithm == "grpo":
@@ -127,6 +131,8 @@ class CRLConfig(RLTrainConfig):
         settings = super().fingerprint_settings()
         if self.resolved_policy == "flat":  # what every run before the gated policy was: their caches stay valid
             settings.pop("policy")
+        if self.candidate_rule == "auto":  # the rule of every run before there was a choice
+            settings.pop("candidate_rule")
         return settings
 
     @property
@@ -274,49 +280,6 @@ def _advantages(config: CRLConfig, rewards: list[float], records: list[dict], ro
     return [rewards[r["row"]] - r["value"] for r in records], [rewards[r["row"]] for r in records]
 
 
-def _by_layer(decisions: list[dict]) -> list[dict[str, Any]]:
-    """(layer, feature) pairs chosen at validation, most frequent first, with their coefficients."""
-    counts = Counter((r["layer"], r["feature"]) for r in decisions if r["feature"] is not None)
-    coefs: dict[tuple, set] = {}
-    for r in decisions:
-        if r["feature"] is not None:
-            coefs.setdefault((r["layer"], r["feature"]), set()).add(r["coef"])
-    return [{"layer": l, "feature": f, "count": c, "coefs": sorted(coefs[(l, f)])}
-            for (l, f), c in counts.most_common(50)]
-
-
-def write_features(path: Path, run_dir: Path, saes: dict[int, Any], title: str, top: int = 10) -> None:
-    """The features the trained controller chooses most often on the validation split, with
-    their feature cards where the SAE has them (`crl-bench sae eval` writes them)."""
-    from harness.sae.cards import read_cards, render_card
-
-    choices = json.loads((run_dir / "choices.json").read_text())
-    layers = sorted(saes)
-    cards: dict[int, dict[int, dict]] = {}
-    for layer in layers:
-        try:
-            cards[layer] = {c["feature"]: c for c in read_cards(saes[layer].directory)["cards"]}
-        except FileNotFoundError:
-            cards[layer] = {}
-    decisions = choices["validation_decisions"]
-    lines = [f"# {title}: the most chosen features", "",
-             f"Greedy controller on the validation split: {decisions} decisions, "
-             f"{choices['validation_noop_share']:.1%} of them 'no intervention'. Training: the features sampled "
-             "most often during training, in `choices.json`.", "",
-             "| layer | feature | share of decisions | coefficients |", "|---:|---:|---:|---|"]
-    chosen = choices["validation_by_layer"]
-    for entry in chosen[:top]:
-        lines.append(f"| {entry['layer']} | {entry['feature']} | {entry['count'] / max(1, decisions):.1%} | "
-                     f"{', '.join(f'{c:g}' for c in entry['coefs'])} |")
-    lines += ["", "## Feature cards", ""]
-    for entry in chosen[:top]:
-        card = cards.get(entry["layer"], {}).get(entry["feature"])
-        lines += [f"### layer {entry['layer']}, feature {entry['feature']}", "",
-                  render_card(card) if card else "(no card: run `crl-bench sae eval` for this SAE)", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-
-
 def train(config: CRLConfig) -> Path:
     """Train (or resume) one CRL controller; returns its run directory."""
     from rich.console import Console
@@ -371,7 +334,8 @@ def train(config: CRLConfig) -> Path:
     problem = build_problem(task, docs, tokenizer, config.seed)
     val_problem = build_problem(task, val_docs, tokenizer, config.seed)
     scales, samples, counts = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
-    ids = {l: choose_candidates(model, tokenizer, saes[l], problem, scales[l], counts[l], config.candidates) for l in layers}
+    ids = {l: choose_candidates(model, tokenizer, saes[l], problem, scales[l], counts[l], config.candidates,
+                               config.candidate_rule, budget.max_new_tokens) for l in layers}
     bank = FeatureBank(layers, {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
                        {l: scales[l][ids[l]].to(device) for l in layers}, {l: ids[l].to(device) for l in layers})
     torch.manual_seed(config.seed)
@@ -481,20 +445,8 @@ def train(config: CRLConfig) -> Path:
     _save_tensors(run_dir / BANK_FILE, {**{f"directions.{l}": bank.directions[l] for l in layers},
                                         **{f"scales.{l}": bank.scales[l] for l in layers},
                                         **{f"ids.{l}": bank.ids[l] for l in layers}})
-    with open(run_dir / "interventions.jsonl", "w") as handle:
-        for record in decisions:
-            doc_index = record["row"]
-            handle.write(json.dumps({"split": "validation", "item": doc_index, "position": record["position"],
-                                     "token": tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
-                                     "layer": record["layer"], "feature": record["feature"], "coef": record["coef"],
-                                     "reward": val_rewards[doc_index]}) + "\n")
-    write_json(run_dir / "choices.json", {
-        "training": [{"feature": f, "count": c} for f, c in chosen_counts.most_common(50)],
-        "validation": [{"feature": f, "count": c} for f, c in
-                       Counter(r["feature"] for r in decisions if r["feature"] is not None).most_common(50)],
-        "validation_by_layer": _by_layer(decisions),
-        "validation_decisions": len(decisions),
-        "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions))})
+    write_interventions(run_dir / "interventions.jsonl", decisions, val_rewards, tokenizer)
+    write_json(run_dir / "choices.json", choices_summary(chosen_counts, decisions))
     write_features(Path(config.results_dir) / config.method / config.task / "features.md", run_dir, saes,
                    f"CRL ({config.setting}) on {config.task}, {config.model}")
     write_json(run_dir / "config.json", {

@@ -415,6 +415,49 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
     assert choose_candidates(model, tokenizer, sae, problem, ones, counts, 3).tolist() == [13, 14, 15]
 
 
+def test_generation_candidates_are_the_features_that_can_change_the_completion(tiny_dir):
+    """--candidate-rule likelihood: a feature pointing away from the model's own greedy tokens
+    ranks first, a zero feature scores nothing; each rule refuses the wrong kind of task; auto
+    keeps the fingerprint of runs made before the rule was a setting."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from baselines.contrast import batch
+    from harness.tasks import load_task
+    from rl.crl import CRLConfig, build_problem, choose_candidates
+    from rl.candidates import likelihood_attribution
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval().requires_grad_(False)  # frozen, as in CRL
+    task = load_task("arith_gen")
+    problem = build_problem(task, list(task.training_docs())[:3], tokenizer, seed=0)
+    ids, mask = batch(tokenizer, problem.prompts, "cpu")
+    with torch.no_grad():
+        greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=4,
+                                pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
+    embed = model.get_input_embeddings().weight.detach()  # tied: also the unembedding
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(16, embed.shape[1]), dim=-1)
+    away = -(embed[greedy.flatten()].mean(0) - embed.mean(0))
+    directions[0] = away / away.norm() * 50
+    directions[1] = 0
+    sae = SimpleNamespace(layer=LAYER, directions=lambda: directions)
+    ones = torch.ones(16)
+    score = likelihood_attribution(model, tokenizer, problem, LAYER, directions, ones, max_new_tokens=4)
+    assert score.shape == (16,) and (score >= 0).all() and score[1] == 0
+    assert score.argmax() == 0 and score[0] > 5 * score[2:].max()
+    picked = choose_candidates(model, tokenizer, sae, problem, ones, torch.arange(16).float(), 3, "likelihood", 4)
+    assert 0 in picked.tolist() and 1 not in picked.tolist()
+    with pytest.raises(ValueError, match="likelihood .generation. or frequency"):
+        choose_candidates(model, tokenizer, sae, problem, ones, ones, 3, "attribution")
+    with pytest.raises(ValueError, match="--candidate-rule must be one of"):
+        CRLConfig(task="arith_gen", setting="generation", candidate_rule="random")
+    assert "candidate_rule" not in CRLConfig(task="arith_gen", setting="generation").fingerprint_settings()
+    assert CRLConfig(task="arith_gen", setting="generation", candidate_rule="likelihood").fingerprint() != \
+        CRLConfig(task="arith_gen", setting="generation").fingerprint()
+
+
 def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_saes, tmp_path):
     """Every logged decision belongs to the item it names: an item's decisions start at its
     prompt's last token and then read, token by token, exactly what was generated for it."""
