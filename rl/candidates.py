@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-CANDIDATE_RULES = ("auto", "attribution", "likelihood", "frequency")
-
 import torch
+
+CANDIDATE_RULES = ("auto", "attribution", "likelihood", "frequency")
 
 
 def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, directions: torch.Tensor,
