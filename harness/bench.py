@@ -363,11 +363,29 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
                 crl.train(crl_config)
 
 
-def _reserved(tasks: list[str], manager: Any) -> dict[str, frozenset[int]]:
+def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], console: Any) -> None:
+    """`results/breakdown/<task>.md` for the tasks with a default grouping (`harness.breakdown`),
+    from the leaderboard's runs; a task whose older runs are not on this machine is skipped."""
+    from harness import breakdown
+
+    for task in config.tasks:
+        if breakdown.default_grouping(task) is None:
+            continue
+        try:
+            path = breakdown.run(task, config.results_dir, model=config.model, exclude=reserved.get(task, frozenset()),
+                                 leaderboard=Path(config.results_dir) / "leaderboard.json")
+        except (FileNotFoundError, ValueError) as err:
+            console.print(f"[yellow]breakdown of {task} skipped:[/] {err}")
+            continue
+        console.print(f"breakdown: {path}")
+
+
+def reserved_documents(tasks: list[str], manager: Any = None) -> dict[str, frozenset[int]]:
     """Per task, the evaluated documents reserved for training (`harness.splits`)."""
     from harness.splits import method_splits
-    from harness.tasks import load_task
+    from harness.tasks import load_task, task_manager
 
+    manager = manager or task_manager()
     return {task: method_splits(load_task(task, manager)).reserved_ids for task in tasks}
 
 
@@ -458,7 +476,7 @@ def run(config: BenchConfig) -> Path:
             _evaluate(model, stage, config, manager)
         finally:
             model.active = []
-    reserved = _reserved(config.tasks, manager)
+    reserved = reserved_documents(config.tasks, manager)
     scores = [s for stage in stages for s in read_scores(stage, config.model, reserved.get(stage.task, frozenset()))]
     path = write(Path(config.results_dir), build_rows(scores), bench_config=asdict(config))
     console.print(f"leaderboard: {path} (+ leaderboard.md, leaderboard.csv)")
@@ -467,6 +485,7 @@ def run(config: BenchConfig) -> Path:
 
         console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits, CRL interactions")
         analysis.run(config, stages, reserved, console)
+    _breakdowns(config, reserved, console)
     from harness.plots import all_figures
 
     from harness.report import build

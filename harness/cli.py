@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness.config import add_arguments, from_args
 
@@ -138,6 +139,20 @@ def _report(args: argparse.Namespace) -> None:
     print(f"regenerated tables and figures in {args.results_dir}; report: {build(args.results_dir)}")
 
 
+def _labelled_dir(value: str) -> tuple[str, Path]:
+    label, sep, path = value.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected LABEL=DIR, e.g. rlvr-long=.cache/runs/.../eval")
+    return label, Path(path)
+
+
+def _breakdown(args: argparse.Namespace) -> None:
+    from harness import breakdown
+
+    print(breakdown.run(args.task, args.results_dir, by=args.by, runs=args.run, leaderboard=args.leaderboard,
+                        model=args.model))
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from harness.tasks import GENERATED_TASKS, LOCAL_TASKS, data_dir, task_paths
 
@@ -213,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     inter.add_argument("--device", default="cpu")
     inter.add_argument("--out", default=None, help="also write the analysis as JSON here")
     inter.set_defaults(func=_interactions)
+    parts = commands.add_parser("breakdown", help="accuracy per group of items (and per solution step) for each "
+                                "method on a task, against base (harness.breakdown)")
+    parts.add_argument("--task", required=True)
+    parts.add_argument("--by", default=None, help="document field to group by (default: the task's own, e.g. "
+                       "arith_gen's problem kind)")
+    parts.add_argument("--run", action="append", default=[], type=_labelled_dir, metavar="LABEL=DIR",
+                       help="also break down this run (a directory holding samples.jsonl); repeatable. With "
+                       "base=DIR among them, only the named runs")
+    parts.add_argument("--leaderboard", default=None, help="default: <results-dir>/leaderboard.json")
+    parts.add_argument("--model", default=None, help="the leaderboard's model, when it has several")
+    parts.add_argument("--results-dir", default="results")
+    parts.set_defaults(func=_breakdown)
     tasks = commands.add_parser("tasks", help="where tasks come from")
     tasks.set_defaults(func=_tasks)
     return parser

@@ -80,6 +80,10 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     circuits = json.loads((tmp_path / "results" / "circuits.json").read_text())["tasks"]
     assert set(circuits["toy_sentiment"]["methods"]) == {"vector:mean_diff", "vector:das"}
     assert circuits["toy_sentiment"]["pairs"][0]["components_p"] <= 1
+    parts = json.loads((tmp_path / "results" / "breakdown" / "arith_mc.json").read_text())  # per group of items
+    assert parts["by"] == "op" and {r["method"] for r in parts["groups"]} == {"base", "vector:mean_diff"}
+    assert sum(r["n"] for r in parts["groups"] if r["method"] == "base" and r["group"] != "all items") == 3
+    assert "breakdown: " in first.stderr and (tmp_path / "results" / "figures" / "breakdown-toy_sentiment.png").exists()
     samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns

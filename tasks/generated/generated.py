@@ -12,6 +12,7 @@ Splits are deterministic: the same seed always yields the same rows in the same 
 """
 
 import random
+import re
 
 import datasets
 
@@ -105,6 +106,7 @@ WORD_PROBLEMS = [
     ("{name} picks {a} {item} on Monday and {b} on Tuesday, then eats {c}. How many {item} are left?", "+", "-"),
     ("{name} has {a} {item}, finds {b} more and then finds {c} more. How many {item} does {name} have?", "+", "+"),
 ]
+KIND_WORDS = ("buys b, gives away c", "takes out b, puts in c", "picks b more, eats c", "finds b, finds c")
 ITEMS = ["apples", "marbles", "stickers", "books", "coins", "cookies", "pencils", "shells"]
 PEOPLE = [("Tom", "He"), ("Mia", "She"), ("Sam", "He"), ("Lena", "She"), ("Omar", "He"), ("Rita", "She")]
 
@@ -135,3 +137,40 @@ def arith_gen_rows(seed=SEED + 2):
 
 def arith_gen(**kwargs):
     return _split(arith_gen_rows(), SPLIT_SIZES["arith_gen"])
+
+
+# "a op b = s, s op c = t. The answer is t", the format of the worked solutions above
+_SOLUTION = re.compile(r"\s*(-?\d+) ([+-]) (-?\d+) = (-?\d+), (-?\d+) ([+-]) (-?\d+) = (-?\d+)\. The answer is (-?\d+)")
+ARITH_GEN_STEPS = ("follows the format", "first operands", "first operator", "first sum", "carries the sum",
+                   "second operator", "second operand", "second sum", "answers its own result")
+
+
+def arith_gen_kind(kind: int) -> str:
+    """A readable name for an arith_gen problem kind: its operators and the words that carry them."""
+    _, op1, op2 = WORD_PROBLEMS[int(kind)]
+    return f"{kind}: {KIND_WORDS[int(kind)]} (a {op1} b {op2} c)"
+
+
+def arith_gen_steps(doc: dict, completion: str) -> dict[str, bool]:
+    """Which steps of a worked solution the completion gets right, step by step: each step is
+    judged on its own (a wrong operator does not make the sum of the wrong operation wrong),
+    so an error can be told apart from the errors it causes downstream."""
+    gold = _SOLUTION.match(" " + doc["solution"])
+    mine = _SOLUTION.match(completion)
+    if gold is None:
+        raise ValueError(f"arith_gen solution {doc['solution']!r} is not in the worked-solution format")
+    if mine is None:
+        return {step: False for step in ARITH_GEN_STEPS}
+    a, op1, b, s, s_again, op2, c, t, final = mine.groups()
+    ga, gop1, gb, _, _, gop2, gc, _, _ = gold.groups()
+    return {
+        "follows the format": True,
+        "first operands": (a, b) == (ga, gb),
+        "first operator": op1 == gop1,
+        "first sum": int(s) == _apply(int(a), op1, int(b)),
+        "carries the sum": s_again == s,
+        "second operator": op2 == gop2,
+        "second operand": c == gc,
+        "second sum": int(t) == _apply(int(s_again), op2, int(c)),
+        "answers its own result": final == t,
+    }
