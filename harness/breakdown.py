@@ -200,7 +200,7 @@ def figure(result: dict[str, Any], path: Path) -> list[Path]:
     methods = list(dict.fromkeys(r["method"] for r in result["groups"]))
     value = {(r["group"], r["method"]): r["accuracy"] for r in result["groups"]}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) * max(1, len(methods) / 3)), 3.4))
+    fig, ax = plt.subplots(figsize=(min(9.0, max(4.0, 0.22 * len(groups) * len(methods) + 1)), 3.6))
     for k, method in enumerate(methods):
         xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
         ax.bar(xs, [value[(g, method)] for g in groups], width, label=method,
