@@ -12,7 +12,8 @@ behind the leaderboard's rows for T and writes, to `results/breakdown/<task>.{js
   fixed and broke against base, and the exact McNemar p-value, Holm-corrected over every
   (group, method) comparison of the table;
 - for tasks that define a step check (arith_gen: `arith_gen_steps` in the task module), how
-  many completions get each step of the worked solution right, each step judged on its own.
+  many completions get each step of the worked solution right, per group, each step judged on
+  its own.
 
 `crl-bench bench` writes the breakdown of every task that has a default grouping.
 """
@@ -136,29 +137,26 @@ def breakdown(task: str, evaluated: list[Evaluated], grouping: Grouping) -> dict
     for i in items:
         groups[base.docs[i][grouping.field]].append(i)
     order = sorted(groups, key=lambda g: (str(type(g)), g))
-    table = []
+    check = grouping.steps if grouping.steps is not None and any(base.completions.values()) else None
+    table, steps = [], [] if check else None
     for key, ids in [*((g, groups[g]) for g in order), ("all", items)]:
         name = "all items" if key == "all" else grouping.name(key)
         for run in evaluated:
             mine, ref = [run.correct[i] for i in ids], [base.correct[i] for i in ids]
-            row = {"group": name, "method": run.label, "n": len(ids), "accuracy": sum(mine) / len(ids),
-                   "fixed": sum(m > r for m, r in zip(mine, ref)), "broken": sum(m < r for m, r in zip(mine, ref)),
-                   "p_vs_base": None if run is base else mcnemar_exact(mine, ref)}
-            table.append(row)
+            table.append({"group": name, "method": run.label, "n": len(ids), "accuracy": sum(mine) / len(ids),
+                          "fixed": sum(m > r for m, r in zip(mine, ref)), "broken": sum(m < r for m, r in zip(mine, ref)),
+                          "p_vs_base": None if run is base else mcnemar_exact(mine, ref)})
+            if check:
+                counts: dict[str, int] = defaultdict(int)
+                for i in ids:
+                    for step, right in check(base.docs[i], run.completions[i]).items():
+                        counts[step] += bool(right)
+                steps.append({"group": name, "method": run.label, "n": len(ids), "right": dict(counts)})
     per_group = [r for r in table if r["group"] != "all items"]
     for row, p in zip(per_group, holm([r["p_vs_base"] for r in per_group])):
         row["p_vs_base_holm"] = p
     for row in table:
         row.setdefault("p_vs_base_holm", row["p_vs_base"])  # the whole task: one test per method, as on the leaderboard
-    steps = None
-    if grouping.steps is not None and any(base.completions.values()):
-        steps = []
-        for run in evaluated:
-            counts: dict[str, int] = defaultdict(int)
-            for i in items:
-                for step, right in grouping.steps(base.docs[i], run.completions[i]).items():
-                    counts[step] += bool(right)
-            steps.append({"method": run.label, "n": len(items), "right": dict(counts)})
     return {"schema": SCHEMA, "task": task, "by": grouping.field, "runs": {e.label: str(e.source) for e in evaluated},
             "groups": table, "steps": steps}
 
@@ -181,12 +179,12 @@ def render(result: dict[str, Any]) -> str:
     if result["steps"]:
         names = list(result["steps"][0]["right"])
         lines += ["", "## Steps of the worked solution", "",
-                  "Completions that get each step right, each step judged on its own: a sum is right if it is the "
-                  "sum of the operands and operator the completion wrote, whether or not those were right.", "",
-                  "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+                  "Completions that get each step right, out of n, each step judged on its own: a sum is right if it "
+                  "is the sum of the operands and operator the completion wrote, whether or not those were right.", "",
+                  "| group | method | n | " + " | ".join(names) + " |", "|---|---|---:|" + "---:|" * len(names)]
         for s in result["steps"]:
-            lines.append(f"| {s['method']} | " + " | ".join(str(s["right"].get(k, 0)) for k in names) + " |")
-        lines.append(f"\nOut of {result['steps'][0]['n']} items each.")
+            lines.append(f"| {s['group']} | {s['method']} | {s['n']} | "
+                         + " | ".join(str(s["right"].get(k, 0)) for k in names) + " |")
     lines += ["", "Runs:", ""] + [f"- {label}: `{source}`" for label, source in result["runs"].items()]
     return "\n".join(lines) + "\n"
 

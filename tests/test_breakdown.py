@@ -96,7 +96,9 @@ def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
     rows = {(r["group"], r["method"]): r for r in result["groups"]}
     assert rows[("0: buys b, gives away c (a + b - c)", "tuned")]["fixed"] == 3
     assert rows[("1: takes out b, puts in c (a - b + c)", "tuned")]["fixed"] == 0
-    steps = {s["method"]: s["right"] for s in result["steps"]}
+    steps = {s["method"]: s["right"] for s in result["steps"] if s["group"] == "all items"}
+    by_kind = {(s["group"][0], s["method"]): s["right"] for s in result["steps"]}
+    assert by_kind[("1", "tuned")]["first operator"] == 0 and by_kind[("0", "tuned")]["first operator"] == 3
     assert steps["base"]["follows the format"] == 0
     assert steps["tuned"]["first operator"] == 3 and steps["tuned"]["first sum"] == 6
     assert steps["oracle"]["second sum"] == 6
