@@ -25,7 +25,8 @@ def _save(fig: Any, path: Path) -> list[Path]:
     out = []
     for suffix in (".png", ".pdf"):
         target = path.with_suffix(suffix)
-        fig.savefig(target, dpi=160, bbox_inches="tight")
+        # no creation date in the PDF: regenerating an unchanged figure leaves the file unchanged
+        fig.savefig(target, dpi=160, bbox_inches="tight", metadata={"CreationDate": None} if suffix == ".pdf" else None)
         out.append(target)
     _pyplot().close(fig)
     return out

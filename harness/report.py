@@ -142,6 +142,24 @@ def _per_task(path: Path, empty: str, entry_html: Any) -> str:
     return "".join(f"<h3>{html.escape(task)}</h3>" + entry_html(entry) for task, entry in tasks.items())
 
 
+def _breakdowns(results: Path) -> str:
+    """`breakdown/<task>.json`: accuracy per group of items, and the step check where there is one."""
+    parts = []
+    for path in sorted((results / "breakdown").glob("*.json")):
+        entry = json.loads(path.read_text())
+        parts.append(f"<h3>{html.escape(entry['task'])} by {html.escape(entry['by'])}</h3>")
+        parts.append(_table(["group", "method", "n", "accuracy", "fixed", "broken", "p vs base (Holm)"],
+                            [[r["group"], r["method"], r["n"], r["accuracy"], r["fixed"], r["broken"], r["p_vs_base_holm"]]
+                             for r in entry["groups"]], left=2))
+        if entry.get("steps"):
+            names = list(entry["steps"][0]["right"])
+            parts.append("<p>Completions that get each step of the worked solution right, each step on its own:</p>")
+            parts.append(_table(["group", "method", "n", *names],
+                                [[s["group"], s["method"], s["n"], *(s["right"].get(k, 0) for k in names)]
+                                 for s in entry["steps"]], left=2))
+    return "".join(parts) or "<p>No breakdowns (no task with a grouping, or `crl-bench breakdown` not run).</p>"
+
+
 def _overlap_entry(entry: dict[str, Any]) -> str:
     parts = [f"<p>SAE layer {entry['layer']}, top {entry['k']} features per method.</p>",
              _table(["a", "b", "Jaccard", "p", "RBO", "p", "shared"],
@@ -324,6 +342,7 @@ def build(results_dir: str | Path) -> Path:
         ("interactions", "CRL interactions across layers and tokens",
          _per_task(results / "interactions.json", "No CRL controller with several layers or generated tokens.",
                    _interaction_entry)),
+        ("breakdown", "Where methods gain and lose: accuracy per group of items", _breakdowns(results)),
         ("curves", "Learning curves", "".join(_image(p, results) for p in curves) or "<p>No training runs.</p>"),
         ("traces", "CRL intervention traces", _traces(rows)),
         ("provenance", "Provenance", _provenance(rows)),

@@ -23,5 +23,7 @@ def test_figures_from_results_files(tmp_path):
     names = sorted(p.name for p in written)
     assert names == ["accuracy.pdf", "accuracy.png", "overlap.pdf", "overlap.png", "similarity.pdf", "similarity.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+    first = {p.name: p.read_bytes() for p in written}
+    assert {p.name: p.read_bytes() for p in all_figures(tmp_path)} == first  # regenerating changes no byte
     (tmp_path / "similarity.json").unlink()
     assert "similarity.png" not in {p.name for p in all_figures(tmp_path)}
