@@ -67,25 +67,20 @@ class Evaluated:
 def read_evaluated(label: str, run_dir: str | Path, exclude: frozenset[int] = frozenset(),
                    metric: str | None = None, filter_name: str | None = None) -> Evaluated:
     """A run directory's `samples.jsonl` (the first metric and filter found unless named)."""
+    from harness.similarity import scored_samples
+
     samples = Path(run_dir) / "samples.jsonl"
     if not samples.exists():
         raise FileNotFoundError(f"{label}: no samples.jsonl in {run_dir} (the run's cache is not on this machine: "
                                 f"rerun `crl-bench bench` for it, or name its directory with --run {label}=DIR)")
     docs, correct, completions = {}, {}, {}
-    with open(samples) as handle:
-        for line in handle:
-            sample = json.loads(line)
-            doc = int(sample["doc_id"])
-            if doc in exclude or (filter_name is not None and sample["filter"] != filter_name):
-                continue
-            filter_name = sample["filter"]
-            metric = metric or sample["metrics"][0]
-            value = float(sample[metric])
-            if value not in (0.0, 1.0):
-                raise ValueError(f"{label}: {metric} is not a 0/1 score ({value}); a breakdown needs per-item correctness")
-            docs[doc], correct[doc] = sample["doc"], value
-            response = sample["resps"][0] if sample.get("resps") else None
-            completions[doc] = response[0] if isinstance(response, list) and response and isinstance(response[0], str) else ""
+    for doc, sample, value in scored_samples(samples, metric, filter_name, exclude):
+        if value not in (0.0, 1.0):
+            raise ValueError(f"{label}: {metric or sample['metrics'][0]} is not a 0/1 score ({value}); a breakdown needs "
+                             f"per-item correctness")
+        docs[doc], correct[doc] = sample["doc"], value
+        response = sample["resps"][0] if sample.get("resps") else None
+        completions[doc] = response[0] if isinstance(response, list) and response and isinstance(response[0], str) else ""
     if not correct:
         raise ValueError(f"{label}: {samples} has no scored items")
     return Evaluated(label, samples, docs, correct, completions)

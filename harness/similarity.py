@@ -24,7 +24,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -41,11 +41,10 @@ class Behaviour:
     distributions: dict[int, np.ndarray]  # choice: doc id -> probabilities over the choices
 
 
-def read_behaviour(samples: str | Path, metric: str | None = None, filter_name: str | None = None,
-                   exclude: frozenset[int] = frozenset()) -> Behaviour:
-    """Per-item answers, correctness and choice distributions from a `samples.jsonl`
-    (the first metric and filter found unless named)."""
-    answers, correct, distributions, kind = {}, {}, {}, None
+def scored_samples(samples: str | Path, metric: str | None = None, filter_name: str | None = None,
+                   exclude: frozenset[int] = frozenset()) -> Iterator[tuple[int, dict, float]]:
+    """(doc id, logged sample, score) for each document of a `samples.jsonl`, for one metric and
+    filter (the first found unless named); documents in `exclude` are left out."""
     with open(samples) as handle:
         for line in handle:
             sample = json.loads(line)
@@ -54,21 +53,30 @@ def read_behaviour(samples: str | Path, metric: str | None = None, filter_name: 
                 continue
             filter_name = sample["filter"]
             metric = metric or sample["metrics"][0]
-            if metric not in sample:
-                continue
-            correct[doc] = float(sample[metric])
-            responses = sample["filtered_resps"]
-            if responses and isinstance(responses[0], list):  # multiple choice: [loglik, is_greedy] per choice
-                kind = "choice"
-                logliks = np.array([float(r[0]) for r in responses])
-                answers[doc] = int(logliks.argmax())
-                p = np.exp(logliks - logliks.max())
-                distributions[doc] = p / p.sum()
-            else:
-                kind = "generation"
-                answers[doc] = str(responses[0] if isinstance(responses, list) and responses else responses).strip()
+            if metric in sample:
+                yield doc, sample, float(sample[metric])
+
+
+def read_behaviour(samples: str | Path, metric: str | None = None, filter_name: str | None = None,
+                   exclude: frozenset[int] = frozenset()) -> Behaviour:
+    """Per-item answers, correctness and choice distributions from a `samples.jsonl`
+    (the first metric and filter found unless named)."""
+    answers, correct, distributions, kind = {}, {}, {}, None
+    for doc, sample, value in scored_samples(samples, metric, filter_name, exclude):
+        correct[doc] = value
+        responses = sample["filtered_resps"]
+        if responses and isinstance(responses[0], list):  # multiple choice: [loglik, is_greedy] per choice
+            kind = "choice"
+            logliks = np.array([float(r[0]) for r in responses])
+            answers[doc] = int(logliks.argmax())
+            p = np.exp(logliks - logliks.max())
+            distributions[doc] = p / p.sum()
+        else:
+            kind = "generation"
+            answers[doc] = str(responses[0] if isinstance(responses, list) and responses else responses).strip()
     if not correct:
-        raise ValueError(f"{samples} has no scored items for metric {metric!r} / filter {filter_name!r}")
+        named = f" for metric {metric!r} / filter {filter_name!r}" if metric or filter_name else ""
+        raise ValueError(f"{samples} has no scored items{named}")
     return Behaviour(kind or "generation", answers, correct, distributions)
 
 
