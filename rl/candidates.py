@@ -13,11 +13,28 @@ training and without labels (`--candidate-rule`):
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
 CANDIDATE_RULES = ("auto", "attribution", "likelihood", "frequency")
+
+
+@contextmanager
+def _block_output(block: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, the yielded dict's "h" is `block`'s latest output (the residual after it),
+    still in the autograd graph."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = block.register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, directions: torch.Tensor,
@@ -34,15 +51,9 @@ def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, dir
     _, blocks = find_decoder_layers(model)
     device = next(model.parameters()).device
     weighted = (directions.float() * scale.float()[:, None]).to(device)
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-
     total = torch.zeros(directions.shape[0], dtype=torch.float64)
     docs = list(range(min(n_prompts, len(problem.prompts))))
-    handle = blocks[layer].register_forward_hook(keep)
-    try:
+    with _block_output(blocks[layer]) as captured:
         for start in range(0, len(docs), batch_size):
             chunk = docs[start:start + batch_size]
             ids, mask = batch(tokenizer, [problem.prompts[d] for d in chunk], device)
@@ -57,8 +68,6 @@ def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, dir
                                                              retain_graph=True)[0][rows, -1]
                                          for c in range(len(tokens[rows[0]]))], 1).float()  # [R, C, D]
                     total += (grads @ weighted.T).std(1).sum(0).double().cpu()
-    finally:
-        handle.remove()
     return (total / max(1, len(docs))).float()
 
 
@@ -89,11 +98,6 @@ def likelihood_attribution(model: Any, tokenizer: Any, problem: Any, layer: int,
     device = next(model.parameters()).device
     weighted = (directions.float() * scale.float()[:, None]).to(device)
     until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-
     total, positions = torch.zeros(directions.shape[0], dtype=torch.float64), 0
     prompts = problem.prompts[:n_prompts]
     for start in tqdm(range(0, len(prompts), batch_size), desc=f"candidates (likelihood, layer {layer})",
@@ -105,19 +109,15 @@ def likelihood_attribution(model: Any, tokenizer: Any, problem: Any, layer: int,
         generated = sequences[:, ids.shape[1]:]
         kept = [_cut_at(tokenizer, row.tolist(), until) for row in generated]
         full_mask = torch.cat([mask, torch.ones_like(generated)], 1)
-        handle = blocks[layer].register_forward_hook(keep)
-        try:
-            with torch.enable_grad():
-                embeds = model.get_input_embeddings()(sequences).detach().requires_grad_(True)
-                acts_at = torch.arange(ids.shape[1] - 1, sequences.shape[1] - 1, device=device).expand(len(ids), -1)
-                with logits_at(model, acts_at):  # the logits that predict each generated token
-                    logits = model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False).logits
-                acting = logits.float().log_softmax(-1)
-                chosen = acting.gather(-1, generated[..., None])[..., 0]
-                keep_mask = torch.arange(generated.shape[1], device=device)[None] < torch.tensor(kept, device=device)[:, None]
-                grads = torch.autograd.grad((chosen * keep_mask).sum(), captured["h"])[0]
-        finally:
-            handle.remove()
+        with _block_output(blocks[layer]) as captured, torch.enable_grad():
+            embeds = model.get_input_embeddings()(sequences).detach().requires_grad_(True)
+            acts_at = torch.arange(ids.shape[1] - 1, sequences.shape[1] - 1, device=device).expand(len(ids), -1)
+            with logits_at(model, acts_at):  # the logits that predict each generated token
+                logits = model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False).logits
+            acting = logits.float().log_softmax(-1)
+            chosen = acting.gather(-1, generated[..., None])[..., 0]
+            keep_mask = torch.arange(generated.shape[1], device=device)[None] < torch.tensor(kept, device=device)[:, None]
+            grads = torch.autograd.grad((chosen * keep_mask).sum(), captured["h"])[0]
         at = grads[:, ids.shape[1] - 1:-1][keep_mask].float()  # [positions, D]
         total += torch.relu(-(at @ weighted.T)).sum(0).double().cpu()
         positions += int(keep_mask.sum())
