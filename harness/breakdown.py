@@ -88,6 +88,8 @@ def read_evaluated(label: str, run_dir: str | Path, exclude: frozenset[int] = fr
 
 def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None = None) -> list[tuple[str, Path]]:
     """(label, run directory) of every row of `task` in a leaderboard.json, base first."""
+    from harness.plots import row_label
+
     path = Path(leaderboard)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `crl-bench bench` first, or pass --leaderboard")
@@ -101,7 +103,7 @@ def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None 
         seeds[(r["method"], r["setting"])].add(r["seed"])
     runs: dict[str, Path] = {}
     for r in sorted(rows, key=lambda r: (r["method"] != "base", r["method"], str(r["setting"]), str(r["seed"]))):
-        label = r["method"] if r["setting"] in ("-", None) else f"{r['method']}:{r['setting']}"
+        label = row_label(r)
         if len(seeds[(r["method"], r["setting"])]) > 1:
             label += f" seed {r['seed']}"
         runs.setdefault(label, Path(r["run_dir"]))

@@ -32,7 +32,8 @@ def _save(fig: Any, path: Path) -> list[Path]:
     return out
 
 
-def _label(row: dict[str, Any]) -> str:
+def row_label(row: dict[str, Any]) -> str:
+    """A leaderboard row's method as the tables name it: `method` or `method:setting`."""
     return row["method"] if row["setting"] in ("-", None) else f"{row['method']}:{row['setting']}"
 
 
@@ -47,7 +48,7 @@ def accuracy_figure(results_dir: Path) -> list[Path]:
     for ax, (model, task, metric, filter_name) in zip(axes[0], tasks):
         mine = [r for r in rows if (r["model"], r["task"], r["metric"], r["filter"]) == (model, task, metric, filter_name)]
         mine.sort(key=lambda r: (r["method"] != "base", r["method"], str(r["setting"])))
-        labels = [_label(r) for r in mine]
+        labels = [row_label(r) for r in mine]
         values = [r["value"] for r in mine]
         errors = [[r["value"] - r["ci95"][0] for r in mine], [r["ci95"][1] - r["value"] for r in mine]]
         colours = ["tab:gray" if r["method"] == "base" else "tab:red" if r["method"] == "crl" else
