@@ -33,7 +33,11 @@ reward when chosen is no better than the recent average is masked out of samplin
 `--mask-steps` steps, so the policy cannot collapse onto a feature that does not help and
 must keep trying others (Cho et al. 2026 mask adaptively for the same reason); a dominant
 feature that does help is left alone (`rl.exploration.FeatureMask`). Both can be switched
-off (0).
+off (0). The gated policy can also keep a floor under its gate while training
+(`--explore-floor`): each decision intervenes with at least that probability, with the
+policy's own choice among features, and the update takes the gate and the choice as two
+stages (the gate's ratio against the floored sampling, the choice's on-policy), so the
+choice keeps learning after the gate has learnt to shut.
 
 Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the same
 prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
@@ -70,7 +74,7 @@ from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of
 SETTINGS = ("one-token", "multi-layer", "generation")
 BASELINES = ("auto", "value", "group", "unsteered")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
-                "newly_masked")
+                "newly_masked", "fixed", "broken")
 CONTROLLER_FILE = "controller.safetensors"
 BANK_FILE = "bank.safetensors"
 
@@ -92,9 +96,10 @@ class CRLConfig(RLTrainConfig):
     mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
     learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
-    candidate_rule: str = field(default="auto", metadata={"help": "how the candidates are picked, without labels: attribution (they move the choices' logits apart; one-token tasks), likelihood (they can change the greedy completion; generation), frequency (they fire most often on the prompts); auto: attribution for one-token tasks, else frequency"})
+    candidate_rule: str = field(default="auto", metadata={"help": "how the candidates are picked: attribution (they move the choices' logits apart; one-token tasks), likelihood (they can change the greedy completion; generation), gold (they raise the training solutions' tokens where the model predicts others; generation; reads the training targets), frequency (they fire most often on the prompts); auto: attribution for one-token tasks, else frequency. All but gold use no labels"})
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
     policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
+    explore_floor: float = field(default=0.0, metadata={"help": "gated policy, while training: intervene with at least this probability at each decision, so the choice among features keeps learning after the gate learns to shut; the gate's update is importance-weighted against the floored sampling, the choice's is on-policy (0: off)"})
     baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
 
     def __post_init__(self) -> None:
@@ -112,6 +117,11 @@ class CRLConfig(RLTrainConfig):
         if self.baseline == "value" and self.algorithm == "grpo":
             raise ValueError("--baseline value needs the value head of --algorithm ppo; grpo is critic-free "
                              "(use --baseline group or unsteered)")
+        if not 0 <= self.explore_floor < 1:
+            raise ValueError(f"--explore-floor must be in [0, 1), got {self.explore_floor}")
+        if self.explore_floor > 0 and self.resolved_policy != "gated":
+            raise ValueError(f"--explore-floor raises the gate of the gated policy; this run's policy is "
+                             f"{self.resolved_policy} (pass --policy gated, or --explore-floor 0)")
         if isinstance(self.layers, str):
             self.layers = [int(x) for x in self.layers.split(",") if x]
         if self.setting != "multi-layer" and self.layers and len(self.layers) > 1:
@@ -133,6 +143,8 @@ class CRLConfig(RLTrainConfig):
             settings.pop("policy")
         if self.candidate_rule == "auto":  # the rule of every run before there was a choice
             settings.pop("candidate_rule")
+        if not self.explore_floor:  # runs before the floor existed
+            settings.pop("explore_floor")
         return settings
 
     @property
@@ -233,16 +245,27 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CR
     the choice among features given that the controller intervenes: it keeps the dictionary
     explored without pushing the no-op's share down (most generated tokens should be left
     alone, and an entropy over all actions would drive the policy towards steering every one)."""
-    from rl.controller import distributions
+    from rl.controller import distributions, stage_log_probs
 
     stats = {}
     for _ in range(config.ppo_epochs):
         feature_logits, coef_logits, value = controller(batch["h"], batch["layer_index"])
         features_d, coefs_d = distributions(feature_logits, coef_logits, batch["masked"])
-        logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
-        ratio = torch.exp(logp - batch["logp"])
         advantage = batch["advantage"]
-        surrogate = torch.min(ratio * advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * advantage)
+        if "logp_gate" in batch:  # sampled under the exploration floor: the gate and the choice apart
+            gate, choice = stage_log_probs(features_d.logits, batch["feature"], coefs_d.log_prob(batch["coef"]),
+                                           feature_logits.shape[-1] - 1)
+            # the gate: PPO around the policy's own gate at sampling time, weighted by the
+            # (truncated) importance of the floored sampling: a decision the policy would
+            # almost never have taken moves its gate little, up or down; the choice among
+            # features was sampled from the policy itself: plain PPO
+            weight = torch.exp(batch["logp_gate_policy"] - batch["logp_gate"]).clamp(max=1.0)
+            surrogate = weight * _clipped(torch.exp(gate - batch["logp_gate_policy"]), advantage, config.clip) + \
+                (batch["feature"] < feature_logits.shape[-1] - 1) * \
+                _clipped(torch.exp(choice - batch["logp_choice"]), advantage, config.clip)
+        else:
+            logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
+            surrogate = _clipped(torch.exp(logp - batch["logp"]), advantage, config.clip)
         if config.setting == "generation":
             given_steering, _ = distributions(feature_logits[:, :-1], coef_logits,
                                               None if batch["masked"] is None else batch["masked"][:-1])
@@ -260,6 +283,11 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CR
         optimizer.step()
         stats = {"loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
     return stats
+
+
+def _clipped(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped surrogate, per decision."""
+    return torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
 
 
 def _advantages(config: CRLConfig, rewards: list[float], records: list[dict], rows_per_group: int,
@@ -350,6 +378,7 @@ def train(config: CRLConfig) -> Path:
     order = list(range(n_docs))
     random.Random(config.seed).shuffle(order)
     rollouts = Rollouts(model, tokenizer, controller, bank, problem, budget.max_new_tokens, config.batch_size)
+    rollouts.explore_floor = config.explore_floor  # training's sampling only; validation is greedy
     validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
 
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
@@ -411,6 +440,9 @@ def train(config: CRLConfig) -> Path:
             "advantage": torch.tensor(advantages, device=device, dtype=torch.float32),
             "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
         }
+        if config.explore_floor:
+            for name in ("logp_gate", "logp_choice", "logp_gate_policy"):
+                batch[name] = torch.tensor([r[name] for r in records], device=device)
         stats = ppo_update(controller, optimizer, batch, config)
         spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
@@ -422,6 +454,9 @@ def train(config: CRLConfig) -> Path:
                "entropy": stats["entropy"], "steered_share": sum(r["feature"] is not None for r in records) / max(1, len(records)),
                "distinct_features": len(chosen_counts), "masked": int(masked.sum()),
                "newly_masked": len(newly_masked)}
+        if unsteered_baseline:  # the step's rollouts that the interventions fixed / broke
+            row["fixed"] = sum(r > unsteered[doc] for r, doc in zip(rewards, rows))
+            row["broken"] = sum(r < unsteered[doc] for r, doc in zip(rewards, rows))
         if (config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == budget.steps:
             row["validation"] = validate()[0]
         curve.append(row)

@@ -63,6 +63,7 @@ class Rollouts:
         self.problem, self.max_new_tokens, self.batch_size = problem, max_new_tokens, batch_size
         self.device = next(model.parameters()).device
         self.generated_tokens = 0  # by generation rollouts, over this object's life
+        self.explore_floor = 0.0  # sample mode: the gated policy's exploration floor (`ControllerRun`)
         self.choice_logits: list[torch.Tensor] = []  # one-token choices: the last run's, per row
         # the chunk being run: its rows' replayed actions, forced decisions and common uniforms
         self._replay = self._overrides = self._uniforms = None
@@ -116,7 +117,7 @@ class Rollouts:
             row_actions = self._replay
         return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
                              row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides,
-                             uniforms=self._uniforms)
+                             uniforms=self._uniforms, explore_floor=self.explore_floor if mode == "sample" else 0.0)
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
         problem = self.problem

@@ -493,3 +493,93 @@ def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_sae
         assert mine[0]["token"] == tokenizer.decode(prompt_ids[-1:])
         read = "".join(e["token"] for e in mine[1:])  # the generated tokens the controller read
         assert generated[item].startswith(read) or read.startswith(generated[item]), (item, read, generated[item])
+
+
+def test_gold_candidates_are_the_features_that_raise_the_training_solutions(tiny_dir):
+    """--candidate-rule gold: a feature pointing towards the solutions' tokens ranks first where
+    the model predicts others, a zero feature scores nothing, one pointing away scores little;
+    it refuses one-token tasks and changes the fingerprint."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.tasks import load_task
+    from rl.candidates import gold_attribution
+    from rl.crl import CRLConfig, build_problem, choose_candidates
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval().requires_grad_(False)
+    task = load_task("arith_gen")
+    problem = build_problem(task, list(task.training_docs())[:3], tokenizer, seed=0)
+    solution_tokens = [t for d in problem.docs for t in tokenizer(" " + d["solution"], add_special_tokens=False)["input_ids"]]
+    embed = model.get_input_embeddings().weight.detach()  # tied: also the unembedding
+    towards = embed[solution_tokens].mean(0) - embed.mean(0)
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(16, embed.shape[1]), dim=-1)
+    directions[0] = towards / towards.norm() * 50
+    directions[1] = 0
+    directions[2] = -directions[0]
+    ones = torch.ones(16)
+    score = gold_attribution(model, tokenizer, problem, LAYER, directions, ones)
+    assert score.shape == (16,) and (score >= 0).all() and score[1] == 0
+    assert score.argmax() == 0 and score[0] > 3 * score[2]
+    sae = SimpleNamespace(layer=LAYER, directions=lambda: directions)
+    picked = choose_candidates(model, tokenizer, sae, problem, ones, torch.arange(16).float(), 3, "gold", 4)
+    assert 0 in picked.tolist() and 1 not in picked.tolist()
+    problem.kind = "one-token-choices"
+    with pytest.raises(ValueError, match="gold needs a generation task"):
+        choose_candidates(model, tokenizer, sae, problem, ones, ones, 3, "gold")
+    assert CRLConfig(task="arith_gen", setting="generation", candidate_rule="gold").fingerprint() != \
+        CRLConfig(task="arith_gen", setting="generation").fingerprint()
+
+
+def test_exploration_floor_keeps_the_feature_choice_learning_after_the_gate_shuts():
+    """--explore-floor: sampling intervenes at least that often, the choice among features is
+    the policy's own; the update treats gate and choice as two stages, so a choice that helps
+    is learnt from decisions the shut gate would almost never have taken, while the
+    unfloored update (one ratio, importance-weighted by the gate) barely moves it."""
+    from rl.controller import Controller, floored_probs, stage_log_probs
+    from rl.crl import CRLConfig, ppo_update
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7).log_softmax(-1)
+    logits[:, -1] = math.log(0.99)
+    logits[:, :-1] = logits[:, :-1].log_softmax(-1) + math.log(0.01)
+    probs = floored_probs(logits, 0.2)
+    assert torch.allclose(probs.sum(-1), torch.ones(4)) and torch.allclose(probs[:, -1], torch.full((4,), 0.8))
+    assert torch.allclose(probs[:, :-1] / probs[:, :-1].sum(-1, keepdim=True), logits[:, :-1].softmax(-1), atol=1e-6)
+    assert torch.allclose(floored_probs(logits, 0.0), logits.exp(), atol=1e-6)  # no floor: the policy itself
+    features, coef_logp = torch.tensor([2, 6, 0, 6]), torch.full((4,), -1.0)
+    gate, choice = stage_log_probs(probs.log(), features, coef_logp, 6)
+    assert torch.allclose(gate + choice, probs.log().gather(-1, features[:, None])[:, 0] + torch.tensor([-1.0, 0, -1, 0]))
+    assert choice[1] == 0 and choice[3] == 0  # a no-op chose nothing
+    with pytest.raises(ValueError, match="--explore-floor"):
+        CRLConfig(task="arith_mc", explore_floor=0.1)  # flat policy: no gate to floor
+    with pytest.raises(ValueError, match="--explore-floor"):
+        CRLConfig(task="arith_gen", setting="generation", explore_floor=1.0)
+    assert CRLConfig(task="arith_gen", setting="generation", explore_floor=0.0).fingerprint() == \
+        CRLConfig(task="arith_gen", setting="generation").fingerprint()
+
+    def learnt(floor):
+        torch.manual_seed(0)
+        controller = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.999, policy="gated")
+        h, index = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+        config = CRLConfig(task="arith_gen", setting="generation", explore_floor=floor, entropy_coef=0.0)
+        optimizer = torch.optim.SGD(controller.parameters(), lr=1.0)  # plain gradient steps: their size is the point
+        with torch.no_grad():
+            joint = controller(h, index)[0]
+        sampling = floored_probs(joint, 0.5)  # every decision sampled with the floor; all chose feature 3
+        feature, coef = torch.full((64,), 3), torch.zeros(64, dtype=torch.long)
+        coef_logp = torch.full((64,), -math.log(5))
+        gate, choice = stage_log_probs(sampling.log(), feature, coef_logp, 6)
+        batch = {"h": h, "layer_index": index, "feature": feature, "coef": coef, "logp": gate + choice,
+                 "advantage": torch.ones(64), "returns": torch.ones(64), "masked": torch.zeros(7, dtype=torch.bool)}
+        if floor:
+            policy_gate = stage_log_probs(joint, feature, coef_logp, 6)[0]
+            batch.update(logp_gate=gate, logp_choice=choice, logp_gate_policy=policy_gate)
+        before = controller(h, index)[0][:, :-1].softmax(-1)[:, 3].mean()
+        ppo_update(controller, optimizer, batch, config)
+        return float(controller(h, index)[0][:, :-1].softmax(-1)[:, 3].mean() - before)
+
+    assert learnt(0.5) > 0.2
+    assert learnt(0.5) > 5 * abs(learnt(0.0))
