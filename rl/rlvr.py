@@ -309,11 +309,27 @@ def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, met
         ax.plot(*zip(*rewards), color="tab:blue", alpha=0.5, linewidth=1, label="training reward (batch mean)")
     if scores:
         ax.plot(*zip(*scores), color="tab:red", marker="o", markersize=3, label=f"validation {metric}")
+    steered = [(r["step"], r["steered_share"]) for r in curve if r.get("steered_share") is not None]
+    if steered:  # CRL: how often the sampled controller intervened
+        ax.plot(*zip(*steered), color="tab:gray", linestyle="--", linewidth=1, label="share of decisions that steered")
     ax.set_xlabel("optimisation step")
-    ax.set_ylabel("reward / score")
+    ax.set_ylabel("reward / score / share")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    outcomes = [r for r in curve if r.get("fixed") is not None]
+    if outcomes:  # CRL with the unsteered baseline: the rollouts its interventions fixed and broke, so far
+        import itertools
+
+        twin = ax.twinx()
+        steps = [r["step"] for r in outcomes]
+        for name, colour in (("fixed", "tab:green"), ("broken", "tab:orange")):
+            twin.step(steps, list(itertools.accumulate(r[name] for r in outcomes)), where="post", color=colour,
+                      linewidth=1.2, label=f"rollouts {name} vs unsteered (cumulative)")
+        twin.set_ylabel("rollouts (cumulative)")
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=7)
     fig.tight_layout()
     for directory in (run_dir, results):
         fig.savefig(directory / "curve.png", dpi=150)
