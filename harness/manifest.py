@@ -50,6 +50,30 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def processor() -> dict[str, Any]:
+    """The CPU (and GPU) a result was computed on. bf16 kernels differ between processors, so
+    greedy generations near a tie can differ between machines with the same code, weights and
+    libraries: this is what tells such runs apart."""
+    found: dict[str, Any] = {"cpu": platform.processor() or None}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    found["cpu"] = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    found["cpu_bf16"] = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+                    break
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")  # only when the run already uses it: no import for provenance
+    if torch is not None:
+        found["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        if torch.cuda.is_available():
+            found["gpu"] = torch.cuda.get_device_name(0)
+    return found
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -65,6 +89,7 @@ def build_manifest(**extra: Any) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "processor": processor(),
         "libraries": library_versions(),
         **extra,
     }
