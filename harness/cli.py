@@ -104,6 +104,13 @@ def _train_crl(args: argparse.Namespace) -> None:
     print(f"CRL controller: {crl.train(from_args(crl.CRLConfig, args))}")
 
 
+def _exploration(args: argparse.Namespace) -> None:
+    from rl.exploration import compare, exploration_config
+
+    config = from_args(exploration_config(), args)
+    print(f"exploration: {compare(config.crl(), config.variants, config.out)}")
+
+
 def _interactions(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -215,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(train, "crl", "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
              CRLConfig, _train_crl)
+    from rl.exploration import exploration_config
+
+    _command(commands, "exploration", "train one CRL controller per exploration variant (entropy bonus and "
+             "adaptive masking on/off) and compare how fast each collapses onto one feature",
+             exploration_config(), _exploration)
     inter = commands.add_parser("interactions", help="how a CRL controller's choices depend on each other across "
                                 "layers and tokens (ablation; harness.interactions)")
     inter.add_argument("--controller", required=True, help="a CRL run directory")

@@ -74,7 +74,7 @@ from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of
 SETTINGS = ("one-token", "multi-layer", "generation")
 BASELINES = ("auto", "value", "group", "unsteered")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
-                "newly_masked", "fixed", "broken")
+                "newly_masked", "fixed", "broken", "top_share")
 CONTROLLER_FILE = "controller.safetensors"
 BANK_FILE = "bank.safetensors"
 
@@ -446,6 +446,7 @@ def train(config: CRLConfig) -> Path:
         stats = ppo_update(controller, optimizer, batch, config)
         spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
+        steered = [(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae]
         chosen_counts.update(bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae)
         newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
         spent.steps = step + 1
@@ -453,7 +454,9 @@ def train(config: CRLConfig) -> Path:
         row = {"step": step + 1, "rollouts": spent.rollouts, "reward": sum(rewards) / len(rewards), "validation": None,
                "entropy": stats["entropy"], "steered_share": sum(r["feature"] is not None for r in records) / max(1, len(records)),
                "distinct_features": len(chosen_counts), "masked": int(masked.sum()),
-               "newly_masked": len(newly_masked)}
+               "newly_masked": len(newly_masked),
+               # of the step's interventions, the share its most chosen feature took: 1 is collapse
+               "top_share": max(Counter(steered).values()) / len(steered) if steered else None}
         if unsteered_baseline:  # the step's rollouts that the interventions fixed / broke
             row["fixed"] = sum(r > unsteered[doc] for r, doc in zip(rewards, rows))
             row["broken"] = sum(r < unsteered[doc] for r, doc in zip(rewards, rows))
