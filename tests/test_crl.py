@@ -583,3 +583,38 @@ def test_exploration_floor_keeps_the_feature_choice_learning_after_the_gate_shut
 
     assert learnt(0.5) > 0.2
     assert learnt(0.5) > 5 * abs(learnt(0.0))
+
+
+def test_exploration_comparison_trains_each_variant_and_reports_collapse(tiny_dir, planted, planted_splits, tmp_path):
+    """`crl-bench exploration`: one run per variant with only the exploration settings changed;
+    the table and JSON are read from the runs' curves (masking off masks nothing), a finished
+    variant is reused, and an unknown variant is refused by name."""
+    from harness.cli import main
+    from rl.exploration import VARIANTS, compare
+
+    config = _config(tiny_dir, planted, tmp_path, steps=6, eval_every=3, checkpoint_every=3)
+    out = compare(config, ["both", "no-mask"], str(tmp_path / "exploration"))
+    found = json.loads((out / "exploration.json").read_text())["variants"]
+    assert set(found) == {"both", "no-mask"}
+    for name, variant in found.items():
+        entropy, share = VARIANTS[name]
+        assert variant["mask_share"] == (config.mask_share if share is None else share)
+        assert variant["entropy_coef"] == config.entropy_coef
+        curve = json.loads((Path(variant["run_dir"]) / "manifest.json").read_text())["curve"]
+        assert variant["distinct_features"] == curve[-1]["distinct_features"]
+        assert variant["validation_end"] == curve[-1]["validation"]
+        shares = [r["top_share"] for r in curve[1:] if r.get("top_share") is not None]
+        assert shares and all(0 < s <= 1 for s in shares)
+        collapsed = [r["step"] for r in curve[1:] if (r.get("top_share") or 0) >= 0.9]
+        assert variant["first_collapsed_step"] == (collapsed[0] if collapsed else None)
+    assert found["no-mask"]["features_masked"] == 0
+    table = (out / "exploration.md").read_text()
+    assert "| both | 0.01 | 0.5 |" in table and "| no-mask | 0.01 | 0.0 |" in table
+    assert (out / "exploration.png").exists() and (out / "exploration.pdf").exists()
+    # reused: the run directory is not rewritten
+    stamp = (Path(found["both"]["run_dir"]) / "manifest.json").stat().st_mtime_ns
+    compare(config, ["both"], str(tmp_path / "exploration"))
+    assert (Path(found["both"]["run_dir"]) / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="unknown exploration variants .'sometimes'.; choose from both"):
+        compare(config, ["sometimes"], str(tmp_path / "exploration"))
+    assert main(["exploration", "--model", tiny_dir, "--task", "arith_mc", "--variants", "sometimes"]) == 2
