@@ -224,7 +224,8 @@ def test_adaptive_mask_masks_dominant_unhelpful_features_only():
 
 
 def test_advantage_baselines():
-    from rl.crl import CRLConfig, _advantages
+    from rl.crl import CRLConfig
+    from rl.ppo import advantages
 
     records = [{"row": 0, "value": 0.25, "feature": 7}, {"row": 0, "value": 0.5, "feature": 3},
                {"row": 1, "value": 0.0, "feature": 7}, {"row": 2, "value": 0.0, "feature": 7},
@@ -235,14 +236,14 @@ def test_advantage_baselines():
     # rows 0 and 1 share a prompt the unsteered model gets right, row 2's prompt it gets wrong:
     # row 0's decisions changed nothing (0), row 1's broke the answer (-1), row 2's fixed it (+1),
     # and a no-op decision (the baseline's own action) takes no credit
-    advantages, returns = _advantages(generation, rewards, records, 2, unsteered=[1.0, 1.0, 0.0, 0.0])
-    assert advantages == [0.0, 0.0, -1.0, 1.0, 0.0] and returns == [1.0, 1.0, 0.0, 1.0, 1.0]
+    found, returns = advantages(generation, rewards, records, 2, unsteered=[1.0, 1.0, 0.0, 0.0])
+    assert found == [0.0, 0.0, -1.0, 1.0, 0.0] and returns == [1.0, 1.0, 0.0, 1.0, 1.0]
     value = CRLConfig(task="arith_mc")
     assert value.resolved_baseline == "value"
-    assert _advantages(value, rewards, records, 2)[0] == [0.75, 0.5, 0.0, 1.0, 1.0]
+    assert advantages(value, rewards, records, 2)[0] == [0.75, 0.5, 0.0, 1.0, 1.0]
     group = CRLConfig(task="arith_mc", algorithm="grpo")
     assert group.resolved_baseline == "group"
-    normalised = _advantages(group, rewards, records, 2)[0]
+    normalised = advantages(group, rewards, records, 2)[0]
     assert normalised[0] > 0 > normalised[2] and normalised[0] == pytest.approx(-normalised[2], rel=1e-4)
     with pytest.raises(ValueError, match="critic-free"):
         CRLConfig(task="arith_mc", algorithm="grpo", baseline="value")
@@ -254,7 +255,8 @@ def test_generation_entropy_bonus_leaves_the_noop_share_alone():
     from types import SimpleNamespace
 
     from rl.controller import Controller
-    from rl.crl import CRLConfig, ppo_update
+    from rl.crl import CRLConfig
+    from rl.ppo import ppo_update
 
     def noop_logit_change(setting):
         torch.manual_seed(0)
@@ -539,7 +541,8 @@ def test_exploration_floor_keeps_the_feature_choice_learning_after_the_gate_shut
     is learnt from decisions the shut gate would almost never have taken, while the
     unfloored update (one ratio, importance-weighted by the gate) barely moves it."""
     from rl.controller import Controller, floored_probs, stage_log_probs
-    from rl.crl import CRLConfig, ppo_update
+    from rl.crl import CRLConfig
+    from rl.ppo import ppo_update
 
     torch.manual_seed(0)
     logits = torch.randn(4, 7).log_softmax(-1)

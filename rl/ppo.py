@@ -1,0 +1,79 @@
+"""CRL's policy update (`rl.crl`): the advantages of a step's decisions under the chosen
+baseline, and `ppo_epochs` passes of PPO's clipped surrogate over them (plus the value loss
+and the entropy bonus). The update re-reads the residuals the controller saw, so it needs no
+LLM forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: Any) -> dict[str, float]:
+    """`ppo_epochs` full-batch passes of the clipped surrogate (+ value loss when the value head
+    is the baseline, + entropy bonus). In the generation setting the bonus is the entropy of
+    the choice among features given that the controller intervenes: it keeps the dictionary
+    explored without pushing the no-op's share down (most generated tokens should be left
+    alone, and an entropy over all actions would drive the policy towards steering every one)."""
+    from rl.controller import distributions, stage_log_probs
+
+    stats = {}
+    for _ in range(config.ppo_epochs):
+        feature_logits, coef_logits, value = controller(batch["h"], batch["layer_index"])
+        features_d, coefs_d = distributions(feature_logits, coef_logits, batch["masked"])
+        advantage = batch["advantage"]
+        if "logp_gate" in batch:  # sampled under the exploration floor: the gate and the choice apart
+            gate, choice = stage_log_probs(features_d.logits, batch["feature"], coefs_d.log_prob(batch["coef"]),
+                                           feature_logits.shape[-1] - 1)
+            # the gate: PPO around the policy's own gate at sampling time, weighted by the
+            # (truncated) importance of the floored sampling: a decision the policy would
+            # almost never have taken moves its gate little, up or down; the choice among
+            # features was sampled from the policy itself: plain PPO
+            weight = torch.exp(batch["logp_gate_policy"] - batch["logp_gate"]).clamp(max=1.0)
+            surrogate = weight * clipped(torch.exp(gate - batch["logp_gate_policy"]), advantage, config.clip) + \
+                (batch["feature"] < feature_logits.shape[-1] - 1) * \
+                clipped(torch.exp(choice - batch["logp_choice"]), advantage, config.clip)
+        else:
+            logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
+            surrogate = clipped(torch.exp(logp - batch["logp"]), advantage, config.clip)
+        if config.setting == "generation":
+            given_steering, _ = distributions(feature_logits[:, :-1], coef_logits,
+                                              None if batch["masked"] is None else batch["masked"][:-1])
+            entropy = given_steering.entropy() + coefs_d.entropy()
+        else:
+            entropy = features_d.entropy() + coefs_d.entropy()
+        loss = -surrogate.mean() - config.entropy_coef * entropy.mean()
+        if config.resolved_baseline == "value":
+            loss = loss + config.value_coef * (value - batch["returns"]).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"controller loss became {float(loss)}")
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
+        optimizer.step()
+        stats = {"loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
+    return stats
+
+
+def clipped(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped surrogate, per decision."""
+    return torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
+
+
+def advantages(config: Any, rewards: list[float], records: list[dict], rows_per_group: int,
+                unsteered: list[float] | None = None) -> tuple[list[float], list[float]]:
+    """Per decision: (advantage, return). value: R - V(h); group: R normalised in its prompt's
+    group; unsteered: R - `unsteered[row]` (the row's prompt scored with no intervention) for
+    the decisions that intervened, 0 for the no-op ones."""
+    if config.resolved_baseline == "unsteered":
+        # a no-op decision is what the baseline itself does: only the interventions take the credit
+        return [0.0 if r["feature"] is None else rewards[r["row"]] - unsteered[r["row"]] for r in records], \
+            [rewards[r["row"]] for r in records]
+    if config.resolved_baseline == "group":
+        normalised = []
+        for start in range(0, len(rewards), rows_per_group):
+            group = torch.tensor(rewards[start:start + rows_per_group])
+            normalised += ((group - group.mean()) / (group.std(unbiased=False) + 1e-6)).tolist()
+        return [normalised[r["row"]] for r in records], [rewards[r["row"]] for r in records]
+    return [rewards[r["row"]] - r["value"] for r in records], [rewards[r["row"]] for r in records]
