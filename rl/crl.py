@@ -36,8 +36,8 @@ feature that does help is left alone (`rl.exploration.FeatureMask`). Both can be
 off (0). The gated policy can also keep a floor under its gate while training
 (`--explore-floor`): each decision intervenes with at least that probability, with the
 policy's own choice among features, and the update takes the gate and the choice as two
-stages (the gate's ratio against the floored sampling, the choice's on-policy), so the
-choice keeps learning after the gate has learnt to shut.
+stages (the gate's step importance-weighted against the floored sampling, the choice's
+on-policy), so the choice keeps learning after the gate has learnt to shut.
 
 Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the same
 prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
