@@ -331,6 +331,7 @@ def build(results_dir: str | Path) -> Path:
     rows = board["rows"]
     figures = sorted((results / "figures").glob("*.png")) if (results / "figures").is_dir() else []
     curves = sorted(results.glob("rlvr/*/curve.png")) + sorted(results.glob("crl-*/*/curve.png"))
+    curves += sorted(set(results.glob("*/*/curve.png")) - set(curves))  # then the rest: results/experiments/*
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard(rows)),
         ("budget", "Training budget spent", _budget(rows)),

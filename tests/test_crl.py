@@ -595,7 +595,7 @@ def test_exploration_comparison_trains_each_variant_and_reports_collapse(tiny_di
     from harness.cli import main
     from rl.exploration import VARIANTS, compare
 
-    config = _config(tiny_dir, planted, tmp_path, steps=6, eval_every=3, checkpoint_every=3)
+    config = _config(tiny_dir, planted, tmp_path, steps=4, prompts_per_step=2, eval_every=2, checkpoint_every=2)
     out = compare(config, ["both", "no-mask"], str(tmp_path / "exploration"))
     found = json.loads((out / "exploration.json").read_text())["variants"]
     assert set(found) == {"both", "no-mask"}
