@@ -105,9 +105,9 @@ def _train_crl(args: argparse.Namespace) -> None:
 
 
 def _exploration(args: argparse.Namespace) -> None:
-    from rl.exploration import compare, exploration_config
+    from rl.exploration_effect import ExplorationConfig, compare
 
-    config = from_args(exploration_config(), args)
+    config = from_args(ExplorationConfig, args)
     print(f"exploration: {compare(config.crl(), config.variants, config.out)}")
 
 
@@ -222,11 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(train, "crl", "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
              CRLConfig, _train_crl)
-    from rl.exploration import exploration_config
+    from rl.exploration_effect import ExplorationConfig
 
     _command(commands, "exploration", "train one CRL controller per exploration variant (entropy bonus and "
              "adaptive masking on/off) and compare how fast each collapses onto one feature",
-             exploration_config(), _exploration)
+             ExplorationConfig, _exploration)
     inter = commands.add_parser("interactions", help="how a CRL controller's choices depend on each other across "
                                 "layers and tokens (ablation; harness.interactions)")
     inter.add_argument("--controller", required=True, help="a CRL run directory")

@@ -210,8 +210,9 @@ class ControllerRun:
                     features[i], coefs[i] = forced
         logp = features_d.log_prob(features) + coefs_d.log_prob(coefs)
         if floored:  # per stage: the floored sampling's and the policy's own gate (see `floored_probs`)
-            gate_logp, choice_logp = stage_log_probs(sampling.log(), features, coefs_d.log_prob(coefs), self.bank.d_sae)
-            policy_gate_logp = stage_log_probs(features_d.logits, features, coefs_d.log_prob(coefs), self.bank.d_sae)[0]
+            coef_logp = coefs_d.log_prob(coefs)
+            gate_logp, choice_logp = stage_log_probs(sampling.log(), features, coef_logp, self.bank.d_sae)
+            policy_gate_logp = stage_log_probs(features_d.logits, features, coef_logp, self.bank.d_sae)[0]
             logp = gate_logp + choice_logp
         coef_values = torch.tensor(COEFS, device=h.device)[coefs]
         delta_rows = self.bank.delta(ctx.layer, features, coef_values)

@@ -1,0 +1,136 @@
+"""CRL's update and exploration, without a model: advantage baselines, the generation
+entropy bonus, the gated policy's exploration floor, adaptive feature masking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+
+def test_adaptive_mask_masks_dominant_unhelpful_features_only():
+    from rl.controller import distributions
+    from rl.crl import FeatureMask
+
+    mask = FeatureMask(d_sae=8, share=0.5, steps=3, window=2)
+    # feature 2 dominates and does no better than average: masked; feature 3 dominates and helps: kept
+    assert mask.update(0, [2, 2, 2, 2, 8, 1], [0, 0, 0, 0, 1, 1]) == [2]
+    assert mask.tensor(1)[2] and not mask.tensor(1)[8] and not mask.tensor(4)[2]  # released after 3 steps
+    helpful = FeatureMask(d_sae=8, share=0.5, steps=3, window=1)
+    assert helpful.update(0, [3, 3, 3, 1], [1, 1, 1, 0]) == []
+    perfect = FeatureMask(d_sae=8, share=0.5, steps=3, window=1)  # solved: every decision earns the best reward
+    assert perfect.update(0, [4, 4, 4, 1], [1, 1, 1, 1]) == []
+    off = FeatureMask(d_sae=8, share=0.0, steps=3, window=1)
+    assert off.update(0, [2, 2, 2], [0, 0, 0]) == []
+    # a masked feature is never sampled; the no-op never is masked
+    features_d, _ = distributions(torch.zeros(1, 9), torch.zeros(1, 5), mask.tensor(1))
+    assert features_d.probs[0, 2] == 0 and features_d.probs[0, 8] > 0
+
+
+def test_advantage_baselines():
+    from rl.crl import CRLConfig
+    from rl.ppo import advantages
+
+    records = [{"row": 0, "value": 0.25, "feature": 7}, {"row": 0, "value": 0.5, "feature": 3},
+               {"row": 1, "value": 0.0, "feature": 7}, {"row": 2, "value": 0.0, "feature": 7},
+               {"row": 2, "value": 0.0, "feature": None}]
+    rewards = [1.0, 0.0, 1.0, 0.0]
+    generation = CRLConfig(setting="generation", task="arith_gen")
+    assert generation.resolved_baseline == "unsteered"
+    # rows 0 and 1 share a prompt the unsteered model gets right, row 2's prompt it gets wrong:
+    # row 0's decisions changed nothing (0), row 1's broke the answer (-1), row 2's fixed it (+1),
+    # and a no-op decision (the baseline's own action) takes no credit
+    found, returns = advantages(generation, rewards, records, 2, unsteered=[1.0, 1.0, 0.0, 0.0])
+    assert found == [0.0, 0.0, -1.0, 1.0, 0.0] and returns == [1.0, 1.0, 0.0, 1.0, 1.0]
+    value = CRLConfig(task="arith_mc")
+    assert value.resolved_baseline == "value"
+    assert advantages(value, rewards, records, 2)[0] == [0.75, 0.5, 0.0, 1.0, 1.0]
+    group = CRLConfig(task="arith_mc", algorithm="grpo")
+    assert group.resolved_baseline == "group"
+    normalised = advantages(group, rewards, records, 2)[0]
+    assert normalised[0] > 0 > normalised[2] and normalised[0] == pytest.approx(-normalised[2], rel=1e-4)
+    with pytest.raises(ValueError, match="critic-free"):
+        CRLConfig(task="arith_mc", algorithm="grpo", baseline="value")
+
+
+def test_generation_entropy_bonus_leaves_the_noop_share_alone():
+    """In the generation setting the bonus is the entropy among features (given steering): its
+    gradient does not push the no-op's logit down, while the all-action entropy would."""
+    from types import SimpleNamespace
+
+    from rl.controller import Controller
+    from rl.crl import CRLConfig
+    from rl.ppo import ppo_update
+
+    def noop_logit_change(setting):
+        torch.manual_seed(0)
+        controller = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.9)
+        h = torch.randn(32, 8)
+        before = controller(h, torch.zeros(32, dtype=torch.long))[0][:, -1].mean()
+        config = CRLConfig(task="arith_gen" if setting == "generation" else "arith_mc", setting=setting,
+                           entropy_coef=1.0, ppo_epochs=5, baseline="group" if setting == "generation" else "value",
+                           value_coef=0.0)
+        optimizer = torch.optim.SGD(controller.parameters(), lr=0.5)
+        batch = {"h": h, "layer_index": torch.zeros(32, dtype=torch.long), "feature": torch.full((32,), 6),
+                 "coef": torch.zeros(32, dtype=torch.long), "logp": torch.zeros(32), "advantage": torch.zeros(32),
+                 "returns": torch.zeros(32), "masked": torch.zeros(7, dtype=torch.bool)}
+        ppo_update(controller, optimizer, batch, config)
+        return float(controller(h, torch.zeros(32, dtype=torch.long))[0][:, -1].mean() - before)
+
+    assert noop_logit_change("one-token") < -0.1
+    # only through the shared trunk (the feature rows of the head move it slightly)
+    assert abs(noop_logit_change("generation")) < 0.01
+
+
+def test_exploration_floor_keeps_the_feature_choice_learning_after_the_gate_shuts():
+    """--explore-floor: sampling intervenes at least that often, the choice among features is
+    the policy's own; the update treats gate and choice as two stages, so a choice that helps
+    is learnt from decisions the shut gate would almost never have taken, while the
+    unfloored update (one ratio, importance-weighted by the gate) barely moves it."""
+    from rl.controller import Controller, floored_probs, stage_log_probs
+    from rl.crl import CRLConfig
+    from rl.ppo import ppo_update
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7).log_softmax(-1)
+    logits[:, -1] = math.log(0.99)
+    logits[:, :-1] = logits[:, :-1].log_softmax(-1) + math.log(0.01)
+    probs = floored_probs(logits, 0.2)
+    assert torch.allclose(probs.sum(-1), torch.ones(4)) and torch.allclose(probs[:, -1], torch.full((4,), 0.8))
+    assert torch.allclose(probs[:, :-1] / probs[:, :-1].sum(-1, keepdim=True), logits[:, :-1].softmax(-1), atol=1e-6)
+    assert torch.allclose(floored_probs(logits, 0.0), logits.exp(), atol=1e-6)  # no floor: the policy itself
+    features, coef_logp = torch.tensor([2, 6, 0, 6]), torch.full((4,), -1.0)
+    gate, choice = stage_log_probs(probs.log(), features, coef_logp, 6)
+    assert torch.allclose(gate + choice, probs.log().gather(-1, features[:, None])[:, 0] + torch.tensor([-1.0, 0, -1, 0]))
+    assert choice[1] == 0 and choice[3] == 0  # a no-op chose nothing
+    with pytest.raises(ValueError, match="--explore-floor"):
+        CRLConfig(task="arith_mc", explore_floor=0.1)  # flat policy: no gate to floor
+    with pytest.raises(ValueError, match="--explore-floor"):
+        CRLConfig(task="arith_gen", setting="generation", explore_floor=1.0)
+    assert CRLConfig(task="arith_gen", setting="generation", explore_floor=0.0).fingerprint() == \
+        CRLConfig(task="arith_gen", setting="generation").fingerprint()
+
+    def learnt(floor):
+        torch.manual_seed(0)
+        controller = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.999, policy="gated")
+        h, index = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+        config = CRLConfig(task="arith_gen", setting="generation", explore_floor=floor, entropy_coef=0.0)
+        optimizer = torch.optim.SGD(controller.parameters(), lr=1.0)  # plain gradient steps: their size is the point
+        with torch.no_grad():
+            joint = controller(h, index)[0]
+        sampling = floored_probs(joint, 0.5)  # every decision sampled with the floor; all chose feature 3
+        feature, coef = torch.full((64,), 3), torch.zeros(64, dtype=torch.long)
+        coef_logp = torch.full((64,), -math.log(5))
+        gate, choice = stage_log_probs(sampling.log(), feature, coef_logp, 6)
+        batch = {"h": h, "layer_index": index, "feature": feature, "coef": coef, "logp": gate + choice,
+                 "advantage": torch.ones(64), "returns": torch.ones(64), "masked": torch.zeros(7, dtype=torch.bool)}
+        if floor:
+            policy_gate = stage_log_probs(joint, feature, coef_logp, 6)[0]
+            batch.update(logp_gate=gate, logp_choice=choice, logp_gate_policy=policy_gate)
+        before = controller(h, index)[0][:, :-1].softmax(-1)[:, 3].mean()
+        ppo_update(controller, optimizer, batch, config)
+        return float(controller(h, index)[0][:, :-1].softmax(-1)[:, 3].mean() - before)
+
+    assert learnt(0.5) > 0.2
+    assert learnt(0.5) > 5 * abs(learnt(0.0))
