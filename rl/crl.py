@@ -69,10 +69,12 @@ from rl.candidates import CANDIDATE_RULES, choice_attribution, choose_candidates
 from rl.controller import POLICIES
 from rl.exploration import FeatureMask
 from rl.features import choices_summary, write_features, write_interventions
+from rl.pathwise import first_order_values, pathwise_update
 from rl.ppo import advantages, ppo_update
 from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
 SETTINGS = ("one-token", "multi-layer", "generation")
+ALGORITHMS = ("ppo", "grpo", "pathwise")
 BASELINES = ("auto", "value", "group", "unsteered")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
                 "newly_masked", "fixed", "broken", "top_share")
@@ -86,7 +88,7 @@ class CRLConfig(RLTrainConfig):
     sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae); auto trains one per layer if needed; '{layer}' in the spec is replaced by each layer (multi-layer)"})
     layers: list[int] | None = field(default=None, metadata={"help": "controlled layers (default: the SAE's layer; multi-layer: 1/3 and 1/2 of the depth)"})
     sae_corpus: str = field(default="builtin", metadata={"help": "corpus for an auto SAE that has to be trained"})
-    algorithm: str = field(default="ppo", metadata={"help": "ppo (value head) or grpo (group-relative, critic-free)"})
+    algorithm: str = field(default="ppo", metadata={"help": "ppo (value head), grpo (group-relative, critic-free), or pathwise (generation: tokens sampled at --temperature, every action scored by its first-order effect on the group-relative log-likelihood; rl.pathwise)"})
     hidden: int = field(default=256, metadata={"help": "controller width"})
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's decisions"})
     clip: float = field(default=0.2, metadata={"help": "PPO clipping range"})
@@ -107,8 +109,19 @@ class CRLConfig(RLTrainConfig):
         super().__post_init__()
         if self.setting not in SETTINGS:
             raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
-        if self.algorithm not in ("ppo", "grpo"):
-            raise ValueError(f"--algorithm must be ppo or grpo, got {self.algorithm!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.algorithm == "pathwise":
+            if self.setting != "generation":
+                raise ValueError("--algorithm pathwise scores actions by their effect on sampled completions: "
+                                 "it needs --setting generation (use ppo or grpo for the one-token settings)")
+            if self.temperature <= 0:
+                raise ValueError(f"--algorithm pathwise samples the tokens: --temperature must be > 0, got {self.temperature}")
+            if self.baseline not in ("auto", "group"):
+                raise ValueError(f"--algorithm pathwise uses the group baseline (GRPO's); got --baseline {self.baseline}")
+            if self.explore_floor:
+                raise ValueError("--explore-floor is for ppo/grpo's sampled actions; pathwise explores in token space "
+                                 "(pass --explore-floor 0)")
         if self.policy not in ("auto", *POLICIES):
             raise ValueError(f"--policy must be auto, {' or '.join(POLICIES)}, got {self.policy!r}")
         if self.candidate_rule not in CANDIDATE_RULES:
@@ -152,6 +165,8 @@ class CRLConfig(RLTrainConfig):
     def resolved_baseline(self) -> str:
         if self.baseline != "auto":
             return self.baseline
+        if self.algorithm == "pathwise":
+            return "group"
         if self.setting == "generation":
             return "unsteered"
         return "value" if self.algorithm == "ppo" else "group"
@@ -240,6 +255,26 @@ def _latest(checkpoints: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _sampled_update(config: CRLConfig, controller, optimizer, rewards: list[float], records: list[dict],
+                    residuals: list[torch.Tensor], masked, rows: list[int], group_size: int,
+                    unsteered: dict[int, float] | None, device) -> dict[str, float]:
+    """ppo / grpo: the clipped surrogate over the step's sampled decisions (`rl.ppo`)."""
+    step_advantages, returns = advantages(config, rewards, records, group_size,
+                                          [unsteered[doc] for doc in rows] if unsteered is not None else None)
+    batch = {
+        "h": torch.stack(residuals).to(device), "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
+        "feature": torch.tensor([r["feature_index"] for r in records], device=device),
+        "coef": torch.tensor([r["coef_index"] for r in records], device=device),
+        "logp": torch.tensor([r["logp"] for r in records], device=device),
+        "advantage": torch.tensor(step_advantages, device=device, dtype=torch.float32),
+        "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
+    }
+    if config.explore_floor:
+        for name in ("logp_gate", "logp_choice", "logp_gate_policy"):
+            batch[name] = torch.tensor([r[name] for r in records], device=device)
+    return ppo_update(controller, optimizer, batch, config)
+
+
 def train(config: CRLConfig) -> Path:
     """Train (or resume) one CRL controller; returns its run directory."""
     from rich.console import Console
@@ -311,6 +346,9 @@ def train(config: CRLConfig) -> Path:
     random.Random(config.seed).shuffle(order)
     rollouts = Rollouts(model, tokenizer, controller, bank, problem, budget.max_new_tokens, config.batch_size)
     rollouts.explore_floor = config.explore_floor  # training's sampling only; validation is greedy
+    pathwise = config.algorithm == "pathwise"
+    if pathwise:  # the controller acts greedily and the tokens are sampled (validation decodes greedily)
+        rollouts.temperature = config.temperature
     validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
 
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
@@ -358,24 +396,24 @@ def train(config: CRLConfig) -> Path:
         if new:  # greedy decoding is deterministic: each prompt's unsteered reward is computed once
             unsteered.update(zip(new, rollouts.run(new, "off", keep_residuals=False)[0]))
             spent.rollouts += len(new)
-        rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
+        if pathwise:
+            torch.manual_seed(config.seed * 1_000_003 + step)  # the token sampling: the same steps on a resume
+            rewards, records, _, _ = rollouts.run(rows, "greedy", keep_residuals=False)
+        else:
+            rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
         spent.rollouts += len(rows)
         spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
-        step_advantages, returns = advantages(config, rewards, records, budget.samples_per_prompt,
-                                          [unsteered[doc] for doc in rows] if unsteered_baseline else None)
-        batch = {
-            "h": torch.stack(residuals).to(device), "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
-            "feature": torch.tensor([r["feature_index"] for r in records], device=device),
-            "coef": torch.tensor([r["coef_index"] for r in records], device=device),
-            "logp": torch.tensor([r["logp"] for r in records], device=device),
-            "advantage": torch.tensor(step_advantages, device=device, dtype=torch.float32),
-            "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
-        }
-        if config.explore_floor:
-            for name in ("logp_gate", "logp_choice", "logp_gate_policy"):
-                batch[name] = torch.tensor([r[name] for r in records], device=device)
-        stats = ppo_update(controller, optimizer, batch, config)
+        if pathwise:
+            scored, residuals, values, _ = first_order_values(model, rollouts, rewards, budget.samples_per_prompt,
+                                                              config.temperature)
+            stats = pathwise_update(controller, optimizer, {
+                "h": torch.stack(residuals).to(device) if residuals else torch.zeros(0, info.d_model, device=device),
+                "layer_index": torch.tensor([r["layer_index"] for r in scored], dtype=torch.long, device=device),
+                "q": values.to(device)}, config)
+        else:
+            stats = _sampled_update(config, controller, optimizer, rewards, records, residuals, masked, rows,
+                                    budget.samples_per_prompt, unsteered if unsteered_baseline else None, device)
         spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
         steered = [(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae]

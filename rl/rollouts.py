@@ -8,8 +8,9 @@ sample) rows in sample, greedy or replay mode and returns the rewards and every 
   position; the answer is the choice with the highest log-likelihood (one-token choices
   read from that position's logits; multi-token choices scored with the row's actions
   replayed on each choice);
-- generation tasks: greedy generation with the controller acting at the prompt's last
-  token and every generated token; decisions after the stop string are dropped.
+- generation tasks: greedy generation (or sampled at `temperature`, which `--algorithm
+  pathwise` trains with) with the controller acting at the prompt's last token and every
+  generated token; decisions after the stop string are dropped.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Rollouts:
         self.device = next(model.parameters()).device
         self.generated_tokens = 0  # by generation rollouts, over this object's life
         self.explore_floor = 0.0  # sample mode: the gated policy's exploration floor (`ControllerRun`)
+        self.temperature = 0.0  # generation: sample the tokens at this temperature (0: greedy decoding)
+        # generation, when `temperature` > 0: per chunk of the last run, (token ids Long[B, T] of the
+        # prompts and completions, attention mask, completion lengths), for a teacher-forced pass
+        self.sequences: list[tuple[torch.Tensor, torch.Tensor, list[int]]] = []
         self.choice_logits: list[torch.Tensor] = []  # one-token choices: the last run's, per row
         # the chunk being run: its rows' replayed actions, forced decisions and common uniforms
         self._replay = self._overrides = self._uniforms = None
@@ -85,6 +90,7 @@ class Rollouts:
         residuals: list[torch.Tensor] = []
         completions: list[str] = []
         self.choice_logits = []
+        self.sequences = []
         size = self.batch_size
         if self.problem.kind == "one-token-choices":  # rows share prompts: batch_size distinct prompts per chunk
             size *= max(1, len(indices) // max(1, len(set(indices))))
@@ -222,9 +228,11 @@ class Rollouts:
         problem = self.problem
         ids, mask = batch(self.tokenizer, [problem.prompts[i] for i in chunk], self.device)
         run = self._controller_run(from_last_prompt_token, mode, masked, generator, keep_residuals)
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
+            if self.temperature > 0 else {"do_sample": False}
         with torch.no_grad(), steer(self.model, [run.intervention()]):
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
         new = out[:, ids.shape[1]:]
         until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
         texts, alive_until, tokens = [], [], 0
@@ -248,6 +256,10 @@ class Rollouts:
                 if keep_residuals:
                     kept_residuals.append(run.residuals[i])
         run.records, run.residuals = kept_records, kept_residuals
+        if self.temperature > 0:
+            width = ids.shape[1] + max(alive_until)
+            alive = torch.arange(width - ids.shape[1], device=self.device)[None, :] < torch.tensor(alive_until, device=self.device)[:, None]
+            self.sequences.append((out[:, :width], torch.cat([mask, alive.to(mask.dtype)], 1), alive_until))
         return rewards, run, texts, tokens
 
 

@@ -1,0 +1,135 @@
+"""`--algorithm pathwise` (generation setting): CRL trained with a first-order critic.
+
+PPO and GRPO over the controller's sampled actions learn only from rollouts whose
+interventions changed the outcome, and with ~30 decisions per completion and a dictionary of
+features, random interventions almost never fix an answer (results/README.md: 24 fixed in
+1,440 rollouts). This algorithm explores in token space instead, as RLVR does, and scores
+every action of the controller at every decision at once:
+
+1. rollouts: the controller acts greedily (its most probable action; the untrained one steers
+   nothing) while the tokens are sampled at `--temperature` (RLVR's sampling);
+2. advantages: each completion's reward normalised in its prompt's group (GRPO's);
+3. one teacher-forced forward of the steered model over the sampled completions, and one
+   backward of L = sum over completions of A x log p_T(completion) to the controlled layer's
+   residual, g_s = dL/dh_s at each decision s. No gradient reaches the LLM's or the SAE's
+   weights (the backward stops at the controlled layer and the weights take none);
+4. critic: adding feature f with coefficient c at s changes L by c x scale_f x (d_f . g_s) to
+   first order, the value Q_s(f, c) of every action (0 for the no-op);
+5. update: `ppo_epochs` steps of the all-action policy gradient, maximising
+   sum_f,c pi(f, c | h_s) Q_s(f, c) (Q normalised by its root mean square over the step), plus
+   the entropy bonus of the choice among features.
+
+So the controller learns which feature to add where from every decision of every sampled
+completion, not from the few rollouts that an intervention happened to fix. The reward is
+still only the task's verifiable reward; the LLM and the SAE stay frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_size: int,
+                       temperature: float) -> tuple[list[dict], list[torch.Tensor], torch.Tensor, float]:
+    """After `rollouts.run(rows, "greedy")` with `rollouts.temperature` > 0: the decisions
+    (records, residuals) of the completions whose group had any signal, and Q Float[n, d_sae]
+    per unit coefficient (see the module docstring); also the wall seconds of the pass."""
+    import time
+
+    from harness.sparse_logits import logits_at
+    from harness.steering import find_decoder_layers, steer
+    from rl.controller import ControllerRun, from_last_prompt_token
+
+    started = time.time()
+    group = torch.tensor(rewards).view(-1, group_size)
+    advantage = ((group - group.mean(-1, keepdim=True)) / (group.std(-1, unbiased=False, keepdim=True) + 1e-6)).view(-1)
+    bank, layer = rollouts.bank, rollouts.bank.layers[0]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    _, layers = find_decoder_layers(base)
+    records: list[dict] = []
+    residuals: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    first = 0
+    for ids, mask, lengths in rollouts.sequences:
+        rows = list(range(first, first + len(ids)))
+        first += len(ids)
+        keep = [i for i, row in enumerate(rows) if advantage[row] != 0]
+        if not keep:
+            continue
+        ids, mask = ids[keep], mask[keep]
+        lengths = [lengths[i] for i in keep]
+        prompt_width = ids.shape[1] - max(lengths)
+        width = max(lengths)
+        # logits at the positions that predict each completion token (clamped past a row's end)
+        index = (prompt_width - 1 + torch.arange(width, device=ids.device))[None, :].expand(len(ids), -1)
+        run = ControllerRun(rollouts.controller, bank, from_last_prompt_token, mode="greedy")
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(module, args, output):  # the steered residual as a leaf: g_s is its gradient
+            hidden = output[0] if isinstance(output, tuple) else output
+            leaf = hidden.detach().requires_grad_(True)
+            captured["h"] = leaf
+            return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
+
+        with steer(model, [run.intervention()]):
+            handle = layers[layer].register_forward_hook(capture)  # after steer's hook: sees the steered residual
+            try:
+                with torch.enable_grad(), logits_at(model, index):
+                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            finally:
+                handle.remove()
+        targets = ids[:, prompt_width:]
+        logp = (logits / temperature).log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+        alive = mask[:, prompt_width:].to(logp.dtype)
+        weights = advantage[[rows[i] for i in keep]].to(logp.device)
+        objective = (weights[:, None] * logp * alive).sum()
+        (grad,) = torch.autograd.grad(objective, captured["h"])
+        pad = (mask.shape[1] - mask.sum(-1)).tolist()
+        prompt_lengths = [prompt_width - p for p in pad]
+        for record, h in zip(run.records, run.residuals):
+            step = record["position"] - (prompt_lengths[record["row"]] - 1)
+            if not 0 <= step < lengths[record["row"]]:
+                continue
+            g = grad[record["row"], pad[record["row"]] + record["position"]].float()
+            records.append({**record, "row": rows[keep[record["row"]]]})
+            residuals.append(h)
+            values.append(g)
+    if not values:
+        return [], [], torch.zeros(0, bank.d_sae), time.time() - started
+    g = torch.stack(values)
+    q = (g @ bank.directions[layer].float().T.to(g.device)) * bank.scales[layer].float().to(g.device)
+    return records, residuals, q.cpu(), time.time() - started
+
+
+def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+                    config: Any) -> dict[str, float]:
+    """`ppo_epochs` steps of the all-action policy gradient against the first-order values
+    `batch["q"]` Float[n, d_sae] (per unit coefficient), with the entropy bonus of the choice
+    among features given that the controller intervenes."""
+    from rl.controller import COEFS
+
+    q = batch["q"]
+    if len(q) == 0:
+        return {"loss": 0.0, "entropy": float("nan")}
+    q = q / q.pow(2).mean().sqrt().clamp_min(1e-12)
+    coefs = torch.tensor(COEFS, device=q.device)
+    stats = {}
+    for _ in range(config.ppo_epochs):
+        feature_logits, coef_logits, _ = controller(batch["h"], batch["layer_index"])
+        probs = feature_logits.log_softmax(-1).exp()  # gated: already log-probabilities, unchanged
+        coef_probs = coef_logits.softmax(-1)
+        gain = (probs[:, :-1] * q).sum(-1) * (coef_probs @ coefs)
+        given = torch.distributions.Categorical(logits=feature_logits[:, :-1])
+        entropy = given.entropy() + torch.distributions.Categorical(logits=coef_logits).entropy()
+        loss = -gain.mean() - config.entropy_coef * entropy.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"controller loss became {float(loss)}")
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
+        optimizer.step()
+        stats = {"loss": float(loss.detach()), "entropy": float(entropy.detach().mean()),
+                 "gain": float(gain.detach().mean())}
+    return stats
