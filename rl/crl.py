@@ -418,7 +418,8 @@ def train(config: CRLConfig) -> Path:
         chosen = [r["feature_index"] for r in records]
         steered = [(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae]
         chosen_counts.update(bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae)
-        newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
+        # masking keeps sampled actions off a dominant feature; pathwise samples no actions
+        newly_masked = [] if pathwise else mask.update(step, chosen, [rewards[r["row"]] for r in records])
         spent.steps = step + 1
         spent.wall_s = wall_before + time.time() - started
         row = {"step": step + 1, "rollouts": spent.rollouts, "reward": sum(rewards) / len(rewards), "validation": None,

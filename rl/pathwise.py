@@ -16,8 +16,9 @@ every action of the controller at every decision at once:
 4. critic: adding feature f with coefficient c at s changes L by c x scale_f x (d_f . g_s) to
    first order, the value Q_s(f, c) of every action (0 for the no-op);
 5. update: `ppo_epochs` steps of the all-action policy gradient, maximising
-   sum_f,c pi(f, c | h_s) Q_s(f, c) (Q normalised by its root mean square over the step), plus
-   the entropy bonus of the choice among features.
+   sum_f,c pi(f, c | h_s) Q_s(f, c), plus the entropy bonus of the choice among features. Q
+   keeps its units (nats of advantage-weighted log-likelihood per unit coefficient): a step
+   whose completions carry little signal moves the controller little.
 
 So the controller learns which feature to add where from every decision of every sampled
 completion, not from the few rollouts that an intervention happened to fix. The reward is
@@ -40,7 +41,7 @@ def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_si
 
     from harness.sparse_logits import logits_at
     from harness.steering import find_decoder_layers, steer
-    from rl.controller import ControllerRun, from_last_prompt_token
+    from rl.controller import ControllerRun
 
     started = time.time()
     group = torch.tensor(rewards).view(-1, group_size)
@@ -64,7 +65,11 @@ def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_si
         width = max(lengths)
         # logits at the positions that predict each completion token (clamped past a row's end)
         index = (prompt_width - 1 + torch.arange(width, device=ids.device))[None, :].expand(len(ids), -1)
-        run = ControllerRun(rollouts.controller, bank, from_last_prompt_token, mode="greedy")
+        # the decisions of generation, from the prompt's last token on (the session's own prompt
+        # lengths would count the completions too: this call is teacher-forced)
+        prompt_lengths = mask[:, :prompt_width].sum(-1)
+        run = ControllerRun(rollouts.controller, bank, lambda ctx: ctx.positions >= prompt_lengths[:, None] - 1,
+                            mode="greedy")
         captured: dict[str, torch.Tensor] = {}
 
         def capture(module, args, output):  # the steered residual as a leaf: g_s is its gradient
@@ -86,8 +91,9 @@ def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_si
         weights = advantage[[rows[i] for i in keep]].to(logp.device)
         objective = (weights[:, None] * logp * alive).sum()
         (grad,) = torch.autograd.grad(objective, captured["h"])
-        pad = (mask.shape[1] - mask.sum(-1)).tolist()
-        prompt_lengths = [prompt_width - p for p in pad]
+        # left padding of the prompts (the zeros after a completion's end are not padding)
+        pad = (prompt_width - prompt_lengths).tolist()
+        prompt_lengths = prompt_lengths.tolist()
         for record, h in zip(run.records, run.residuals):
             step = record["position"] - (prompt_lengths[record["row"]] - 1)
             if not 0 <= step < lengths[record["row"]]:
@@ -113,7 +119,6 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
     q = batch["q"]
     if len(q) == 0:
         return {"loss": 0.0, "entropy": float("nan")}
-    q = q / q.pow(2).mean().sqrt().clamp_min(1e-12)
     coefs = torch.tensor(COEFS, device=q.device)
     stats = {}
     for _ in range(config.ppo_epochs):
