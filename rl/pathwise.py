@@ -16,7 +16,9 @@ every action of the controller at every decision at once:
 4. critic: adding feature f with coefficient c at s changes L by c x scale_f x (d_f . g_s) to
    first order, the value Q_s(f, c) of every action (0 for the no-op);
 5. update: `ppo_epochs` steps of the all-action policy gradient, maximising
-   sum_f,c pi(f, c | h_s) Q_s(f, c), plus the entropy bonus of the choice among features. Q
+   sum_f,c pi(f, c | h_s) Q_s(f, c), plus the entropy bonus of the choice among features; for
+   the gated policy stage by stage: the choice among features maximises its own expected Q
+   (what to add, were it to intervene) and the gate p(intervene) x that value. Q
    keeps its units (nats of advantage-weighted log-likelihood per unit coefficient): a step
    whose completions carry little signal moves the controller little.
 
@@ -123,10 +125,19 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
     stats = {}
     for _ in range(config.ppo_epochs):
         feature_logits, coef_logits, _ = controller(batch["h"], batch["layer_index"])
-        probs = feature_logits.log_softmax(-1).exp()  # gated: already log-probabilities, unchanged
-        coef_probs = coef_logits.softmax(-1)
-        gain = (probs[:, :-1] * q).sum(-1) * (coef_probs @ coefs)
-        given = torch.distributions.Categorical(logits=feature_logits[:, :-1])
+        log_probs = feature_logits.log_softmax(-1)  # gated: already log-probabilities, unchanged
+        given = torch.distributions.Categorical(logits=feature_logits[:, :-1])  # the choice, if it intervenes
+        # the value of intervening: the choice's expected Q (with the expected coefficient)
+        choice_gain = (given.probs * q).sum(-1) * (coef_logits.softmax(-1) @ coefs)
+        intervene = 1 - log_probs[:, -1].exp()
+        if controller.policy == "gated":
+            # stage by stage: the choice among features learns what to add were it to intervene,
+            # at full strength however shut the gate is (the joint gradient would scale it by
+            # p(intervene), ~6% at the start); the gate learns whether intervening with that
+            # choice pays
+            gain = choice_gain + intervene * choice_gain.detach()
+        else:
+            gain = intervene * choice_gain
         entropy = given.entropy() + torch.distributions.Categorical(logits=coef_logits).entropy()
         loss = -gain.mean() - config.entropy_coef * entropy.mean()
         if not torch.isfinite(loss):
