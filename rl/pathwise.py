@@ -10,7 +10,8 @@ every action of the controller at every decision at once:
    nothing) while the tokens are sampled at `--temperature` (RLVR's sampling);
 2. advantages: each completion's reward normalised in its prompt's group (GRPO's);
 3. one teacher-forced forward of the steered model over the sampled completions, and one
-   backward of L = sum over completions of A x log p_T(completion) to the controlled layer's
+   backward of L = sum over completions of A x log p_T(its tokens that are not the steered
+   model's own argmax there) to the controlled layer's
    residual, g_s = dL/dh_s at each decision s. No gradient reaches the LLM's or the SAE's
    weights (the backward stops at the controlled layer and the weights take none);
 4. critic: adding feature f with coefficient c at s changes L by c x scale_f x (d_f . g_s) to
@@ -91,7 +92,10 @@ def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_si
                 handle.remove()
         targets = ids[:, prompt_width:]
         logp = (logits / temperature).log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-        alive = mask[:, prompt_width:].to(logp.dtype)
+        # only the tokens the model would not have decoded greedily: the rest would teach the
+        # controller to sharpen the model towards its own argmax (which raises the likelihood of
+        # sampled completions that are right, and changes nothing under greedy evaluation)
+        alive = mask[:, prompt_width:].to(logp.dtype) * (targets != logits.argmax(-1)).to(logp.dtype)
         weights = advantage[[rows[i] for i in keep]].to(logp.device)
         objective = (weights[:, None] * logp * alive).sum()
         (grad,) = torch.autograd.grad(objective, captured["h"])

@@ -33,7 +33,7 @@ def _rollouts(tiny_dir, directions, temperature=1.0, max_new_tokens=4):
 
 
 def _objective(model, rollouts, advantage, temperature, edit=None):
-    """sum_rows A x log p_T(completion), teacher-forced, with `edit` = (row, position, vector)
+    """sum_rows A x log p_T(completion tokens other than the model's argmax), teacher-forced, with `edit` = (row, position, vector)
     added to the controlled layer's output there (a hand-written reference of rl.pathwise's L)."""
     from harness.sparse_logits import logits_at
 
@@ -60,7 +60,9 @@ def _objective(model, rollouts, advantage, temperature, edit=None):
         finally:
             handle.remove()
         logp = (logits / temperature).log_softmax(-1)
-        logp = logp.gather(-1, ids[:, prompt_width:, None])[..., 0] * mask[:, prompt_width:]
+        targets = ids[:, prompt_width:]
+        counted = mask[:, prompt_width:] * (targets != logits.argmax(-1))  # not the model's own argmax
+        logp = logp.gather(-1, targets[..., None])[..., 0] * counted
         total += float((advantage[first:first + len(ids), None] * logp).sum())
         first += len(ids)
     return total
