@@ -17,6 +17,10 @@ Algorithms (`--algorithm`): `ppo` (the paper's: clipped surrogate, a value head 
 advantage = reward - value) or `grpo` (critic-free: the reward normalised within each
 prompt's group of samples). Both run `ppo_epochs` passes over the stored decisions: the
 controller re-reads the residuals it saw, so an update needs no LLM forward at all.
+`pathwise` (generation only; `rl.pathwise`) samples the tokens instead, with the controller
+acting greedily, and values every action at every decision by its first-order effect on the
+group-relative log-likelihood of the sampled completions (one extra forward and a backward
+that stops at the controlled layer).
 
 Advantage baseline (`--baseline`): `value` (ppo's critic), `group` (grpo's), or `unsteered`:
 the reward of the same prompt with no intervention at all. Under greedy decoding that reward

@@ -126,7 +126,7 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
 
     q = batch["q"]
     if len(q) == 0:
-        return {"loss": 0.0, "entropy": float("nan")}
+        return {"loss": 0.0, "entropy": None}  # no completion group had any signal: nothing to learn
     coefs = torch.tensor(COEFS, device=q.device)
     gated = controller.policy == "gated"
     if gated:  # the value of intervening, judged by the choice as it was before this step's data
