@@ -123,6 +123,7 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
     `batch["q"]` Float[n, d_sae] (per unit coefficient), with the entropy bonus of the choice
     among features given that the controller intervenes."""
     from rl.controller import COEFS
+    from rl.ppo import controller_step
 
     q = batch["q"]
     if len(q) == 0:
@@ -152,12 +153,7 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
             gain = intervene * choice_gain
         entropy = given.entropy() + torch.distributions.Categorical(logits=coef_logits).entropy()
         loss = -gain.mean() - config.entropy_coef * entropy.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"controller loss became {float(loss)}")
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
-        optimizer.step()
+        controller_step(controller, optimizer, loss)
         stats = {"loss": float(loss.detach()), "entropy": float(entropy.detach().mean()),
                  "gain": float(gain.detach().mean())}
     return stats

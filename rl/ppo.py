@@ -46,14 +46,20 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: An
         loss = -surrogate.mean() - config.entropy_coef * entropy.mean()
         if config.resolved_baseline == "value":
             loss = loss + config.value_coef * (value - batch["returns"]).pow(2).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"controller loss became {float(loss)}")
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
-        optimizer.step()
+        controller_step(controller, optimizer, loss)
         stats = {"loss": float(loss.detach()), "entropy": float(entropy.detach().mean())}
     return stats
+
+
+def controller_step(controller, optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step of the controller on `loss` (gradient norm clipped at 1); a loss that
+    is not finite stops the run instead of corrupting the controller."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"controller loss became {float(loss)}")
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(controller.parameters(), 1.0)
+    optimizer.step()
 
 
 def clipped(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:

@@ -71,3 +71,21 @@ def tiny_sae_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-sae") / "sae"
     sae.save_model(path)
     return str(path)
+
+
+def save_planted_sae(path, layer: int, good: int, push) -> None:
+    """A TopK SAE (d_in 64, 16 features) for `layer` of the tiny model with random features,
+    save feature `good`, whose decoder direction is `push` scaled to norm 400 (the CRL tests'
+    planted good feature); saved with sae-lens at `path`. Draws from torch's global RNG."""
+    import torch
+    from sae_lens import SAE
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAEConfig
+
+    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=16, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{layer}")).to_dict())
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn_like(sae.W_enc) * 0.3)
+        sae.b_enc.fill_(1.0)
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn_like(sae.W_dec), dim=-1))
+        sae.W_dec[good] = push / push.norm() * 400
+    sae.save_model(path)

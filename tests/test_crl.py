@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import save_planted_sae
+
 LAYER = 3  # the tiny model's last decoder layer
 GOOD = 5  # the planted feature
 
@@ -18,9 +20,6 @@ GOOD = 5  # the planted feature
 def planted(tiny_dir, tmp_path_factory):
     """An SAE for layer 3 of the tiny model whose feature 5 adds a large push towards one digit,
     and arith_mc documents whose answer is that digit (one the unsteered model rarely picks)."""
-    from sae_lens import SAE
-    from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.saes.topk_sae import TopKSAEConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from baselines.contrast import batch
@@ -41,14 +40,8 @@ def planted(tiny_dir, tmp_path_factory):
     embed = model.get_input_embeddings().weight.detach()
     push = embed[digits[target]] - embed[digits].mean(0)
     torch.manual_seed(0)
-    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=16, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{LAYER}")).to_dict())
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn_like(sae.W_enc) * 0.3)
-        sae.b_enc.fill_(1.0)
-        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn_like(sae.W_dec), dim=-1))
-        sae.W_dec[GOOD] = push / push.norm() * 400
     path = tmp_path_factory.mktemp("planted-sae") / "sae"
-    sae.save_model(path)
+    save_planted_sae(path, LAYER, GOOD, push)
     chosen = [d for d in docs if d["answer"] == target]
     return {"sae": str(path), "train": chosen[: len(chosen) * 2 // 3], "validation": chosen[len(chosen) * 2 // 3:],
             "target": target}

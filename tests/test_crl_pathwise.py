@@ -9,6 +9,8 @@ import json
 import pytest
 import torch
 
+from tests.conftest import save_planted_sae
+
 LAYER = 3  # the tiny model's last decoder layer
 GOOD = 5  # the planted feature
 
@@ -101,9 +103,6 @@ def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monk
     """A feature that makes the first generated token one of the 'right' half of the vocabulary
     (the reward) is learnt from sampled completions alone: the greedy controller ends up adding
     it, validation rises, and only the controller trains (train() checks the LLM and SAE)."""
-    from sae_lens import SAE
-    from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.saes.topk_sae import TopKSAEConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import harness.rewards
@@ -121,13 +120,7 @@ def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monk
         return [float(bool(ids) and bool(right[ids[0]])) for ids in first]
 
     monkeypatch.setattr(harness.rewards, "task_reward", lambda task: reward)
-    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=16, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{LAYER}")).to_dict())
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn_like(sae.W_enc) * 0.3)
-        sae.b_enc.fill_(1.0)
-        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn_like(sae.W_dec), dim=-1))
-        sae.W_dec[GOOD] = push / push.norm() * 400
-    sae.save_model(tmp_path / "sae")
+    save_planted_sae(tmp_path / "sae", LAYER, GOOD, push)
     config = crl.CRLConfig(model=tiny_dir, task="arith_gen", setting="generation", sae=str(tmp_path / "sae"),
                            layers=[LAYER], budget="smoke", steps=8, prompts_per_step=4, samples_per_prompt=8,
                            max_new_tokens=1, noop_prior=0.95, val_limit=16, eval_every=0, hidden=32, learning_rate=1e-2,
