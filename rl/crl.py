@@ -409,8 +409,7 @@ def train(config: CRLConfig) -> Path:
         spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
         if pathwise:
-            scored, residuals, values, _ = first_order_values(model, rollouts, rewards, budget.samples_per_prompt,
-                                                              config.temperature)
+            scored, residuals, values = first_order_values(model, rollouts, rewards, budget.samples_per_prompt)
             stats = pathwise_update(controller, optimizer, {
                 "h": torch.stack(residuals).to(device) if residuals else torch.zeros(0, info.d_model, device=device),
                 "layer_index": torch.tensor([r["layer_index"] for r in scored], dtype=torch.long, device=device),

@@ -37,20 +37,19 @@ from typing import Any
 import torch
 
 
-def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_size: int,
-                       temperature: float) -> tuple[list[dict], list[torch.Tensor], torch.Tensor, float]:
+def first_order_values(model: Any, rollouts: Any, rewards: list[float],
+                       group_size: int) -> tuple[list[dict], list[torch.Tensor], torch.Tensor]:
     """After `rollouts.run(rows, "greedy")` with `rollouts.temperature` > 0: the decisions
     (records, residuals) of the completions whose group had any signal, and Q Float[n, d_sae]
-    per unit coefficient (see the module docstring); also the wall seconds of the pass."""
-    import time
-
+    per unit coefficient (see the module docstring)."""
+    from harness.models import find_decoder_layers
     from harness.sparse_logits import logits_at
-    from harness.steering import find_decoder_layers, steer
+    from harness.steering import steer
     from rl.controller import ControllerRun
+    from rl.ppo import group_normalised
 
-    started = time.time()
-    group = torch.tensor(rewards).view(-1, group_size)
-    advantage = ((group - group.mean(-1, keepdim=True)) / (group.std(-1, unbiased=False, keepdim=True) + 1e-6)).view(-1)
+    advantage = group_normalised(rewards, group_size)
+    temperature = rollouts.temperature
     bank, layer = rollouts.bank, rollouts.bank.layers[0]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _, layers = find_decoder_layers(base)
@@ -111,10 +110,10 @@ def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_si
             residuals.append(h)
             values.append(g)
     if not values:
-        return [], [], torch.zeros(0, bank.d_sae), time.time() - started
+        return [], [], torch.zeros(0, bank.d_sae)
     g = torch.stack(values)
     q = (g @ bank.directions[layer].float().T.to(g.device)) * bank.scales[layer].float().to(g.device)
-    return records, residuals, q.cpu(), time.time() - started
+    return records, residuals, q.cpu()
 
 
 def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
@@ -129,18 +128,20 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
     if len(q) == 0:
         return {"loss": 0.0, "entropy": None}  # no completion group had any signal: nothing to learn
     coefs = torch.tensor(COEFS, device=q.device)
+
+    def choice_value(feature_logits, coef_logits):  # the choice's expected Q, with the expected coefficient
+        return (feature_logits[:, :-1].softmax(-1) * q).sum(-1) * (coef_logits.softmax(-1) @ coefs)
+
     gated = controller.policy == "gated"
     if gated:  # the value of intervening, judged by the choice as it was before this step's data
         with torch.no_grad():
-            feature_logits, coef_logits, _ = controller(batch["h"], batch["layer_index"])
-            fresh = (feature_logits[:, :-1].softmax(-1) * q).sum(-1) * (coef_logits.softmax(-1) @ coefs)
+            fresh = choice_value(*controller(batch["h"], batch["layer_index"])[:2])
     stats = {}
     for _ in range(config.ppo_epochs):
         feature_logits, coef_logits, _ = controller(batch["h"], batch["layer_index"])
         log_probs = feature_logits.log_softmax(-1)  # gated: already log-probabilities, unchanged
         given = torch.distributions.Categorical(logits=feature_logits[:, :-1])  # the choice, if it intervenes
-        # the value of intervening: the choice's expected Q (with the expected coefficient)
-        choice_gain = (given.probs * q).sum(-1) * (coef_logits.softmax(-1) @ coefs)
+        choice_gain = choice_value(feature_logits, coef_logits)  # the value of intervening
         intervene = 1 - log_probs[:, -1].exp()
         if gated:
             # stage by stage: the choice among features learns what to add were it to intervene,

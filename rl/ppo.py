@@ -77,9 +77,13 @@ def advantages(config: Any, rewards: list[float], records: list[dict], rows_per_
         return [0.0 if r["feature"] is None else rewards[r["row"]] - unsteered[r["row"]] for r in records], \
             [rewards[r["row"]] for r in records]
     if config.resolved_baseline == "group":
-        normalised = []
-        for start in range(0, len(rewards), rows_per_group):
-            group = torch.tensor(rewards[start:start + rows_per_group])
-            normalised += ((group - group.mean()) / (group.std(unbiased=False) + 1e-6)).tolist()
+        normalised = group_normalised(rewards, rows_per_group).tolist()
         return [normalised[r["row"]] for r in records], [rewards[r["row"]] for r in records]
     return [rewards[r["row"]] - r["value"] for r in records], [rewards[r["row"]] for r in records]
+
+
+def group_normalised(rewards: list[float], group_size: int) -> torch.Tensor:
+    """Float[n]: each reward minus its group's mean, over the group's standard deviation
+    (GRPO's advantage; consecutive runs of `group_size` rows are one prompt's group)."""
+    group = torch.tensor(rewards, dtype=torch.float32).view(-1, group_size)
+    return ((group - group.mean(-1, keepdim=True)) / (group.std(-1, unbiased=False, keepdim=True) + 1e-6)).view(-1)

@@ -82,7 +82,7 @@ def test_pathwise_values_are_the_first_order_effect_of_each_action(tiny_dir):
     torch.manual_seed(1)
     rollouts.run([0, 0, 1, 1], "greedy", keep_residuals=False)
     rewards = [1.0, 0.0, 1.0, 1.0]  # the second prompt's group has no signal
-    records, residuals, q, _ = first_order_values(model, rollouts, rewards, 2, 1.0)
+    records, residuals, q = first_order_values(model, rollouts, rewards, 2)
     assert {r["row"] for r in records} == {0, 1} and len(records) == len(residuals) == len(q)
     assert q.shape[1] == 6 and all(r["feature"] is None for r in records)  # an untrained controller leaves the model alone
     advantage = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64)
