@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard import Scores, build_rows, write
+from harness.leaderboard import Scores, write
 from harness.manifest import build_manifest, fingerprint, write_json
 from harness.models import DEFAULT_MODEL, model_slug
 from harness.paths import runs_root
@@ -309,6 +309,8 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
     documents in `exclude` (reserved for training, `harness.splits`) are left out."""
     from harness.tasks import cluster_of
 
+    manifest = stage.run_dir / "manifest.json"
+    where = json.loads(manifest.read_text()).get("processor") if manifest.exists() else None
     grouped: dict[tuple[str, str], tuple[list[int], list[float], list]] = {}
     with open(stage.run_dir / "samples.jsonl") as handle:
         for line in handle:
@@ -323,7 +325,7 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
     return [
         Scores(model=model, task=stage.task, method=stage.method, setting=stage.settings.get("setting", "-"),
                seed=stage.settings["seed"], metric=metric, filter=filter_name, doc_ids=ids, values=values,
-               run_dir=str(stage.run_dir), clusters=None if None in clusters else clusters)
+               run_dir=str(stage.run_dir), clusters=None if None in clusters else clusters, processor=where)
         for (filter_name, metric), (ids, values, clusters) in sorted(grouped.items())
     ]
 
@@ -478,7 +480,7 @@ def run(config: BenchConfig) -> Path:
             model.active = []
     reserved = reserved_documents(config.tasks, manager)
     scores = [s for stage in stages for s in read_scores(stage, config.model, reserved.get(stage.task, frozenset()))]
-    path = write(Path(config.results_dir), build_rows(scores), bench_config=asdict(config))
+    path = write(Path(config.results_dir), scores, bench_config=asdict(config))
     console.print(f"leaderboard: {path} (+ leaderboard.md, leaderboard.csv)")
     if config.analyses:
         from harness import analysis

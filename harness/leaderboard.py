@@ -2,6 +2,15 @@
 
 One row per (model, task, method, setting, seed, metric). Rows are built from evaluation
 run directories (per-sample scores), so every number can be traced to its run.
+
+The per-item scores behind the rows are kept beside them, in `results/leaderboard_scores.jsonl`
+(one line per evaluated (model, task, method, setting, seed, metric, filter)). A bench run
+that covers only some tasks or methods merges its scores into that file, new replacing old,
+and every row is then rebuilt from the merged scores. So a row kept from an earlier run is
+compared with the base and RLVR runs now on the board, and the Holm correction covers every
+comparison of the model, not just those of the latest run. Rows written before the scores
+were kept ("legacy") cannot be rebuilt: they are kept as their run wrote them, marked, and
+left out of the Holm family.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from harness.manifest import build_manifest, write_json
 from harness.stats import holm, mcnemar_exact, mean_ci95
 
 KEY = ("model", "task", "method", "setting", "seed", "metric")
+SCORES_FILE = "leaderboard_scores.jsonl"
 
 
 @dataclass
@@ -50,6 +60,9 @@ class Row(Identity):
     mdd80: float | None = None  # the gain over base this test size detects with 80% power
     interval: str = ""  # how the intervals were computed
     seeds: int = 1
+    holm_family: int | None = None  # how many comparisons of this model the Holm correction covered
+    # the references (base, rlvr) this row is compared with that were evaluated on another processor
+    other_processor: list[str] | None = None
 
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY)
@@ -64,6 +77,13 @@ class Scores(Identity):
     values: list[float]
     run_dir: str
     clusters: list[str] | None = None
+    processor: dict[str, Any] | None = None  # where it was evaluated (the run's manifest)
+
+
+def _other_processor(mine: Scores, reference: Scores) -> bool:
+    """Evaluated on different processors (bf16 greedy generations near a tie can differ)."""
+    return mine.processor is not None and reference.processor is not None and \
+        mine.processor.get("cpu") != reference.processor.get("cpu")
 
 
 def _compare(mine: Scores, reference: Scores) -> tuple[float, tuple[float, float], float | None, str, list, list]:
@@ -114,11 +134,15 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
             else:
                 row.delta_vs_base, row.delta_vs_base_ci95, p_base, row.interval, a, b = _compare(s, reference)
                 row.side_effects = side_effect_ratio(a, b)
+                if _other_processor(s, reference):
+                    row.other_processor = ["base"]
         seeds = rlvr.get(group(s), {})
         if seeds and s.method != "rlvr":
             ref_rlvr = seeds.get(s.seed, seeds[min(seeds)])
             row.delta_vs_rlvr, row.delta_vs_rlvr_ci95, p_rlvr, how, _, _ = _compare(s, ref_rlvr)
             row.interval = row.interval or how
+            if _other_processor(s, ref_rlvr):
+                row.other_processor = [*(row.other_processor or []), "rlvr"]
             if s.method == "base":
                 p_rlvr = None  # the same test as RLVR's p vs base: counted once
         rows.append(row)
@@ -127,8 +151,10 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
         index = [i for i, r in enumerate(rows) if r.model == model]
         flat = [raw[i][k] for i in index for k in (0, 1)]
         adjusted = holm(flat)
+        family = sum(p is not None for p in flat)
         for j, i in enumerate(index):
             rows[i].p_vs_base, rows[i].p_vs_rlvr = adjusted[2 * j], adjusted[2 * j + 1]
+            rows[i].holm_family = family
     # several seeds of one method: one more row over seeds and items
     by_method: dict[tuple, list[Scores]] = {}
     for s in all_scores:
@@ -151,23 +177,66 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     return rows
 
 
-def merge(existing: list[dict[str, Any]], new: list[Row]) -> list[dict[str, Any]]:
-    """New rows replace existing rows with the same key; other rows are kept."""
-    replaced = {r.key() for r in new}
-    kept = [r for r in existing if tuple(r[k] for k in KEY) not in replaced]
-    merged = kept + [asdict(r) for r in new]
-    return sorted(merged, key=lambda r: tuple(str(r[k]) for k in KEY))
+def _scores_key(s: Scores) -> tuple:
+    return tuple(getattr(s, f.name) for f in fields(Identity))
 
 
-def write(results_dir: Path, rows: list[Row], **provenance: Any) -> Path:
-    """Merge `rows` into results/leaderboard.json and regenerate the md and csv tables."""
+def read_stored_scores(results_dir: Path) -> list[Scores]:
+    """The per-item scores kept beside the leaderboard (none before the first write)."""
+    path = Path(results_dir) / SCORES_FILE
+    if not path.exists():
+        return []
+    stored = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            stored.append(Scores(**json.loads(line)))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}, line {number}: not a per-item scores record ({error}). The file is written "
+                             f"by `crl-bench bench`; restore it from git (git checkout -- {path}) rather than "
+                             "editing it") from error
+    return stored
+
+
+def merge_scores(stored: list[Scores], new: list[Scores]) -> list[Scores]:
+    """New scores replace stored ones of the same identity; the others are kept."""
+    replaced = {_scores_key(s) for s in new}
+    kept = [s for s in stored if _scores_key(s) not in replaced]
+    return sorted(kept + list(new), key=lambda s: tuple(str(v) for v in _scores_key(s)))
+
+
+def write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
+    """Merge `scores` into the stored per-item scores, rebuild every row from them (comparisons
+    and the Holm family over the whole board), keep legacy rows (those with no stored scores)
+    as they were, and regenerate the md and csv tables."""
     results_dir = Path(results_dir)
     path = results_dir / "leaderboard.json"
+    merged_scores = merge_scores(read_stored_scores(results_dir), scores)
+    rows = [asdict(r) for r in build_rows(merged_scores)]
+    rebuilt = {tuple(r[k] for k in KEY) for r in rows}
     existing = json.loads(path.read_text())["rows"] if path.exists() else []
-    merged = merge(existing, rows)
+    # a row the stored scores cannot rebuild (written before they were kept) stays as it was, marked
+    legacy = [{**r, "legacy": True} for r in existing if tuple(r[k] for k in KEY) not in rebuilt]
+    merged = sorted(legacy + rows, key=lambda r: tuple(str(r[k]) for k in KEY))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = results_dir / (SCORES_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in merged_scores))
+    tmp.replace(results_dir / SCORES_FILE)
     write_json(path, {"schema": "crl-bench/leaderboard/v1", "manifest": build_manifest(**provenance), "rows": merged})
     render(results_dir)
     return path
+
+
+def is_legacy(row: dict[str, Any]) -> bool:
+    """A row not rebuilt from stored per-item scores: marked so by `write`, or from before the
+    field that every rebuilt row carries."""
+    return bool(row.get("legacy")) or "holm_family" not in row
+
+
+def method_label(row: dict[str, Any]) -> str:
+    """The row's method with its marks: † legacy, ‡ compared with a run on another processor."""
+    return row["method"] + (" †" if is_legacy(row) else "") + (" ‡" if row.get("other_processor") else "")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -180,7 +249,15 @@ def _interval(pair: Any, digits: int = 3) -> str:
 
 CSV_COLUMNS = [*KEY, "filter", "value", "ci95_low", "ci95_high", "n", "delta_vs_base", "delta_vs_base_ci95_low",
                "delta_vs_base_ci95_high", "p_vs_base", "side_effects", "delta_vs_rlvr", "delta_vs_rlvr_ci95_low",
-               "delta_vs_rlvr_ci95_high", "p_vs_rlvr", "mdd80", "interval", "seeds", "run_dir"]
+               "delta_vs_rlvr_ci95_high", "p_vs_rlvr", "mdd80", "interval", "seeds", "holm_family", "legacy",
+               "other_processor", "run_dir"]
+LEGACY_NOTE = ("† written before per-item scores were kept beside the board: the row is as the bench run that wrote it "
+               "left it (its comparisons are with the base and RLVR runs of that time, and its p-values were "
+               "Holm-corrected within that run, not in this table's family). Rerun `crl-bench bench` on its task to "
+               "rebuild it.")
+OTHER_PROCESSOR_NOTE = ("‡ compared with a base or RLVR run evaluated on another processor (`other_processor` names "
+                        "which): bf16 greedy generations near a tie can differ between processors, so part of such a "
+                        "difference may be the machine's. Evaluate both on one machine to compare them cleanly.")
 
 
 def render(results_dir: Path) -> None:
@@ -203,8 +280,9 @@ def render(results_dir: Path) -> None:
         f"Commit {document['manifest'].get('git_commit')}, created {document['manifest'].get('created')}.",
         "",
         "Accuracy with its 95% interval (Wilson for per-item 0/1 scores); Δ: paired difference with its 95% "
-        "interval; p: exact McNemar, Holm-corrected across all comparisons of one model; side effects: of the "
-        "items whose correctness changed vs base, the share that got worse.",
+        "interval; p: exact McNemar, Holm-corrected across all comparisons of one model (every row is rebuilt "
+        "from the per-item scores in `leaderboard_scores.jsonl` whenever the board is written); side effects: of "
+        "the items whose correctness changed vs base, the share that got worse.",
         "",
     ]
     for model in sorted({r["model"] for r in rows}):
@@ -215,8 +293,9 @@ def render(results_dir: Path) -> None:
         mine = [r for r in rows if r["model"] == model]
         for r in mine:
             metric = r["metric"] if r["filter"] in ("none", "-") else f"{r['metric']} ({r['filter']})"
+            method = method_label(r)
             lines.append(
-                f"| {r['task']} | {r['method']} | {r['setting']} | {r['seed']} | {metric} | {_fmt(r['value'])} | "
+                f"| {r['task']} | {method} | {r['setting']} | {r['seed']} | {metric} | {_fmt(r['value'])} | "
                 f"{_interval(r['ci95'])} | {r['n']} | {_fmt(r['delta_vs_base'])} | "
                 f"{_interval(r.get('delta_vs_base_ci95'))} | {_fmt(r['p_vs_base'], 4)} | "
                 f"{_fmt(r.get('side_effects'), 2)} | {_fmt(r.get('delta_vs_rlvr'))} | {_fmt(r.get('p_vs_rlvr'), 4)} |"
@@ -225,6 +304,14 @@ def render(results_dir: Path) -> None:
         for r in mine:
             if r["method"] == "base" and r.get("mdd80") is not None:
                 mdd[(r["task"], r["metric"], r["filter"])] = (r["mdd80"], r["n"])
+        families = {r["holm_family"] for r in mine if not is_legacy(r) and r["holm_family"] is not None}
+        if families:
+            lines += ["", f"Holm family: the {max(families)} comparisons (vs base and vs RLVR) of this model's rows "
+                      "not marked †."]
+        if any(is_legacy(r) for r in mine):
+            lines += ["", LEGACY_NOTE]
+        if any(r.get("other_processor") for r in mine):
+            lines += ["", OTHER_PROCESSOR_NOTE]
         if mdd:
             lines += ["", "Minimum detectable gain over base at 80% power (two-sided, α = 0.05; conservative: "
                       "unpaired): " + "; ".join(f"{task} {metric}: {_fmt(d, 3)} (n = {n})"

@@ -74,6 +74,8 @@ def _image(path: Path, results: Path) -> str:
 
 
 def _leaderboard(rows: list[dict[str, Any]]) -> str:
+    from harness.leaderboard import LEGACY_NOTE, OTHER_PROCESSOR_NOTE, is_legacy, method_label
+
     parts = []
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model]
@@ -81,9 +83,12 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
         parts.append(_table(
             ["task", "method", "setting", "seed", "metric", "value", "95% CI", "n", "Δ vs base", "95% CI", "p vs base",
              "side effects", "Δ vs RLVR", "p vs RLVR"],
-            [[r["task"], r["method"], r["setting"], r["seed"], r["metric"], r["value"], r["ci95"], r["n"],
+            [[r["task"], method_label(r), r["setting"], r["seed"], r["metric"], r["value"], r["ci95"], r["n"],
               r.get("delta_vs_base"), r.get("delta_vs_base_ci95"), r.get("p_vs_base"), r.get("side_effects"),
               r.get("delta_vs_rlvr"), r.get("p_vs_rlvr")] for r in mine], left=5))
+        for marked, note in ((is_legacy, LEGACY_NOTE), (lambda r: r.get("other_processor"), OTHER_PROCESSOR_NOTE)):
+            if any(marked(r) for r in mine):
+                parts.append(f"<p>{html.escape(note)}</p>")
         mdd = sorted({(r["task"], r["metric"], r["mdd80"], r["n"]) for r in mine
                       if r["method"] == "base" and r.get("mdd80") is not None})
         if mdd:

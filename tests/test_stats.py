@@ -131,3 +131,48 @@ def test_build_rows_compares_with_base_and_rlvr_and_corrects_jointly():
     pooled = by[("crl", "all")]
     assert pooled.seeds == 2 and pooled.value == pytest.approx((43 + 50) / 120)
     assert pooled.ci95[0] < pooled.value < pooled.ci95[1]
+
+
+def test_board_writes_rebuild_every_row_from_the_kept_scores(tmp_path):
+    """A bench run that covers part of the board: the kept rows are compared with the base now
+    on the board, the Holm family spans every write, legacy rows are kept and marked."""
+    import json
+
+    from harness.leaderboard import SCORES_FILE, Scores, build_rows, write
+
+    def scores(task, method, values, setting="-", cpu=None):
+        return Scores(model="m", task=task, method=method, setting=setting, seed=0, metric="acc", filter="none",
+                      doc_ids=list(range(len(values))), values=values, run_dir=f"runs/{task}/{method}",
+                      processor={"cpu": cpu} if cpu else None)
+
+    legacy = {"model": "m", "task": "old", "method": "crl", "setting": "one-token", "seed": 0, "metric": "acc",
+              "filter": "none", "value": 0.5, "ci95": [0.4, 0.6], "n": 10, "delta_vs_base": 0.1, "p_vs_base": 0.2,
+              "run_dir": "gone"}
+    (tmp_path / "leaderboard.json").write_text(json.dumps({"rows": [legacy]}))
+    base_a, crl_a = [0] * 20 + [1] * 20, [1] * 18 + [0] * 2 + [1] * 20
+    write(tmp_path, [scores("a", "base", base_a, cpu="A"), scores("a", "crl", crl_a, "one-token", cpu="A")])
+    new_base_a = [1] * 10 + [0] * 10 + [1] * 20  # a later base run of task a alone, on another machine
+    write(tmp_path, [scores("a", "base", new_base_a, cpu="B")])
+    base_b, crl_b = [0] * 30 + [1] * 10, [1] * 12 + [0] * 18 + [1] * 10
+    write(tmp_path, [scores("b", "base", base_b), scores("b", "crl", crl_b, "one-token")])
+
+    rows = {(r["task"], r["method"]): r for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
+    assert rows[("a", "crl")]["delta_vs_base"] == pytest.approx((38 - 30) / 40)  # against the new base, not the first
+    expected = {(r.task, r.method): r for r in build_rows([scores("a", "base", new_base_a),
+                                                           scores("a", "crl", crl_a, "one-token"),
+                                                           scores("b", "base", base_b),
+                                                           scores("b", "crl", crl_b, "one-token")])}
+    for key in (("a", "crl"), ("b", "crl")):
+        assert rows[key]["p_vs_base"] == pytest.approx(expected[key].p_vs_base)  # one family over both writes
+        assert rows[key]["holm_family"] == 2
+    assert rows[("old", "crl")]["legacy"] is True and rows[("old", "crl")]["p_vs_base"] == 0.2
+    assert not rows[("a", "crl")].get("legacy")
+    assert rows[("a", "crl")]["other_processor"] == ["base"] and rows[("b", "crl")]["other_processor"] is None
+    table = (tmp_path / "leaderboard.md").read_text()
+    assert "| old | crl † |" in table and "| a | crl ‡ |" in table and "| b | crl |" in table
+    assert "Holm family: the 2 comparisons" in table
+    assert len((tmp_path / SCORES_FILE).read_text().splitlines()) == 4
+
+    (tmp_path / SCORES_FILE).write_text("not json\n")
+    with pytest.raises(ValueError, match="git checkout"):
+        write(tmp_path, [scores("a", "base", base_a)])
