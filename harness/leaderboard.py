@@ -270,6 +270,7 @@ def render(results_dir: Path) -> None:
         writer.writeheader()
         for row in rows:
             flat = {k: row.get(k) for k in CSV_COLUMNS if k in row}
+            flat["legacy"] = is_legacy(row)
             for name in ("ci95", "delta_vs_base_ci95", "delta_vs_rlvr_ci95"):
                 flat[f"{name}_low"], flat[f"{name}_high"] = row.get(name) or (None, None)
             writer.writerow(flat)

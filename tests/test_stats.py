@@ -171,6 +171,11 @@ def test_board_writes_rebuild_every_row_from_the_kept_scores(tmp_path):
     table = (tmp_path / "leaderboard.md").read_text()
     assert "| old | crl † |" in table and "| a | crl ‡ |" in table and "| b | crl |" in table
     assert "Holm family: the 2 comparisons" in table
+    import csv
+
+    with open(tmp_path / "leaderboard.csv") as handle:
+        marked = {(r["task"], r["method"]): r["legacy"] for r in csv.DictReader(handle)}
+    assert marked[("old", "crl")] == "True" and marked[("a", "crl")] == "False"
     assert len((tmp_path / SCORES_FILE).read_text().splitlines()) == 4
 
     (tmp_path / SCORES_FILE).write_text("not json\n")
