@@ -177,10 +177,6 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     return rows
 
 
-def _scores_key(s: Scores) -> tuple:
-    return tuple(getattr(s, f.name) for f in fields(Identity))
-
-
 def read_stored_scores(results_dir: Path) -> list[Scores]:
     """The per-item scores kept beside the leaderboard (none before the first write)."""
     path = Path(results_dir) / SCORES_FILE
@@ -201,9 +197,9 @@ def read_stored_scores(results_dir: Path) -> list[Scores]:
 
 def merge_scores(stored: list[Scores], new: list[Scores]) -> list[Scores]:
     """New scores replace stored ones of the same identity; the others are kept."""
-    replaced = {_scores_key(s) for s in new}
-    kept = [s for s in stored if _scores_key(s) not in replaced]
-    return sorted(kept + list(new), key=lambda s: tuple(str(v) for v in _scores_key(s)))
+    replaced = {tuple(s.identity().values()) for s in new}
+    kept = [s for s in stored if tuple(s.identity().values()) not in replaced]
+    return sorted(kept + list(new), key=lambda s: tuple(str(v) for v in s.identity().values()))
 
 
 def write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
@@ -294,9 +290,8 @@ def render(results_dir: Path) -> None:
         mine = [r for r in rows if r["model"] == model]
         for r in mine:
             metric = r["metric"] if r["filter"] in ("none", "-") else f"{r['metric']} ({r['filter']})"
-            method = method_label(r)
             lines.append(
-                f"| {r['task']} | {method} | {r['setting']} | {r['seed']} | {metric} | {_fmt(r['value'])} | "
+                f"| {r['task']} | {method_label(r)} | {r['setting']} | {r['seed']} | {metric} | {_fmt(r['value'])} | "
                 f"{_interval(r['ci95'])} | {r['n']} | {_fmt(r['delta_vs_base'])} | "
                 f"{_interval(r.get('delta_vs_base_ci95'))} | {_fmt(r['p_vs_base'], 4)} | "
                 f"{_fmt(r.get('side_effects'), 2)} | {_fmt(r.get('delta_vs_rlvr'))} | {_fmt(r.get('p_vs_rlvr'), 4)} |"
