@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from harness.manifest import build_manifest, write_json
+from harness.manifest import build_manifest, write_json, write_text
 from harness.stats import holm, mcnemar_exact, mean_ci95
 
 KEY = ("model", "task", "method", "setting", "seed", "metric")
@@ -215,10 +215,8 @@ def write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
     # a row the stored scores cannot rebuild (written before they were kept) stays as it was, marked
     legacy = [{**r, "legacy": True} for r in existing if tuple(r[k] for k in KEY) not in rebuilt]
     merged = sorted(legacy + rows, key=lambda r: tuple(str(r[k]) for k in KEY))
-    results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = results_dir / (SCORES_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in merged_scores))
-    tmp.replace(results_dir / SCORES_FILE)
+    write_text(results_dir / SCORES_FILE,
+               "".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in merged_scores))
     write_json(path, {"schema": "crl-bench/leaderboard/v1", "manifest": build_manifest(**provenance), "rows": merged})
     render(results_dir)
     return path

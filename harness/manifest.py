@@ -95,10 +95,15 @@ def build_manifest(**extra: Any) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (`write_text`)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
