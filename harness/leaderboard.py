@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,8 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
                   p_vs_base=None, run_dir=s.run_dir)
         p_base = p_rlvr = None
         if reference is not None:
-            row.mdd80 = min_detectable_difference(len(reference.values), sum(reference.values) / len(reference.values))
+            mdd = min_detectable_difference(len(reference.values), sum(reference.values) / len(reference.values))
+            row.mdd80 = None if math.isnan(mdd) else mdd  # NaN: not even a perfect score is detectable
             if s.method == "base":
                 row.delta_vs_base = 0.0
             else:
@@ -233,6 +235,21 @@ def method_label(row: dict[str, Any]) -> str:
     return row["method"] + (" †" if is_legacy(row) else "") + (" ‡" if row.get("other_processor") else "")
 
 
+def mdd_sentence(rows: list[dict[str, Any]]) -> str | None:
+    """The minimum detectable gain of each task's base row, as the tables print it."""
+    found = {(r["task"], r["metric"], r["filter"]): (r["mdd80"], r["n"]) for r in rows
+             if r["method"] == "base" and "mdd80" in r}
+    if not found:
+        return None
+
+    def detectable(d: float | None) -> str:  # None (or NaN, in older boards): not even a perfect score
+        return "not detectable" if d is None or math.isnan(d) else f"{d:.3f}"
+
+    return ("Minimum detectable gain over base at 80% power (two-sided, α = 0.05; conservative: unpaired): "
+            + "; ".join(f"{task} {metric}: {detectable(d)} (n = {n})"
+                        for (task, metric, _), (d, n) in sorted(found.items())) + ".")
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -294,10 +311,6 @@ def render(results_dir: Path) -> None:
                 f"{_interval(r.get('delta_vs_base_ci95'))} | {_fmt(r['p_vs_base'], 4)} | "
                 f"{_fmt(r.get('side_effects'), 2)} | {_fmt(r.get('delta_vs_rlvr'))} | {_fmt(r.get('p_vs_rlvr'), 4)} |"
             )
-        mdd = {}
-        for r in mine:
-            if r["method"] == "base" and r.get("mdd80") is not None:
-                mdd[(r["task"], r["metric"], r["filter"])] = (r["mdd80"], r["n"])
         families = {r["holm_family"] for r in mine if not is_legacy(r) and r["holm_family"] is not None}
         if families:
             lines += ["", f"Holm family: the {max(families)} comparisons (vs base and vs RLVR) of this model's rows "
@@ -306,9 +319,8 @@ def render(results_dir: Path) -> None:
             lines += ["", LEGACY_NOTE]
         if any(r.get("other_processor") for r in mine):
             lines += ["", OTHER_PROCESSOR_NOTE]
-        if mdd:
-            lines += ["", "Minimum detectable gain over base at 80% power (two-sided, α = 0.05; conservative: "
-                      "unpaired): " + "; ".join(f"{task} {metric}: {_fmt(d, 3)} (n = {n})"
-                                                for (task, metric, _), (d, n) in sorted(mdd.items())) + "."]
+        sentence = mdd_sentence(mine)
+        if sentence:
+            lines += ["", sentence]
         lines.append("")
     (results_dir / "leaderboard.md").write_text("\n".join(lines))

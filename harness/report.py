@@ -74,7 +74,7 @@ def _image(path: Path, results: Path) -> str:
 
 
 def _leaderboard(rows: list[dict[str, Any]]) -> str:
-    from harness.leaderboard import LEGACY_NOTE, OTHER_PROCESSOR_NOTE, is_legacy, method_label
+    from harness.leaderboard import LEGACY_NOTE, OTHER_PROCESSOR_NOTE, is_legacy, mdd_sentence, method_label
 
     parts = []
     for model in sorted({r["model"] for r in rows}):
@@ -89,11 +89,9 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
         for marked, note in ((is_legacy, LEGACY_NOTE), (lambda r: r.get("other_processor"), OTHER_PROCESSOR_NOTE)):
             if any(marked(r) for r in mine):
                 parts.append(f"<p>{html.escape(note)}</p>")
-        mdd = sorted({(r["task"], r["metric"], r["mdd80"], r["n"]) for r in mine
-                      if r["method"] == "base" and r.get("mdd80") is not None})
-        if mdd:
-            parts.append("<p>Minimum detectable gain over base at 80% power (two-sided α = 0.05, unpaired, so "
-                         "conservative): " + "; ".join(f"{t} {m}: {d:.3f} (n = {n})" for t, m, d, n in mdd) + ".</p>")
+        sentence = mdd_sentence(mine)
+        if sentence:
+            parts.append(f"<p>{html.escape(sentence)}</p>")
     return "".join(parts)
 
 

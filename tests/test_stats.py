@@ -181,3 +181,18 @@ def test_board_writes_rebuild_every_row_from_the_kept_scores(tmp_path):
     (tmp_path / SCORES_FILE).write_text("not json\n")
     with pytest.raises(ValueError, match="git checkout"):
         write(tmp_path, [scores("a", "base", base_a)])
+
+
+def test_an_undetectable_gain_is_said_so(tmp_path):
+    """With 3 items and a base at 2/3, not even a perfect score is detectable: the row stores
+    null (valid JSON, not NaN) and the tables say "not detectable"."""
+    import json
+
+    from harness.leaderboard import Scores, write
+
+    base = Scores(model="m", task="t", method="base", setting="-", seed=0, metric="acc", filter="none",
+                  doc_ids=[0, 1, 2], values=[1.0, 1.0, 0.0], run_dir="runs/base")
+    write(tmp_path, [base])
+    row = json.loads((tmp_path / "leaderboard.json").read_text(), parse_constant=lambda c: pytest.fail(c))["rows"][0]
+    assert row["mdd80"] is None
+    assert "t acc: not detectable (n = 3)" in (tmp_path / "leaderboard.md").read_text()
