@@ -20,7 +20,15 @@ controller re-reads the residuals it saw, so an update needs no LLM forward at a
 `pathwise` (generation only; `rl.pathwise`) samples the tokens instead, with the controller
 acting greedily, and values every action at every decision by its first-order effect on the
 group-relative log-likelihood of the sampled completions (one extra forward and a backward
-that stops at the controlled layer).
+that stops at the controlled layer). Its `--token-exploration`: `sample` draws every token at
+`--temperature` (RLVR's sampling; the reward's credit is then shared by ~30 sampled tokens);
+`flip` decodes each prompt greedily once (the baseline, and where the model hesitates: the
+gap between its top two log-probabilities at each token), then each other sample of the
+prompt is that greedy completion with one token flipped, at a step drawn with weight
+exp(-gap), to a token drawn from the model's distribution without its argmax, and greedy
+after it. A flipped rollout's advantage is its reward minus the greedy one's: exact credit for
+one token, so the first-order values score the features that would make (+1) or unmake (-1)
+that token where the model hesitates.
 
 Advantage baseline (`--baseline`): `value` (ppo's critic), `group` (grpo's), or `unsteered`:
 the reward of the same prompt with no intervention at all. Under greedy decoding that reward
@@ -80,6 +88,7 @@ from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of
 SETTINGS = ("one-token", "multi-layer", "generation")
 ALGORITHMS = ("ppo", "grpo", "pathwise")
 BASELINES = ("auto", "value", "group", "unsteered")
+TOKEN_EXPLORATIONS = ("sample", "flip")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
                 "newly_masked", "fixed", "broken", "top_share")
 CONTROLLER_FILE = "controller.safetensors"
@@ -107,6 +116,7 @@ class CRLConfig(RLTrainConfig):
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
     policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
     explore_floor: float = field(default=0.0, metadata={"help": "gated policy, while training: intervene with at least this probability at each decision, so the choice among features keeps learning after the gate learns to shut; the gate's update is importance-weighted against the floored sampling, the choice's is on-policy (0: off)"})
+    token_exploration: str = field(default="sample", metadata={"help": "pathwise: sample (every token at --temperature) or flip (one token per rollout flipped where the greedy completion hesitates; advantage = reward - the greedy completion's)"})
     baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
 
     def __post_init__(self) -> None:
@@ -119,13 +129,23 @@ class CRLConfig(RLTrainConfig):
             if self.setting != "generation":
                 raise ValueError("--algorithm pathwise scores actions by their effect on sampled completions: "
                                  "it needs --setting generation (use ppo or grpo for the one-token settings)")
-            if self.temperature <= 0:
-                raise ValueError(f"--algorithm pathwise samples the tokens: --temperature must be > 0, got {self.temperature}")
+            if self.temperature <= 0 and self.token_exploration == "sample":
+                raise ValueError(f"--algorithm pathwise samples the tokens: --temperature must be > 0, got {self.temperature} "
+                                 "(or pass --token-exploration flip)")
             if self.baseline not in ("auto", "group"):
-                raise ValueError(f"--algorithm pathwise uses the group baseline (GRPO's); got --baseline {self.baseline}")
+                raise ValueError(f"--algorithm pathwise uses the group baseline (GRPO's; with --token-exploration flip, "
+                                 f"the greedy completion's reward); got --baseline {self.baseline}")
+            if self.token_exploration == "flip" and self.samples_per_prompt is not None and self.samples_per_prompt < 2:
+                raise ValueError("--token-exploration flip spends one sample per prompt on its greedy completion: "
+                                 f"--samples-per-prompt must be at least 2, got {self.samples_per_prompt}")
             if self.explore_floor:
                 raise ValueError("--explore-floor is for ppo/grpo's sampled actions; pathwise explores in token space "
                                  "(pass --explore-floor 0)")
+        if self.token_exploration not in TOKEN_EXPLORATIONS:
+            raise ValueError(f"--token-exploration must be one of {', '.join(TOKEN_EXPLORATIONS)}, got {self.token_exploration!r}")
+        if self.token_exploration != "sample" and self.algorithm != "pathwise":
+            raise ValueError("--token-exploration is how --algorithm pathwise explores; ppo and grpo sample the "
+                             "controller's actions (pass --algorithm pathwise)")
         if self.policy not in ("auto", *POLICIES):
             raise ValueError(f"--policy must be auto, {' or '.join(POLICIES)}, got {self.policy!r}")
         if self.candidate_rule not in CANDIDATE_RULES:
@@ -163,6 +183,8 @@ class CRLConfig(RLTrainConfig):
             settings.pop("candidate_rule")
         if not self.explore_floor:  # runs before the floor existed
             settings.pop("explore_floor")
+        if self.token_exploration == "sample":  # runs before flips existed
+            settings.pop("token_exploration")
         return settings
 
     @property
@@ -279,6 +301,31 @@ def _sampled_update(config: CRLConfig, controller, optimizer, rewards: list[floa
     return ppo_update(controller, optimizer, batch, config)
 
 
+def _flipped_rollouts(rollouts: Rollouts, picks: list[int], samples: int, generator: torch.Generator):
+    """`--token-exploration flip`: per prompt, its greedy completion under the controller, then
+    `samples - 1` rollouts of it with one token flipped each (distinct steps where it can, drawn
+    with weight exp(-gap between the top two log-probabilities)). Returns the flipped rollouts'
+    rewards and decisions, their documents and their advantages (reward - the greedy one's);
+    the flipped run's sequences stay in `rollouts.sequences` for the first-order values. The
+    greedy rollouts are decisions too: all `samples` x prompts rollouts count as spent."""
+    greedy, greedy_records, _, _ = rollouts.run(picks, "greedy", keep_residuals=False, margins=True)
+    flips: dict[int, int] = {}
+    rows: list[int] = []
+    baseline: list[float] = []
+    for doc, reward, gaps in zip(picks, greedy, rollouts.margins):
+        weights = torch.exp(-torch.tensor(gaps, dtype=torch.float64)) if gaps else torch.ones(1, dtype=torch.float64)
+        n = samples - 1
+        steps = torch.multinomial(weights, n, replacement=n > len(weights), generator=generator).tolist()
+        for at in steps:
+            flips[len(rows)] = int(at)
+            rows.append(doc)
+            baseline.append(reward)
+    rewards, records, _, _ = rollouts.run(rows, "greedy", keep_residuals=False, flips=flips, generator_flips=generator)
+    advantage = [r - b for r, b in zip(rewards, baseline)]
+    return greedy + rewards, greedy_records + [{**r, "row": r["row"] + len(picks)} for r in records], \
+        list(picks) + rows, advantage
+
+
 def train(config: CRLConfig) -> Path:
     """Train (or resume) one CRL controller; returns its run directory."""
     from rich.console import Console
@@ -351,7 +398,8 @@ def train(config: CRLConfig) -> Path:
     rollouts = Rollouts(model, tokenizer, controller, bank, problem, budget.max_new_tokens, config.batch_size)
     rollouts.explore_floor = config.explore_floor  # training's sampling only; validation is greedy
     pathwise = config.algorithm == "pathwise"
-    if pathwise:  # the controller acts greedily and the tokens are sampled (validation decodes greedily)
+    flipping = pathwise and config.token_exploration == "flip"
+    if pathwise and not flipping:  # the controller acts greedily and the tokens are sampled (validation decodes greedily)
         rollouts.temperature = config.temperature
     validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
 
@@ -400,7 +448,11 @@ def train(config: CRLConfig) -> Path:
         if new:  # greedy decoding is deterministic: each prompt's unsteered reward is computed once
             unsteered.update(zip(new, rollouts.run(new, "off", keep_residuals=False)[0]))
             spent.rollouts += len(new)
-        if pathwise:
+        flip_advantage = None
+        if flipping:
+            rewards, records, rows, flip_advantage = _flipped_rollouts(rollouts, picks, budget.samples_per_prompt,
+                                                                       generator)
+        elif pathwise:
             torch.manual_seed(config.seed * 1_000_003 + step)  # the token sampling: the same steps on a resume
             rewards, records, _, _ = rollouts.run(rows, "greedy", keep_residuals=False)
         else:
@@ -409,7 +461,8 @@ def train(config: CRLConfig) -> Path:
         spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
         if pathwise:
-            scored, residuals, values = first_order_values(model, rollouts, rewards, budget.samples_per_prompt)
+            scored, residuals, values = first_order_values(model, rollouts, rewards, budget.samples_per_prompt,
+                                                           flip_advantage)
             stats = pathwise_update(controller, optimizer, {
                 "h": torch.stack(residuals).to(device) if residuals else torch.zeros(0, info.d_model, device=device),
                 "layer_index": torch.tensor([r["layer_index"] for r in scored], dtype=torch.long, device=device),
@@ -434,6 +487,9 @@ def train(config: CRLConfig) -> Path:
         if unsteered_baseline:  # the step's rollouts that the interventions fixed / broke
             row["fixed"] = sum(r > unsteered[doc] for r, doc in zip(rewards, rows))
             row["broken"] = sum(r < unsteered[doc] for r, doc in zip(rewards, rows))
+        elif flipping:  # the step's flipped rollouts that the flip fixed / broke (against the greedy completion)
+            row["fixed"] = sum(a > 0 for a in flip_advantage)
+            row["broken"] = sum(a < 0 for a in flip_advantage)
         if (config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == budget.steps:
             row["validation"] = validate()[0]
         curve.append(row)

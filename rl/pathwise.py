@@ -37,19 +37,22 @@ from typing import Any
 import torch
 
 
-def first_order_values(model: Any, rollouts: Any, rewards: list[float],
-                       group_size: int) -> tuple[list[dict], list[torch.Tensor], torch.Tensor]:
-    """After `rollouts.run(rows, "greedy")` with `rollouts.temperature` > 0: the decisions
-    (records, residuals) of the completions whose group had any signal, and Q Float[n, d_sae]
-    per unit coefficient (see the module docstring)."""
+def first_order_values(model: Any, rollouts: Any, rewards: list[float], group_size: int,
+                       advantage: list[float] | None = None) -> tuple[list[dict], list[torch.Tensor], torch.Tensor]:
+    """After `rollouts.run(rows, "greedy")` with `rollouts.temperature` > 0 (or with `flips`):
+    the decisions (records, residuals) of the completions with a non-zero advantage, and Q
+    Float[n, d_sae] per unit coefficient (see the module docstring). The advantage is the
+    reward normalised in its group of `group_size` (GRPO's), or `advantage` per row when given
+    (the flipped rollouts': the reward minus the greedy completion's). Flipped rollouts are
+    scored at temperature 1, the distribution their flipped token was drawn from."""
     from harness.models import find_decoder_layers
     from harness.sparse_logits import logits_at
     from harness.steering import steer
     from rl.controller import ControllerRun
     from rl.ppo import group_normalised
 
-    advantage = group_normalised(rewards, group_size)
-    temperature = rollouts.temperature
+    advantage = group_normalised(rewards, group_size) if advantage is None else torch.tensor(advantage, dtype=torch.float32)
+    temperature = rollouts.temperature or 1.0
     bank, layer = rollouts.bank, rollouts.bank.layers[0]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _, layers = find_decoder_layers(base)

@@ -99,10 +99,52 @@ def test_pathwise_values_are_the_first_order_effect_of_each_action(tiny_dir):
     assert q.abs().max() > 1e-2  # the values are not all zero
 
 
-def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monkeypatch):
+def test_flipped_rollouts_leave_the_greedy_completion_at_one_token(tiny_dir):
+    """`--token-exploration flip`: a flipped row is the greedy completion up to its step, another
+    token there, and the steered model's own argmax after it (teacher-forced); the margins are
+    the greedy completion's top-1 minus top-2 log-probabilities."""
+    from harness.sparse_logits import logits_at
+
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(6, 64), dim=-1) * 5
+    model, rollouts = _rollouts(tiny_dir, directions, temperature=0.0, max_new_tokens=6)
+    rollouts.run([0, 1], "greedy", keep_residuals=False, margins=True)
+    assert rollouts.sequences == []  # greedy rollouts keep no sequences
+    gaps = rollouts.margins
+    assert [len(g) for g in gaps] and all(m >= 0 for g in gaps for m in g)
+    flips = {0: 0, 1: 2, 2: 3}
+    generator = torch.Generator().manual_seed(0)
+    rollouts.run([0, 0, 1, 1], "greedy", keep_residuals=False, flips=flips, generator_flips=generator)
+    flipped, mask, lengths = rollouts.sequences[0]
+    prompt_width = flipped.shape[1] - max(lengths)
+    rollouts.run([0, 0, 1, 1], "greedy", keep_residuals=False, flips={3: 99})  # a flip past the end: none
+    greedy, greedy_mask = rollouts.sequences[0][:2]
+    index = torch.arange(prompt_width - 1, flipped.shape[1] - 1)[None, :].expand(len(flipped), -1)
+    with torch.no_grad(), logits_at(model, index):
+        logits = model(input_ids=flipped, attention_mask=mask).logits
+    new, argmax = flipped[:, prompt_width:], logits.argmax(-1)
+    for row in range(4):
+        at = flips.get(row)
+        for k in range(lengths[row]):
+            if at is None or k < at:
+                assert new[row, k] == greedy[row, prompt_width + k], (row, k)
+            elif k == at:
+                assert new[row, k] != argmax[row, k], (row, k)  # another token than the model's choice
+            else:
+                assert new[row, k] == argmax[row, k], (row, k)  # greedy after the flip
+    # the margins: the greedy completion's own top-2 gap, teacher-forced
+    with torch.no_grad(), logits_at(model, index):
+        logp = model(input_ids=greedy, attention_mask=greedy_mask).logits.float().log_softmax(-1)
+    top = logp[0, : len(gaps[0])].topk(2, -1).values
+    assert torch.allclose(torch.tensor(gaps[0]), top[:, 0] - top[:, 1], atol=1e-3)
+
+
+@pytest.mark.parametrize("exploration", ["sample", "flip"])
+def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monkeypatch, exploration):
     """A feature that makes the first generated token one of the 'right' half of the vocabulary
-    (the reward) is learnt from sampled completions alone: the greedy controller ends up adding
-    it, validation rises, and only the controller trains (train() checks the LLM and SAE)."""
+    (the reward) is learnt from sampled completions alone (or, with flips, from the greedy
+    completion with its token flipped): the greedy controller ends up adding it, validation
+    rises, and only the controller trains (train() checks the LLM and SAE)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import harness.rewards
@@ -125,6 +167,7 @@ def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monk
                            layers=[LAYER], budget="smoke", steps=8, prompts_per_step=4, samples_per_prompt=8,
                            max_new_tokens=1, noop_prior=0.95, val_limit=16, eval_every=0, hidden=32, learning_rate=1e-2,
                            algorithm="pathwise", temperature=1.0, candidates=0, device="cpu", dtype="float32",
+                           token_exploration=exploration,
                            results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
     run_dir = crl.train(config)
     curve = json.loads((run_dir / "manifest.json").read_text())["curve"]
@@ -133,6 +176,9 @@ def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monk
     log = [json.loads(line) for line in (run_dir / "interventions.jsonl").read_text().splitlines()]
     assert log and all(e["feature"] == GOOD for e in log)
     assert json.loads((run_dir / "config.json").read_text())["baseline_resolved"] == "group"
+    if exploration == "flip":  # each step: 4 greedy rollouts and 28 flipped ones, some of which fixed the answer
+        assert all(row["rollouts"] == 32 * row["step"] for row in curve[1:])
+        assert sum(row["fixed"] for row in curve[1:]) > 0
 
 
 def test_pathwise_refuses_what_it_cannot_do():
@@ -144,5 +190,13 @@ def test_pathwise_refuses_what_it_cannot_do():
         CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", temperature=0.0)
     with pytest.raises(ValueError, match="group baseline"):
         CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", baseline="unsteered")
+    with pytest.raises(ValueError, match="how --algorithm pathwise explores"):
+        CRLConfig(task="arith_gen", setting="generation", token_exploration="flip")
+    with pytest.raises(ValueError, match="--token-exploration must be one of sample, flip"):
+        CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", token_exploration="beam")
+    with pytest.raises(ValueError, match="at least 2"):
+        CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", token_exploration="flip",
+                  samples_per_prompt=1)
+    CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", token_exploration="flip", temperature=0.0)
     with pytest.raises(ValueError, match="--algorithm must be one of ppo, grpo, pathwise"):
         CRLConfig(task="arith_gen", setting="generation", algorithm="reinforce")
