@@ -116,6 +116,7 @@ class CRLConfig(RLTrainConfig):
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
     policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
     explore_floor: float = field(default=0.0, metadata={"help": "gated policy, while training: intervene with at least this probability at each decision, so the choice among features keeps learning after the gate learns to shut; the gate's update is importance-weighted against the floored sampling, the choice's is on-policy (0: off)"})
+    choice_temperature: float = field(default=0.0, metadata={"help": "pathwise: fit the choice among features to exp(value / tau) at each decision, tau = this x the step's mean spread of the values (0: maximise the expected value, which can saturate onto one feature)"})
     token_exploration: str = field(default="sample", metadata={"help": "pathwise: sample (every token at --temperature) or flip (one token per rollout flipped where the greedy completion hesitates; advantage = reward - the greedy completion's)"})
     baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
 
@@ -143,6 +144,11 @@ class CRLConfig(RLTrainConfig):
                                  "(pass --explore-floor 0)")
         if self.token_exploration not in TOKEN_EXPLORATIONS:
             raise ValueError(f"--token-exploration must be one of {', '.join(TOKEN_EXPLORATIONS)}, got {self.token_exploration!r}")
+        if self.choice_temperature < 0:
+            raise ValueError(f"--choice-temperature must be >= 0, got {self.choice_temperature}")
+        if self.choice_temperature and self.algorithm != "pathwise":
+            raise ValueError("--choice-temperature fits the choice to pathwise's first-order values; ppo and grpo "
+                             "have no value per action (pass --algorithm pathwise)")
         if self.token_exploration != "sample" and self.algorithm != "pathwise":
             raise ValueError("--token-exploration is how --algorithm pathwise explores; ppo and grpo sample the "
                              "controller's actions (pass --algorithm pathwise)")
@@ -185,6 +191,8 @@ class CRLConfig(RLTrainConfig):
             settings.pop("explore_floor")
         if self.token_exploration == "sample":  # runs before flips existed
             settings.pop("token_exploration")
+        if not self.choice_temperature:
+            settings.pop("choice_temperature")
         return settings
 
     @property

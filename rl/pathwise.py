@@ -139,6 +139,17 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
     if gated:  # the value of intervening, judged by the choice as it was before this step's data
         with torch.no_grad():
             fresh = choice_value(*controller(batch["h"], batch["layer_index"])[:2])
+    target = None
+    if getattr(config, "choice_temperature", 0) > 0:
+        # the choice fitted to the Boltzmann distribution of its values, exp(Q(f, c) / tau), at
+        # every decision (soft policy improvement): the expected-value gradient vanishes once the
+        # softmax saturates, so a few early decisions can fix one feature everywhere (the
+        # entropy fell to 0.01 in 6 steps, results/README.md); this target stays state-dependent
+        # and is near uniform where the values are small. tau: `choice_temperature` x the step's
+        # mean spread of the values over actions
+        joint = q[:, :, None] * coefs[None, None, :]  # [n, d_sae, C]
+        tau = config.choice_temperature * joint.flatten(1).std(-1).mean().clamp_min(1e-12)
+        target = (joint.flatten(1) / tau).softmax(-1).view_as(joint)
     stats = {}
     for _ in range(config.ppo_epochs):
         feature_logits, coef_logits, _ = controller(batch["h"], batch["layer_index"])
@@ -146,6 +157,10 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
         given = torch.distributions.Categorical(logits=feature_logits[:, :-1])  # the choice, if it intervenes
         choice_gain = choice_value(feature_logits, coef_logits)  # the value of intervening
         intervene = 1 - log_probs[:, -1].exp()
+        if target is not None:  # cross-entropy of the choice against the target's marginals (gate as below)
+            fit = (target.sum(-1) * feature_logits[:, :-1].log_softmax(-1)).sum(-1) + \
+                (target.sum(1) * coef_logits.log_softmax(-1)).sum(-1)
+            choice_gain = choice_gain.detach() + fit - fit.detach()  # its value unchanged, its gradient the fit's
         if gated:
             # stage by stage: the choice among features learns what to add were it to intervene,
             # at full strength however shut the gate is (the joint gradient would scale it by

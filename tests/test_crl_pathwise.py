@@ -139,8 +139,9 @@ def test_flipped_rollouts_leave_the_greedy_completion_at_one_token(tiny_dir):
     assert torch.allclose(torch.tensor(gaps[0]), top[:, 0] - top[:, 1], atol=1e-3)
 
 
-@pytest.mark.parametrize("exploration", ["sample", "flip"])
-def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monkeypatch, exploration):
+@pytest.mark.parametrize("exploration,choice_temperature", [("sample", 0.0), ("flip", 4.0)])
+def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monkeypatch, exploration,
+                                                        choice_temperature):
     """A feature that makes the first generated token one of the 'right' half of the vocabulary
     (the reward) is learnt from sampled completions alone (or, with flips, from the greedy
     completion with its token flipped): the greedy controller ends up adding it, validation
@@ -167,7 +168,7 @@ def test_pathwise_controller_learns_the_planted_feature(tiny_dir, tmp_path, monk
                            layers=[LAYER], budget="smoke", steps=8, prompts_per_step=4, samples_per_prompt=8,
                            max_new_tokens=1, noop_prior=0.95, val_limit=16, eval_every=0, hidden=32, learning_rate=1e-2,
                            algorithm="pathwise", temperature=1.0, candidates=0, device="cpu", dtype="float32",
-                           token_exploration=exploration,
+                           token_exploration=exploration, choice_temperature=choice_temperature,
                            results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
     run_dir = crl.train(config)
     curve = json.loads((run_dir / "manifest.json").read_text())["curve"]
@@ -194,6 +195,8 @@ def test_pathwise_refuses_what_it_cannot_do():
         CRLConfig(task="arith_gen", setting="generation", token_exploration="flip")
     with pytest.raises(ValueError, match="--token-exploration must be one of sample, flip"):
         CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", token_exploration="beam")
+    with pytest.raises(ValueError, match="no value per action"):
+        CRLConfig(task="arith_gen", setting="generation", choice_temperature=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         CRLConfig(task="arith_gen", setting="generation", algorithm="pathwise", token_exploration="flip",
                   samples_per_prompt=1)
