@@ -140,7 +140,7 @@ def pathwise_update(controller: Any, optimizer: torch.optim.Optimizer, batch: di
         with torch.no_grad():
             fresh = choice_value(*controller(batch["h"], batch["layer_index"])[:2])
     target = None
-    if getattr(config, "choice_temperature", 0) > 0:
+    if config.choice_temperature > 0:
         # the choice fitted to the Boltzmann distribution of its values, exp(Q(f, c) / tau), at
         # every decision (soft policy improvement): the expected-value gradient vanishes once the
         # softmax saturates, so a few early decisions can fix one feature everywhere (the
