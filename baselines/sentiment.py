@@ -43,7 +43,7 @@ class ChecksConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N prompts of each split (an even N keeps pairs whole)"})
     seed: int = field(default=0, metadata={"help": "seed for k-means, the probe, DAS and the random control"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype for everything but DAS training; auto = bf16 on CPU"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype for everything but DAS training; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     results_dir: str = field(default="results", metadata={"help": "where the tables and plots go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: <cache>/runs)"})

@@ -57,7 +57,7 @@ class VectorTrainConfig:
     das_batch: int = field(default=8, metadata={"help": "prompts per DAS step"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
     seed: int = field(default=0, metadata={"help": "seed for the contrast, k-means, the probe, DAS and few-shot sampling"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on CPU"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     results_dir: str = field(default="results", metadata={"help": "where the sweep table and plot go"})
     runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: <cache>/runs)"})

@@ -69,7 +69,7 @@ class BenchConfig:
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on CPU"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
     seed: int = field(default=0, metadata={"help": "seed for lm-eval's sampling and few-shot selection"})
     sae: str = field(default="auto", metadata={"help": "SAE for the SAE-based methods: sae-lens <release>/<id>, a directory, auto (published, else trained and cached), or none"})
     sae_layer: int | None = field(default=None, metadata={"help": "layer of the SAE (default: the SAE's own; the middle layer for auto)"})

@@ -29,7 +29,7 @@ class LeanHFLM(HFLM):
 
     `pretrained` also accepts crl-bench's embedded model names (`gemma-3-270m`).
     Defaults differ from `hf` only where this project needs them: the device is CUDA when
-    present, else CPU; `dtype=auto` is bf16 on CPU.
+    present, else CPU; `dtype=auto` is bf16 on a CPU with native bf16, fp32 on other CPUs.
     """
 
     def __init__(self, pretrained: str = "gemma-3-270m", device: str | None = None, dtype: str = "auto", **kwargs):

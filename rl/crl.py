@@ -360,7 +360,7 @@ def train(config: CRLConfig) -> Path:
                          f"{task.OUTPUT_TYPE} (use --setting generation)")
     splits = method_splits(task)
     device = config.device or default_device()
-    dtype = resolve_dtype("auto" if config.dtype == "auto" else config.dtype, device)  # forward only: bf16 on CPU
+    dtype = resolve_dtype("auto" if config.dtype == "auto" else config.dtype, device)  # forward only: bf16 on a CPU with native bf16
     model, tokenizer = load_causal_lm(config.model, dtype=str(dtype).replace("torch.", ""), device=device)
     info = model_info(config.model)  # as bench names it: an auto SAE is found in the same cache entry
     def sae_for(layer):

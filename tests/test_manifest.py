@@ -20,3 +20,23 @@ def test_manifest_names_the_processor_bf16_results_depend_on():
         assert found["cpu_bf16"] == sorted({f for line in flags.splitlines() if line.startswith("flags")
                                             for f in line.split(":", 1)[1].split() if "bf16" in f or f.startswith("amx")})
     assert processor() == found
+
+
+def test_auto_dtype_is_bf16_only_on_a_cpu_that_has_it_natively(monkeypatch):
+    import torch
+
+    from harness import models
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire = "flags\t\t: avx2 avx512f amx_bf16 amx_tile\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm sve\n"
+    assert not models.cpu_has_native_bf16(avx2)
+    assert models.cpu_has_native_bf16(zen4) and models.cpu_has_native_bf16(sapphire)
+    assert models.cpu_has_native_bf16(graviton3)
+    assert not models.cpu_has_native_bf16("")
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda cpuinfo=None, native=native: native)
+        assert models.resolve_dtype("auto", "cpu") == expected
+        assert models.resolve_dtype("auto", "cuda") == "auto"  # the checkpoint's own dtype on a GPU
+        assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for, not second-guessed

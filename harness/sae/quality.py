@@ -42,7 +42,7 @@ class SAEEvalConfig:
     ce_sequences: int = field(default=64, metadata={"help": "held-out sequences for the cross-entropy metrics (3 full forwards each)"})
     context_size: int = field(default=128, metadata={"help": "tokens per held-out sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on CPU"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     force: bool = field(default=False, metadata={"help": "recompute quality and cards even if present"})
     results_dir: str = field(default="results", metadata={"help": "where the quality table goes"})

@@ -49,8 +49,8 @@ class SAETrainConfig:
     batch_tokens: int = field(default=2048, metadata={"help": "tokens per SAE optimisation step"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     seed: int = field(default=0, metadata={"help": "seed for sae-lens, initialisation and corpus shuffling"})
-    dtype: str = field(default="auto", metadata={"help": "LLM dtype for activations; auto = bf16 on CPU"})
-    autocast: bool = field(default=True, metadata={"help": "bf16 autocast for the SAE's matmuls (fp32 weights)"})
+    dtype: str = field(default="auto", metadata={"help": "LLM dtype for activations; auto = bf16 on a CPU with native bf16, else fp32"})
+    autocast: bool = field(default=True, metadata={"help": "bf16 autocast for the SAE's matmuls (fp32 weights), where the device runs bf16 natively (a GPU, or a CPU with AVX512-BF16/AMX)"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     checkpoints: int = field(default=4, metadata={"help": "checkpoints during training, for resume"})
     force: bool = field(default=False, metadata={"help": "retrain even if a finished SAE with these settings exists"})
@@ -121,7 +121,7 @@ def train_sae(config: SAETrainConfig) -> Path:
     from sae_lens.load_model import HookedProxyLM
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
-    from harness.models import default_device, describe, load_causal_lm, model_info
+    from harness.models import cpu_has_native_bf16, default_device, describe, load_causal_lm, model_info
     from harness.sae.corpus import load_corpus
 
     info = model_info(config.model)
@@ -142,6 +142,8 @@ def train_sae(config: SAETrainConfig) -> Path:
     # ~4 characters per token in English; 1.5x so the run rarely needs a second epoch.
     texts = corpus.chunks("train", max_chars=int(config.tokens * 6), seed=config.seed)
     model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
+    # emulated bf16 (a CPU without AVX512-BF16/AMX) is 20-100x slower than fp32: no autocast there
+    autocast = config.autocast and (not device.startswith("cpu") or cpu_has_native_bf16())
     hook = f"{describe(model).layers_path}.{config.layer}"
 
     runner_cfg = LanguageModelSAERunnerConfig(
@@ -157,7 +159,7 @@ def train_sae(config: SAETrainConfig) -> Path:
         # the mixing buffer holds n_batches_in_buffer * context_size activations
         n_batches_in_buffer=max(32, 4 * config.batch_tokens // config.context_size),
         lr=config.lr, lr_warm_up_steps=min(50, config.tokens // config.batch_tokens // 10),
-        seed=config.seed, device=device, dtype="float32", autocast=config.autocast,
+        seed=config.seed, device=device, dtype="float32", autocast=autocast,
         n_batches_for_norm_estimate=20,
         # A feature silent for ~50k tokens counts as dead and gets the TopK auxiliary loss;
         # sae-lens's default (1000 steps) exceeds a whole CPU-budget run, so AuxK never acted.
@@ -199,6 +201,8 @@ def train_sae(config: SAETrainConfig) -> Path:
         training_steps=config.tokens // config.batch_tokens,
         train_wall_s=round(progress["wall_s"], 1),
         device=device,
+        llm_dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        autocast=autocast,
         seed=config.seed,
     ))
     (partial / PROGRESS).unlink(missing_ok=True)
