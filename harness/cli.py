@@ -111,6 +111,12 @@ def _exploration(args: argparse.Namespace) -> None:
     print(f"exploration: {compare(config.crl(), config.variants, config.out)}")
 
 
+def _ceiling(args: argparse.Namespace) -> None:
+    from rl.ceiling import CeilingConfig, run
+
+    print(f"ceiling: {run(from_args(CeilingConfig, args))}")
+
+
 def _interactions(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -227,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _command(commands, "exploration", "train one CRL controller per exploration variant (entropy bonus and "
              "adaptive masking on/off) and compare how fast each collapses onto one feature",
              ExplorationConfig, _exploration)
+    from rl.ceiling import CeilingConfig
+
+    _command(commands, "ceiling", "how far one SAE feature per token could take a generation task with an oracle "
+             "that reads the gold solution (an upper bound for CRL setting 3; rl.ceiling)", CeilingConfig, _ceiling)
     inter = commands.add_parser("interactions", help="how a CRL controller's choices depend on each other across "
                                 "layers and tokens (ablation; harness.interactions)")
     inter.add_argument("--controller", required=True, help="a CRL run directory")
