@@ -27,6 +27,7 @@ that fixed it, McNemar against the unsteered greedy decode, manifest).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -168,7 +169,7 @@ def run(config: CeilingConfig) -> Path:
     """Decode the split unsteered and with the oracle; write `<out>/<task>/ceiling.{json,md}`."""
     from tqdm.auto import tqdm
 
-    from harness.manifest import build_manifest, write_json, write_text
+    from harness.manifest import build_manifest, fingerprint, write_json, write_text
     from harness.models import default_device, load_causal_lm, model_info, resolve_dtype
     from harness.rewards import task_reward
     from harness.sae import load_sae
@@ -191,7 +192,7 @@ def run(config: CeilingConfig) -> Path:
     docs = getattr(splits, config.split)[: config.limit] if config.limit else getattr(splits, config.split)
     prompts = task_prompts(task, docs, seed=config.seed)
     # typical activations measured as CRL measures them, on the training prompts
-    scales, _, _ = measure_bank(model, tokenizer, {layer: loaded.sae}, task_prompts(task, splits.train[:64], config.seed), 8)
+    scales, _, _ = measure_bank(model, tokenizer, {layer: loaded}, task_prompts(task, splits.train[:64], config.seed), 8)
     directions = loaded.directions().float()
     kwargs = task.config.generation_kwargs or {}
     until = [u for u in kwargs.get("until", []) if u]
@@ -199,36 +200,61 @@ def run(config: CeilingConfig) -> Path:
     delimiter = task.config.target_delimiter
     reward = task_reward(task)
     fields = {k: [d[k] for d in docs] for k in docs[0]}
+    directory = Path(config.out) / config.task
+    directory.mkdir(parents=True, exist_ok=True)
+    # every decoded document is appended here as it comes, so a killed run resumes where it stopped
+    partial = directory / "ceiling.partial.jsonl"
+    # a document decodes the same whatever the limit: a run over more documents reuses these
+    identity = fingerprint({**asdict(config), "out": None, "limit": None, "dtype": dtype})
+    done = _read_partial(partial, identity)
     found: dict[str, Any] = {}
     for label, steer_on in (("greedy", False), ("oracle", True)):
-        texts, events = [], []
-        for doc, prompt in tqdm(list(zip(docs, prompts)), desc=f"ceiling {label}", leave=False):
-            target = task.doc_to_target(doc)
-            gold = tokenizer(delimiter + str(target), add_special_tokens=False)["input_ids"]
-            text, evs = oracle_decode(model, tokenizer, layer, directions, scales[layer], prompt, gold, max_new,
-                                      until, config.top, steer_on=steer_on)
-            texts.append(text)
-            events.append(evs)
-        found[label] = {"scores": reward(prompts, texts, **fields), "completions": texts, "deviations": events}
+        todo = [i for i in range(len(docs)) if (label, i) not in done]
+        with partial.open("a") as handle:
+            for i in tqdm(todo, desc=f"ceiling {label}", initial=len(docs) - len(todo), total=len(docs)):
+                gold = tokenizer(delimiter + str(task.doc_to_target(docs[i])), add_special_tokens=False)["input_ids"]
+                text, evs = oracle_decode(model, tokenizer, layer, directions, scales[layer], prompts[i], gold, max_new,
+                                          until, config.top, steer_on=steer_on)
+                done[(label, i)] = (text, evs)
+                handle.write(json.dumps({"run": identity, "label": label, "doc": i, "text": text, "events": evs}) + "\n")
+                handle.flush()
+        texts = [done[(label, i)][0] for i in range(len(docs))]
+        found[label] = {"scores": reward(prompts, texts, **fields), "completions": texts,
+                        "deviations": [done[(label, i)][1] for i in range(len(docs))]}
     base, oracle = found["greedy"]["scores"], found["oracle"]["scores"]
     deviations = [e for row in found["oracle"]["deviations"] for e in row]
+    (greedy_low, greedy_high), (oracle_low, oracle_high) = mean_ci95(base), mean_ci95(oracle)
     summary = {
         "n": len(docs), "layer": layer, "sae": loaded.name, "top": config.top, "split": config.split,
-        "greedy": mean_ci95(base)[0], "oracle": mean_ci95(oracle)[0],
-        "greedy_ci95": mean_ci95(base)[1], "oracle_ci95": mean_ci95(oracle)[1],
+        "greedy": sum(base) / len(base), "oracle": sum(oracle) / len(oracle),
+        "greedy_ci95": [greedy_low, greedy_high], "oracle_ci95": [oracle_low, oracle_high],
         "fixed": sum(o > b for b, o in zip(base, oracle)), "broken": sum(o < b for b, o in zip(base, oracle)),
         "p_mcnemar": mcnemar_exact(oracle, base),
         "deviations": len(deviations), "deviations_fixed": sum(e["feature"] is not None for e in deviations),
         "items_steered": sum(any(e["feature"] is not None for e in row) for row in found["oracle"]["deviations"]),
         "coefs_used": {str(c): sum(e["coef"] == c for e in deviations) for c in sorted({e["coef"] for e in deviations if e["coef"]})},
     }
-    directory = Path(config.out) / config.task
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "ceiling.json"
     write_json(path, {"manifest": build_manifest(kind="ceiling", config=asdict(config), dtype=dtype),
                       "summary": summary, **found})
     write_text(directory / "ceiling.md", render(config, summary, tokenizer, deviations))
+    partial.unlink()
     return path
+
+
+def _read_partial(path: Path, identity: str) -> dict[tuple[str, int], tuple[str, list[dict]]]:
+    """(label, doc) -> (completion, deviations) already decoded by a run with these settings."""
+    done: dict[tuple[str, int], tuple[str, list[dict]]] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the line a killed run was writing
+            continue
+        if row.get("run") == identity:
+            done[(row["label"], row["doc"])] = (row["text"], row["events"])
+    return done
 
 
 def render(config: CeilingConfig, s: dict[str, Any], tokenizer: Any, deviations: list[dict]) -> str:

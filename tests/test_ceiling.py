@@ -92,3 +92,50 @@ def test_ceiling_config_refuses_what_it_cannot_do():
         CeilingConfig(top=0)
     with pytest.raises(ValueError, match="--limit must be at least 1"):
         CeilingConfig(limit=0)
+
+
+def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_dir, tiny_sae_dir, tmp_path):
+    import json
+
+    from harness.cli import main
+
+    out = tmp_path / "ceiling"
+    args = ["ceiling", "--model", tiny_dir, "--sae", tiny_sae_dir, "--limit", "2", "--max-new-tokens", "3",
+            "--top", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads((out / "arith_gen" / "ceiling.json").read_text())
+    s = record["summary"]
+    assert (s["n"], s["layer"], s["split"]) == (2, 2, "validation")
+    assert len(record["greedy"]["scores"]) == len(record["oracle"]["scores"]) == 2
+    assert record["greedy"]["deviations"] == [[], []]  # unsteered: nothing tried
+    assert s["deviations"] == sum(len(row) for row in record["oracle"]["deviations"]) >= 1  # random model leaves the solution
+    assert record["manifest"]["kind"] == "ceiling" and record["manifest"]["dtype"] == "float32"
+    assert "| oracle |" in (out / "arith_gen" / "ceiling.md").read_text()
+    assert main(args[:1] + ["--task", "toy_sentiment"] + args[1:]) == 2  # a multiple-choice task: refused
+
+
+def test_a_killed_ceiling_run_resumes_where_it_stopped(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
+    import json
+
+    from rl import ceiling
+
+    config = ceiling.CeilingConfig(model=tiny_dir, sae=tiny_sae_dir, limit=3, max_new_tokens=2, top=1, device="cpu",
+                                   dtype="float32", out=str(tmp_path / "ceiling"))
+    real, calls = ceiling.oracle_decode, []
+
+    def dies_after_four(*args, **kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(kwargs["steer_on"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ceiling, "oracle_decode", dies_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        ceiling.run(config)
+    partial = tmp_path / "ceiling" / "arith_gen" / "ceiling.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 4  # the greedy pass and one oracle document, kept
+    calls.clear()
+    monkeypatch.setattr(ceiling, "oracle_decode", lambda *a, **k: calls.append(k["steer_on"]) or real(*a, **k))
+    path = ceiling.run(config)
+    assert calls == [True, True]  # only the two oracle documents left
+    assert json.loads(path.read_text())["summary"]["n"] == 3 and not partial.exists()

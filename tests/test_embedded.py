@@ -30,7 +30,10 @@ def test_embedded_wrappers_agree_with_lm_eval_and_sentiment_is_read(embedded_dir
 
     from harness.lm_models import LeanHFLM, VectorSteeredLM
 
-    common = {"device": "cpu", "dtype": "auto", "batch_size": 6}
+    from harness.perf import cpu_dtype
+
+    # the dtype our `auto` picks on this CPU, named explicitly: lm-eval's own `auto` is the checkpoint's (bf16)
+    common = {"device": "cpu", "dtype": cpu_dtype(), "batch_size": 6}
     base = _ll(LeanHFLM(pretrained="gemma-3-270m", **common))
     torch.testing.assert_close(base, _ll(HFLM(pretrained=embedded_dir, **common)), rtol=0, atol=2e-2)
     # the base model prefers the right label for plain reviews
