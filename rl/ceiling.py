@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,7 @@ class CeilingConfig:
     split: Literal["validation", "test"] = field(default="validation", metadata={"help": "documents to decode (harness.splits: the methods' validation split, or the evaluated one)"})
     limit: int | None = field(default=None, metadata={"help": "first N documents of the split"})
     top: int = field(default=8, metadata={"help": "features tried at each deviation (the first-order best), each at every coefficient"})
+    only: str | None = field(default=None, metadata={"help": "fix only the deviations whose gold token matches this regular expression (e.g. '^ [+-]$': arith_gen's operators); the others are left to the model"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "default: the task's max_gen_toks"})
     seed: int = field(default=0, metadata={"help": "few-shot seed of the prompts"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
@@ -59,6 +61,20 @@ class CeilingConfig:
             raise ValueError(f"--top must be at least 1, got {self.top}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        if self.only is not None:
+            try:
+                re.compile(self.only)
+            except re.error as err:
+                raise ValueError(f"--only {self.only!r} is not a regular expression ({err}); e.g. '^ [+-]$'") from None
+
+    def identities(self, dtype: str) -> dict[str, str]:
+        """Per decoding, the hash of the settings its completions depend on (not where results go or
+        how many documents: a document decodes the same whatever the limit)."""
+        from harness.manifest import fingerprint
+
+        settings = {**asdict(self), "out": None, "limit": None, "dtype": dtype}
+        unsteered = {k: v for k, v in settings.items() if k not in ("sae", "sae_corpus", "layer", "top", "only")}
+        return {"greedy": fingerprint(unsteered), "oracle": fingerprint(settings)}
 
 
 class _Pending:
@@ -85,10 +101,13 @@ def _forward(model: Any, token: Tensor, cache: Any) -> Tensor:
 
 def oracle_decode(model: Any, tokenizer: Any, layer: int, directions: Tensor, scales: Tensor, prompt: str,
                   gold: list[int], max_new_tokens: int, until: list[str], top: int = 8,
-                  coefs: tuple[float, ...] | None = None, steer_on: bool = True) -> tuple[str, list[dict]]:
+                  coefs: tuple[float, ...] | None = None, steer_on: bool = True,
+                  only: str | None = None) -> tuple[str, list[dict]]:
     """Greedy completion of `prompt` with the oracle's interventions (`steer_on=False`: none),
     and one record per deviation from `gold` (token ids of the target, with its delimiter) met
     on the gold path: step, gold and model token, and the (feature, coef) that fixed it or None.
+    `only`: a regular expression; deviations whose gold token's text does not match it are
+    left to the model (and end the gold path, as any unfixed deviation does).
 
     directions: Float[d_sae, D] decoder rows; scales: Float[d_sae] typical activations."""
     from transformers import DynamicCache
@@ -115,7 +134,7 @@ def oracle_decode(model: Any, tokenizer: Any, layer: int, directions: Tensor, sc
             with torch.no_grad():
                 logits = _forward(model, token, cache)
             nxt = int(logits[0].argmax())
-            if before is not None and nxt != gold[step]:
+            if before is not None and nxt != gold[step] and (only is None or re.search(only, tokenizer.decode([gold[step]]))):
                 fix = _fix(model, pending, before, token, gold[step], nxt, directions, scales, top, coefs)
                 events.append({"step": step, "gold": gold[step], "model": nxt,
                                "feature": None if fix is None else fix[0], "coef": None if fix is None else fix[1]})
@@ -169,7 +188,9 @@ def run(config: CeilingConfig) -> Path:
     """Decode the split unsteered and with the oracle; write `<out>/<task>/ceiling.{json,md}`."""
     from tqdm.auto import tqdm
 
-    from harness.manifest import build_manifest, fingerprint, write_json, write_text
+    from harness.manifest import build_manifest, write_json, write_text
+    from harness.models import model_slug
+    from harness.paths import cache_root
     from harness.models import default_device, load_causal_lm, model_info, resolve_dtype
     from harness.rewards import task_reward
     from harness.sae import load_sae
@@ -202,11 +223,12 @@ def run(config: CeilingConfig) -> Path:
     fields = {k: [d[k] for d in docs] for k in docs[0]}
     directory = Path(config.out) / config.task
     directory.mkdir(parents=True, exist_ok=True)
-    # every decoded document is appended here as it comes, so a killed run resumes where it stopped
-    partial = directory / "ceiling.partial.jsonl"
-    # a document decodes the same whatever the limit: a run over more documents reuses these
-    identity = fingerprint({**asdict(config), "out": None, "limit": None, "dtype": dtype})
-    done = _read_partial(partial, identity)
+    # every decoded document is appended to a cache file as it comes, so a killed run resumes where it
+    # stopped and a run with other oracle settings (or more documents) reuses the greedy decodes
+    partial = cache_root() / "ceiling" / model_slug(config.model) / f"{config.task}-{config.split}.jsonl"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    identities = config.identities(dtype)
+    done = _read_partial(partial, identities)
     found: dict[str, Any] = {}
     for label, steer_on in (("greedy", False), ("oracle", True)):
         todo = [i for i in range(len(docs)) if (label, i) not in done]
@@ -214,9 +236,9 @@ def run(config: CeilingConfig) -> Path:
             for i in tqdm(todo, desc=f"ceiling {label}", initial=len(docs) - len(todo), total=len(docs)):
                 gold = tokenizer(delimiter + str(task.doc_to_target(docs[i])), add_special_tokens=False)["input_ids"]
                 text, evs = oracle_decode(model, tokenizer, layer, directions, scales[layer], prompts[i], gold, max_new,
-                                          until, config.top, steer_on=steer_on)
+                                          until, config.top, steer_on=steer_on, only=config.only)
                 done[(label, i)] = (text, evs)
-                handle.write(json.dumps({"run": identity, "label": label, "doc": i, "text": text, "events": evs}) + "\n")
+                handle.write(json.dumps({"run": identities[label], "label": label, "doc": i, "text": text, "events": evs}) + "\n")
                 handle.flush()
         texts = [done[(label, i)][0] for i in range(len(docs))]
         found[label] = {"scores": reward(prompts, texts, **fields), "completions": texts,
@@ -238,11 +260,10 @@ def run(config: CeilingConfig) -> Path:
     write_json(path, {"manifest": build_manifest(kind="ceiling", config=asdict(config), dtype=dtype),
                       "summary": summary, **found})
     write_text(directory / "ceiling.md", render(config, summary, tokenizer, deviations))
-    partial.unlink()
     return path
 
 
-def _read_partial(path: Path, identity: str) -> dict[tuple[str, int], tuple[str, list[dict]]]:
+def _read_partial(path: Path, identities: dict[str, str]) -> dict[tuple[str, int], tuple[str, list[dict]]]:
     """(label, doc) -> (completion, deviations) already decoded by a run with these settings."""
     done: dict[tuple[str, int], tuple[str, list[dict]]] = {}
     if not path.exists():
@@ -252,7 +273,7 @@ def _read_partial(path: Path, identity: str) -> dict[tuple[str, int], tuple[str,
             row = json.loads(line)
         except json.JSONDecodeError:  # the line a killed run was writing
             continue
-        if row.get("run") == identity:
+        if row.get("run") == identities.get(row.get("label")):
             done[(row["label"], row["doc"])] = (row["text"], row["events"])
     return done
 

@@ -4,6 +4,8 @@ that feature, replayed through the steering mechanism, gives the same completion
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -27,12 +29,12 @@ def setup(tiny_model):
     return model, tokenizer, ids, greedy, target, directions
 
 
-def _decode(setup, gold, scales, steer_on=True, top=4):
+def _decode(setup, gold, scales, steer_on=True, top=4, only=None):
     from rl.ceiling import oracle_decode
 
     model, tokenizer, *_ , directions = setup
     return oracle_decode(model, tokenizer, LAYER, directions, scales, PROMPT, gold, max_new_tokens=4, until=[],
-                         top=top, steer_on=steer_on)
+                         top=top, steer_on=steer_on, only=only)
 
 
 def test_unsteered_is_greedy_and_a_followed_solution_needs_no_fix(setup):
@@ -78,6 +80,15 @@ def test_a_deviation_is_fixed_by_a_feature_that_replays_to_the_same_completion(s
         assert int(logits.argmax()) != target
 
 
+def test_only_fixes_the_deviations_it_names(setup):
+    model, tokenizer, ids, greedy, target, directions = setup
+    scales = torch.full((16,), 100.0)
+    assert _decode(setup, [target], scales, only="^this token does not exist$") == (tokenizer.decode(greedy), [])
+    named = "^" + re.escape(tokenizer.decode([target])) + "$"
+    text, events = _decode(setup, [target], scales, only=named)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"][0] == target and events[0]["feature"] is not None
+
+
 def test_an_unfixable_deviation_is_recorded_and_left_greedy(setup):
     model, tokenizer, ids, greedy, target, directions = setup
     text, events = _decode(setup, [target], torch.full((16,), 1e-6))  # features far too weak to move anything
@@ -92,13 +103,16 @@ def test_ceiling_config_refuses_what_it_cannot_do():
         CeilingConfig(top=0)
     with pytest.raises(ValueError, match="--limit must be at least 1"):
         CeilingConfig(limit=0)
+    with pytest.raises(ValueError, match="not a regular expression"):
+        CeilingConfig(only="([+-]")
 
 
-def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_dir, tiny_sae_dir, tmp_path):
+def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
     import json
 
     from harness.cli import main
 
+    monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ceiling"
     args = ["ceiling", "--model", tiny_dir, "--sae", tiny_sae_dir, "--limit", "2", "--max-new-tokens", "3",
             "--top", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out)]
@@ -117,8 +131,10 @@ def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_d
 def test_a_killed_ceiling_run_resumes_where_it_stopped(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
     import json
 
+    from harness.models import model_slug
     from rl import ceiling
 
+    monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
     config = ceiling.CeilingConfig(model=tiny_dir, sae=tiny_sae_dir, limit=3, max_new_tokens=2, top=1, device="cpu",
                                    dtype="float32", out=str(tmp_path / "ceiling"))
     real, calls = ceiling.oracle_decode, []
@@ -132,10 +148,14 @@ def test_a_killed_ceiling_run_resumes_where_it_stopped(tiny_dir, tiny_sae_dir, t
     monkeypatch.setattr(ceiling, "oracle_decode", dies_after_four)
     with pytest.raises(KeyboardInterrupt):
         ceiling.run(config)
-    partial = tmp_path / "ceiling" / "arith_gen" / "ceiling.partial.jsonl"
+    partial = tmp_path / "cache" / "ceiling" / model_slug(tiny_dir) / "arith_gen-validation.jsonl"
     assert len(partial.read_text().splitlines()) == 4  # the greedy pass and one oracle document, kept
     calls.clear()
     monkeypatch.setattr(ceiling, "oracle_decode", lambda *a, **k: calls.append(k["steer_on"]) or real(*a, **k))
     path = ceiling.run(config)
     assert calls == [True, True]  # only the two oracle documents left
-    assert json.loads(path.read_text())["summary"]["n"] == 3 and not partial.exists()
+    assert json.loads(path.read_text())["summary"]["n"] == 3 and len(partial.read_text().splitlines()) == 6
+    calls.clear()
+    config.top, config.limit = 2, 4  # other oracle settings and one more document: the greedy decodes are reused
+    ceiling.run(config)
+    assert calls == [False, True, True, True, True]
