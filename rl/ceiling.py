@@ -51,6 +51,7 @@ class CeilingConfig:
     top: int = field(default=8, metadata={"help": "features tried at each deviation (the first-order best), each at every coefficient"})
     only: str | None = field(default=None, metadata={"help": "fix only the deviations whose gold token matches this regular expression (e.g. '^ [+-]$': arith_gen's operators); the others are left to the model"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "default: the task's max_gen_toks"})
+    bank_prompts: int = field(default=64, metadata={"help": "training prompts the features' typical activations are measured on (CRL measures them on 64)"})
     seed: int = field(default=0, metadata={"help": "few-shot seed of the prompts"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     dtype: str = field(default="auto", metadata={"help": "model dtype (auto: bf16 on a CPU with native bf16, else fp32)"})
@@ -61,6 +62,8 @@ class CeilingConfig:
             raise ValueError(f"--top must be at least 1, got {self.top}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        if self.bank_prompts < 1:
+            raise ValueError(f"--bank-prompts must be at least 1, got {self.bank_prompts}")
         if self.only is not None:
             try:
                 re.compile(self.only)
@@ -73,6 +76,8 @@ class CeilingConfig:
         from harness.manifest import fingerprint
 
         settings = {**asdict(self), "out": None, "limit": None, "dtype": dtype}
+        if self.bank_prompts == 64:  # the only value before the field existed: those decodes stay valid
+            settings.pop("bank_prompts")
         unsteered = {k: v for k, v in settings.items() if k not in ("sae", "sae_corpus", "layer", "top", "only")}
         return {"greedy": fingerprint(unsteered), "oracle": fingerprint(settings)}
 
@@ -213,7 +218,7 @@ def run(config: CeilingConfig) -> Path:
     docs = getattr(splits, config.split)[: config.limit] if config.limit else getattr(splits, config.split)
     prompts = task_prompts(task, docs, seed=config.seed)
     # typical activations measured as CRL measures them, on the training prompts
-    scales, _, _ = measure_bank(model, tokenizer, {layer: loaded}, task_prompts(task, splits.train[:64], config.seed), 8)
+    scales, _, _ = measure_bank(model, tokenizer, {layer: loaded}, task_prompts(task, splits.train[: config.bank_prompts], config.seed), 8)
     directions = loaded.directions().float()
     kwargs = task.config.generation_kwargs or {}
     until = [u for u in kwargs.get("until", []) if u]

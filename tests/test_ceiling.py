@@ -115,7 +115,7 @@ def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_d
     monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ceiling"
     args = ["ceiling", "--model", tiny_dir, "--sae", tiny_sae_dir, "--limit", "2", "--max-new-tokens", "3",
-            "--top", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out)]
+            "--top", "2", "--bank-prompts", "8", "--device", "cpu", "--dtype", "float32", "--out", str(out)]
     assert main(args) == 0
     record = json.loads((out / "arith_gen" / "ceiling.json").read_text())
     s = record["summary"]
@@ -135,7 +135,7 @@ def test_a_killed_ceiling_run_resumes_where_it_stopped(tiny_dir, tiny_sae_dir, t
     from rl import ceiling
 
     monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
-    config = ceiling.CeilingConfig(model=tiny_dir, sae=tiny_sae_dir, limit=3, max_new_tokens=2, top=1, device="cpu",
+    config = ceiling.CeilingConfig(model=tiny_dir, sae=tiny_sae_dir, limit=3, max_new_tokens=2, top=1, bank_prompts=8, device="cpu",
                                    dtype="float32", out=str(tmp_path / "ceiling"))
     real, calls = ceiling.oracle_decode, []
 
