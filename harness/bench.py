@@ -387,7 +387,7 @@ def reserved_documents(tasks: list[str], manager: Any = None) -> dict[str, froze
     from harness.splits import method_splits
     from harness.tasks import load_task, task_manager
 
-    manager = manager or task_manager()
+    manager = manager or task_manager(names=tasks)
     return {task: method_splits(load_task(task, manager)).reserved_ids for task in tasks}
 
 
@@ -418,7 +418,7 @@ def run(config: BenchConfig) -> Path:
     from harness.tasks import check_tasks, task_manager
 
     console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (greppable)
-    manager = task_manager()
+    manager = task_manager(names=config.tasks)
     check_tasks(config.tasks, manager)  # before any model load: a typo costs a second
     register_models()
     if config.sae != "none":

@@ -254,6 +254,11 @@ def resolve_dtype(dtype: str, device: str) -> "torch.dtype | str":
     return getattr(torch, dtype)
 
 
+def cpu_dtype() -> str:
+    """The dtype `auto` picks on this CPU, by name (bf16 only where the CPU has it natively)."""
+    return str(resolve_dtype("auto", "cpu")).replace("torch.", "")
+
+
 def default_device() -> str:
     import torch
 

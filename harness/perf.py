@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.manifest import build_manifest, write_json
-from harness.models import DEFAULT_MODEL
+from harness.models import DEFAULT_MODEL, cpu_dtype
 
 VARIANTS = ("hf", "hf_lean", "vector_steered")
 
@@ -69,7 +69,7 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
         lm = VectorSteeredLM(pretrained=config.model, steer=steer_dir, **common)
     load_s, rss_loaded = time.time() - started, _rss_mb()
     started = time.time()
-    output = simple_evaluate(model=lm, tasks=[config.task], task_manager=task_manager(), limit=config.limit,
+    output = simple_evaluate(model=lm, tasks=[config.task], task_manager=task_manager(names=[config.task]), limit=config.limit,
                              log_samples=True, bootstrap_iters=0, random_seed=0, fewshot_random_seed=0)
     eval_s = time.time() - started
     samples = next(iter(output["samples"].values()))
@@ -128,13 +128,6 @@ def run_training(config: PerfConfig, console: Any) -> Path:
     (results_dir / "perf_training.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf_training.md)")
     return path
-
-
-def cpu_dtype() -> str:
-    """The dtype `auto` picks on this CPU (bf16 only where the CPU has it natively)."""
-    from harness.models import resolve_dtype
-
-    return str(resolve_dtype("auto", "cpu")).replace("torch.", "")
 
 
 def run(config: PerfConfig) -> Path:

@@ -83,7 +83,17 @@ def check_yaml_folder(folder: Path) -> None:
             raise ValueError(f"task file {path} is not valid YAML ({err}); fix or remove it") from err
 
 
-def task_manager(include_path: str | Path | list | None = None) -> "TaskManager":
+_MANAGERS: dict[tuple, "TaskManager"] = {}
+
+
+def task_manager(include_path: str | Path | list | None = None, names: list[str] | None = None) -> "TaskManager":
+    """lm-eval's TaskManager with crl-bench's task folders (and the user's), built once per
+    process for each set of folders.
+
+    Indexing lm-eval's thousands of built-in task files takes about 15 s. When `names` are
+    given, no user folder is, and every name is one of crl-bench's own tasks, the manager
+    indexes only crl-bench's folders (milliseconds); any other name gets the full index.
+    """
     from lm_eval.tasks import TaskManager
 
     from harness.lmeval_plugin import patch_task_manager
@@ -94,7 +104,19 @@ def task_manager(include_path: str | Path | list | None = None) -> "TaskManager"
             raise FileNotFoundError(f"task folder {folder} does not exist; pass an existing --include-path")
         check_yaml_folder(Path(folder))
     patch_task_manager(TaskManager)  # in case the .pth plugin is switched off
-    return TaskManager(include_path=user or None)
+    folders = tuple(merge_include_paths(user))
+
+    def build(defaults: bool) -> "TaskManager":
+        key = (folders, defaults)
+        if key not in _MANAGERS:
+            _MANAGERS[key] = TaskManager(include_path=list(folders), include_defaults=defaults)
+        return _MANAGERS[key]
+
+    if names is not None and not user:
+        ours = build(False)
+        if all(name in ours.all_tasks for name in names):
+            return ours
+    return build(True)
 
 
 def check_tasks(names: list[str], manager: "TaskManager") -> None:
@@ -122,7 +144,7 @@ def check_tasks(names: list[str], manager: "TaskManager") -> None:
 
 def load_task(name: str, manager: "TaskManager | None" = None) -> Any:
     """One lm-eval Task object (not a group) by name."""
-    manager = manager or task_manager()
+    manager = manager or task_manager(names=[name])
     check_tasks([name], manager)
     loaded = manager.load([name])
     tasks = loaded["tasks"]

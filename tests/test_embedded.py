@@ -30,7 +30,7 @@ def test_embedded_wrappers_agree_with_lm_eval_and_sentiment_is_read(embedded_dir
 
     from harness.lm_models import LeanHFLM, VectorSteeredLM
 
-    from harness.perf import cpu_dtype
+    from harness.models import cpu_dtype
 
     # the dtype our `auto` picks on this CPU, named explicitly: lm-eval's own `auto` is the checkpoint's (bf16)
     common = {"device": "cpu", "dtype": cpu_dtype(), "batch_size": 6}

@@ -84,3 +84,16 @@ def test_malformed_yaml_is_named(tmp_path):
         task_manager(include_path=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         task_manager(include_path=str(tmp_path / "absent"))
+
+
+def test_own_tasks_skip_indexing_the_builtins_and_managers_are_built_once():
+    """Indexing lm-eval's built-in tasks takes ~15 s; crl-bench's own tasks do not need it."""
+    ours = task_manager(names=["arith_mc", "toy_sentiment"])
+    assert ours is task_manager(names=["arith_gen"])  # built once per process
+    assert "hellaswag" not in ours.all_tasks  # the built-ins were not indexed
+    full = task_manager(names=["arith_mc", "hellaswag"])  # a built-in name gets the full index
+    assert "hellaswag" in full.all_tasks and full is task_manager() and full is not ours
+    small_docs = list(load_task("arith_mc", ours).test_docs())
+    assert small_docs == list(load_task("arith_mc", full).test_docs()) and len(small_docs) > 0
+    with pytest.raises(ValueError, match="unknown task 'toy_sentimnt'"):  # a typo still gets the full hint
+        check_tasks(["toy_sentimnt"], task_manager(names=["toy_sentimnt"]))
