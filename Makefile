@@ -14,6 +14,8 @@ SAE ?= auto
 BUDGET ?=
 PROFILE ?=
 ARGS ?=
+# pytest workers for make test (pytest-xdist); each gets an equal share of the cores
+TEST_WORKERS ?= 2
 
 # Everything heavy stays inside the project: model cache, HF caches, pip cache, runs.
 export CRL_BENCH_CACHE ?= $(CURDIR)/.cache
@@ -56,10 +58,10 @@ browser:
 	  echo "browser: apt-get could not install chromium"; }
 
 test: install browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slow"
 
 bench: install
 	$(BIN)/crl-bench bench $(BENCH_FLAGS)

@@ -48,15 +48,29 @@ def embedded_model_dir(name: str) -> Path:
 
 
 def _materialise_embedded(name: str) -> Path:
-    """Dequantize the embedded GGUF once into `<cache>/models/<name>` (about 40 s on 2 cores)."""
+    """Dequantize the embedded GGUF once into `<cache>/models/<name>` (about 40 s on 2 cores).
+
+    A file lock makes concurrent processes (two test workers, `make bench` beside `lm_eval`)
+    wait for one conversion instead of writing the same folder at once.
+    """
+    from filelock import FileLock
+
+    target = embedded_model_dir(name)
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not ((target / "config.json").exists() and (target / "model.safetensors").exists()):
+            _convert_embedded(name, target)
+    return target
+
+
+def _convert_embedded(name: str, target: Path) -> None:
     import importlib
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    target = embedded_model_dir(name)
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
     package = importlib.import_module(EMBEDDED_MODELS[name].package)
     gguf_path = package.assemble(cache_root() / "gguf" / package.MODEL_NAME)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -82,7 +96,6 @@ def _materialise_embedded(name: str) -> Path:
         shutil.rmtree(target)
     tmp.rename(target)
     gguf_path.unlink(missing_ok=True)
-    return target
 
 
 def resolve_model(spec: str) -> str:

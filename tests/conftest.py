@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CRL_BENCH_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs pytest -n: share the cores, do not oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 if SHARED_DATA.is_dir():
     os.environ.setdefault("CRL_BENCH_DATA", str(SHARED_DATA))

@@ -40,3 +40,32 @@ def test_auto_dtype_is_bf16_only_on_a_cpu_that_has_it_natively(monkeypatch):
         assert models.resolve_dtype("auto", "cpu") == expected
         assert models.resolve_dtype("auto", "cuda") == "auto"  # the checkpoint's own dtype on a GPU
         assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for, not second-guessed
+
+
+def test_concurrent_processes_convert_the_embedded_model_once(tmp_path, monkeypatch):
+    """Two workers (or `make bench` beside `lm_eval`) asking for the embedded model at once
+    wait for one conversion instead of writing the same folder together."""
+    import threading
+    import time
+
+    import harness.models as models
+
+    target = tmp_path / "models" / "gemma-3-270m"
+    calls = []
+
+    def convert(name, where):
+        calls.append(name)
+        time.sleep(0.5)  # long enough for the other thread to arrive mid-conversion
+        where.mkdir(parents=True)
+        (where / "config.json").write_text("{}")
+        (where / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(models, "embedded_model_dir", lambda name: target)
+    monkeypatch.setattr(models, "_convert_embedded", convert)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(models.resolve_model("gemma-3-270m"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["gemma-3-270m"] and found == [str(target)] * 2
