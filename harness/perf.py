@@ -6,10 +6,11 @@ measured in the same run.
   through `lm_eval.simple_evaluate`; we report evaluation wall time, peak resident memory,
   the ratios against `hf`, and the largest log-likelihood difference from `hf` (the
   unsteered wrapper must agree with it). Written to results/perf.{json,md}.
-- Training (`--train-steps`, 0 to skip): RLVR (LoRA + GRPO) and CRL (one-token setting),
-  each in a fresh subprocess, with the same budget on the same task: rollouts per second
-  over the optimisation steps (loading and validation excluded) and peak resident memory,
-  CRL as a ratio of RLVR. Written to results/perf_training.{json,md}.
+- Training (`--train-steps`, 0 to skip): RLVR (LoRA + GRPO) and CRL, each in a fresh
+  subprocess, with the same budget on the same task, on a one-token task (CRL setting 1)
+  and a generation task (CRL setting 3, ppo and pathwise): rollouts per second over the
+  optimisation steps (loading and validation excluded) and peak resident memory, CRL as a
+  ratio of RLVR. Written to results/perf_training.{json,md}.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class PerfConfig:
     train_steps: int = field(default=4, metadata={"help": "optimisation steps per trained method (0: skip training)"})
     train_prompts_per_step: int = field(default=4, metadata={"help": "prompts per step of the training comparison"})
     train_samples: int = field(default=8, metadata={"help": "samples per prompt of the training comparison"})
+    train_generation_task: str = field(default="arith_gen", metadata={"help": "generation task of a second training comparison: RLVR, CRL setting 3 and its pathwise variant (none: skip it)"})
+    train_max_new_tokens: int = field(default=32, metadata={"help": "new tokens per rollout of the generation comparison (the laptop and cpu budgets')"})
     sae: str = field(default="auto", metadata={"help": "SAE for CRL's training measurement"})
     sae_corpus: str = field(default="builtin", metadata={"help": "corpus of an auto SAE (as bench's --sae-corpus, so bench's SAE is reused)"})
 
@@ -78,53 +81,78 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
             "peak_rss_mb": _rss_mb(), "n_requests": len(loglikelihoods), "loglikelihoods": loglikelihoods}
 
 
+# The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
+# task trains RLVR, CRL setting 3 (ppo, the default) and setting 3 with --algorithm pathwise,
+# whose extra teacher-forced forward and backward to the controlled layer is what it costs.
+TRAINED = {"one-token": ("rlvr", "crl"), "generation": ("rlvr", "crl", "crl-pathwise")}
+
+
 def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, Any]:
-    """Runs inside the subprocess: train one method with the shared budget, measure."""
-    common = dict(model=config.model, task=config.train_task, budget="smoke", steps=config.train_steps,
+    """Runs inside the subprocess: train one method with the shared budget, measure.
+    `variant` is `<setting>:<method>`, a setting and a method of `TRAINED`."""
+    setting, method = variant.split(":")
+    task = config.train_task if setting == "one-token" else config.train_generation_task
+    common = dict(model=config.model, task=task, budget="smoke", steps=config.train_steps,
                   prompts_per_step=config.train_prompts_per_step, samples_per_prompt=config.train_samples,
-                  eval_every=0, val_limit=2, checkpoint_every=10**6, runs_dir=runs_dir,
-                  results_dir=str(Path(runs_dir) / "results"))
-    if variant == "rlvr":
+                  max_new_tokens=config.train_max_new_tokens, eval_every=0, val_limit=2, checkpoint_every=10**6,
+                  runs_dir=runs_dir, results_dir=str(Path(runs_dir) / "results"))
+    if method == "rlvr":
         from rl.rlvr import RLVRConfig, train
 
         run_dir = train(RLVRConfig(**common))
     else:
         from rl.crl import CRLConfig, train
 
-        run_dir = train(CRLConfig(**common, sae=config.sae, sae_corpus=config.sae_corpus))
+        algorithm = "pathwise" if method == "crl-pathwise" else "ppo"
+        run_dir = train(CRLConfig(**common, setting=setting, algorithm=algorithm, sae=config.sae, sae_corpus=config.sae_corpus))
     spent = json.loads((run_dir / "manifest.json").read_text())["spent"]
-    return {"variant": variant, **spent, "rollouts_per_s": spent["rollouts"] / spent["train_s"], "peak_rss_mb": _rss_mb()}
+    return {"task": task, "setting": setting, "variant": method, **spent,
+            "rollouts_per_s": spent["rollouts"] / spent["train_s"], "peak_rss_mb": _rss_mb()}
 
 
 def run_training(config: PerfConfig, console: Any) -> Path:
+    """Trains every method of `TRAINED` in its own process with the same budget; CRL's
+    rollouts per second and peak memory as ratios of RLVR's on the same task."""
     from rich.progress import track
 
-    measurements = {}
+    settings = ["one-token"] + (["generation"] if config.train_generation_task != "none" else [])
+    jobs = [(setting, method) for setting in settings for method in TRAINED[setting]]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in track(("rlvr", "crl"), description="perf training", console=console):
-            out = Path(tmp) / f"{variant}.json"
-            cmd = [sys.executable, "-m", "harness.perf", "train-" + variant, json.dumps(asdict(config)), tmp, str(out)]
+        for setting, method in track(jobs, description="perf training", console=console):
+            out = Path(tmp) / f"{setting}-{method}.json"
+            cmd = [sys.executable, "-m", "harness.perf", f"train-{setting}:{method}", json.dumps(asdict(config)), tmp, str(out)]
             subprocess.run(cmd, check=True)
-            measurements[variant] = json.loads(out.read_text())
-    rlvr, crl = measurements["rlvr"], measurements["crl"]
-    ratios = {"rollouts_per_s_crl_over_rlvr": crl["rollouts_per_s"] / rlvr["rollouts_per_s"],
-              "peak_rss_crl_over_rlvr": crl["peak_rss_mb"] / rlvr["peak_rss_mb"]}
+            rows.append(json.loads(out.read_text()))
+    ratios = []
+    for setting in settings:
+        measured = {r["variant"]: r for r in rows if r["setting"] == setting}
+        rlvr = measured.pop("rlvr")
+        ratios += [{"task": crl["task"], "setting": setting, "variant": method,
+                    "rollouts_per_s_over_rlvr": crl["rollouts_per_s"] / rlvr["rollouts_per_s"],
+                    "peak_rss_over_rlvr": crl["peak_rss_mb"] / rlvr["peak_rss_mb"]} for method, crl in measured.items()]
     results_dir = Path(config.results_dir)
     path = results_dir / "perf_training.json"
-    write_json(path, {"manifest": build_manifest(perf_config=asdict(config)), "rows": list(measurements.values()),
-                      "ratios": ratios})
-    lines = [f"# Training throughput: CRL vs RLVR, {config.model}, {config.train_task}", "",
-             f"Generated by `crl-bench perf` from perf_training.json. Same budget for both: {config.train_steps} steps x "
-             f"{config.train_prompts_per_step} prompts x {config.train_samples} samples; rollouts per second over the "
-             "optimisation steps only (loading and validation excluded); each method in its own process. RLVR trains "
+    write_json(path, {"manifest": build_manifest(perf_config=asdict(config)), "rows": rows, "ratios": ratios})
+    tasks = " and ".join(f"{config.train_task if s == 'one-token' else config.train_generation_task} ({s})" for s in settings)
+    lines = [f"# Training throughput: CRL vs RLVR, {config.model}, {tasks}", "",
+             f"Generated by `crl-bench perf` from perf_training.json. Same budget for every method on a task: "
+             f"{config.train_steps} steps x {config.train_prompts_per_step} prompts x {config.train_samples} samples "
+             f"(generation: up to {config.train_max_new_tokens} new tokens); rollouts per second over the optimisation "
+             "steps only (loading, candidates and validation excluded); each method in its own process. RLVR trains "
              "LoRA with TRL's GRPO (fp32 on CPU: it needs backward passes through the LLM); CRL runs the frozen LLM "
-             f"forward only ({cpu_dtype()} on this CPU) and trains the controller on stored residuals.", "",
-             "| method | rollouts | train s | rollouts / s | trainable parameters | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
-    for m in measurements.values():
-        lines.append(f"| {m['variant']} | {m['rollouts']} | {m['train_s']:.1f} | {m['rollouts_per_s']:.2f} | "
-                     f"{m['trainable_parameters']:,} | {m['peak_rss_mb']:.0f} |")
-    lines += ["", f"CRL / RLVR: **{ratios['rollouts_per_s_crl_over_rlvr']:.1f}x** the rollouts per second, "
-              f"{ratios['peak_rss_crl_over_rlvr']:.2f}x the peak memory."]
+             f"forward only ({cpu_dtype()} on this CPU) and trains the controller on stored residuals; "
+             "`crl-pathwise` (setting 3, `--algorithm pathwise`) adds one teacher-forced forward and a backward to the "
+             "controlled layer per step, reaching no weight. Setting 3 with ppo also decodes each training prompt once "
+             "unsteered (its advantage baseline): those decodes count among its rollouts.", "",
+             "| task | setting | method | rollouts | generated tokens | train s | rollouts / s | trainable parameters | peak RSS MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for m in rows:
+        lines.append(f"| {m['task']} | {m['setting']} | {m['variant']} | {m['rollouts']} | {m['generated_tokens']:,} | "
+                     f"{m['train_s']:.1f} | {m['rollouts_per_s']:.2f} | {m['trainable_parameters']:,} | {m['peak_rss_mb']:.0f} |")
+    lines.append("")
+    lines += [f"- {r['task']}, {r['variant']} / RLVR: **{r['rollouts_per_s_over_rlvr']:.1f}x** the rollouts per second, "
+              f"{r['peak_rss_over_rlvr']:.2f}x the peak memory." for r in ratios]
     (results_dir / "perf_training.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf_training.md)")
     return path
