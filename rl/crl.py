@@ -54,8 +54,8 @@ on-policy), so the choice keeps learning after the gate has learnt to shut.
 Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the same
 prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
 the manifest records rollouts, generated tokens, wall time and trainable parameters.
-Checkpoints (controller, optimiser and masking state as safetensors + JSON, never pickle)
-every `checkpoint_every` steps; a rerun resumes from the newest.
+Checkpoints (controller, optimiser and masking state as safetensors + JSON, never pickle;
+`rl.checkpoints`) every `checkpoint_every` steps; a rerun resumes from the newest.
 
 Run directory `<runs>/<model>/crl-<setting>/<task>/seed<k>/`: `config.json`,
 `controller.safetensors` (weights and input standardisation), `bank.safetensors` (the
@@ -76,6 +76,7 @@ from typing import Any
 import torch
 
 from rl.budget import Spent
+from rl.checkpoints import CONTROLLER_FILE, latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
 from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
 from rl.candidates import CANDIDATE_RULES, choice_attribution, choose_candidates  # noqa: F401  (part of this module's API)
 from rl.controller import POLICIES
@@ -91,7 +92,6 @@ BASELINES = ("auto", "value", "group", "unsteered")
 TOKEN_EXPLORATIONS = ("sample", "flip")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
                 "newly_masked", "fixed", "broken", "top_share")
-CONTROLLER_FILE = "controller.safetensors"
 BANK_FILE = "bank.safetensors"
 
 
@@ -246,49 +246,6 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
     return scales, {l: torch.cat(last[l]) for l in layers}, counts
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    state = optimizer.state_dict()
-    tensors = {f"{index}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
-               for index, entry in state["state"].items() for name, value in entry.items()}
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _checkpoint(directory: Path, controller, optimizer, state: dict[str, Any]) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    _save_tensors(tmp / CONTROLLER_FILE, controller.state_dict())
-    tensors, groups = _optimizer_state(optimizer)
-    if tensors:
-        _save_tensors(tmp / "optimizer.safetensors", tensors)
-    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups}))
-    if directory.exists():
-        import shutil
-
-        shutil.rmtree(directory)
-    tmp.rename(directory)
-
-
-def _latest(checkpoints: Path) -> Path | None:
-    found = sorted((p for p in checkpoints.glob("step-*") if (p / "state.json").exists()),
-                   key=lambda p: int(p.name.split("-")[1])) if checkpoints.is_dir() else []
-    return found[-1] if found else None
-
-
 def _sampled_update(config: CRLConfig, controller, optimizer, rewards: list[float], records: list[dict],
                     residuals: list[torch.Tensor], masked, rows: list[int], group_size: int,
                     unsteered: dict[int, float] | None, device) -> dict[str, float]:
@@ -337,7 +294,6 @@ def _flipped_rollouts(rollouts: Rollouts, picks: list[int], samples: int, genera
 def train(config: CRLConfig) -> Path:
     """Train (or resume) one CRL controller; returns its run directory."""
     from rich.console import Console
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from harness.manifest import build_manifest, write_json
@@ -414,7 +370,7 @@ def train(config: CRLConfig) -> Path:
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
     unsteered_baseline = config.resolved_baseline == "unsteered"
     unsteered: dict[int, float] = {}  # training doc -> its reward with no intervention (that baseline)
-    latest = _latest(checkpoints) if config.resume else None
+    latest = latest_checkpoint(checkpoints) if config.resume else None
     if latest is not None and json.loads((latest / "state.json").read_text()).get("fingerprint") != config.fingerprint():
         console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
         import shutil
@@ -422,10 +378,7 @@ def train(config: CRLConfig) -> Path:
         shutil.rmtree(checkpoints)
         latest = None
     if latest is not None:
-        state = json.loads((latest / "state.json").read_text())
-        controller.load_state_dict(load_file(str(latest / CONTROLLER_FILE)))
-        if (latest / "optimizer.safetensors").exists():
-            _load_optimizer(optimizer, load_file(str(latest / "optimizer.safetensors")), state["param_groups"])
+        state = load_checkpoint(latest, controller, optimizer)
         spent, curve, start_step = Spent(**state["spent"]), state["curve"], state["step"]
         mask.load(state["mask"])
         chosen_counts = Counter({int(k): v for k, v in state["chosen"].items()})
@@ -504,7 +457,7 @@ def train(config: CRLConfig) -> Path:
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.2f}", features=len(chosen_counts))
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < budget.steps:
-            _checkpoint(checkpoints / f"step-{step + 1}", controller, optimizer, {
+            save_checkpoint(checkpoints / f"step-{step + 1}", controller, optimizer, {
                 "step": step + 1, "fingerprint": config.fingerprint(), "spent": spent.to_dict(), "curve": curve,
                 "mask": mask.state(),
                 "chosen": {str(k): v for k, v in chosen_counts.items()}, "generator": generator.get_state().tolist(),
@@ -517,8 +470,8 @@ def train(config: CRLConfig) -> Path:
                            "This is a bug: please report it")
     score, decisions, val_rewards = validate()
     run_dir.mkdir(parents=True, exist_ok=True)
-    _save_tensors(run_dir / CONTROLLER_FILE, controller.state_dict())
-    _save_tensors(run_dir / BANK_FILE, {**{f"directions.{l}": bank.directions[l] for l in layers},
+    save_tensors(run_dir / CONTROLLER_FILE, controller.state_dict())
+    save_tensors(run_dir / BANK_FILE, {**{f"directions.{l}": bank.directions[l] for l in layers},
                                         **{f"scales.{l}": bank.scales[l] for l in layers},
                                         **{f"ids.{l}": bank.ids[l] for l in layers}})
     write_interventions(run_dir / "interventions.jsonl", decisions, val_rewards, tokenizer)

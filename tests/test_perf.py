@@ -16,7 +16,7 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     assert set(rows) == {("arith_mc", "rlvr"), ("arith_mc", "crl"),
                          ("arith_gen", "rlvr"), ("arith_gen", "crl"), ("arith_gen", "crl-pathwise")}
     for (task, variant), row in rows.items():
-        # setting 3's ppo also decodes each prompt once unsteered per step (its advantage baseline)
+        # setting 3's ppo also decodes each training prompt once unsteered (its advantage baseline)
         unsteered = 2 * 2 if (task, variant) == ("arith_gen", "crl") else 0
         assert row["rollouts"] == 2 * 2 * 2 + unsteered and 0 < row["train_s"] and row["peak_rss_mb"] > 0
         # one-token answers are one token; generation rollouts run up to the budget's new tokens
@@ -29,4 +29,3 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
         assert ratio["peak_rss_over_rlvr"] == rows[task, variant]["peak_rss_mb"] / rows[task, "rlvr"]["peak_rss_mb"]
     text = (tmp_path / "perf_training.md").read_text()
     assert "arith_gen, crl-pathwise / RLVR" in text and "arith_mc, crl / RLVR" in text
-
