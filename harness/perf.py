@@ -8,7 +8,7 @@ measured in the same run.
   unsteered wrapper must agree with it). Written to results/perf.{json,md}.
 - Training (`--train-steps`, 0 to skip): RLVR (LoRA + GRPO) and CRL, each in a fresh
   subprocess, with the same budget on the same task, on a one-token task (CRL setting 1)
-  and a generation task (CRL setting 3, ppo and pathwise): rollouts per second over the
+  and a generation task (CRL setting 3): rollouts per second over the
   optimisation steps (loading and validation excluded) and peak resident memory, CRL as a
   ratio of RLVR. Written to results/perf_training.{json,md}.
 """
@@ -43,7 +43,7 @@ class PerfConfig:
     train_steps: int = field(default=4, metadata={"help": "optimisation steps per trained method (0: skip training)"})
     train_prompts_per_step: int = field(default=4, metadata={"help": "prompts per step of the training comparison"})
     train_samples: int = field(default=8, metadata={"help": "samples per prompt of the training comparison"})
-    train_generation_task: str = field(default="arith_gen", metadata={"help": "generation task of a second training comparison: RLVR, CRL setting 3 and its pathwise variant (none: skip it)"})
+    train_generation_task: str = field(default="arith_gen", metadata={"help": "generation task of a second training comparison: RLVR and CRL setting 3 (none: skip it)"})
     train_max_new_tokens: int = field(default=32, metadata={"help": "new tokens per rollout of the generation comparison (the laptop and cpu budgets')"})
     sae: str = field(default="auto", metadata={"help": "SAE for CRL's training measurement"})
     sae_corpus: str = field(default="builtin", metadata={"help": "corpus of an auto SAE (as bench's --sae-corpus, so bench's SAE is reused)"})
@@ -87,9 +87,8 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
 
 
 # The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
-# task trains RLVR, CRL setting 3 (ppo, the default) and setting 3 with --algorithm pathwise,
-# whose extra teacher-forced forward and backward to the controlled layer is what it costs.
-TRAINED = {"one-token": ("rlvr", "crl"), "generation": ("rlvr", "crl", "crl-pathwise")}
+# task trains RLVR and CRL setting 3.
+TRAINED = {"one-token": ("rlvr", "crl"), "generation": ("rlvr", "crl")}
 
 
 def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, Any]:
@@ -108,8 +107,7 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
     else:
         from rl.crl import CRLConfig, train
 
-        algorithm = "pathwise" if method == "crl-pathwise" else "ppo"
-        run_dir = train(CRLConfig(**common, setting=setting, algorithm=algorithm, sae=config.sae, sae_corpus=config.sae_corpus))
+        run_dir = train(CRLConfig(**common, setting=setting, sae=config.sae, sae_corpus=config.sae_corpus))
     spent = json.loads((run_dir / "manifest.json").read_text())["spent"]
     return {"task": task, "setting": setting, "variant": method, **spent,
             "rollouts_per_s": spent["rollouts"] / spent["train_s"], "peak_rss_mb": _rss_mb()}
@@ -147,8 +145,7 @@ def run_training(config: PerfConfig, console: Any) -> Path:
              "steps only (loading, candidates and validation excluded); each method in its own process. RLVR trains "
              "LoRA with TRL's GRPO (fp32 on CPU: it needs backward passes through the LLM); CRL runs the frozen LLM "
              f"forward only ({cpu_dtype()} on this CPU) and trains the controller on stored residuals; "
-             "`crl-pathwise` (setting 3, `--algorithm pathwise`) adds one teacher-forced forward and a backward to the "
-             "controlled layer per step, reaching no weight. Setting 3 with ppo also decodes each training prompt once "
+             "Setting 3 also decodes each training prompt once "
              "unsteered (its advantage baseline): those decodes count among its rollouts.", "",
              "| task | setting | method | rollouts | generated tokens | train s | rollouts / s | trainable parameters | peak RSS MB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]

@@ -159,10 +159,6 @@ class ControllerRun:
     # same action wherever the controller sees the same residual (the interaction analysis)
     uniforms: Callable[[Tensor, Tensor, int], Tensor] | None = None
     keep_residuals: bool = True
-    # sample mode, gated policy: intervene with at least this probability (training's
-    # exploration floor); the records then also hold the gate's log-prob under the floored
-    # sampling and under the policy, and the choice's
-    explore_floor: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
     residuals: list[Tensor] = field(default_factory=list)
 
@@ -182,8 +178,7 @@ class ControllerRun:
         index = torch.full((len(rows),), layer_index, dtype=torch.long, device=h.device)
         feature_logits, coef_logits, value = self.controller(h, index)
         features_d, coefs_d = distributions(feature_logits, coef_logits, self.masked)
-        floored = self.mode == "sample" and self.explore_floor > 0 and self.controller.policy == "gated"
-        sampling = floored_probs(features_d.logits, self.explore_floor) if floored else features_d.probs
+        sampling = features_d.probs
         if self.mode == "sample" and self.uniforms is not None:
             u = self.uniforms(rows, ctx.positions[rows, cols], ctx.layer).to(h.device)
             features, coefs = _inverse_cdf(sampling, u[:, 0]), _inverse_cdf(coefs_d.probs, u[:, 1])
@@ -209,11 +204,6 @@ class ControllerRun:
                 if forced is not None:
                     features[i], coefs[i] = forced
         logp = features_d.log_prob(features) + coefs_d.log_prob(coefs)
-        if floored:  # per stage: the floored sampling's and the policy's own gate (see `floored_probs`)
-            coef_logp = coefs_d.log_prob(coefs)
-            gate_logp, choice_logp = stage_log_probs(sampling.log(), features, coef_logp, self.bank.d_sae)
-            policy_gate_logp = stage_log_probs(features_d.logits, features, coef_logp, self.bank.d_sae)[0]
-            logp = gate_logp + choice_logp
         coef_values = torch.tensor(COEFS, device=h.device)[coefs]
         delta_rows = self.bank.delta(ctx.layer, features, coef_values)
         positions = ctx.positions[rows, cols]
@@ -225,35 +215,11 @@ class ControllerRun:
                 "coef": float(COEFS[int(coefs[i])]), "feature_index": int(features[i]), "coef_index": int(coefs[i]),
                 "logp": float(logp[i]), "value": float(value[i]), "layer_index": layer_index,
             })
-            if floored:
-                self.records[-1].update(logp_gate=float(gate_logp[i]), logp_choice=float(choice_logp[i]),
-                                        logp_gate_policy=float(policy_gate_logp[i]))
             if self.keep_residuals:
                 self.residuals.append(h[i].cpu())
         delta = torch.zeros_like(hidden)
         delta[rows, cols] = delta_rows.to(hidden.dtype)
         return delta
-
-
-def floored_probs(log_probs: Tensor, floor: float) -> Tensor:
-    """Float[n, d_sae + 1]: a gated policy's action probabilities (log-probabilities
-    `log_probs`, the no-op last) with the probability of intervening raised to at least
-    `floor`; the choice among features, given that it intervenes, is the policy's own."""
-    intervene = 1 - log_probs[:, -1].exp()
-    given = log_probs[:, :-1].softmax(-1)  # p(feature | intervene)
-    q = intervene.clamp_min(floor)
-    return torch.cat([q[:, None] * given, (1 - q)[:, None]], -1)
-
-
-def stage_log_probs(log_probs: Tensor, features: Tensor, coef_logp: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
-    """A gated decision as two stages: log p(gate's outcome) and, where it intervenes,
-    log p(feature | intervene) + log p(coefficient) (0 for a no-op: nothing was chosen).
-    `log_probs` Float[n, d_sae + 1] are the action log-probabilities, the no-op last."""
-    log_intervene = torch.logsumexp(log_probs[:, :-1], -1)
-    intervened = features < d_sae
-    gate = torch.where(intervened, log_intervene, log_probs[:, -1])
-    chosen = log_probs.gather(-1, features[:, None])[:, 0] - log_intervene + coef_logp
-    return gate, torch.where(intervened, chosen, torch.zeros_like(chosen))
 
 
 def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:

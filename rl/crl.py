@@ -17,18 +17,6 @@ Algorithms (`--algorithm`): `ppo` (the paper's: clipped surrogate, a value head 
 advantage = reward - value) or `grpo` (critic-free: the reward normalised within each
 prompt's group of samples). Both run `ppo_epochs` passes over the stored decisions: the
 controller re-reads the residuals it saw, so an update needs no LLM forward at all.
-`pathwise` (generation only; `rl.pathwise`) samples the tokens instead, with the controller
-acting greedily, and values every action at every decision by its first-order effect on the
-group-relative log-likelihood of the sampled completions (one extra forward and a backward
-that stops at the controlled layer). Its `--token-exploration`: `sample` draws every token at
-`--temperature` (RLVR's sampling; the reward's credit is then shared by ~30 sampled tokens);
-`flip` decodes each prompt greedily once (the baseline, and where the model hesitates: the
-gap between its top two log-probabilities at each token), then each other sample of the
-prompt is that greedy completion with one token flipped, at a step drawn with weight
-exp(-gap), to a token drawn from the model's distribution without its argmax, and greedy
-after it. A flipped rollout's advantage is its reward minus the greedy one's: exact credit for
-one token, so the first-order values score the features that would make (+1) or unmake (-1)
-that token where the model hesitates.
 
 Advantage baseline (`--baseline`): `value` (ppo's critic), `group` (grpo's), or `unsteered`:
 the reward of the same prompt with no intervention at all. Under greedy decoding that reward
@@ -45,11 +33,12 @@ reward when chosen is no better than the recent average is masked out of samplin
 `--mask-steps` steps, so the policy cannot collapse onto a feature that does not help and
 must keep trying others (Cho et al. 2026 mask adaptively for the same reason); a dominant
 feature that does help is left alone (`rl.exploration.FeatureMask`). Both can be switched
-off (0). The gated policy can also keep a floor under its gate while training
-(`--explore-floor`): each decision intervenes with at least that probability, with the
-policy's own choice among features, and the update takes the gate and the choice as two
-stages (the gate's step importance-weighted against the floored sampling, the choice's
-on-policy), so the choice keeps learning after the gate has learnt to shut.
+off (0).
+
+Setting 3 does not beat base on arith_gen at RLVR's budget; the variants tried for it (a
+pathwise first-order update, token flips, a choice temperature, an exploration floor, the
+`likelihood` and `gold` candidate rules) did not help either and were retired from the
+product: docs/notebook.md keeps their findings and the commit that had them.
 
 Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the same
 prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
@@ -82,14 +71,12 @@ from rl.candidates import CANDIDATE_RULES, choice_attribution, choose_candidates
 from rl.controller import POLICIES
 from rl.exploration import FeatureMask
 from rl.features import choices_summary, write_features, write_interventions
-from rl.pathwise import first_order_values, pathwise_update
 from rl.ppo import advantages, ppo_update
 from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
 
 SETTINGS = ("one-token", "multi-layer", "generation")
-ALGORITHMS = ("ppo", "grpo", "pathwise")
+ALGORITHMS = ("ppo", "grpo")
 BASELINES = ("auto", "value", "group", "unsteered")
-TOKEN_EXPLORATIONS = ("sample", "flip")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
                 "newly_masked", "fixed", "broken", "top_share")
 BANK_FILE = "bank.safetensors"
@@ -101,7 +88,7 @@ class CRLConfig(RLTrainConfig):
     sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae); auto trains one per layer if needed; '{layer}' in the spec is replaced by each layer (multi-layer)"})
     layers: list[int] | None = field(default=None, metadata={"help": "controlled layers (default: the SAE's layer; multi-layer: 1/3 and 1/2 of the depth)"})
     sae_corpus: str = field(default="builtin", metadata={"help": "corpus for an auto SAE that has to be trained"})
-    algorithm: str = field(default="ppo", metadata={"help": "ppo (value head), grpo (group-relative, critic-free), or pathwise (generation: tokens sampled at --temperature, every action scored by its first-order effect on the group-relative log-likelihood; rl.pathwise)"})
+    algorithm: str = field(default="ppo", metadata={"help": "ppo (value head) or grpo (group-relative, critic-free)"})
     hidden: int = field(default=256, metadata={"help": "controller width"})
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's decisions"})
     clip: float = field(default=0.2, metadata={"help": "PPO clipping range"})
@@ -112,12 +99,9 @@ class CRLConfig(RLTrainConfig):
     mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
     learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
     candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
-    candidate_rule: str = field(default="auto", metadata={"help": "how the candidates are picked: attribution (they move the choices' logits apart; one-token tasks), likelihood (they can change the greedy completion; generation), gold (they raise the training solutions' tokens where the model predicts others; generation; reads the training targets), frequency (they fire most often on the prompts); auto: attribution for one-token tasks, else frequency. All but gold use no labels"})
+    candidate_rule: str = field(default="auto", metadata={"help": "how the candidates are picked, without labels: attribution (they move the choices' logits apart; one-token tasks) or frequency (they fire most often on the prompts); auto: attribution for one-token tasks, else frequency"})
     noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
     policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
-    explore_floor: float = field(default=0.0, metadata={"help": "gated policy, while training: intervene with at least this probability at each decision, so the choice among features keeps learning after the gate learns to shut; the gate's update is importance-weighted against the floored sampling, the choice's is on-policy (0: off)"})
-    choice_temperature: float = field(default=0.0, metadata={"help": "pathwise: fit the choice among features to exp(value / tau) at each decision, tau = this x the step's mean spread of the values (0: maximise the expected value, which can saturate onto one feature)"})
-    token_exploration: str = field(default="sample", metadata={"help": "pathwise: sample (every token at --temperature) or flip (one token per rollout flipped where the greedy completion hesitates; advantage = reward - the greedy completion's)"})
     baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
 
     def __post_init__(self) -> None:
@@ -126,32 +110,6 @@ class CRLConfig(RLTrainConfig):
             raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        if self.algorithm == "pathwise":
-            if self.setting != "generation":
-                raise ValueError("--algorithm pathwise scores actions by their effect on sampled completions: "
-                                 "it needs --setting generation (use ppo or grpo for the one-token settings)")
-            if self.temperature <= 0 and self.token_exploration == "sample":
-                raise ValueError(f"--algorithm pathwise samples the tokens: --temperature must be > 0, got {self.temperature} "
-                                 "(or pass --token-exploration flip)")
-            if self.baseline not in ("auto", "group"):
-                raise ValueError(f"--algorithm pathwise uses the group baseline (GRPO's; with --token-exploration flip, "
-                                 f"the greedy completion's reward); got --baseline {self.baseline}")
-            if self.token_exploration == "flip" and self.samples_per_prompt is not None and self.samples_per_prompt < 2:
-                raise ValueError("--token-exploration flip spends one sample per prompt on its greedy completion: "
-                                 f"--samples-per-prompt must be at least 2, got {self.samples_per_prompt}")
-            if self.explore_floor:
-                raise ValueError("--explore-floor is for ppo/grpo's sampled actions; pathwise explores in token space "
-                                 "(pass --explore-floor 0)")
-        if self.token_exploration not in TOKEN_EXPLORATIONS:
-            raise ValueError(f"--token-exploration must be one of {', '.join(TOKEN_EXPLORATIONS)}, got {self.token_exploration!r}")
-        if self.choice_temperature < 0:
-            raise ValueError(f"--choice-temperature must be >= 0, got {self.choice_temperature}")
-        if self.choice_temperature and self.algorithm != "pathwise":
-            raise ValueError("--choice-temperature fits the choice to pathwise's first-order values; ppo and grpo "
-                             "have no value per action (pass --algorithm pathwise)")
-        if self.token_exploration != "sample" and self.algorithm != "pathwise":
-            raise ValueError("--token-exploration is how --algorithm pathwise explores; ppo and grpo sample the "
-                             "controller's actions (pass --algorithm pathwise)")
         if self.policy not in ("auto", *POLICIES):
             raise ValueError(f"--policy must be auto, {' or '.join(POLICIES)}, got {self.policy!r}")
         if self.candidate_rule not in CANDIDATE_RULES:
@@ -161,11 +119,6 @@ class CRLConfig(RLTrainConfig):
         if self.baseline == "value" and self.algorithm == "grpo":
             raise ValueError("--baseline value needs the value head of --algorithm ppo; grpo is critic-free "
                              "(use --baseline group or unsteered)")
-        if not 0 <= self.explore_floor < 1:
-            raise ValueError(f"--explore-floor must be in [0, 1), got {self.explore_floor}")
-        if self.explore_floor > 0 and self.resolved_policy != "gated":
-            raise ValueError(f"--explore-floor raises the gate of the gated policy; this run's policy is "
-                             f"{self.resolved_policy} (pass --policy gated, or --explore-floor 0)")
         if isinstance(self.layers, str):
             self.layers = [int(x) for x in self.layers.split(",") if x]
         if self.setting != "multi-layer" and self.layers and len(self.layers) > 1:
@@ -187,20 +140,12 @@ class CRLConfig(RLTrainConfig):
             settings.pop("policy")
         if self.candidate_rule == "auto":  # the rule of every run before there was a choice
             settings.pop("candidate_rule")
-        if not self.explore_floor:  # runs before the floor existed
-            settings.pop("explore_floor")
-        if self.token_exploration == "sample":  # runs before flips existed
-            settings.pop("token_exploration")
-        if not self.choice_temperature:
-            settings.pop("choice_temperature")
         return settings
 
     @property
     def resolved_baseline(self) -> str:
         if self.baseline != "auto":
             return self.baseline
-        if self.algorithm == "pathwise":
-            return "group"
         if self.setting == "generation":
             return "unsteered"
         return "value" if self.algorithm == "ppo" else "group"
@@ -260,35 +205,7 @@ def _sampled_update(config: CRLConfig, controller, optimizer, rewards: list[floa
         "advantage": torch.tensor(step_advantages, device=device, dtype=torch.float32),
         "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
     }
-    if config.explore_floor:
-        for name in ("logp_gate", "logp_choice", "logp_gate_policy"):
-            batch[name] = torch.tensor([r[name] for r in records], device=device)
     return ppo_update(controller, optimizer, batch, config)
-
-
-def _flipped_rollouts(rollouts: Rollouts, picks: list[int], samples: int, generator: torch.Generator):
-    """`--token-exploration flip`: per prompt, its greedy completion under the controller, then
-    `samples - 1` rollouts of it with one token flipped each (distinct steps where it can, drawn
-    with weight exp(-gap between the top two log-probabilities)). Returns the flipped rollouts'
-    rewards and decisions, their documents and their advantages (reward - the greedy one's);
-    the flipped run's sequences stay in `rollouts.sequences` for the first-order values. The
-    greedy rollouts are decisions too: all `samples` x prompts rollouts count as spent."""
-    greedy, greedy_records, _, _ = rollouts.run(picks, "greedy", keep_residuals=False, margins=True)
-    flips: dict[int, int] = {}
-    rows: list[int] = []
-    baseline: list[float] = []
-    for doc, reward, gaps in zip(picks, greedy, rollouts.margins):
-        weights = torch.exp(-torch.tensor(gaps, dtype=torch.float64)) if gaps else torch.ones(1, dtype=torch.float64)
-        n = samples - 1
-        steps = torch.multinomial(weights, n, replacement=n > len(weights), generator=generator).tolist()
-        for at in steps:
-            flips[len(rows)] = int(at)
-            rows.append(doc)
-            baseline.append(reward)
-    rewards, records, _, _ = rollouts.run(rows, "greedy", keep_residuals=False, flips=flips, generator_flips=generator)
-    advantage = [r - b for r, b in zip(rewards, baseline)]
-    return greedy + rewards, greedy_records + [{**r, "row": r["row"] + len(picks)} for r in records], \
-        list(picks) + rows, advantage
 
 
 def train(config: CRLConfig) -> Path:
@@ -345,7 +262,7 @@ def train(config: CRLConfig) -> Path:
     val_problem = build_problem(task, val_docs, tokenizer, config.seed)
     scales, samples, counts = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
     ids = {l: choose_candidates(model, tokenizer, saes[l], problem, scales[l], counts[l], config.candidates,
-                               config.candidate_rule, budget.max_new_tokens) for l in layers}
+                               config.candidate_rule) for l in layers}
     bank = FeatureBank(layers, {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
                        {l: scales[l][ids[l]].to(device) for l in layers}, {l: ids[l].to(device) for l in layers})
     torch.manual_seed(config.seed)
@@ -360,11 +277,6 @@ def train(config: CRLConfig) -> Path:
     order = list(range(n_docs))
     random.Random(config.seed).shuffle(order)
     rollouts = Rollouts(model, tokenizer, controller, bank, problem, budget.max_new_tokens, config.batch_size)
-    rollouts.explore_floor = config.explore_floor  # training's sampling only; validation is greedy
-    pathwise = config.algorithm == "pathwise"
-    flipping = pathwise and config.token_exploration == "flip"
-    if pathwise and not flipping:  # the controller acts greedily and the tokens are sampled (validation decodes greedily)
-        rollouts.temperature = config.temperature
     validator = Rollouts(model, tokenizer, controller, bank, val_problem, budget.max_new_tokens, config.batch_size)
 
     spent, curve, start_step, chosen_counts = Spent(), [], 0, Counter()
@@ -409,34 +321,18 @@ def train(config: CRLConfig) -> Path:
         if new:  # greedy decoding is deterministic: each prompt's unsteered reward is computed once
             unsteered.update(zip(new, rollouts.run(new, "off", keep_residuals=False)[0]))
             spent.rollouts += len(new)
-        flip_advantage = None
-        if flipping:
-            rewards, records, rows, flip_advantage = _flipped_rollouts(rollouts, picks, budget.samples_per_prompt,
-                                                                       generator)
-        elif pathwise:
-            torch.manual_seed(config.seed * 1_000_003 + step)  # the token sampling: the same steps on a resume
-            rewards, records, _, _ = rollouts.run(rows, "greedy", keep_residuals=False)
-        else:
-            rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
+        rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
         spent.rollouts += len(rows)
         spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
             if problem.kind == "generation" else len(rows)
-        if pathwise:
-            scored, residuals, values = first_order_values(model, rollouts, rewards, budget.samples_per_prompt,
-                                                           flip_advantage)
-            stats = pathwise_update(controller, optimizer, {
-                "h": torch.stack(residuals).to(device) if residuals else torch.zeros(0, info.d_model, device=device),
-                "layer_index": torch.tensor([r["layer_index"] for r in scored], dtype=torch.long, device=device),
-                "q": values.to(device)}, config)
-        else:
-            stats = _sampled_update(config, controller, optimizer, rewards, records, residuals, masked, rows,
-                                    budget.samples_per_prompt, unsteered if unsteered_baseline else None, device)
+        stats = _sampled_update(config, controller, optimizer, rewards, records, residuals, masked, rows,
+                                budget.samples_per_prompt, unsteered if unsteered_baseline else None, device)
         spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
         steered = [(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae]
         chosen_counts.update(bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae)
-        # masking keeps sampled actions off a dominant feature; pathwise samples no actions
-        newly_masked = [] if pathwise else mask.update(step, chosen, [rewards[r["row"]] for r in records])
+        # masking keeps sampled actions off a dominant feature
+        newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
         spent.steps = step + 1
         spent.wall_s = wall_before + time.time() - started
         row = {"step": step + 1, "rollouts": spent.rollouts, "reward": sum(rewards) / len(rewards), "validation": None,
@@ -448,9 +344,6 @@ def train(config: CRLConfig) -> Path:
         if unsteered_baseline:  # the step's rollouts that the interventions fixed / broke
             row["fixed"] = sum(r > unsteered[doc] for r, doc in zip(rewards, rows))
             row["broken"] = sum(r < unsteered[doc] for r, doc in zip(rewards, rows))
-        elif flipping:  # the step's flipped rollouts that the flip fixed / broke (against the greedy completion)
-            row["fixed"] = sum(a > 0 for a in flip_advantage)
-            row["broken"] = sum(a < 0 for a in flip_advantage)
         if (config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == budget.steps:
             row["validation"] = validate()[0]
         curve.append(row)

@@ -16,27 +16,15 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: An
     the choice among features given that the controller intervenes: it keeps the dictionary
     explored without pushing the no-op's share down (most generated tokens should be left
     alone, and an entropy over all actions would drive the policy towards steering every one)."""
-    from rl.controller import distributions, stage_log_probs
+    from rl.controller import distributions
 
     stats = {}
     for _ in range(config.ppo_epochs):
         feature_logits, coef_logits, value = controller(batch["h"], batch["layer_index"])
         features_d, coefs_d = distributions(feature_logits, coef_logits, batch["masked"])
         advantage = batch["advantage"]
-        if "logp_gate" in batch:  # sampled under the exploration floor: the gate and the choice apart
-            gate, choice = stage_log_probs(features_d.logits, batch["feature"], coefs_d.log_prob(batch["coef"]),
-                                           feature_logits.shape[-1] - 1)
-            # the gate: PPO around the policy's own gate at sampling time, weighted by the
-            # (truncated) importance of the floored sampling: a decision the policy would
-            # almost never have taken moves its gate little, up or down; the choice among
-            # features was sampled from the policy itself: plain PPO
-            weight = torch.exp(batch["logp_gate_policy"] - batch["logp_gate"]).clamp(max=1.0)
-            surrogate = weight * clipped(torch.exp(gate - batch["logp_gate_policy"]), advantage, config.clip) + \
-                (batch["feature"] < feature_logits.shape[-1] - 1) * \
-                clipped(torch.exp(choice - batch["logp_choice"]), advantage, config.clip)
-        else:
-            logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
-            surrogate = clipped(torch.exp(logp - batch["logp"]), advantage, config.clip)
+        logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
+        surrogate = clipped(torch.exp(logp - batch["logp"]), advantage, config.clip)
         if config.setting == "generation":
             given_steering, _ = distributions(feature_logits[:, :-1], coef_logits,
                                               None if batch["masked"] is None else batch["masked"][:-1])

@@ -8,13 +8,8 @@ sample) rows in sample, greedy or replay mode and returns the rewards and every 
   position; the answer is the choice with the highest log-likelihood (one-token choices
   read from that position's logits; multi-token choices scored with the row's actions
   replayed on each choice);
-- generation tasks: greedy generation (or sampled at `temperature`, which `--algorithm
-  pathwise` trains with) with the controller acting at the prompt's last token and every
-  generated token; decisions after the stop string are dropped. `flips` (row -> generation
-  step) decode greedily except at that one step of that row, where the token is drawn from
-  the model's distribution with its argmax removed (`--token-exploration flip`); `margins`
-  records, per row, the gap between the top two log-probabilities at each generated token
-  (where the model hesitates).
+- generation tasks: greedy generation with the controller acting at the prompt's last token
+  and every generated token; decisions after the stop string are dropped.
 """
 
 from __future__ import annotations
@@ -68,15 +63,7 @@ class Rollouts:
         self.problem, self.max_new_tokens, self.batch_size = problem, max_new_tokens, batch_size
         self.device = next(model.parameters()).device
         self.generated_tokens = 0  # by generation rollouts, over this object's life
-        self.explore_floor = 0.0  # sample mode: the gated policy's exploration floor (`ControllerRun`)
-        self.temperature = 0.0  # generation: sample the tokens at this temperature (0: greedy decoding)
-        # generation, when `temperature` > 0: per chunk of the last run, (token ids Long[B, T] of the
-        # prompts and completions, attention mask, completion lengths), for a teacher-forced pass
-        self.sequences: list[tuple[torch.Tensor, torch.Tensor, list[int]]] = []
         self.choice_logits: list[torch.Tensor] = []  # one-token choices: the last run's, per row
-        # generation with `margins=True`: per row of the last run, the top-1 minus top-2
-        # log-probability at each generated token up to its stop
-        self.margins: list[list[float]] = []
         # the chunk being run: its rows' replayed actions, forced decisions and common uniforms
         self._replay = self._overrides = self._uniforms = None
 
@@ -84,13 +71,8 @@ class Rollouts:
             generator: torch.Generator | None = None, keep_residuals: bool = True,
             row_actions: dict[int, dict[int, tuple[int, int]]] | None = None,
             overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None,
-            common_random: int | None = None, flips: dict[int, int] | None = None,
-            margins: bool = False, generator_flips: torch.Generator | None = None):
+            common_random: int | None = None):
         """Rewards per row and the decisions (records + residuals), rows in `indices` order.
-        Generation only: `flips` row -> the generation step (0 = the first generated token)
-        at which that row takes another token than its argmax, drawn with `generator_flips`
-        (the rows' token sequences are then kept in `sequences`, as for sampled ones);
-        `margins` fills `self.margins`.
         `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}; `overrides`
         (any mode): row -> {(position, layer): (feature index, coef index)} forced there;
         `common_random` (mode `sample`): a seed; each (document, position, layer) then gets its
@@ -102,10 +84,6 @@ class Rollouts:
         residuals: list[torch.Tensor] = []
         completions: list[str] = []
         self.choice_logits = []
-        self.sequences = []
-        self.margins = []
-        if (flips or margins) and self.problem.kind != "generation":
-            raise ValueError("flips and margins are for generation tasks")
         size = self.batch_size
         if self.problem.kind == "one-token-choices":  # rows share prompts: batch_size distinct prompts per chunk
             size *= max(1, len(indices) // max(1, len(set(indices))))
@@ -115,9 +93,7 @@ class Rollouts:
             self._overrides = _rows_of_chunk(overrides, start, len(chunk))
             self._uniforms = None if common_random is None else common_uniforms(common_random, list(chunk))
             if self.problem.kind == "generation":
-                r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals,
-                                                       _rows_of_chunk(flips, start, len(chunk)), margins,
-                                                       generator_flips)
+                r, run, texts, tokens = self._generate(chunk, mode, masked, generator, keep_residuals)
                 completions += texts
             else:
                 r, run = self._choose(chunk, mode, masked, generator, keep_residuals)
@@ -140,7 +116,7 @@ class Rollouts:
             row_actions = self._replay
         return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
                              row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides,
-                             uniforms=self._uniforms, explore_floor=self.explore_floor if mode == "sample" else 0.0)
+                             uniforms=self._uniforms)
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
         problem = self.problem
@@ -236,10 +212,7 @@ class Rollouts:
             scores.append(float(logprobs[r, :n].gather(-1, targets[:, None]).sum()))
         return int(torch.tensor(scores).argmax())
 
-    def _generate(self, chunk, mode, masked, generator, keep_residuals, flips=None, margins=False,
-                  generator_flips=None):
-        from transformers import LogitsProcessorList
-
+    def _generate(self, chunk, mode, masked, generator, keep_residuals):
         from baselines.contrast import batch
         from harness.rewards import task_reward
         from harness.steering import steer
@@ -248,16 +221,9 @@ class Rollouts:
         problem = self.problem
         ids, mask = batch(self.tokenizer, [problem.prompts[i] for i in chunk], self.device)
         run = self._controller_run(from_last_prompt_token, mode, masked, generator, keep_residuals)
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
-            if self.temperature > 0 else {"do_sample": False}
-        if flips and self.temperature > 0:
-            raise ValueError("flips decode greedily around the flipped token: set temperature to 0")
-        flip = _Flip(ids.shape[1], len(chunk), flips or {}, margins, generator_flips)
         with torch.no_grad(), steer(self.model, [run.intervention()]):
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id,
-                                      logits_processor=LogitsProcessorList([flip]) if flips or margins else None,
-                                      **sampling)
+                                      pad_token_id=self.tokenizer.pad_token_id, do_sample=False)
         new = out[:, ids.shape[1]:]
         until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
         texts, alive_until, tokens = [], [], 0
@@ -281,47 +247,7 @@ class Rollouts:
                 if keep_residuals:
                     kept_residuals.append(run.residuals[i])
         run.records, run.residuals = kept_records, kept_residuals
-        if margins:
-            self.margins += [[float(m) for m in flip.margins[row, :n]] for row, n in enumerate(alive_until)]
-        if self.temperature > 0 or flips:
-            width = ids.shape[1] + max(alive_until)
-            alive = torch.arange(width - ids.shape[1], device=self.device)[None, :] < torch.tensor(alive_until, device=self.device)[:, None]
-            self.sequences.append((out[:, :width], torch.cat([mask, alive.to(mask.dtype)], 1), alive_until))
         return rewards, run, texts, tokens
-
-
-class _Flip:
-    """A logits processor for greedy generation: at `flips[row]` (a generation step) that
-    row's token is drawn from the model's distribution without its argmax; with `margins`,
-    the top-1 minus top-2 log-probability of every row at every step is kept (Float[B, steps])."""
-
-    def __init__(self, prompt_width: int, rows: int, flips: dict[int, int], margins: bool,
-                 generator: torch.Generator | None):
-        self.prompt_width, self.flips, self.generator = prompt_width, flips, generator
-        self.keep_margins = margins
-        self.steps: list[torch.Tensor] = []
-        self.rows = rows
-
-    @property
-    def margins(self) -> torch.Tensor:
-        return torch.stack(self.steps, 1) if self.steps else torch.zeros(self.rows, 0)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_width
-        rows = [row for row, at in self.flips.items() if at == step]
-        if not rows and not self.keep_margins:
-            return scores
-        logp = scores.float().log_softmax(-1)
-        if self.keep_margins:
-            top = logp.topk(2, -1).values
-            self.steps.append((top[:, 0] - top[:, 1]).cpu())
-        for row in rows:
-            probs = logp[row].exp().cpu()
-            probs[int(probs.argmax())] = 0.0
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
-            scores[row] = float("-inf")
-            scores[row, token] = 0.0
-        return scores
 
 
 def _rows_of_chunk(per_row: dict[int, Any] | None, start: int, size: int) -> dict[int, Any] | None:

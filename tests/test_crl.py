@@ -336,49 +336,6 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
     assert choose_candidates(model, tokenizer, sae, problem, ones, counts, 3).tolist() == [13, 14, 15]
 
 
-def test_generation_candidates_are_the_features_that_can_change_the_completion(tiny_dir):
-    """--candidate-rule likelihood: a feature pointing away from the model's own greedy tokens
-    ranks first, a zero feature scores nothing; each rule refuses the wrong kind of task; auto
-    keeps the fingerprint of runs made before the rule was a setting."""
-    from types import SimpleNamespace
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from baselines.contrast import batch
-    from harness.tasks import load_task
-    from rl.crl import CRLConfig, build_problem, choose_candidates
-    from rl.candidates import likelihood_attribution
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval().requires_grad_(False)  # frozen, as in CRL
-    task = load_task("arith_gen")
-    problem = build_problem(task, list(task.training_docs())[:3], tokenizer, seed=0)
-    ids, mask = batch(tokenizer, problem.prompts, "cpu")
-    with torch.no_grad():
-        greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=4,
-                                pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
-    embed = model.get_input_embeddings().weight.detach()  # tied: also the unembedding
-    torch.manual_seed(0)
-    directions = torch.nn.functional.normalize(torch.randn(16, embed.shape[1]), dim=-1)
-    away = -(embed[greedy.flatten()].mean(0) - embed.mean(0))
-    directions[0] = away / away.norm() * 50
-    directions[1] = 0
-    sae = SimpleNamespace(layer=LAYER, directions=lambda: directions)
-    ones = torch.ones(16)
-    score = likelihood_attribution(model, tokenizer, problem, LAYER, directions, ones, max_new_tokens=4)
-    assert score.shape == (16,) and (score >= 0).all() and score[1] == 0
-    assert score.argmax() == 0 and score[0] > 5 * score[2:].max()
-    picked = choose_candidates(model, tokenizer, sae, problem, ones, torch.arange(16).float(), 3, "likelihood", 4)
-    assert 0 in picked.tolist() and 1 not in picked.tolist()
-    with pytest.raises(ValueError, match="likelihood .generation. or frequency"):
-        choose_candidates(model, tokenizer, sae, problem, ones, ones, 3, "attribution")
-    with pytest.raises(ValueError, match="--candidate-rule must be one of"):
-        CRLConfig(task="arith_gen", setting="generation", candidate_rule="random")
-    assert "candidate_rule" not in CRLConfig(task="arith_gen", setting="generation").fingerprint_settings()
-    assert CRLConfig(task="arith_gen", setting="generation", candidate_rule="likelihood").fingerprint() != \
-        CRLConfig(task="arith_gen", setting="generation").fingerprint()
-
-
 def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_saes, tmp_path):
     """Every logged decision belongs to the item it names: an item's decisions start at its
     prompt's last token and then read, token by token, exactly what was generated for it."""
@@ -414,44 +371,6 @@ def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_sae
         assert mine[0]["token"] == tokenizer.decode(prompt_ids[-1:])
         read = "".join(e["token"] for e in mine[1:])  # the generated tokens the controller read
         assert generated[item].startswith(read) or read.startswith(generated[item]), (item, read, generated[item])
-
-
-def test_gold_candidates_are_the_features_that_raise_the_training_solutions(tiny_dir):
-    """--candidate-rule gold: a feature pointing towards the solutions' tokens ranks first where
-    the model predicts others, a zero feature scores nothing, one pointing away scores little;
-    it refuses one-token tasks and changes the fingerprint."""
-    from types import SimpleNamespace
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from harness.tasks import load_task
-    from rl.candidates import gold_attribution
-    from rl.crl import CRLConfig, build_problem, choose_candidates
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval().requires_grad_(False)
-    task = load_task("arith_gen")
-    problem = build_problem(task, list(task.training_docs())[:3], tokenizer, seed=0)
-    solution_tokens = [t for d in problem.docs for t in tokenizer(" " + d["solution"], add_special_tokens=False)["input_ids"]]
-    embed = model.get_input_embeddings().weight.detach()  # tied: also the unembedding
-    towards = embed[solution_tokens].mean(0) - embed.mean(0)
-    torch.manual_seed(0)
-    directions = torch.nn.functional.normalize(torch.randn(16, embed.shape[1]), dim=-1)
-    directions[0] = towards / towards.norm() * 50
-    directions[1] = 0
-    directions[2] = -directions[0]
-    ones = torch.ones(16)
-    score = gold_attribution(model, tokenizer, problem, LAYER, directions, ones)
-    assert score.shape == (16,) and (score >= 0).all() and score[1] == 0
-    assert score.argmax() == 0 and score[0] > 3 * score[2]
-    sae = SimpleNamespace(layer=LAYER, directions=lambda: directions)
-    picked = choose_candidates(model, tokenizer, sae, problem, ones, torch.arange(16).float(), 3, "gold", 4)
-    assert 0 in picked.tolist() and 1 not in picked.tolist()
-    problem.kind = "one-token-choices"
-    with pytest.raises(ValueError, match="gold needs a generation task"):
-        choose_candidates(model, tokenizer, sae, problem, ones, ones, 3, "gold")
-    assert CRLConfig(task="arith_gen", setting="generation", candidate_rule="gold").fingerprint() != \
-        CRLConfig(task="arith_gen", setting="generation").fingerprint()
 
 
 def test_exploration_comparison_trains_each_variant_and_reports_collapse(tiny_dir, planted, planted_splits, tmp_path):
