@@ -118,7 +118,7 @@ def activation_addition(model: nn.Module, tokenizer, test: Contrast, layer: int,
 
 def mean_projection(model: nn.Module, tokenizer, train: Contrast, layer: int, u: Tensor, limit: int = 256) -> float:
     """Mean projection on u of the residual stream at non-BOS positions of training prompts."""
-    from baselines.contrast import batch
+    from harness.padding import batch
     from harness.activations import residuals
 
     device = next(model.parameters()).device

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.padding import batch
 from harness.activations import residuals
 from harness.sparse_logits import logits_at
 from harness.steering import Intervention, PolicyIntervention, StepContext, steer
@@ -185,13 +186,6 @@ def task_contrast(tokenizer, task: Any, docs: Sequence[dict], split: str, seed: 
 def _target_index(task: Any, doc: dict) -> int:
     target = task.doc_to_target(doc)
     return target if isinstance(target, int) else task.doc_to_choice(doc).index(target)
-
-
-def batch(tokenizer, prompts: Sequence[str], device) -> tuple[Tensor, Tensor]:
-    """Left-padded (input_ids, attention_mask)."""
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def _padded(positions: Tensor, mask: Tensor) -> Tensor:

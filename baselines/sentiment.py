@@ -18,7 +18,6 @@ validation sweep, are `crl-bench train vectors`, in `baselines.train`).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

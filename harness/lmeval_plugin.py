@@ -8,7 +8,7 @@ then, right after lm-eval's own module has run,
 
 - `lm_eval.api.registry`: our model names are registered as lazy "module:Class" targets;
 - `lm_eval.tasks.manager`: every `TaskManager` also scans crl-bench's task folders
-  (see `harness.tasks.task_paths`); user `--include_path` folders still come last and win.
+  (see `harness.task_paths.task_paths`); user `--include_path` folders still come last and win.
 
 Set `CRL_BENCH_LMEVAL_PLUGIN=0` to switch both off.
 """
@@ -23,10 +23,12 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
+from harness.task_paths import merge_include_paths
+
 MODELS = {
     "hf_lean": "harness.lm_models:LeanHFLM",
     "vector_steered": "harness.lm_models:VectorSteeredLM",
-    "crl_steered": "harness.lm_models:CRLSteeredLM",
+    "crl_steered": "rl.crl.lm:CRLSteeredLM",
     "rlvr_lora": "harness.lm_models:RLVRLoraLM",
 }
 
@@ -60,8 +62,6 @@ def patch_task_manager(cls: type) -> None:
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
-        from harness.tasks import merge_include_paths
-
         bound = signature.bind(self, *args, **kwargs)
         bound.arguments["include_path"] = merge_include_paths(bound.arguments.get("include_path"))
         original(*bound.args, **bound.kwargs)

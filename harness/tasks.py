@@ -13,14 +13,15 @@ Task folders (lm-eval YAML):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from harness.lmeval_plugin import patch_task_manager
+from harness.task_paths import DATA_ENV, data_dir, merge_include_paths, tasks_root
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
 
-DATA_ENV = "CRL_BENCH_DATA"
 LOCAL_TASKS = ("gsm8k", "arc_easy", "arc_challenge", "boolq", "sst2")
 GENERATED_TASKS = ("toy_sentiment", "arith_mc", "arith_gen")
 # document fields naming a passage several items share (BoolQ's passages); items that share
@@ -36,39 +37,6 @@ def cluster_of(doc: Any) -> str | None:
         if isinstance(doc.get(name), str):
             return doc[name]
     return None
-
-
-def tasks_root() -> Path:
-    """The project's `tasks/` folder (or its copy inside an installed wheel)."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package.parent / "tasks", package / "_tasks"):
-        if (candidate / "generated").is_dir():
-            return candidate
-    raise FileNotFoundError(f"crl-bench's task folder is missing next to {package}; reinstall crl-bench")
-
-
-def data_dir() -> Path | None:
-    value = os.environ.get(DATA_ENV)
-    return Path(value).expanduser().resolve() if value else None
-
-
-def task_paths() -> list[Path]:
-    """Folders crl-bench adds to lm-eval's task index, in precedence order (later wins)."""
-    paths = [tasks_root() / "generated"]
-    if data_dir() is not None:
-        paths.append(tasks_root() / "local")
-    return paths
-
-
-def merge_include_paths(user: str | Path | list | tuple | None) -> list[str]:
-    """Ours first, then the user's (so a user's folder overrides ours), without duplicates."""
-    user_paths = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
-    merged: list[str] = []
-    for path in [*task_paths(), *user_paths]:
-        resolved = str(Path(path).expanduser().resolve())
-        if resolved not in merged:
-            merged.append(resolved)
-    return merged
 
 
 def check_yaml_folder(folder: Path) -> None:
@@ -96,7 +64,6 @@ def task_manager(include_path: str | Path | list | None = None, names: list[str]
     """
     from lm_eval.tasks import TaskManager
 
-    from harness.lmeval_plugin import patch_task_manager
 
     user = [] if include_path is None else include_path if isinstance(include_path, list) else [include_path]
     for folder in user:

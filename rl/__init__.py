@@ -1,1 +1,2 @@
-"""RL-trained methods: the shared budget and task prompts, RLVR (LoRA + TRL GRPO), CRL."""
+"""RL-trained methods (import only the core, `harness`): the shared budget, settings and run
+directories (`budget`, `config`, `runs`), RLVR (`rl.rlvr`) and CRL (`rl.crl`)."""

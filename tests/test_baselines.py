@@ -136,7 +136,7 @@ def test_checks_run_and_patching_with_the_identity_direction_flips_nothing(tiny_
 def test_vector_checks_cli_writes_tables_plots_and_artifacts(tmp_path, tiny_dir):
     import json
 
-    from harness.cli import main
+    from crl_bench.cli import main
     from harness.vectors import SteeringVectors
 
     results = tmp_path / "results"

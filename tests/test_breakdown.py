@@ -43,7 +43,7 @@ def test_arith_gen_steps_judge_each_step_on_its_own():
 
 
 def test_breakdown_counts_fixed_and_broken_per_group(tmp_path):
-    from harness.breakdown import Grouping, breakdown, read_evaluated
+    from crl_bench.analyses.breakdown import Grouping, breakdown, read_evaluated
     from harness.stats import holm, mcnemar_exact
 
     docs = [{"kind": k} for k in (0,) * 10 + (1,) * 10]
@@ -66,7 +66,7 @@ def test_breakdown_counts_fixed_and_broken_per_group(tmp_path):
 
 
 def test_breakdown_refuses_runs_that_do_not_match(tmp_path):
-    from harness.breakdown import Grouping, breakdown, read_evaluated
+    from crl_bench.analyses.breakdown import Grouping, breakdown, read_evaluated
 
     base = read_evaluated("base", _samples(tmp_path / "base", [({"kind": 0}, 1, "")] * 4))
     short = read_evaluated("short", _samples(tmp_path / "short", [({"kind": 0}, 1, "")] * 3))
@@ -81,7 +81,7 @@ def test_breakdown_refuses_runs_that_do_not_match(tmp_path):
 
 
 def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
-    from harness.cli import main
+    from crl_bench.cli import main
 
     docs = [_gen_doc(5, "+", 3, "-", 2, kind=0), _gen_doc(9, "-", 4, "+", 1, kind=1)] * 3
     right = [" 5 + 3 = 8, 8 - 2 = 6. The answer is 6", " 9 - 4 = 5, 5 + 1 = 6. The answer is 6"] * 3
@@ -114,7 +114,7 @@ def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
 
 
 def test_runs_come_from_the_leaderboard_rows(tmp_path):
-    from harness.breakdown import runs_from_leaderboard
+    from crl_bench.analyses.breakdown import runs_from_leaderboard
 
     def row(method, setting, seed, run_dir, task="arith_gen", model="m"):
         return {"model": model, "task": task, "method": method, "setting": setting, "seed": seed, "run_dir": run_dir}

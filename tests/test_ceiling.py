@@ -1,4 +1,4 @@
-"""The single-feature steering ceiling (`rl.ceiling`): unsteered it is plain greedy decoding; at a
+"""The single-feature steering ceiling (`crl_bench.analyses.ceiling`): unsteered it is plain greedy decoding; at a
 deviation from the gold solution it finds a feature that puts the gold token back on top, and
 that feature, replayed through the steering mechanism, gives the same completion."""
 
@@ -30,7 +30,7 @@ def setup(tiny_model):
 
 
 def _decode(setup, gold, scales, steer_on=True, top=4, only=None):
-    from rl.ceiling import oracle_decode
+    from crl_bench.analyses.ceiling import oracle_decode
 
     model, tokenizer, *_ , directions = setup
     return oracle_decode(model, tokenizer, LAYER, directions, scales, PROMPT, gold, max_new_tokens=4, until=[],
@@ -47,7 +47,7 @@ def test_unsteered_is_greedy_and_a_followed_solution_needs_no_fix(setup):
 
 def test_a_deviation_is_fixed_by_a_feature_that_replays_to_the_same_completion(setup):
     from harness.steering import PolicyIntervention, steer
-    from rl.controller import COEFS
+    from rl.crl.controller import COEFS
 
     model, tokenizer, ids, greedy, target, directions = setup
     scales = torch.full((16,), 100.0)
@@ -97,7 +97,7 @@ def test_an_unfixable_deviation_is_recorded_and_left_greedy(setup):
 
 
 def test_ceiling_config_refuses_what_it_cannot_do():
-    from rl.ceiling import CeilingConfig
+    from crl_bench.analyses.ceiling import CeilingConfig
 
     with pytest.raises(ValueError, match="--top must be at least 1"):
         CeilingConfig(top=0)
@@ -110,7 +110,7 @@ def test_ceiling_config_refuses_what_it_cannot_do():
 def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
     import json
 
-    from harness.cli import main
+    from crl_bench.cli import main
 
     monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ceiling"
@@ -132,7 +132,7 @@ def test_a_killed_ceiling_run_resumes_where_it_stopped(tiny_dir, tiny_sae_dir, t
     import json
 
     from harness.models import model_slug
-    from rl import ceiling
+    from crl_bench.analyses import ceiling
 
     monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
     config = ceiling.CeilingConfig(model=tiny_dir, sae=tiny_sae_dir, limit=3, max_new_tokens=2, top=1, bank_prompts=8, device="cpu",

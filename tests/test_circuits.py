@@ -11,11 +11,11 @@ import torch
 def setup(tiny_dir, tiny_sae_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.circuits import make_batches
+    from crl_bench.analyses.circuits import make_batches
     from harness.models import model_info
     from harness.sae import load_sae
     from harness.tasks import load_task
-    from rl.rollouts import build_problem
+    from rl.crl.rollouts import build_problem
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -34,7 +34,7 @@ def _perturbed(model, module_path, scale):
 
 
 def test_patching_the_one_changed_mlp_recovers_the_whole_change(setup):
-    from harness.circuits import attribution, patched_metric, recovered, top_nodes
+    from crl_bench.analyses.circuits import attribution, patched_metric, recovered, top_nodes
 
     model, batches, sae = setup
     method = _perturbed(model, "model.layers.2.mlp.down_proj", 3.0)
@@ -51,8 +51,7 @@ def test_patching_the_one_changed_mlp_recovers_the_whole_change(setup):
 
 
 def test_patching_heads_and_sae_features(setup):
-    from harness.circuits import attribution, patched_metric, recovered, top_nodes
-    from harness.steering import AddVectors
+    from crl_bench.analyses.circuits import attribution, patched_metric, recovered, top_nodes
 
     model, batches, sae = setup
     method = _perturbed(model, "model.layers.3.self_attn.v_proj", 2.0)  # both heads of layer 3 share the value head
@@ -70,7 +69,7 @@ def test_sae_feature_nodes_with_an_exact_sae(setup, tiny_dir, tmp_path):
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
-    from harness.circuits import attribution, patched_metric, recovered, top_nodes
+    from crl_bench.analyses.circuits import attribution, patched_metric, recovered, top_nodes
     from harness.models import model_info
     from harness.sae import load_sae
     from harness.steering import AddVectors
@@ -95,7 +94,7 @@ def test_sae_feature_nodes_with_an_exact_sae(setup, tiny_dir, tmp_path):
 
 
 def test_node_overlap_null():
-    from harness.circuits import node_overlap
+    from crl_bench.analyses.circuits import node_overlap
 
     universe = [("head", l, h) for l in range(10) for h in range(4)] + [("mlp", l, 0) for l in range(10)]
     same = node_overlap(universe[:8], universe[:8], universe, n_permutations=300)
@@ -105,7 +104,7 @@ def test_node_overlap_null():
 
 
 def test_recovered_share_needs_a_real_change():
-    from harness.circuits import recovered
+    from crl_bench.analyses.circuits import recovered
 
     assert recovered(1.5, 1.0, 2.0) == pytest.approx(0.5)
     assert recovered(1.02, 1.0, 1.01) is None  # a 0.01 change: the share would be noise over noise

@@ -175,7 +175,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
 
 
 def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
-    from harness.bench import DEFAULT_TASKS, BenchConfig, vector_config
+    from crl_bench.bench_config import DEFAULT_TASKS, BenchConfig, vector_config
 
     laptop = BenchConfig(device="cpu")  # the embedded model on a CPU: make bench's 45-minute run
     assert (laptop.profile, laptop.tasks, laptop.budget) == ("laptop", ["toy_sentiment", "arith_gen"], "laptop")
@@ -195,7 +195,7 @@ def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
 def test_bench_rl_settings_reach_each_method_and_keep_runs_matched(tmp_path):
     """--rl-settings: per task, shared fields go to RLVR and CRL alike (the budget stays matched),
     rlvr:/crl: to one method; other tasks keep the defaults; a wrong field is named."""
-    from harness.bench import BenchConfig, crl_configs, rlvr_configs
+    from crl_bench.bench_config import BenchConfig, crl_configs, rlvr_configs
 
     settings = tmp_path / "rl.yaml"
     settings.write_text("arith_gen:\n  steps: 100\n  prompts_per_step: 2\n  checkpoint_every: 5\n"

@@ -22,10 +22,10 @@ def planted(tiny_dir, tmp_path_factory):
     and arith_mc documents whose answer is that digit (one the unsteered model rarely picks)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from baselines.contrast import batch
+    from harness.padding import batch
     from harness.sparse_logits import logits_at
     from harness.tasks import load_task
-    from rl.prompts import task_prompts
+    from harness.prompts import task_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -62,7 +62,7 @@ def planted_splits(planted, monkeypatch):
 
 
 def _config(tiny_dir, planted, tmp_path, **overrides):
-    from rl.crl import CRLConfig
+    from rl.crl.config import CRLConfig
 
     options = dict(model=tiny_dir, task="arith_mc", sae=planted["sae"], layers=[LAYER], budget="smoke", steps=12,
                    prompts_per_step=4, samples_per_prompt=8, learning_rate=1e-2, hidden=32, eval_every=4,
@@ -74,8 +74,8 @@ def _config(tiny_dir, planted, tmp_path, **overrides):
 def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, planted, planted_splits, tmp_path):
     from safetensors.torch import load_file
 
-    from rl import crl
-    from rl.controller import Controller
+    from rl.crl import trainer as crl
+    from rl.crl.controller import Controller
 
     config = _config(tiny_dir, planted, tmp_path)
     run_dir = crl.train(config)
@@ -105,8 +105,8 @@ def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, plan
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.tasks import load_task
-    from rl import crl
-    from rl.controller import COEFS, Controller, FeatureBank
+    from rl.crl import trainer as crl
+    from rl.crl.controller import COEFS, Controller, FeatureBank
 
     run_dir = crl.train(_config(tiny_dir, planted, tmp_path))  # trained enough to steer (the no-op is its prior)
     log = [json.loads(line) for line in (run_dir / "interventions.jsonl").read_text().splitlines()]
@@ -136,8 +136,8 @@ def test_shared_prefix_rollouts_match_full_forwards(tiny_dir, planted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.tasks import load_task
-    from rl import crl
-    from rl.controller import Controller, FeatureBank
+    from rl.crl import trainer as crl
+    from rl.crl.controller import Controller, FeatureBank
     from sae_lens import SAE
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
@@ -163,7 +163,7 @@ def test_shared_prefix_rollouts_match_full_forwards(tiny_dir, planted):
 
 
 def test_killed_run_resumes(tiny_dir, planted, planted_splits, tmp_path, monkeypatch):
-    from rl import crl
+    from rl.crl import trainer as crl
 
     real = crl.ppo_update
     calls = {"n": 0}
@@ -202,8 +202,8 @@ def test_gated_policy_steers_greedily_where_its_gate_says_so():
     intervenes once p(intervene) > 1/2, although no single feature then outweighs the no-op
     (where a flat policy's argmax keeps the no-op); the generation entropy bonus leaves the
     gate alone; auto picks gated for generation only, and flat runs keep their fingerprint."""
-    from rl.controller import Controller
-    from rl.crl import CRLConfig
+    from rl.crl.controller import Controller
+    from rl.crl.config import CRLConfig
 
     torch.manual_seed(0)
     gated = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.9, policy="gated")
@@ -236,10 +236,11 @@ def test_gated_policy_steers_greedily_where_its_gate_says_so():
 
 
 def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted, planted_splits, tmp_path):
-    from baselines.train import TaskScorer
-    from harness.lm_models import CRLSteeredLM, LeanHFLM
+    from harness.scoring import TaskScorer
+    from rl.crl.lm import CRLSteeredLM
+    from harness.lm_models import LeanHFLM
     from harness.tasks import load_task
-    from rl import crl
+    from rl.crl import trainer as crl
 
     run_dir = crl.train(_config(tiny_dir, planted, tmp_path))
     docs = planted["validation"]
@@ -277,7 +278,7 @@ def per_layer_saes(tmp_path_factory):
 
 @pytest.mark.parametrize("setting,task,layers", [("multi-layer", "arith_mc", [2, 3]), ("generation", "arith_gen", [2])])
 def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setting, task, layers):
-    from rl import crl
+    from rl.crl import trainer as crl
 
     config = crl.CRLConfig(model=tiny_dir, task=task, setting=setting, sae=per_layer_saes, layers=layers, budget="smoke",
                            steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, val_limit=3,
@@ -298,10 +299,10 @@ def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setti
         assert 0 < spent["generated_tokens"] <= spent["rollouts"] * 6
         # a decision at the prompt's last token and at generated tokens (several per item)
         assert {e["layer"] for e in log} == {2} and max(sum(e["item"] == i for e in log) for i in range(3)) > 1
-    # the trained controller goes through the interaction analysis (harness.interactions)
+    # the trained controller goes through the interaction analysis (crl_bench.analyses.interactions)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.interactions import analyse, render
+    from crl_bench.analyses.interactions import analyse, render
     from harness.tasks import load_task
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -320,7 +321,8 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
     from harness.models import model_info
     from harness.sae import load_sae
     from harness.tasks import load_task
-    from rl.crl import build_problem, choose_candidates
+    from rl.crl.rollouts import build_problem
+    from rl.crl.candidates import choose_candidates
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -339,11 +341,11 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
 def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_saes, tmp_path):
     """Every logged decision belongs to the item it names: an item's decisions start at its
     prompt's last token and then read, token by token, exactly what was generated for it."""
-    from baselines.train import TaskScorer
-    from harness.lm_models import CRLSteeredLM
+    from harness.scoring import TaskScorer
+    from rl.crl.lm import CRLSteeredLM
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from rl import crl
+    from rl.crl import trainer as crl
 
     config = crl.CRLConfig(model=tiny_dir, task="arith_gen", setting="generation", sae=per_layer_saes, layers=[2],
                            budget="smoke", steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6,
@@ -377,8 +379,8 @@ def test_exploration_comparison_trains_each_variant_and_reports_collapse(tiny_di
     """`crl-bench exploration`: one run per variant with only the exploration settings changed;
     the table and JSON are read from the runs' curves (masking off masks nothing), a finished
     variant is reused, and an unknown variant is refused by name."""
-    from harness.cli import main
-    from rl.exploration_effect import VARIANTS, compare
+    from crl_bench.cli import main
+    from crl_bench.analyses.exploration import VARIANTS, compare
 
     config = _config(tiny_dir, planted, tmp_path, steps=4, prompts_per_step=2, eval_every=2, checkpoint_every=2)
     out = compare(config, ["both", "no-mask"], str(tmp_path / "exploration"))

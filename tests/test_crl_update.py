@@ -3,15 +3,14 @@ entropy bonus, the gated policy's exploration floor, adaptive feature masking.""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 
 def test_adaptive_mask_masks_dominant_unhelpful_features_only():
-    from rl.controller import distributions
-    from rl.crl import FeatureMask
+    from rl.crl.controller import distributions
+    from rl.crl.trainer import FeatureMask
 
     mask = FeatureMask(d_sae=8, share=0.5, steps=3, window=2)
     # feature 2 dominates and does no better than average: masked; feature 3 dominates and helps: kept
@@ -29,8 +28,8 @@ def test_adaptive_mask_masks_dominant_unhelpful_features_only():
 
 
 def test_advantage_baselines():
-    from rl.crl import CRLConfig
-    from rl.ppo import advantages
+    from rl.crl.config import CRLConfig
+    from rl.crl.ppo import advantages
 
     records = [{"row": 0, "value": 0.25, "feature": 7}, {"row": 0, "value": 0.5, "feature": 3},
                {"row": 1, "value": 0.0, "feature": 7}, {"row": 2, "value": 0.0, "feature": 7},
@@ -57,11 +56,10 @@ def test_advantage_baselines():
 def test_generation_entropy_bonus_leaves_the_noop_share_alone():
     """In the generation setting the bonus is the entropy among features (given steering): its
     gradient does not push the no-op's logit down, while the all-action entropy would."""
-    from types import SimpleNamespace
 
-    from rl.controller import Controller
-    from rl.crl import CRLConfig
-    from rl.ppo import ppo_update
+    from rl.crl.controller import Controller
+    from rl.crl.config import CRLConfig
+    from rl.crl.ppo import ppo_update
 
     def noop_logit_change(setting):
         torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""CRL interaction analysis (`harness.interactions`) on the tiny model with hand-built
+"""CRL interaction analysis (`crl_bench.analyses.interactions`) on the tiny model with hand-built
 controllers whose dependence between choices is known."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ F_EARLY, G_LATE, D_SAE = 1, 2, 4
 
 
 def _bank(d_model: int):
-    from rl.controller import FeatureBank
+    from rl.crl.controller import FeatureBank
 
     torch.manual_seed(0)
     directions = {l: torch.nn.functional.normalize(torch.randn(D_SAE, d_model), dim=-1) for l in LAYERS}
@@ -23,7 +23,7 @@ def _controller(d_model: int, later_reads_residual: bool):
     """Layer index 0 always picks F_EARLY. Layer index 1 picks G_LATE exactly when its residual
     differs from `mean[1]` (set by the test to the residual it sees when the earlier choice is
     removed), if `later_reads_residual`; otherwise it always picks G_LATE."""
-    from rl.controller import Controller
+    from rl.crl.controller import Controller
 
     c = Controller(d_model, D_SAE, n_layers=2, hidden=8)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def _controller(d_model: int, later_reads_residual: bool):
 
 def _input_blind(d_model: int, bias: dict[int, float], fill: float = -100.0):
     """A one-layer controller that ignores its input: feature logits = `fill`, except `bias`."""
-    from rl.controller import Controller
+    from rl.crl.controller import Controller
 
     c = Controller(d_model, D_SAE, n_layers=1, hidden=8)
     with torch.no_grad():
@@ -66,7 +66,7 @@ def _input_blind(d_model: int, bias: dict[int, float], fill: float = -100.0):
 
 
 def _one_layer_bank(d_model: int):
-    from rl.controller import FeatureBank
+    from rl.crl.controller import FeatureBank
 
     two = _bank(d_model)
     return FeatureBank([1], {1: two.directions[1]}, {1: two.scales[1]}, {1: two.ids[1]})
@@ -74,7 +74,7 @@ def _one_layer_bank(d_model: int):
 
 def _rollouts(tiny_model, controller, bank, task_name: str, n_docs: int, max_new: int = 6):
     from harness.tasks import load_task
-    from rl.rollouts import Rollouts, build_problem
+    from rl.crl.rollouts import Rollouts, build_problem
 
     model, tokenizer = tiny_model
     task = load_task(task_name)
@@ -83,7 +83,7 @@ def _rollouts(tiny_model, controller, bank, task_name: str, n_docs: int, max_new
 
 
 def test_multi_layer_finds_a_later_choice_that_depends_on_the_earlier_one(tiny_model):
-    from harness.interactions import multi_layer
+    from crl_bench.analyses.interactions import multi_layer
 
     model, _ = tiny_model
     d_model = model.config.hidden_size
@@ -116,7 +116,7 @@ def test_multi_layer_finds_a_later_choice_that_depends_on_the_earlier_one(tiny_m
 
 
 def test_multi_layer_reports_no_dependence_for_a_policy_that_ignores_its_input(tiny_model):
-    from harness.interactions import multi_layer
+    from crl_bench.analyses.interactions import multi_layer
 
     model, _ = tiny_model
     d_model = model.config.hidden_size
@@ -127,7 +127,7 @@ def test_multi_layer_reports_no_dependence_for_a_policy_that_ignores_its_input(t
 
 
 def test_generation_ablations_follow_each_steered_token(tiny_model):
-    from harness.interactions import generation
+    from crl_bench.analyses.interactions import generation
 
     model, _ = tiny_model
     d_model = model.config.hidden_size
@@ -146,8 +146,8 @@ def test_generation_ablations_follow_each_steered_token(tiny_model):
 
 
 def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tiny_model):
-    from harness.interactions import generation
-    from rl.controller import _inverse_cdf
+    from crl_bench.analyses.interactions import generation
+    from rl.crl.controller import _inverse_cdf
 
     assert _inverse_cdf(torch.tensor([[0.2, 0.5, 0.3]] * 3), torch.tensor([0.1, 0.6, 0.95])).tolist() == [0, 1, 2]
     model, _ = tiny_model
@@ -168,7 +168,7 @@ def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tin
 
 
 def test_bench_adds_the_sampled_analysis_only_where_the_greedy_one_has_nothing():
-    from harness.interactions import steered_nothing
+    from crl_bench.analyses.interactions import steered_nothing
 
     assert steered_nothing({"setting": "generation", "ablations": 0})
     assert not steered_nothing({"setting": "generation", "ablations": 3})

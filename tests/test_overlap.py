@@ -7,7 +7,7 @@ import pytest
 
 
 def test_rbo_reference_values():
-    from harness.overlap import rbo
+    from crl_bench.analyses.overlap import rbo
 
     assert rbo([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
     assert rbo([1, 2, 3], [4, 5, 6]) == pytest.approx(0.0)
@@ -21,7 +21,7 @@ def test_rbo_reference_values():
 
 
 def test_vector_weights_recover_the_planted_features():
-    from harness.overlap import top_k, vector_weights
+    from crl_bench.analyses.overlap import top_k, vector_weights
 
     rng = np.random.default_rng(0)
     decoder = rng.normal(size=(64, 16))
@@ -32,7 +32,7 @@ def test_vector_weights_recover_the_planted_features():
 
 
 def test_crl_weights_count_logged_choices(tmp_path):
-    from harness.overlap import crl_weights
+    from crl_bench.analyses.overlap import crl_weights
 
     log = tmp_path / "interventions.jsonl"
     log.write_text("\n".join(json.dumps(e) for e in [
@@ -43,7 +43,7 @@ def test_crl_weights_count_logged_choices(tmp_path):
 
 
 def test_frequency_matched_null_separates_real_overlap_from_chance():
-    from harness.overlap import activation_shift, frequency_matched_null, overlap_table
+    from crl_bench.analyses.overlap import activation_shift, frequency_matched_null, overlap_table
 
     rng = np.random.default_rng(1)
     frequency = rng.random(500)

@@ -6,7 +6,7 @@ import json
 def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     from rich.console import Console
 
-    from harness.perf import PerfConfig, run_training
+    from crl_bench.perf import PerfConfig, run_training
 
     config = PerfConfig(model=tiny_dir, train_task="arith_mc", train_generation_task="arith_gen", train_steps=2,
                         train_prompts_per_step=2, train_samples=2, train_max_new_tokens=4, sae=tiny_sae_dir,

@@ -4,7 +4,7 @@ import json
 
 
 def test_figures_from_results_files(tmp_path):
-    from harness.plots import all_figures
+    from crl_bench.plots import all_figures
 
     def row(method, setting, value):
         return {"model": "m", "task": "t", "method": method, "setting": setting, "seed": 0, "metric": "acc",

@@ -48,7 +48,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium)")
         pytest.skip("no chromium on this machine (apt-get install chromium)")
-    from harness.report import build
+    from crl_bench.report import build
 
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)

@@ -38,7 +38,7 @@ def test_budget_file(tmp_path):
 
 
 def _config(tiny_dir, tmp_path, **overrides):
-    from rl.rlvr import RLVRConfig
+    from rl.rlvr.config import RLVRConfig
 
     options = dict(model=tiny_dir, task="arith_mc", budget="smoke", steps=4, checkpoint_every=2, eval_every=2,
                    val_limit=4, learning_rate=5e-3, device="cpu", results_dir=str(tmp_path / "results"),
@@ -75,7 +75,7 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
     from lm_eval.models.huggingface import HFLM
 
     from harness.lm_models import RLVRLoraLM
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
 
     config = _config(tiny_dir, tmp_path)
     run_dir = rlvr.train(config)
@@ -107,7 +107,7 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
 
 def _die_in_step_three(monkeypatch) -> dict:
     """Make the reward raise in the third step (a killed run); returns the call counter."""
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
 
     real = rlvr.RewardMeter.__call__
     calls = {"n": 0}
@@ -123,13 +123,14 @@ def _die_in_step_three(monkeypatch) -> dict:
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
+    from rl.runs import run_dir_for
 
     config = _config(tiny_dir, tmp_path)
     calls = _die_in_step_three(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         rlvr.train(config)
-    run_dir = rlvr.run_dir_for(config, "rlvr")
+    run_dir = run_dir_for(config, "rlvr")
     assert (run_dir / "checkpoints" / "checkpoint-2").is_dir() and not (run_dir / "adapter_model.safetensors").exists()
     calls["n"] = -1000
     rlvr.train(config)
@@ -142,7 +143,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, tmp_path, varied_
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_dir, tmp_path, varied_reward, monkeypatch):
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
 
     calls = _die_in_step_three(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
@@ -158,7 +159,8 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_dir, tmp_path, varied_
 def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied_reward, monkeypatch):
     from trl import GRPOTrainer
 
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
+    from rl.runs import run_dir_for
 
     real = GRPOTrainer.compute_loss
 
@@ -170,7 +172,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied
     config = _config(tiny_dir, tmp_path)
     with pytest.raises(rlvr.TrainingFailed, match=r"(loss|grad_norm) became nan at step 3; the last good checkpoint is .*checkpoint-2"):
         rlvr.train(config)
-    run_dir = rlvr.run_dir_for(config, "rlvr")
+    run_dir = run_dir_for(config, "rlvr")
     assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
     assert not (run_dir / "adapter_model.safetensors").exists()
     from safetensors.torch import load_file
@@ -181,7 +183,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied
 
 def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_path):
     from harness.tasks import load_task
-    from rl.rlvr import check_one_token_choices
+    from rl.rlvr.trainer import check_one_token_choices
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
@@ -195,7 +197,7 @@ def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_
 
 def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
     from harness.tasks import load_task
-    from rl.rlvr import _stop_at_until
+    from rl.rlvr.trainer import _stop_at_until
 
     model, tokenizer = tiny_model
     before = model.generation_config.eos_token_id

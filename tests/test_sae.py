@@ -357,7 +357,7 @@ def test_feature_scan_logit_effects_and_neighbours(tiny_model):
 
 
 def test_sae_cli_trains_measures_and_shows_cards(tmp_path, tiny_dir, corpus_file, capsys):
-    from harness.cli import main
+    from crl_bench.cli import main
 
     out, results = tmp_path / "sae", tmp_path / "results"
     args = ["sae", "train", "--model", tiny_dir, "--layer", "1", "--corpus", corpus_file, "--width", "64",

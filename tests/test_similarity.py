@@ -21,7 +21,7 @@ def _write(path, rows, kind="choice"):
 
 
 def test_choice_similarity_matches_hand_computation(tmp_path):
-    from harness.similarity import read_behaviour, similarity
+    from crl_bench.analyses.similarity import read_behaviour, similarity
 
     # gold is choice 0 everywhere; 6 items
     def item(answer):
@@ -54,7 +54,7 @@ def test_choice_similarity_matches_hand_computation(tmp_path):
 
 
 def test_generation_similarity_uses_the_answer_distribution(tmp_path):
-    from harness.similarity import read_behaviour, similarity
+    from crl_bench.analyses.similarity import read_behaviour, similarity
 
     gold = ["1", "2", "3", "4"]
     base = [("9", 0.0, None), ("2", 1.0, None), ("9", 0.0, None), ("9", 0.0, None)]
@@ -77,7 +77,7 @@ def test_generation_similarity_uses_the_answer_distribution(tmp_path):
 def test_analysis_keeps_the_results_of_tasks_it_did_not_run(tmp_path):
     from types import SimpleNamespace
 
-    from harness import analysis
+    from crl_bench.analyses import runner as analysis
 
     old = {"task": "old_task", "method": "crl:one-token", "n": 4, "answer_agreement": 0.5, "kappa": None,
            "fixed_by_rlvr": 1, "fixed_by_method": 1, "fixed_both": 1, "fixed_jaccard": 1.0, "fixed_overlap_p": 1.0,

@@ -103,7 +103,7 @@ def test_seeds_items_interval_widens_with_seed_variance():
 
 
 def test_build_rows_compares_with_base_and_rlvr_and_corrects_jointly():
-    from harness.leaderboard import Scores, build_rows
+    from crl_bench.leaderboard import Scores, build_rows
     from harness.stats import holm, mcnemar_exact
 
     def scores(method, values, seed=0, setting="-"):
@@ -138,7 +138,7 @@ def test_board_writes_rebuild_every_row_from_the_kept_scores(tmp_path):
     on the board, the Holm family spans every write, legacy rows are kept and marked."""
     import json
 
-    from harness.leaderboard import SCORES_FILE, Scores, build_rows, write
+    from crl_bench.leaderboard import SCORES_FILE, Scores, build_rows, write
 
     def scores(task, method, values, setting="-", cpu=None):
         return Scores(model="m", task=task, method=method, setting=setting, seed=0, metric="acc", filter="none",
@@ -188,7 +188,7 @@ def test_an_undetectable_gain_is_said_so(tmp_path):
     null (valid JSON, not NaN) and the tables say "not detectable"."""
     import json
 
-    from harness.leaderboard import Scores, write
+    from crl_bench.leaderboard import Scores, write
 
     base = Scores(model="m", task="t", method="base", setting="-", seed=0, metric="acc", filter="none",
                   doc_ids=[0, 1, 2], values=[1.0, 1.0, 0.0], run_dir="runs/base")

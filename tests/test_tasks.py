@@ -6,7 +6,8 @@ import lm_eval
 import pytest
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from harness.tasks import check_tasks, load_task, task_manager, tasks_root
+from harness.tasks import check_tasks, load_task, task_manager
+from harness.task_paths import tasks_root
 from tests.conftest import needs_data
 
 GENERATED = {"toy_sentiment": "review", "arith_mc": "expression", "arith_gen": "question"}

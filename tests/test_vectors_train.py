@@ -112,7 +112,7 @@ def test_task_scorer_matches_lm_eval(tiny_dir, manager, name):
     same few-shot examples, same metric)."""
     from lm_eval import simple_evaluate
 
-    from baselines.train import TaskScorer
+    from harness.scoring import TaskScorer
     from harness.lm_models import LeanHFLM
 
     lm = LeanHFLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=4)

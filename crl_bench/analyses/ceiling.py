@@ -2,7 +2,7 @@
 knew where and what to push: an oracle upper bound for CRL's generation setting (setting 3).
 
 CRL's generation controller adds, at each decision (the prompt's last token and every
-generated token), at most one SAE feature at one of `rl.controller.COEFS` times the feature's
+generated token), at most one SAE feature at one of `rl.crl.controller.COEFS` times the feature's
 typical activation, at one layer. The oracle has that action space and reads the gold
 solution (the task's `doc_to_target`, a worked solution for arith_gen and gsm8k):
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from harness.models import DEFAULT_MODEL
-from rl.controller import COEFS
+from rl.crl.controller import COEFS
 
 
 @dataclass
@@ -119,7 +119,7 @@ def oracle_decode(model: Any, tokenizer: Any, layer: int, directions: Tensor, sc
     from transformers import DynamicCache
 
     from harness.steering import PolicyIntervention, steer
-    from rl.rollouts import _stop_length
+    from rl.crl.rollouts import _stop_length
 
     coefs = coefs or COEFS
     device = next(model.parameters()).device
@@ -202,8 +202,8 @@ def run(config: CeilingConfig) -> Path:
     from harness.splits import method_splits
     from harness.stats import mcnemar_exact, mean_ci95
     from harness.tasks import load_task
-    from rl.crl import measure_bank
-    from rl.prompts import task_prompts
+    from rl.crl.trainer import measure_bank
+    from harness.prompts import task_prompts
 
     task = load_task(config.task)
     if task.OUTPUT_TYPE != "generate_until":

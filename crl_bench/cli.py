@@ -10,13 +10,14 @@ from harness.config import add_arguments, from_args
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from harness import bench
+    from crl_bench import bench
+    from crl_bench.bench_config import BenchConfig
 
-    bench.run(from_args(bench.BenchConfig, args))
+    bench.run(from_args(BenchConfig, args))
 
 
 def _perf(args: argparse.Namespace) -> None:
-    from harness import perf
+    from crl_bench import perf
 
     perf.run(from_args(perf.PerfConfig, args))
 
@@ -93,26 +94,28 @@ def _train_vectors(args: argparse.Namespace) -> None:
 
 
 def _train_rlvr(args: argparse.Namespace) -> None:
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
+    from rl.rlvr.config import RLVRConfig
 
-    print(f"RLVR adapter: {rlvr.train(from_args(rlvr.RLVRConfig, args))}")
+    print(f"RLVR adapter: {rlvr.train(from_args(RLVRConfig, args))}")
 
 
 def _train_crl(args: argparse.Namespace) -> None:
-    from rl import crl
+    from rl.crl import trainer as crl
+    from rl.crl.config import CRLConfig
 
-    print(f"CRL controller: {crl.train(from_args(crl.CRLConfig, args))}")
+    print(f"CRL controller: {crl.train(from_args(CRLConfig, args))}")
 
 
 def _exploration(args: argparse.Namespace) -> None:
-    from rl.exploration_effect import ExplorationConfig, compare
+    from crl_bench.analyses.exploration import ExplorationConfig, compare
 
     config = from_args(ExplorationConfig, args)
     print(f"exploration: {compare(config.crl(), config.variants, config.out)}")
 
 
 def _ceiling(args: argparse.Namespace) -> None:
-    from rl.ceiling import CeilingConfig, run
+    from crl_bench.analyses.ceiling import CeilingConfig, run
 
     print(f"ceiling: {run(from_args(CeilingConfig, args))}")
 
@@ -121,7 +124,7 @@ def _interactions(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from harness.interactions import analyse, render
+    from crl_bench.analyses.interactions import analyse, render
     from harness.models import load_causal_lm
     from harness.tasks import load_task
 
@@ -141,10 +144,10 @@ def _interactions(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from harness.analysis import rerender
-    from harness.leaderboard import render
-    from harness.plots import all_figures
-    from harness.report import build
+    from crl_bench.analyses.runner import rerender
+    from crl_bench.leaderboard import render
+    from crl_bench.plots import all_figures
+    from crl_bench.report import build
 
     render(args.results_dir)
     rerender(args.results_dir)
@@ -160,14 +163,15 @@ def _labelled_dir(value: str) -> tuple[str, Path]:
 
 
 def _breakdown(args: argparse.Namespace) -> None:
-    from harness import breakdown
+    from crl_bench.analyses import breakdown
 
     print(breakdown.run(args.task, args.results_dir, by=args.by, runs=args.run, leaderboard=args.leaderboard,
                         model=args.model))
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from harness.tasks import GENERATED_TASKS, LOCAL_TASKS, data_dir, task_paths
+    from harness.tasks import GENERATED_TASKS, LOCAL_TASKS
+    from harness.task_paths import data_dir, task_paths
 
     print("task folders:", *task_paths(), sep="\n  ")
     print("generated:", ", ".join(GENERATED_TASKS))
@@ -183,8 +187,8 @@ def _command(group, name: str, help_text: str, config_cls: type, func) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.bench import BenchConfig
-    from harness.perf import PerfConfig
+    from crl_bench.bench_config import BenchConfig
+    from crl_bench.perf import PerfConfig
 
     parser = argparse.ArgumentParser(prog="crl-bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,25 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a method on a task").add_subparsers(dest="train_command", required=True)
     _command(train, "vectors", "fit the five steering directions; choose layer and coefficient on validation",
              VectorTrainConfig, _train_vectors)
-    from rl.rlvr import RLVRConfig
+    from rl.rlvr.config import RLVRConfig
 
     _command(train, "rlvr", "train a LoRA adapter with TRL's GRPO on the task's reward (the RLVR reference)",
              RLVRConfig, _train_rlvr)
-    from rl.crl import CRLConfig
+    from rl.crl.config import CRLConfig
 
     _command(train, "crl", "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
              CRLConfig, _train_crl)
-    from rl.exploration_effect import ExplorationConfig
+    from crl_bench.analyses.exploration import ExplorationConfig
 
     _command(commands, "exploration", "train one CRL controller per exploration variant (entropy bonus and "
              "adaptive masking on/off) and compare how fast each collapses onto one feature",
              ExplorationConfig, _exploration)
-    from rl.ceiling import CeilingConfig
+    from crl_bench.analyses.ceiling import CeilingConfig
 
     _command(commands, "ceiling", "how far one SAE feature per token could take a generation task with an oracle "
-             "that reads the gold solution (an upper bound for CRL setting 3; rl.ceiling)", CeilingConfig, _ceiling)
+             "that reads the gold solution (an upper bound for CRL setting 3; crl_bench.analyses.ceiling)", CeilingConfig, _ceiling)
     inter = commands.add_parser("interactions", help="how a CRL controller's choices depend on each other across "
-                                "layers and tokens (ablation; harness.interactions)")
+                                "layers and tokens (ablation; crl_bench.analyses.interactions)")
     inter.add_argument("--controller", required=True, help="a CRL run directory")
     inter.add_argument("--task", default=None, help="default: the task it was trained on")
     inter.add_argument("--model", default=None, help="default: the model it was trained on")
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     inter.add_argument("--out", default=None, help="also write the analysis as JSON here")
     inter.set_defaults(func=_interactions)
     parts = commands.add_parser("breakdown", help="accuracy per group of items (and per solution step) for each "
-                                "method on a task, against base (harness.breakdown)")
+                                "method on a task, against base (crl_bench.analyses.breakdown)")
     parts.add_argument("--task", required=True)
     parts.add_argument("--by", default=None, help="document field to group by (default: the task's own, e.g. "
                        "arith_gen's problem kind)")

@@ -5,7 +5,7 @@ What is ours and what is TRL/peft's: TRL does the sampling, the group-relative a
 the loss, the optimiser, checkpointing and resuming; peft builds and saves the adapter. This
 module only assembles the pieces from the shared contracts:
 
-- prompts: `rl.prompts.task_prompts` (lm-eval's own few-shot context for each training
+- prompts: `harness.prompts.task_prompts` (lm-eval's own few-shot context for each training
   document, the document never among its own examples);
 - reward: `harness.rewards.task_reward` (the task's metric), wrapped to pass only the
   document's fields and to count what was spent;
@@ -34,107 +34,27 @@ last good checkpoint kept.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.models import DEFAULT_MODEL
-from rl.budget import Budget, Spent
+from rl.budget import Spent
+from rl.config import RLTrainConfig
+from rl.rlvr.config import RLVRConfig
+from rl.runs import frozen_fingerprint, run_dir_for, write_curve
 
 STATE_FILE = "crl_bench_state.json"  # spent budget and curve, saved inside each checkpoint
-CURVE_FIELDS = ("step", "rollouts", "reward", "validation")
 CHOICE_BIAS = 100.0  # logit bias that restricts one-token sampling to the task's choices
-
-
-@dataclass
-class RLTrainConfig:
-    """Settings every RL-trained method shares (RLVR here; CRL adds its own)."""
-
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
-    task: str = field(default="arith_mc", metadata={"help": "lm-eval task (its training split and reward)"})
-    budget: str = field(default="cpu", metadata={"help": "budget preset (smoke, cpu, gpu) or a YAML/JSON file"})
-    steps: int | None = field(default=None, metadata={"help": "override the budget's optimisation steps"})
-    prompts_per_step: int | None = field(default=None, metadata={"help": "override the budget's prompts per step"})
-    samples_per_prompt: int | None = field(default=None, metadata={"help": "override the budget's samples per prompt"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "override the budget's max new tokens (generation tasks)"})
-    prompts: int | None = field(default=None, metadata={"help": "override the budget's distinct training prompts"})
-    seed: int = field(default=0, metadata={"help": "training seed (one of the budget's seeds for matched runs)"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "optimiser learning rate"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
-    eval_every: int = field(default=10, metadata={"help": "validation score every N steps (0: only at the start and end)"})
-    val_limit: int | None = field(default=64, metadata={"help": "validation documents for the learning curve"})
-    checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N steps"})
-    resume: bool = field(default=True, metadata={"help": "resume from the newest checkpoint of this run (--no-resume: start over)"})
-    max_loss: float = field(default=1e3, metadata={"help": "stop when |loss| or the gradient norm exceeds this (exploding)"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    dtype: str = field(default="auto", metadata={"help": "training dtype; auto = float32 on CPU, bfloat16 on GPU"})
-    batch_size: int = field(default=16, metadata={"help": "batch size of the validation scoring"})
-    results_dir: str = field(default="results", metadata={"help": "where the learning curves go"})
-    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: <cache>/runs)"})
-
-    def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.checkpoint_every < 1 or self.eval_every < 0:
-            raise ValueError("--checkpoint-every must be >= 1 and --eval-every >= 0")
-        self.resolved_budget(generation=False)  # a bad budget fails here, before any model load
-
-    def resolved_budget(self, generation: bool) -> Budget:
-        return Budget.resolve(self.budget, generation=generation, steps=self.steps,
-                              prompts_per_step=self.prompts_per_step, samples_per_prompt=self.samples_per_prompt,
-                              max_new_tokens=self.max_new_tokens, prompts=self.prompts)
-
-    def fingerprint(self) -> str:
-        """What decides the trained weights (not where files go, resuming, or eval batch size)."""
-        from harness.manifest import fingerprint
-
-        settings = self.fingerprint_settings()
-        if Path(self.budget).is_file():  # a budget file: what it says, not only its name
-            settings["budget"] = {"file": self.budget, "content": Path(self.budget).read_text()}
-        return fingerprint(settings, {"results_dir", "runs_dir", "resume", "batch_size", "device"})
-
-    def fingerprint_settings(self) -> dict[str, Any]:
-        """The settings the fingerprint hashes (subclasses drop what old runs did not have)."""
-        return asdict(self)
-
-    def task_budget(self, task: Any) -> Budget:
-        """The budget in the task's regime (see `rl.budget`)."""
-        return self.resolved_budget(generation=task.OUTPUT_TYPE == "generate_until").for_task(task)
-
-
-@dataclass
-class RLVRConfig(RLTrainConfig):
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_targets: str = field(default="all-linear", metadata={"help": "modules LoRA adapts (peft target_modules)"})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient to the base model (0: no reference model)"})
 
 
 def train_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "float32" if device == "cpu" else "bfloat16"
-
-
-def run_dir_for(config: RLTrainConfig, method: str) -> Path:
-    from harness.models import model_slug
-    from harness.paths import runs_root
-
-    root = Path(config.runs_dir) if config.runs_dir else runs_root()
-    return root / model_slug(config.model) / method / config.task / f"seed{config.seed}"
-
-
-def run_done(config: RLTrainConfig, method: str) -> bool:
-    """Whether a finished run with these settings is on disk."""
-    run_dir = run_dir_for(config, method)
-    path = run_dir / "config.json"
-    return (run_dir / "manifest.json").exists() and path.exists() and \
-        json.loads(path.read_text()).get("fingerprint") == config.fingerprint()
 
 
 def unsupported(task: Any, tokenizer: Any) -> str | None:
@@ -187,14 +107,6 @@ class RewardMeter:
 
 class TrainingFailed(RuntimeError):
     pass
-
-
-def frozen_fingerprint(model: Any) -> float:
-    """A checksum of every parameter that must not train (all but the adapter's)."""
-    import torch
-
-    with torch.no_grad():
-        return float(sum(p.double().abs().sum() for n, p in model.named_parameters() if "lora_" not in n))
 
 
 def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: list[dict], validate: Any,
@@ -267,7 +179,7 @@ def _stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
 
 def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: RLTrainConfig, device: str):
     """Validation score of the model being trained, with lm-eval's requests (`TaskScorer`)."""
-    from baselines.train import TaskScorer
+    from harness.scoring import TaskScorer
     from harness.lm_models import LeanHFLM
 
     lm = LeanHFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=device)
@@ -283,57 +195,6 @@ def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: 
 
     validate.metric = scorer.metric
     return validate
-
-
-def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str,
-                fields: tuple[str, ...] = CURVE_FIELDS) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "manifest.json").exists():  # the curve's provenance travels with it
-        shutil.copyfile(run_dir / "manifest.json", results / "manifest.json")
-    for directory in (run_dir, results):
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "curve.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            for row in curve:
-                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    rewards = [(r["step"], r["reward"]) for r in curve if r.get("reward") is not None]
-    scores = [(r["step"], r["validation"]) for r in curve if r.get("validation") is not None]
-    if rewards:
-        ax.plot(*zip(*rewards), color="tab:blue", alpha=0.5, linewidth=1, label="training reward (batch mean)")
-    if scores:
-        ax.plot(*zip(*scores), color="tab:red", marker="o", markersize=3, label=f"validation {metric}")
-    steered = [(r["step"], r["steered_share"]) for r in curve if r.get("steered_share") is not None]
-    if steered:  # CRL: how often the sampled controller intervened
-        ax.plot(*zip(*steered), color="tab:gray", linestyle="--", linewidth=1, label="share of decisions that steered")
-    ax.set_xlabel("optimisation step")
-    ax.set_ylabel("reward / score / share")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    outcomes = [r for r in curve if r.get("fixed") is not None]
-    if outcomes:  # CRL with the unsteered baseline: the rollouts its interventions fixed and broke, so far
-        import itertools
-
-        twin = ax.twinx()
-        steps = [r["step"] for r in outcomes]
-        for name, colour in (("fixed", "tab:green"), ("broken", "tab:orange")):
-            twin.step(steps, list(itertools.accumulate(r[name] for r in outcomes)), where="post", color=colour,
-                      linewidth=1.2, label=f"rollouts {name} vs unsteered (cumulative)")
-        twin.set_ylabel("rollouts (cumulative)")
-        more_handles, more_labels = twin.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    ax.legend(handles, labels, fontsize=7)
-    fig.tight_layout()
-    for directory in (run_dir, results):
-        fig.savefig(directory / "curve.png", dpi=150)
-    plt.close(fig)
 
 
 def _latest_checkpoint(directory: Path) -> Path | None:
@@ -358,7 +219,7 @@ def train(config: RLVRConfig) -> Path:
     from harness.rewards import task_reward
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from rl.prompts import doc_columns, task_prompts
+    from harness.prompts import doc_columns, task_prompts
 
     console = Console(stderr=True, soft_wrap=True)
     task = load_task(config.task)

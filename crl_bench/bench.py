@@ -34,107 +34,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard import Scores, write
+from crl_bench.bench_config import BenchConfig, crl_configs, reserved_documents, rlvr_configs, vector_config
+from crl_bench.leaderboard import Scores, write
 from harness.manifest import build_manifest, fingerprint, write_json
-from harness.models import DEFAULT_MODEL, model_slug
+from harness.models import model_slug
 from harness.paths import runs_root
-from harness.tasks import DATA_ENV, LOCAL_TASKS, data_dir
+from harness.task_paths import DATA_ENV, data_dir
+from harness.tasks import LOCAL_TASKS
 
-DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "boolq")
 STAGE = "stage.json"
-
-# What a bench run does when its flags leave it open. `laptop` (the embedded model on a CPU:
-# `make bench` within 45 minutes on 2 cores) covers all three CRL settings with one
-# one-token task and one generation task, the `laptop` budget, and a smaller vector sweep on
-# generation tasks (each point generates for every validation document); `full` is the
-# whole default task set and the `cpu` budget (`gpu` on a GPU).
-PROFILES: dict[str, dict[str, Any]] = {
-    "laptop": {"tasks": ["toy_sentiment", "arith_gen"], "budget": "laptop",
-               "generation_sweep": {"val_limit": 32, "coefs": [0.5, 1.0, 2.0], "layer_fractions": (1 / 3, 1 / 2)}},
-    "full": {"tasks": list(DEFAULT_TASKS), "budget": {"cpu": "cpu", "cuda": "gpu"}, "generation_sweep": {}},
-}
-
-
-@dataclass
-class BenchConfig:
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
-    profile: str = field(default="auto", metadata={"help": "defaults for what the flags leave open: laptop (tasks toy_sentiment,arith_gen, "
-                                                          "laptop budget, small generation sweeps), full (every default task), or auto "
-                                                          "(laptop for the embedded model on a CPU, else full)"})
-    tasks: list[str] | None = field(default=None, metadata={"help": "lm-eval task names (default: the profile's)"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
-    batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
-    seed: int = field(default=0, metadata={"help": "seed for lm-eval's sampling and few-shot selection"})
-    sae: str = field(default="auto", metadata={"help": "SAE for the SAE-based methods: sae-lens <release>/<id>, a directory, auto (published, else trained and cached), or none"})
-    sae_layer: int | None = field(default=None, metadata={"help": "layer of the SAE (default: the SAE's own; the middle layer for auto)"})
-    sae_corpus: str = field(default="builtin", metadata={"help": "text to train an auto SAE on and to measure SAEs with (see `crl-bench sae train --help`)"})
-    vectors: list[str] = field(default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
-                               metadata={"help": "steering-vector methods to train and evaluate (none: skip)"})
-    vector_val_limit: int | None = field(default=64, metadata={"help": "validation documents per point of the vector sweep"})
-    rlvr: bool = field(default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"})
-    budget: str = field(default="auto", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, laptop, cpu, gpu), "
-                                                        "YAML file, or auto (the profile's: laptop, else cpu, gpu on a GPU)"})
-    rl_settings: str | None = field(default=None, metadata={"help": "YAML file of RLVR/CRL training settings per task, "
-                                                               "e.g. {arith_gen: {steps: 100, rlvr: {temperature: 0.5}}}: "
-                                                               "budget fields apply to both methods (their runs stay "
-                                                               "matched); rlvr:/crl: hold one method's own"})
-    crl: list[str] = field(default_factory=lambda: ["one-token", "multi-layer", "generation"],
-                           metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"})
-    analyses: bool = field(default=True, metadata={"help": "after the evaluations: similarity to RLVR, SAE-feature overlap, circuits and CRL interactions (results/{similarity,overlap,circuits,interactions}.md)"})
-    force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
-    results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
-    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
-
-    def __post_init__(self) -> None:
-        from harness.models import default_device
-
-        device = "cuda" if str(self.device or default_device()).startswith("cuda") else "cpu"
-        if self.profile == "auto":
-            self.profile = "laptop" if self.model == DEFAULT_MODEL and device == "cpu" else "full"
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(PROFILES)}, or auto")
-        defaults = PROFILES[self.profile]
-        if self.tasks is None:
-            self.tasks = list(defaults["tasks"])
-        if self.budget == "auto":
-            budget = defaults["budget"]
-            self.budget = budget[device] if isinstance(budget, dict) else budget
-        if isinstance(self.tasks, str):
-            self.tasks = [t for t in self.tasks.split(",") if t]
-        if not self.tasks:
-            raise ValueError("no tasks given; pass --tasks toy_sentiment,arith_mc (comma-separated)")
-        if isinstance(self.vectors, str):
-            self.vectors = [v for v in self.vectors.split(",") if v]
-        if self.vectors in (["none"], []):
-            self.vectors = []
-        if isinstance(self.crl, str):
-            self.crl = [c for c in self.crl.split(",") if c]
-        if self.crl in (["none"], []):
-            self.crl = []
-        from rl.crl import SETTINGS
-
-        wrong = [c for c in self.crl if c not in SETTINGS]
-        if wrong:
-            raise ValueError(f"unknown --crl settings {', '.join(wrong)}; choose from {', '.join(SETTINGS)}, or none")
-        from baselines.fitters import METHODS
-
-        unknown = [v for v in self.vectors if v not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown --vectors {', '.join(unknown)}; choose from {', '.join(METHODS)}, or none")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be a positive number of items, got {self.limit}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.rl_settings is not None:
-            from rl.settings import read_rl_settings
-
-            read_rl_settings(self.rl_settings)  # a bad file fails here, before anything runs
 
 
 @dataclass
@@ -163,64 +75,6 @@ def _file_digest(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def vector_config(config: BenchConfig, task: str, output_type: str | None = None) -> Any:
-    """The vector sweep of `task`; a generation task (`output_type` generate_until) gets the
-    profile's smaller sweep."""
-    from baselines.train import VectorTrainConfig
-
-    sweep = PROFILES[config.profile]["generation_sweep"] if output_type == "generate_until" else {}
-    layers = None
-    if "layer_fractions" in sweep:
-        from baselines.train import default_layers
-        from harness.models import model_info
-
-        layers = default_layers(model_info(config.model).n_layers, sweep["layer_fractions"])
-    extra = {"coefs": list(sweep["coefs"])} if "coefs" in sweep else {}
-    val_limit = config.vector_val_limit
-    if "val_limit" in sweep and val_limit is not None:
-        val_limit = min(val_limit, sweep["val_limit"])
-    return VectorTrainConfig(model=config.model, task=task, methods=list(config.vectors), val_limit=val_limit, layers=layers,
-                             batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, device=config.device,
-                             results_dir=config.results_dir, runs_dir=config.runs_dir, **extra)
-
-
-def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
-    """One RLVR run per seed of the budget."""
-    from rl.budget import Budget
-    from rl.rlvr import RLVRConfig
-
-    settings = rl_settings(config, task, "rlvr")
-    seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
-    return [RLVRConfig(**{"budget": config.budget, **settings}, model=config.model, task=task, seed=seed,
-                       device=config.device, results_dir=config.results_dir, runs_dir=config.runs_dir)
-            for seed in seeds]
-
-
-def rl_settings(config: BenchConfig, task: str, method: str) -> dict[str, Any]:
-    """The `--rl-settings` of one task's runs of one method (none: {})."""
-    from rl.settings import read_rl_settings
-
-    return read_rl_settings(config.rl_settings).get(task, {}).get(method, {}) if config.rl_settings else {}
-
-
-def crl_configs(config: BenchConfig, task: str, output_type: str) -> list[Any]:
-    """One CRL run per (setting that fits the task's kind, seed of the budget)."""
-    from rl.budget import Budget
-    from rl.crl import CRLConfig
-
-    if config.sae == "none":
-        return []
-    fits = [s for s in config.crl if (s == "generation") == (output_type == "generate_until")]
-    settings = rl_settings(config, task, "crl")
-    seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
-    layers = [config.sae_layer] if config.sae_layer is not None else None
-    return [CRLConfig(**{"sae": config.sae, "sae_corpus": config.sae_corpus, "budget": config.budget,
-                         "layers": layers if setting != "multi-layer" else None, **settings},
-                      model=config.model, task=task, setting=setting, seed=seed, device=config.device,
-                      results_dir=config.results_dir, runs_dir=config.runs_dir)
-            for setting in fits for seed in seeds]
-
-
 def _output_types(tasks: list[str], manager: Any) -> dict[str, str]:
     from harness.tasks import load_task
 
@@ -246,7 +100,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
                         "artifact": _file_digest(artifact / VECTORS_FILE, artifact / "config.json")}
             stages.append(Stage("vector", task, settings, root / slug / "vector" / method / task, artifact))
         if config.rlvr:
-            from rl.rlvr import run_dir_for
+            from rl.runs import run_dir_for
 
             for rl_config in rlvr_configs(config, task):
                 adapter = run_dir_for(rl_config, "rlvr")
@@ -256,7 +110,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
                             "adapter": _file_digest(adapter / "adapter_model.safetensors", adapter / "config.json")}
                 stages.append(Stage("rlvr", task, settings, adapter / "eval", adapter=adapter))
         for crl_config in crl_configs(config, task, (output_types or {}).get(task, "")):
-            from rl.rlvr import run_dir_for
+            from rl.runs import run_dir_for
 
             controller = run_dir_for(crl_config, crl_config.method)
             if not (controller / "controller.safetensors").exists():
@@ -336,7 +190,8 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
 
     from harness.models import resolve_model
     from harness.tasks import load_task
-    from rl import rlvr
+    from rl.rlvr import trainer as rlvr
+    from rl.runs import run_done
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     for task in config.tasks:
@@ -345,15 +200,15 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
             console.print(f"RLVR skips {task}: {why}")
             continue
         for rl_config in rlvr_configs(config, task):
-            if config.force or not rlvr.run_done(rl_config, "rlvr"):
+            if config.force or not run_done(rl_config, "rlvr"):
                 console.rule(f"RLVR on {task} (seed {rl_config.seed})")
                 rlvr.train(rl_config)
 
 
 def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) -> None:
     """Train CRL in each setting on the tasks of its kind (reusing finished runs; resuming killed ones)."""
-    from rl import crl
-    from rl.rlvr import run_done
+    from rl.crl import trainer as crl
+    from rl.runs import run_done
 
     if config.sae == "none":
         console.print("CRL skipped: --sae none (CRL steers with SAE features)")
@@ -366,9 +221,9 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
 
 
 def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], console: Any) -> None:
-    """`results/breakdown/<task>.md` for the tasks with a default grouping (`harness.breakdown`),
+    """`results/breakdown/<task>.md` for the tasks with a default grouping (`crl_bench.analyses.breakdown`),
     from the leaderboard's runs; a task whose older runs are not on this machine is skipped."""
-    from harness import breakdown
+    from crl_bench.analyses import breakdown
 
     for task in config.tasks:
         if breakdown.default_grouping(task) is None:
@@ -380,15 +235,6 @@ def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], consol
             console.print(f"[yellow]breakdown of {task} skipped:[/] {err}")
             continue
         console.print(f"breakdown: {path}")
-
-
-def reserved_documents(tasks: list[str], manager: Any = None) -> dict[str, frozenset[int]]:
-    """Per task, the evaluated documents reserved for training (`harness.splits`)."""
-    from harness.splits import method_splits
-    from harness.tasks import load_task, task_manager
-
-    manager = manager or task_manager(names=tasks)
-    return {task: method_splits(load_task(task, manager)).reserved_ids for task in tasks}
 
 
 def _sae_stage(config: BenchConfig, console: Any) -> None:
@@ -455,7 +301,7 @@ def run(config: BenchConfig) -> Path:
         label = stage.method + (f" {stage.settings['setting']}" if "setting" in stage.settings else "")
         console.rule(f"stage {number}/{len(todo)}: {label} on {stage.task}")
         if stage.controller is not None:
-            from harness.lm_models import CRLSteeredLM
+            from rl.crl.lm import CRLSteeredLM
 
             steered = CRLSteeredLM(pretrained=config.model, controller=str(stage.controller), batch_size=config.batch_size,
                                    device=config.device, dtype=config.dtype,
@@ -483,14 +329,14 @@ def run(config: BenchConfig) -> Path:
     path = write(Path(config.results_dir), scores, bench_config=asdict(config))
     console.print(f"leaderboard: {path} (+ leaderboard.md, leaderboard.csv)")
     if config.analyses:
-        from harness import analysis
+        from crl_bench.analyses import runner as analysis
 
         console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits, CRL interactions")
         analysis.run(config, stages, reserved, console)
     _breakdowns(config, reserved, console)
-    from harness.plots import all_figures
+    from crl_bench.plots import all_figures
 
-    from harness.report import build
+    from crl_bench.report import build
 
     figures = all_figures(config.results_dir)
     console.print(f"figures: {', '.join(sorted({f.stem for f in figures}))} in {Path(config.results_dir) / 'figures'}")

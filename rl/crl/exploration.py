@@ -1,5 +1,5 @@
 """Adaptive feature masking for CRL's exploration (`rl.crl`, `--mask-share`); what it and the
-entropy bonus do is measured by `crl-bench exploration` (`rl.exploration_effect`).
+entropy bonus do is measured by `crl-bench exploration` (`crl_bench.analyses.exploration`).
 
 A feature chosen in more than `share` of the decisions of the last `window` steps, whose
 rollouts earn no more than the recent average (and less than the best), is masked out of

@@ -67,7 +67,7 @@ class Evaluated:
 def read_evaluated(label: str, run_dir: str | Path, exclude: frozenset[int] = frozenset(),
                    metric: str | None = None, filter_name: str | None = None) -> Evaluated:
     """A run directory's `samples.jsonl` (the first metric and filter found unless named)."""
-    from harness.similarity import scored_samples
+    from crl_bench.analyses.similarity import scored_samples
 
     samples = Path(run_dir) / "samples.jsonl"
     if not samples.exists():
@@ -88,7 +88,7 @@ def read_evaluated(label: str, run_dir: str | Path, exclude: frozenset[int] = fr
 
 def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None = None) -> list[tuple[str, Path]]:
     """(label, run directory) of every row of `task` in a leaderboard.json, base first."""
-    from harness.plots import row_label
+    from crl_bench.plots import row_label
 
     path = Path(leaderboard)
     if not path.exists():
@@ -188,7 +188,7 @@ def render(result: dict[str, Any]) -> str:
 
 def figure(result: dict[str, Any], path: Path) -> list[Path]:
     """Grouped bars: each method's accuracy per group."""
-    from harness.plots import _pyplot, _save
+    from crl_bench.plots import _pyplot, _save
 
     plt = _pyplot()
     groups = list(dict.fromkeys(r["group"] for r in result["groups"]))
@@ -214,7 +214,7 @@ def run(task: str, results_dir: str | Path = "results", by: str | None = None,
     """Break `task` down: the leaderboard's runs plus `runs` ((label, directory) pairs), or `runs`
     alone when they include base; documents reserved for training (`harness.splits`) are left
     out, as on the leaderboard. Returns the Markdown path."""
-    from harness.bench import reserved_documents
+    from crl_bench.bench_config import reserved_documents
     from harness.manifest import build_manifest, write_json
 
     results = Path(results_dir)

@@ -142,7 +142,7 @@ class ControllerRun:
     `row_actions[row]` maps (position, layer) -> (feature index, coef index), or layer -> one
     action used at every decision of that row at that layer. `overrides` force single
     decisions in any mode (the others are taken as the mode says): what the interaction
-    analysis (`harness.interactions`) uses to ablate one choice and let the later ones react.
+    analysis (`crl_bench.analyses.interactions`) uses to ablate one choice and let the later ones react.
     """
 
     controller: Controller

@@ -3,13 +3,13 @@
 Reads the finished evaluation stages (their `samples.jsonl` and CRL intervention logs), the
 vector sweeps' fitted directions and the RLVR adapters, and writes
 
-- `results/similarity.{json,md}`: every method vs RLVR (`harness.similarity`), with base vs
+- `results/similarity.{json,md}`: every method vs RLVR (`crl_bench.analyses.similarity`), with base vs
   RLVR beside it;
 - `results/overlap.{json,md}`: the features each method implicates at the SAE layer and their
-  pairwise top-k overlap with a frequency-matched permutation null (`harness.overlap`);
-- `results/circuits.{json,md}`: attribution-patching circuits (`harness.circuits`);
+  pairwise top-k overlap with a frequency-matched permutation null (`crl_bench.analyses.overlap`);
+- `results/circuits.{json,md}`: attribution-patching circuits (`crl_bench.analyses.circuits`);
 - `results/interactions.{json,md}`: how the choices of CRL controllers with several layers or
-  generated tokens depend on each other (`harness.interactions`).
+  generated tokens depend on each other (`crl_bench.analyses.interactions`).
 
 Tasks without an RLVR run get no similarity rows; methods that implicate no features at the
 SAE layer are listed with the reason.
@@ -32,7 +32,7 @@ def _label(stage: Any) -> str:
 
 
 def similarity_rows(stages: list, reserved: dict[str, frozenset[int]]) -> list[dict[str, Any]]:
-    from harness.similarity import read_behaviour, similarity
+    from crl_bench.analyses.similarity import read_behaviour, similarity
 
     rows = []
     for task in sorted({s.task for s in stages}):
@@ -58,7 +58,7 @@ def _frequency(sae: Any, model: Any, tokenizer: Any, prompts: list[str]) -> np.n
 
 
 def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_size: int = 8) -> np.ndarray:
-    from baselines.contrast import batch
+    from harness.padding import batch
     from harness.activations import residuals
 
     import torch
@@ -79,7 +79,7 @@ def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, 
                     prompts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Per method, its weighting over the SAE's features at the SAE layer (and why any is missing)."""
     from baselines.train import fit_at_layer, fitted_directions
-    from harness.overlap import activation_shift, crl_weights, vector_weights
+    from crl_bench.analyses.overlap import activation_shift, crl_weights, vector_weights
 
     weights: dict[str, np.ndarray] = {}
     missing: dict[str, str] = {}
@@ -96,7 +96,7 @@ def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, 
                     del weights[label]
     vector_stages = [s for s in mine if s.method == "vector"]
     if vector_stages:
-        from harness.bench import vector_config
+        from crl_bench.bench_config import vector_config
 
         vectors = vector_config(config, task)
         directions = fitted_directions(vectors, sae.layer)
@@ -128,18 +128,17 @@ K_FEATURES = 20
 
 
 def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
-    """Attribution-patching circuits of each method on one one-token task (`harness.circuits`):
+    """Attribution-patching circuits of each method on one one-token task (`crl_bench.analyses.circuits`):
     top components and SAE features, the share of the method's own change they recover when
     patched, their overlap between methods, and the share of RLVR's change each method's
     nodes recover."""
-    from harness.circuits import (attribution, make_batches, node_overlap, patched_metric, recovered,
-                                  top_nodes)
+    from crl_bench.analyses.circuits import attribution, make_batches, node_overlap, patched_metric, recovered, top_nodes
     from harness.models import load_causal_lm
     from harness.splits import method_splits
     from harness.tasks import load_task
     from harness.vectors import SteeringVectors
-    from rl.controller import ControllerRun, at_decision, load_controller
-    from rl.rollouts import build_problem
+    from rl.crl.controller import ControllerRun, at_decision, load_controller
+    from rl.crl.rollouts import build_problem
 
     task_obj = load_task(task)
     docs = method_splits(task_obj).validation[:CIRCUIT_ITEMS]
@@ -208,11 +207,11 @@ def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tok
 def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
     from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm, model_info
-    from harness.overlap import overlap_table, top_k
+    from crl_bench.analyses.overlap import overlap_table, top_k
     from harness.sae import load_sae
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from rl.prompts import task_prompts
+    from harness.prompts import task_prompts
 
     results = Path(config.results_dir)
     tasks = {s.task for s in stages}
@@ -252,7 +251,7 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
 def interaction_rows(config: Any, stages: list, results: Path, console: Any) -> None:
     """`results/interactions.{json,md}` for every CRL stage of the multi-layer and generation
     settings, with the model in the dtype the controllers were trained and evaluated in."""
-    from harness.interactions import analyse, render, steered_nothing
+    from crl_bench.analyses.interactions import analyse, render, steered_nothing
     from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm
     from harness.tasks import load_task
@@ -295,7 +294,7 @@ def rerender(results_dir: str | Path) -> None:
         sae_layer = next((e["layer"] for e in layer.values()), "?")
         (results / "circuits.md").write_text(render_circuits(circuits, sae_layer))
     if (results / "interactions.json").exists():
-        from harness.interactions import render
+        from crl_bench.analyses.interactions import render
 
         (results / "interactions.md").write_text(render(json.loads((results / "interactions.json").read_text())["tasks"]))
 
@@ -306,7 +305,7 @@ def _f(value: Any, digits: int = 3) -> str:
 
 def render_similarity(rows: list[dict[str, Any]]) -> str:
     lines = ["# Behavioural similarity to RLVR", "",
-             "Generated from `similarity.json` by bench's analysis stage (`harness.similarity`). Agreement: same "
+             "Generated from `similarity.json` by bench's analysis stage (`crl_bench.analyses.similarity`). Agreement: same "
              "answer as RLVR; κ: Cohen's kappa of per-item correctness with RLVR; fixed: items base gets wrong that "
              "RLVR / the method / both get right, their Jaccard index and hypergeometric p; KL(RLVR‖m) and JS "
              "distance to RLVR on the answer distribution, with base's beside it (gap closed = 1 − JS(m) / JS(base)); "
@@ -323,7 +322,7 @@ def render_similarity(rows: list[dict[str, Any]]) -> str:
 
 def render_overlap(tasks: dict[str, Any]) -> str:
     lines = ["# SAE-feature overlap between methods", "",
-             "Generated from `overlap.json` by bench's analysis stage (`harness.overlap`). Top-k features each "
+             "Generated from `overlap.json` by bench's analysis stage (`crl_bench.analyses.overlap`). Top-k features each "
              "method implicates at the SAE layer (CRL: chosen, by frequency; vectors: orthogonal matching pursuit "
              "of the direction fitted at the SAE layer; RLVR: mean |activation change| LoRA vs base on validation "
              "prompts); Jaccard and rank-biased overlap (p = 0.9) with permutation p-values against random sets "
@@ -341,10 +340,10 @@ def render_overlap(tasks: dict[str, Any]) -> str:
 
 
 def render_circuits(tasks: dict[str, Any], layer: int) -> str:
-    from harness.circuits import MIN_CHANGE
+    from crl_bench.analyses.circuits import MIN_CHANGE
 
     lines = ["# Circuit overlap between methods", "",
-             "Generated from `circuits.json` by bench's analysis stage (`harness.circuits`). Metric: logit of the "
+             "Generated from `circuits.json` by bench's analysis stage (`crl_bench.analyses.circuits`). Metric: logit of the "
              "correct choice minus the mean of the others at the answer position, on validation items. Nodes: "
              f"attention heads, MLP outputs, and SAE features at layer {layer}; scored by attribution patching "
              f"(activation difference method vs base times the base gradient); top {K_COMPONENTS} components and top "

@@ -33,7 +33,7 @@ class Problem:
 
 
 def build_problem(task: Any, docs: list[dict], tokenizer: Any, seed: int) -> Problem:
-    from rl.prompts import task_prompts
+    from harness.prompts import task_prompts
 
     prompts = task_prompts(task, docs, seed=seed)
     if task.OUTPUT_TYPE == "generate_until":
@@ -76,8 +76,8 @@ class Rollouts:
         `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}; `overrides`
         (any mode): row -> {(position, layer): (feature index, coef index)} forced there;
         `common_random` (mode `sample`): a seed; each (document, position, layer) then gets its
-        own fixed random numbers (`rl.controller.common_uniforms`), whatever the batch."""
-        from rl.controller import common_uniforms
+        own fixed random numbers (`rl.crl.controller.common_uniforms`), whatever the batch."""
+        from rl.crl.controller import common_uniforms
 
         rewards: list[float] = []
         records: list[dict] = []
@@ -108,7 +108,7 @@ class Rollouts:
         return rewards, records, residuals, completions
 
     def _controller_run(self, where, mode, masked, generator, keep_residuals, row_actions=None):
-        from rl.controller import ControllerRun
+        from rl.crl.controller import ControllerRun
 
         # explicit row_actions (a choice's rescoring) already hold the overridden decisions
         overrides = self._overrides if row_actions is None else None
@@ -125,9 +125,9 @@ class Rollouts:
         # The controller acts only at the answer position, so every sample of a prompt shares
         # the prompt's prefix: run it once per distinct prompt (KV cache), then only the last
         # token per row, and unembed only the choice tokens.
-        from baselines.contrast import batch
+        from harness.padding import batch
         from harness.steering import steer
-        from rl.controller import at_decision
+        from rl.crl.controller import at_decision
 
         distinct = list(dict.fromkeys(chunk))
         slot = {doc: i for i, doc in enumerate(distinct)}
@@ -154,10 +154,10 @@ class Rollouts:
         return [float(int(row.argmax()) == self.problem.gold[doc]) for row, doc in zip(logits, chunk)]
 
     def _choose_full(self, chunk, mode, masked, generator, keep_residuals):
-        from baselines.contrast import batch
+        from harness.padding import batch
         from harness.sparse_logits import logits_at
         from harness.steering import steer
-        from rl.controller import at_decision
+        from rl.crl.controller import at_decision
 
         problem = self.problem
         prompts = [problem.prompts[i] for i in chunk]
@@ -181,10 +181,10 @@ class Rollouts:
     def _best_choice(self, doc_index: int, actions: dict[int, tuple[int, int]]) -> int:
         import torch.nn.functional as F
 
-        from baselines.contrast import batch
+        from harness.padding import batch
         from harness.sparse_logits import logits_at
         from harness.steering import steer
-        from rl.controller import at_decision
+        from rl.crl.controller import at_decision
 
         problem = self.problem
         doc = problem.docs[doc_index]
@@ -213,10 +213,10 @@ class Rollouts:
         return int(torch.tensor(scores).argmax())
 
     def _generate(self, chunk, mode, masked, generator, keep_residuals):
-        from baselines.contrast import batch
+        from harness.padding import batch
         from harness.rewards import task_reward
         from harness.steering import steer
-        from rl.controller import from_last_prompt_token
+        from rl.crl.controller import from_last_prompt_token
 
         problem = self.problem
         ids, mask = batch(self.tokenizer, [problem.prompts[i] for i in chunk], self.device)

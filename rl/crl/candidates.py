@@ -44,7 +44,7 @@ def choice_attribution(model: Any, tokenizer: Any, problem: Any, layer: int, dir
     rest of the network: per prompt, the gradients g_c of each choice's logit with respect to
     the residual, then the spread over choices of g_c . (scale_f W_dec[f]), averaged over
     prompts. Uses no labels (the gold answer is never read)."""
-    from baselines.contrast import batch
+    from harness.padding import batch
     from harness.models import find_decoder_layers
     from harness.sparse_logits import logits_at
 

@@ -20,8 +20,8 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
     of that method get (the shared ones copied into both), checked against the configs' fields."""
     import yaml
 
-    from rl.crl import CRLConfig
-    from rl.rlvr import RLVRConfig
+    from rl.crl.config import CRLConfig
+    from rl.rlvr.config import RLVRConfig
 
     file = Path(path)
     if not file.is_file():

@@ -101,11 +101,13 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
                   max_new_tokens=config.train_max_new_tokens, eval_every=0, val_limit=2, checkpoint_every=10**6,
                   runs_dir=runs_dir, results_dir=str(Path(runs_dir) / "results"))
     if method == "rlvr":
-        from rl.rlvr import RLVRConfig, train
+        from rl.rlvr.config import RLVRConfig
+        from rl.rlvr.trainer import train
 
         run_dir = train(RLVRConfig(**common))
     else:
-        from rl.crl import CRLConfig, train
+        from rl.crl.config import CRLConfig
+        from rl.crl.trainer import train
 
         run_dir = train(CRLConfig(**common, setting=setting, sae=config.sae, sae_corpus=config.sae_corpus))
     spent = json.loads((run_dir / "manifest.json").read_text())["spent"]
@@ -124,7 +126,7 @@ def run_training(config: PerfConfig, console: Any) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         for setting, method in track(jobs, description="perf training", console=console):
             out = Path(tmp) / f"{setting}-{method}.json"
-            cmd = [sys.executable, "-m", "harness.perf", f"train-{setting}:{method}", json.dumps(asdict(config)), tmp, str(out)]
+            cmd = [sys.executable, "-m", "crl_bench.perf", f"train-{setting}:{method}", json.dumps(asdict(config)), tmp, str(out)]
             subprocess.run(cmd, check=True)
             rows.append(json.loads(out.read_text()))
     ratios = []
@@ -178,7 +180,7 @@ def run(config: PerfConfig) -> Path:
         SteeringVectors({layer: direction}, coefficient=100.0, method="random").save(Path(tmp) / "steer")
         for variant in track(VARIANTS, description="perf variants", console=console):
             out = Path(tmp) / f"{variant}.json"
-            cmd = [sys.executable, "-m", "harness.perf", variant, json.dumps(asdict(config)), str(Path(tmp) / "steer"), str(out)]
+            cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), str(Path(tmp) / "steer"), str(out)]
             subprocess.run(cmd, check=True)
             measurements[variant] = json.loads(out.read_text())
     reference = measurements["hf"]

@@ -7,7 +7,7 @@ token's context. Both questions are answered by ablation, on validation items, w
 controller greedy (as it is evaluated) or sampling (as it was trained; common random numbers
 per document, position and layer, so a re-run draws a different action only where the
 controller reads a different residual), and its decisions forced through
-`rl.controller.ControllerRun.overrides`:
+`rl.crl.controller.ControllerRun.overrides`:
 
 - **Multi-layer** (decisions at the answer position, one per layer). For every pair of
   controlled layers i < j:
@@ -183,8 +183,8 @@ def analyse(stage_controller: Any, setting: str, task: Any, model: Any, tokenize
     uniforms, so an ablated run makes a different choice only where the controller reads a
     different residual."""
     from harness.splits import method_splits
-    from rl.controller import load_controller
-    from rl.rollouts import Rollouts, build_problem
+    from rl.crl.controller import load_controller
+    from rl.crl.rollouts import Rollouts, build_problem
 
     device = next(model.parameters()).device
     controller, bank = load_controller(stage_controller, device=device)
@@ -214,7 +214,7 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
         return "" if x is None else f"{x:.{d}f}"
 
     lines = ["# CRL interactions across layers and tokens", "",
-             "Generated from `interactions.json` by bench's analysis stage (`harness.interactions`), on validation "
+             "Generated from `interactions.json` by bench's analysis stage (`crl_bench.analyses.interactions`), on validation "
              "items, with the controller greedy as it is evaluated, and, where the greedy controller steers nothing, "
              "also sampling as it was trained ('(sampled)': common random numbers per document, position and layer, "
              "so an ablated run draws a different action only where the controller reads a different residual). "

@@ -74,7 +74,7 @@ def _image(path: Path, results: Path) -> str:
 
 
 def _leaderboard(rows: list[dict[str, Any]]) -> str:
-    from harness.leaderboard import LEGACY_NOTE, OTHER_PROCESSOR_NOTE, is_legacy, mdd_sentence, method_label
+    from crl_bench.leaderboard import LEGACY_NOTE, OTHER_PROCESSOR_NOTE, is_legacy, mdd_sentence, method_label
 
     parts = []
     for model in sorted({r["model"] for r in rows}):

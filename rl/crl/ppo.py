@@ -16,7 +16,7 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: An
     the choice among features given that the controller intervenes: it keeps the dictionary
     explored without pushing the no-op's share down (most generated tokens should be left
     alone, and an entropy over all actions would drive the policy towards steering every one)."""
-    from rl.controller import distributions
+    from rl.crl.controller import distributions
 
     stats = {}
     for _ in range(config.ppo_epochs):

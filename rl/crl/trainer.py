@@ -1,4 +1,4 @@
-"""`crl-bench train crl`: train a CRL controller (`rl.controller`) with RL from the task's
+"""`crl-bench train crl`: train a CRL controller (`rl.crl.controller`) with RL from the task's
 verifiable reward while the LLM and the SAE stay frozen.
 
 Settings (`--setting`):
@@ -32,7 +32,7 @@ Exploration: an entropy bonus (`--entropy-coef`) and adaptive feature masking
 reward when chosen is no better than the recent average is masked out of sampling for
 `--mask-steps` steps, so the policy cannot collapse onto a feature that does not help and
 must keep trying others (Cho et al. 2026 mask adaptively for the same reason); a dominant
-feature that does help is left alone (`rl.exploration.FeatureMask`). Both can be switched
+feature that does help is left alone (`rl.crl.exploration.FeatureMask`). Both can be switched
 off (0).
 
 Setting 3 does not beat base on arith_gen at RLVR's budget; the variants tried for it (a
@@ -44,7 +44,7 @@ Budget and bookkeeping are RLVR's (`rl.budget`, `rl.rlvr.RLTrainConfig`): the sa
 prompts (lm-eval's few-shot context), reward functions, steps x prompts x samples, seeds;
 the manifest records rollouts, generated tokens, wall time and trainable parameters.
 Checkpoints (controller, optimiser and masking state as safetensors + JSON, never pickle;
-`rl.checkpoints`) every `checkpoint_every` steps; a rerun resumes from the newest.
+`rl.crl.checkpoints`) every `checkpoint_every` steps; a rerun resumes from the newest.
 
 Run directory `<runs>/<model>/crl-<setting>/<task>/seed<k>/`: `config.json`,
 `controller.safetensors` (weights and input standardisation), `bank.safetensors` (the
@@ -58,97 +58,25 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rl.budget import Spent
-from rl.checkpoints import CONTROLLER_FILE, latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
-from rl.rlvr import RLTrainConfig, run_dir_for, write_curve
-from rl.candidates import CANDIDATE_RULES, choice_attribution, choose_candidates  # noqa: F401  (part of this module's API)
-from rl.controller import POLICIES
-from rl.exploration import FeatureMask
-from rl.features import choices_summary, write_features, write_interventions
-from rl.ppo import advantages, ppo_update
-from rl.rollouts import Problem, Rollouts, build_problem  # noqa: F401  (part of this module's API)
+from rl.crl.candidates import choose_candidates
+from rl.crl.checkpoints import CONTROLLER_FILE, latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from rl.crl.config import CRLConfig
+from rl.crl.exploration import FeatureMask
+from rl.crl.features import choices_summary, write_features, write_interventions
+from rl.crl.ppo import advantages, ppo_update
+from rl.crl.rollouts import Rollouts, build_problem
+from rl.runs import frozen_fingerprint, run_dir_for, write_curve
 
-SETTINGS = ("one-token", "multi-layer", "generation")
-ALGORITHMS = ("ppo", "grpo")
-BASELINES = ("auto", "value", "group", "unsteered")
 CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
                 "newly_masked", "fixed", "broken", "top_share")
 BANK_FILE = "bank.safetensors"
-
-
-@dataclass
-class CRLConfig(RLTrainConfig):
-    setting: str = field(default="one-token", metadata={"help": "one-token | multi-layer | generation"})
-    sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae); auto trains one per layer if needed; '{layer}' in the spec is replaced by each layer (multi-layer)"})
-    layers: list[int] | None = field(default=None, metadata={"help": "controlled layers (default: the SAE's layer; multi-layer: 1/3 and 1/2 of the depth)"})
-    sae_corpus: str = field(default="builtin", metadata={"help": "corpus for an auto SAE that has to be trained"})
-    algorithm: str = field(default="ppo", metadata={"help": "ppo (value head) or grpo (group-relative, critic-free)"})
-    hidden: int = field(default=256, metadata={"help": "controller width"})
-    ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's decisions"})
-    clip: float = field(default=0.2, metadata={"help": "PPO clipping range"})
-    value_coef: float = field(default=0.5, metadata={"help": "weight of the value loss (ppo)"})
-    entropy_coef: float = field(default=0.01, metadata={"help": "entropy bonus (0: off)"})
-    mask_share: float = field(default=0.5, metadata={"help": "mask a feature chosen in more than this share of recent decisions (0: off)"})
-    mask_steps: int = field(default=5, metadata={"help": "steps a masked feature stays masked"})
-    mask_window: int = field(default=3, metadata={"help": "steps of decisions the share is measured over"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "controller learning rate"})
-    candidates: int = field(default=128, metadata={"help": "features the controller chooses among per layer (0: the whole dictionary)"})
-    candidate_rule: str = field(default="auto", metadata={"help": "how the candidates are picked, without labels: attribution (they move the choices' logits apart; one-token tasks) or frequency (they fire most often on the prompts); auto: attribution for one-token tasks, else frequency"})
-    noop_prior: float | None = field(default=None, metadata={"help": "initial probability of 'no intervention' per decision (default: 0.5; generation: 1 - 2 / max new tokens, about two interventions per completion)"})
-    policy: str = field(default="auto", metadata={"help": "flat (one categorical over the features and the no-op) or gated (intervene-or-not gate x feature; greedy intervenes where the gate says so); auto: gated for generation, else flat"})
-    baseline: str = field(default="auto", metadata={"help": "advantage baseline: value (R - V(h), ppo's critic), group (R normalised in its prompt's group), unsteered (R - the same prompt's reward with no intervention); auto: unsteered for generation, else value for ppo and group for grpo"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.setting not in SETTINGS:
-            raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        if self.policy not in ("auto", *POLICIES):
-            raise ValueError(f"--policy must be auto, {' or '.join(POLICIES)}, got {self.policy!r}")
-        if self.candidate_rule not in CANDIDATE_RULES:
-            raise ValueError(f"--candidate-rule must be one of {', '.join(CANDIDATE_RULES)}, got {self.candidate_rule!r}")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        if self.baseline == "value" and self.algorithm == "grpo":
-            raise ValueError("--baseline value needs the value head of --algorithm ppo; grpo is critic-free "
-                             "(use --baseline group or unsteered)")
-        if isinstance(self.layers, str):
-            self.layers = [int(x) for x in self.layers.split(",") if x]
-        if self.setting != "multi-layer" and self.layers and len(self.layers) > 1:
-            raise ValueError(f"the {self.setting} setting controls one layer; use --setting multi-layer for {self.layers}")
-
-    @property
-    def method(self) -> str:
-        return f"crl-{self.setting}"
-
-    @property
-    def resolved_policy(self) -> str:
-        if self.policy != "auto":
-            return self.policy
-        return "gated" if self.setting == "generation" else "flat"
-
-    def fingerprint_settings(self) -> dict[str, Any]:
-        settings = super().fingerprint_settings()
-        if self.resolved_policy == "flat":  # what every run before the gated policy was: their caches stay valid
-            settings.pop("policy")
-        if self.candidate_rule == "auto":  # the rule of every run before there was a choice
-            settings.pop("candidate_rule")
-        return settings
-
-    @property
-    def resolved_baseline(self) -> str:
-        if self.baseline != "auto":
-            return self.baseline
-        if self.setting == "generation":
-            return "unsteered"
-        return "value" if self.algorithm == "ppo" else "group"
 
 
 def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> list[int]:
@@ -163,7 +91,7 @@ def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> 
 def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list[str], batch_size: int):
     """Typical activation of every feature (mean where it fires, over the prompts' tokens, BOS
     excluded) and residual samples at the prompts' last token for the controller's inputs."""
-    from baselines.contrast import batch
+    from harness.padding import batch
     from harness.activations import residuals
 
     device = next(model.parameters()).device
@@ -194,7 +122,7 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
 def _sampled_update(config: CRLConfig, controller, optimizer, rewards: list[float], records: list[dict],
                     residuals: list[torch.Tensor], masked, rows: list[int], group_size: int,
                     unsteered: dict[int, float] | None, device) -> dict[str, float]:
-    """ppo / grpo: the clipped surrogate over the step's sampled decisions (`rl.ppo`)."""
+    """ppo / grpo: the clipped surrogate over the step's sampled decisions (`rl.crl.ppo`)."""
     step_advantages, returns = advantages(config, rewards, records, group_size,
                                           [unsteered[doc] for doc in rows] if unsteered is not None else None)
     batch = {
@@ -218,8 +146,7 @@ def train(config: CRLConfig) -> Path:
     from harness.sae import load_sae
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from rl.controller import COEFS, CONTROLLER_TYPES, Controller, FeatureBank
-    from rl.rlvr import frozen_fingerprint
+    from rl.crl.controller import COEFS, CONTROLLER_TYPES, Controller, FeatureBank
 
     console = Console(stderr=True, soft_wrap=True)
     started = time.time()

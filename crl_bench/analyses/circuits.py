@@ -45,8 +45,8 @@ class Batch:
 
 
 def make_batches(tokenizer: Any, problem: Any, batch_size: int, device: Any) -> list[Batch]:
-    """Batches of a one-token-choice `rl.rollouts.Problem`'s prompts with their choice tokens."""
-    from baselines.contrast import batch
+    """Batches of a one-token-choice `rl.crl.rollouts.Problem`'s prompts with their choice tokens."""
+    from harness.padding import batch
 
     if problem.kind != "one-token-choices":
         raise ValueError("circuits are measured on one-token multiple-choice tasks (the logit difference of the "
@@ -240,7 +240,7 @@ def node_overlap(a: list[Node], b: list[Node], universe: list[Node], n_permutati
                  seed: int = 20261124) -> dict[str, float]:
     """Jaccard of two node sets with a permutation p-value (b replaced by random sets of the same
     size from `universe`)."""
-    from harness.overlap import jaccard
+    from crl_bench.analyses.overlap import jaccard
 
     observed = jaccard(a, b)
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from rl.crl import CRLConfig
+from rl.crl.config import CRLConfig
 
 VARIANTS = {  # name -> (entropy_coef, mask_share); None: the config's own value
     "both": (None, None),
@@ -60,8 +60,8 @@ def compare(config: Any, variants: list[str] | None = None, out: str = "results/
     features tried and validation score. Finished variants are reused."""
     from harness.manifest import build_manifest, write_json
     from harness.paths import runs_root
-    from rl.crl import train
-    from rl.rlvr import run_done, run_dir_for
+    from rl.crl.trainer import train
+    from rl.runs import run_done, run_dir_for
 
     names = list(variants or VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -115,7 +115,7 @@ def render(config: Any, found: dict[str, dict[str, Any]]) -> str:
 
 
 def _plot(found: dict[str, dict[str, Any]], path: Path, title: str) -> list[Path]:
-    from harness.plots import _pyplot, _save
+    from crl_bench.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, (share_ax, tried_ax) = plt.subplots(1, 2, figsize=(9, 3.4))

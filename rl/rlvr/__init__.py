@@ -1,0 +1,1 @@
+"""RLVR: the end-to-end reference, a LoRA adapter trained with TRL's GRPO (`trainer`, `config`)."""

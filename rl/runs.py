@@ -1,0 +1,88 @@
+"""Run directories and learning curves of RL-trained methods (RLVR and CRL alike)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rl.config import RLTrainConfig
+
+CURVE_FIELDS = ("step", "rollouts", "reward", "validation")
+
+
+def run_dir_for(config: RLTrainConfig, method: str) -> Path:
+    from harness.models import model_slug
+    from harness.paths import runs_root
+
+    root = Path(config.runs_dir) if config.runs_dir else runs_root()
+    return root / model_slug(config.model) / method / config.task / f"seed{config.seed}"
+
+
+def run_done(config: RLTrainConfig, method: str) -> bool:
+    """Whether a finished run with these settings is on disk."""
+    run_dir = run_dir_for(config, method)
+    path = run_dir / "config.json"
+    return (run_dir / "manifest.json").exists() and path.exists() and \
+        json.loads(path.read_text()).get("fingerprint") == config.fingerprint()
+
+
+def frozen_fingerprint(model: Any) -> float:
+    """A checksum of every parameter that must not train (all but the adapter's)."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for n, p in model.named_parameters() if "lora_" not in n))
+
+
+def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str,
+                fields: tuple[str, ...] = CURVE_FIELDS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "manifest.json").exists():  # the curve's provenance travels with it
+        shutil.copyfile(run_dir / "manifest.json", results / "manifest.json")
+    for directory in (run_dir, results):
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "curve.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            for row in curve:
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    rewards = [(r["step"], r["reward"]) for r in curve if r.get("reward") is not None]
+    scores = [(r["step"], r["validation"]) for r in curve if r.get("validation") is not None]
+    if rewards:
+        ax.plot(*zip(*rewards), color="tab:blue", alpha=0.5, linewidth=1, label="training reward (batch mean)")
+    if scores:
+        ax.plot(*zip(*scores), color="tab:red", marker="o", markersize=3, label=f"validation {metric}")
+    steered = [(r["step"], r["steered_share"]) for r in curve if r.get("steered_share") is not None]
+    if steered:  # CRL: how often the sampled controller intervened
+        ax.plot(*zip(*steered), color="tab:gray", linestyle="--", linewidth=1, label="share of decisions that steered")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("reward / score / share")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    outcomes = [r for r in curve if r.get("fixed") is not None]
+    if outcomes:  # CRL with the unsteered baseline: the rollouts its interventions fixed and broke, so far
+        import itertools
+
+        twin = ax.twinx()
+        steps = [r["step"] for r in outcomes]
+        for name, colour in (("fixed", "tab:green"), ("broken", "tab:orange")):
+            twin.step(steps, list(itertools.accumulate(r[name] for r in outcomes)), where="post", color=colour,
+                      linewidth=1.2, label=f"rollouts {name} vs unsteered (cumulative)")
+        twin.set_ylabel("rollouts (cumulative)")
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=7)
+    fig.tight_layout()
+    for directory in (run_dir, results):
+        fig.savefig(directory / "curve.png", dpi=150)
+    plt.close(fig)
