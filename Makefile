@@ -35,7 +35,7 @@ SAE_CORPUS ?= $(if $(CRL_BENCH_DATA),$(CRL_BENCH_DATA)/gutenberg_corpus,builtin)
 
 BENCH_FLAGS := --model $(MODEL) --sae $(SAE) --sae-corpus $(SAE_CORPUS) $(if $(BUDGET),--budget $(BUDGET)) $(if $(PROFILE),--profile $(PROFILE)) $(if $(TASKS),--tasks $(TASKS)) $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
-.PHONY: install browser test test-fast bench perf clean
+.PHONY: install browser lint test test-fast bench perf clean
 
 install: $(STAMP)
 
@@ -57,10 +57,17 @@ browser:
 	  { $$as apt-get update -q >/dev/null 2>&1 && $$as apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
 	  echo "browser: apt-get could not install chromium"; }
 
-test: install browser
+# Format and lint (ruff, 120 columns) and the one-way package layers (import-linter: core <-
+# methods <- orchestration, no cycles); `ruff format .` fixes what the first check finds.
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint browser
 	$(BIN)/pytest -n $(TEST_WORKERS)
 
-test-fast: install
+test-fast: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slow"
 
 bench: install

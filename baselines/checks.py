@@ -33,9 +33,16 @@ def _batches(n: int, size: int):
 
 
 @torch.no_grad()
-def directional_patching(model: nn.Module, tokenizer, test: Contrast, layer: int, u: Tensor,
-                         source_acts: Tensor | None = None, batch_size: int = 32,
-                         clean_predictions: Tensor | None = None) -> float:
+def directional_patching(
+    model: nn.Module,
+    tokenizer,
+    test: Contrast,
+    layer: int,
+    u: Tensor,
+    source_acts: Tensor | None = None,
+    batch_size: int = 32,
+    clean_predictions: Tensor | None = None,
+) -> float:
     """Of base prompts not already predicting the source's label, the share that flips to it."""
     pairs = test.pairs()
     base = torch.cat([pairs[:, 0], pairs[:, 1]])
@@ -52,8 +59,11 @@ def directional_patching(model: nn.Module, tokenizer, test: Contrast, layer: int
     for chunk in _batches(len(base), batch_size):
         b, s = base[chunk], source[chunk]
         h_src = source_acts[s]
-        patch = at_positions(layer, test.read_positions[b],
-                             lambda h, rows: interchange(h.float(), h_src[rows.cpu()].to(h.device), u.to(h.device)))
+        patch = at_positions(
+            layer,
+            test.read_positions[b],
+            lambda h, rows: interchange(h.float(), h_src[rows.cpu()].to(h.device), u.to(h.device)),
+        )
         diff = logit_diff(model, tokenizer, test, b, [patch])
         flipped += int(((diff > 0).long().cpu() == test.labels[s]).sum())
     return flipped / len(base)
@@ -62,8 +72,9 @@ def directional_patching(model: nn.Module, tokenizer, test: Contrast, layer: int
 @torch.no_grad()
 def predictions(model: nn.Module, tokenizer, contrast: Contrast, batch_size: int = 32) -> Tensor:
     """Long[N]: the clean predicted label (1 = positive) of every prompt."""
-    return torch.cat([(logit_diff(model, tokenizer, contrast, idx) > 0).long().cpu()
-                      for idx in _batches(len(contrast), batch_size)])
+    return torch.cat(
+        [(logit_diff(model, tokenizer, contrast, idx) > 0).long().cpu() for idx in _batches(len(contrast), batch_size)]
+    )
 
 
 def _project_out(layer: int, u: Tensor, mean_projection: float) -> PolicyIntervention:
@@ -85,41 +96,59 @@ def _add(layer: int, vector: Tensor) -> PolicyIntervention:
 
 
 @torch.no_grad()
-def directional_ablation(model: nn.Module, tokenizer, test: Contrast, layer: int, u: Tensor,
-                         mean_projection: float, batch_size: int = 32) -> dict[str, float]:
-    diffs = torch.cat([logit_diff(model, tokenizer, test, idx, [_project_out(layer, u, mean_projection)])
-                       for idx in _batches(len(test), batch_size)]).cpu()
-    return {"accuracy": float(((diffs > 0).long() == test.labels).float().mean()),
-            "mean_abs_logit_diff": float(diffs.abs().mean()),
-            "signed_logit_diff": float((diffs * (2 * test.labels - 1)).mean())}
+def directional_ablation(
+    model: nn.Module, tokenizer, test: Contrast, layer: int, u: Tensor, mean_projection: float, batch_size: int = 32
+) -> dict[str, float]:
+    diffs = torch.cat(
+        [
+            logit_diff(model, tokenizer, test, idx, [_project_out(layer, u, mean_projection)])
+            for idx in _batches(len(test), batch_size)
+        ]
+    ).cpu()
+    return {
+        "accuracy": float(((diffs > 0).long() == test.labels).float().mean()),
+        "mean_abs_logit_diff": float(diffs.abs().mean()),
+        "signed_logit_diff": float((diffs * (2 * test.labels - 1)).mean()),
+    }
 
 
 @torch.no_grad()
 def clean_scores(model: nn.Module, tokenizer, test: Contrast, batch_size: int = 32) -> dict[str, float]:
     diffs = torch.cat([logit_diff(model, tokenizer, test, idx) for idx in _batches(len(test), batch_size)]).cpu()
-    return {"accuracy": float(((diffs > 0).long() == test.labels).float().mean()),
-            "mean_abs_logit_diff": float(diffs.abs().mean()),
-            "signed_logit_diff": float((diffs * (2 * test.labels - 1)).mean()),
-            "mean_logit_diff": float(diffs.mean())}
+    return {
+        "accuracy": float(((diffs > 0).long() == test.labels).float().mean()),
+        "mean_abs_logit_diff": float(diffs.abs().mean()),
+        "signed_logit_diff": float((diffs * (2 * test.labels - 1)).mean()),
+        "mean_logit_diff": float(diffs.mean()),
+    }
 
 
 @torch.no_grad()
-def activation_addition(model: nn.Module, tokenizer, test: Contrast, layer: int, u: Tensor, gap: float,
-                        coefficients: list[float], batch_size: int = 32) -> dict[float, float]:
+def activation_addition(
+    model: nn.Module,
+    tokenizer,
+    test: Contrast,
+    layer: int,
+    u: Tensor,
+    gap: float,
+    coefficients: list[float],
+    batch_size: int = 32,
+) -> dict[float, float]:
     """{coef: mean logit difference (positive - negative) over the test prompts}."""
     out = {}
     for coef in coefficients:
         vector = u * (coef * gap)
-        diffs = torch.cat([logit_diff(model, tokenizer, test, idx, [_add(layer, vector)])
-                           for idx in _batches(len(test), batch_size)])
+        diffs = torch.cat(
+            [logit_diff(model, tokenizer, test, idx, [_add(layer, vector)]) for idx in _batches(len(test), batch_size)]
+        )
         out[coef] = float(diffs.mean())
     return out
 
 
 def mean_projection(model: nn.Module, tokenizer, train: Contrast, layer: int, u: Tensor, limit: int = 256) -> float:
     """Mean projection on u of the residual stream at non-BOS positions of training prompts."""
-    from harness.padding import batch
     from harness.activations import residuals
+    from harness.padding import batch
 
     device = next(model.parameters()).device
     total, count = 0.0, 0

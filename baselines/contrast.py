@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.padding import batch
 from harness.activations import residuals
+from harness.padding import batch
 from harness.sparse_logits import logits_at
 from harness.steering import Intervention, PolicyIntervention, StepContext, steer
 
@@ -63,8 +63,16 @@ class Contrast:
         """The first `n` items (all when n is None)."""
         if n is None:
             return self
-        return Contrast(self.task, self.split, self.prompts[:n], self.labels[:n], self.read_positions[:n],
-                        self.pair_ids[:n], self.class_tokens, self.kind)
+        return Contrast(
+            self.task,
+            self.split,
+            self.prompts[:n],
+            self.labels[:n],
+            self.read_positions[:n],
+            self.pair_ids[:n],
+            self.class_tokens,
+            self.kind,
+        )
 
     @property
     def has_readout(self) -> bool:
@@ -84,12 +92,15 @@ class Contrast:
 def _single_token(tokenizer, text: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ValueError(f"answer {text!r} is {len(ids)} tokens for this tokenizer; the contrast needs one-token answers")
+        raise ValueError(
+            f"answer {text!r} is {len(ids)} tokens for this tokenizer; the contrast needs one-token answers"
+        )
     return ids[0]
 
 
-def sentiment_contrast(tokenizer, split: str = "train", task_name: str = "toy_sentiment",
-                       docs: Sequence[dict] | None = None) -> Contrast:
+def sentiment_contrast(
+    tokenizer, split: str = "train", task_name: str = "toy_sentiment", docs: Sequence[dict] | None = None
+) -> Contrast:
     from harness.tasks import load_task
 
     task = load_task(task_name)
@@ -107,11 +118,16 @@ def sentiment_contrast(tokenizer, split: str = "train", task_name: str = "toy_se
     choices = task.doc_to_choice(docs[0])
     delimiter = task.config.target_delimiter
     return Contrast(
-        task=task_name, split=split, prompts=prompts,
+        task=task_name,
+        split=split,
+        prompts=prompts,
         labels=torch.tensor([int(d["label"]) for d in docs]),
         read_positions=torch.tensor(positions),
         pair_ids=torch.tensor([int(d["pair_id"]) for d in docs]),
-        class_tokens=(_single_token(tokenizer, delimiter + choices[0]), _single_token(tokenizer, delimiter + choices[1])),
+        class_tokens=(
+            _single_token(tokenizer, delimiter + choices[0]),
+            _single_token(tokenizer, delimiter + choices[1]),
+        ),
     )
 
 
@@ -135,7 +151,7 @@ def _perturb_last_number(text: str, rng: random.Random) -> str:
         raise ValueError(f"the target {text!r} has no number to perturb for the correctness contrast")
     last = matches[-1]
     offset = rng.choice([d for d in range(-9, 10) if d])
-    return text[: last.start()] + str(int(last.group()) + offset) + text[last.end():]
+    return text[: last.start()] + str(int(last.group()) + offset) + text[last.end() :]
 
 
 def task_contrast(tokenizer, task: Any, docs: Sequence[dict], split: str, seed: int = 0) -> Contrast:
@@ -157,8 +173,16 @@ def task_contrast(tokenizer, task: Any, docs: Sequence[dict], split: str, seed: 
         pair_ids = [-1] * len(docs)
         for pid, (i, j) in enumerate(zip(by_label[0], by_label[1])):
             pair_ids[i] = pair_ids[j] = pid
-        return Contrast(name, split, prompts, torch.tensor(labels), torch.tensor([_last_token(tokenizer, p) for p in prompts]),
-                        torch.tensor(pair_ids), tuple(_single_token(tokenizer, a) for a in answers), kind="label")
+        return Contrast(
+            name,
+            split,
+            prompts,
+            torch.tensor(labels),
+            torch.tensor([_last_token(tokenizer, p) for p in prompts]),
+            torch.tensor(pair_ids),
+            tuple(_single_token(tokenizer, a) for a in answers),
+            kind="label",
+        )
     prompts, labels, pair_ids = [], [], []
     for index, doc in enumerate(docs):
         prompt = task.doc_to_text(doc)
@@ -173,14 +197,24 @@ def task_contrast(tokenizer, task: Any, docs: Sequence[dict], split: str, seed: 
             good = target if isinstance(target, str) else str(target)
             bad = _perturb_last_number(good, rng)
         else:
-            raise ValueError(f"task {name!r} has output_type {task.OUTPUT_TYPE!r}; contrasts exist for "
-                             "multiple_choice and generate_until tasks")
+            raise ValueError(
+                f"task {name!r} has output_type {task.OUTPUT_TYPE!r}; contrasts exist for "
+                "multiple_choice and generate_until tasks"
+            )
         for label, completion in ((1, good), (0, bad)):
             prompts.append(prompt + delimiter + completion)
             labels.append(label)
             pair_ids.append(index)
-    return Contrast(name, split, prompts, torch.tensor(labels), torch.tensor([_last_token(tokenizer, p) for p in prompts]),
-                    torch.tensor(pair_ids), None, kind="correctness")
+    return Contrast(
+        name,
+        split,
+        prompts,
+        torch.tensor(labels),
+        torch.tensor([_last_token(tokenizer, p) for p in prompts]),
+        torch.tensor(pair_ids),
+        None,
+        kind="correctness",
+    )
 
 
 def _target_index(task: Any, doc: dict) -> int:
@@ -194,14 +228,20 @@ def _padded(positions: Tensor, mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def collect(model: nn.Module, tokenizer, contrast: Contrast, layers: Sequence[int], batch_size: int = 32,
-            indices: Tensor | None = None) -> Tensor:
+def collect(
+    model: nn.Module,
+    tokenizer,
+    contrast: Contrast,
+    layers: Sequence[int],
+    batch_size: int = 32,
+    indices: Tensor | None = None,
+) -> Tensor:
     """Float[N, len(layers), D] (fp32) residual stream at each item's read position."""
     device = next(model.parameters()).device
     indices = torch.arange(len(contrast)) if indices is None else indices
     out = []
     for start in range(0, len(indices), batch_size):
-        idx = indices[start:start + batch_size]
+        idx = indices[start : start + batch_size]
         ids, mask = batch(tokenizer, [contrast.prompts[i] for i in idx], device)
         acts = residuals(model, ids, mask, layers=layers)
         rows = torch.arange(len(idx), device=device)
@@ -210,8 +250,14 @@ def collect(model: nn.Module, tokenizer, contrast: Contrast, layers: Sequence[in
     return torch.cat(out)
 
 
-def logit_diff(model: nn.Module, tokenizer, contrast: Contrast, indices: Tensor,
-               interventions: Sequence[Intervention] = (), grad: bool = False) -> Tensor:
+def logit_diff(
+    model: nn.Module,
+    tokenizer,
+    contrast: Contrast,
+    indices: Tensor,
+    interventions: Sequence[Intervention] = (),
+    grad: bool = False,
+) -> Tensor:
     """Float[n]: logit(positive answer) - logit(negative answer) at the answer position."""
     device = next(model.parameters()).device
     ids, mask = batch(tokenizer, [contrast.prompts[i] for i in indices], device)

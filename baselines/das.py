@@ -23,8 +23,15 @@ def interchange(h_base: Tensor, h_source: Tensor, u: Tensor) -> Tensor:
     return h_base + ((h_source - h_base) @ u.to(h_base.dtype))[..., None] * u.to(h_base.dtype)
 
 
-def fit_das(objective: Callable[[Tensor], Tensor], d_model: int, steps: int = 60, lr: float = 0.01,
-            seed: int = 0, init: Tensor | None = None, on_step: Callable[[int, float], None] | None = None) -> Tensor:
+def fit_das(
+    objective: Callable[[Tensor], Tensor],
+    d_model: int,
+    steps: int = 60,
+    lr: float = 0.01,
+    seed: int = 0,
+    init: Tensor | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Tensor:
     """Unit vector Float[D] minimising `objective(u)` over the sphere (Adam on an unnormalised
     parameter, normalised in the forward pass). `init` (e.g. the mean difference) speeds it up."""
     generator = torch.Generator().manual_seed(seed)
@@ -44,8 +51,18 @@ def fit_das(objective: Callable[[Tensor], Tensor], d_model: int, steps: int = 60
         return (raw / raw.norm()).detach()
 
 
-def contrast_das(model: torch.nn.Module, tokenizer, contrast, layer: int, acts_layer: Tensor, steps: int,
-                 lr: float, batch: int, seed: int, on_step: Callable[[int, float], None] | None = None) -> Tensor:
+def contrast_das(
+    model: torch.nn.Module,
+    tokenizer,
+    contrast,
+    layer: int,
+    acts_layer: Tensor,
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Tensor:
     """DAS on a contrast with a two-answer readout (`Contrast.has_readout`): each step
     interchanges u's component at the read position between `batch` base/source items of
     opposite-label pairs (both directions) and maximises the source label's logit difference.
@@ -69,10 +86,13 @@ def contrast_das(model: torch.nn.Module, tokenizer, contrast, layer: int, acts_l
     def objective(u: Tensor) -> Tensor:
         start = cursor["i"] % len(base)
         cursor["i"] += batch
-        b, s = base[start:start + batch], source[start:start + batch]
+        b, s = base[start : start + batch], source[start : start + batch]
         h_src = acts_layer[s]
-        patch = at_positions(layer, contrast.read_positions[b],
-                             lambda h, rows: interchange(h.float(), h_src[rows.cpu()].to(h.device), u.to(h.device)))
+        patch = at_positions(
+            layer,
+            contrast.read_positions[b],
+            lambda h, rows: interchange(h.float(), h_src[rows.cpu()].to(h.device), u.to(h.device)),
+        )
         diff = logit_diff(model, tokenizer, contrast, b, [patch], grad=True)
         sign = (contrast.labels[s].float() * 2 - 1).to(diff.device)
         return -(sign * diff).mean()

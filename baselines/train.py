@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
+from harness.config import Dtype, RunConfig
 from harness.scoring import TaskScorer
-from harness.models import DEFAULT_MODEL
 
 DEFAULT_COEFS = [-1.0, 0.25, 0.5, 1.0, 2.0]
 SWEEP_FILE = "sweep.json"
@@ -43,28 +43,37 @@ DIRECTIONS_FILE = "directions.safetensors"  # every fitted unit direction, "<met
 
 
 @dataclass
-class VectorTrainConfig:
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
+class VectorTrainConfig(RunConfig):
     task: str = field(default="arith_mc", metadata={"help": "lm-eval task to fit and sweep on"})
-    methods: list[str] = field(default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
-                               metadata={"help": "direction finders"})
-    layers: list[int] | None = field(default=None, metadata={"help": "candidate layers (default: 1/6, 1/3, 1/2 and 2/3 of the depth)"})
-    coefs: list[float] = field(default_factory=lambda: list(DEFAULT_COEFS),
-                               metadata={"help": "coefficients swept at the chosen layer (units of the class-mean gap)"})
+    methods: list[str] = field(
+        default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"], metadata={"help": "direction finders"}
+    )
+    layers: list[int] | None = field(
+        default=None, metadata={"help": "candidate layers (default: 1/6, 1/3, 1/2 and 2/3 of the depth)"}
+    )
+    coefs: list[float] = field(
+        default_factory=lambda: list(DEFAULT_COEFS),
+        metadata={"help": "coefficients swept at the chosen layer (units of the class-mean gap)"},
+    )
     train_limit: int | None = field(default=256, metadata={"help": "training documents used to fit (None: all)"})
-    val_limit: int | None = field(default=64, metadata={"help": "validation documents scored per sweep point (None: all)"})
+    val_limit: int | None = field(
+        default=64, metadata={"help": "validation documents scored per sweep point (None: all)"}
+    )
     das_steps: int = field(default=30, metadata={"help": "DAS optimisation steps"})
     das_lr: float = field(default=0.05, metadata={"help": "DAS learning rate"})
     das_batch: int = field(default=8, metadata={"help": "prompts per DAS step"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
-    seed: int = field(default=0, metadata={"help": "seed for the contrast, k-means, the probe, DAS and few-shot sampling"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    results_dir: str = field(default="results", metadata={"help": "where the sweep table and plot go"})
-    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: <cache>/runs)"})
+    seed: int = field(
+        default=0, metadata={"help": "seed for the contrast, k-means, the probe, DAS and few-shot sampling"}
+    )
+    dtype: Dtype = field(
+        default="auto",
+        metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"},
+    )
     force: bool = field(default=False, metadata={"help": "redo the sweep instead of reusing finished points"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from baselines.fitters import METHODS
 
         if isinstance(self.methods, str):
@@ -120,7 +129,7 @@ def fit_at_layer(config: VectorTrainConfig, layer: int, model: Any, tokenizer: A
 
     task = load_task(config.task)
     splits = method_splits(task)
-    train_docs = splits.train[:config.train_limit] if config.train_limit else splits.train
+    train_docs = splits.train[: config.train_limit] if config.train_limit else splits.train
     contrast = task_contrast(tokenizer, task, train_docs, "train", config.seed)
     x = collect(model, tokenizer, contrast, [layer], config.batch_size)[:, 0]
     return {m: FITTERS[m](x, contrast.labels, seed=config.seed) for m in config.methods if m != "das"}
@@ -133,7 +142,8 @@ def sweep_done(config: VectorTrainConfig) -> bool:
         return False
     record = json.loads(path.read_text())
     return record.get("fingerprint") == config.fingerprint() and all(
-        (Path(p) / "vectors.safetensors").exists() for p in record.get("artifacts", {}).values())
+        (Path(p) / "vectors.safetensors").exists() for p in record.get("artifacts", {}).values()
+    )
 
 
 def _vector(direction: torch.Tensor, gap: float) -> torch.Tensor:
@@ -160,18 +170,22 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
     started = time.time()
     task = load_task(config.task)
     if task.OUTPUT_TYPE not in ("multiple_choice", "generate_until"):
-        raise ValueError(f"task {config.task!r} has output_type {task.OUTPUT_TYPE!r}; vectors are trained for "
-                         "multiple_choice and generate_until tasks")
+        raise ValueError(
+            f"task {config.task!r} has output_type {task.OUTPUT_TYPE!r}; vectors are trained for "
+            "multiple_choice and generate_until tasks"
+        )
     info = model_info(config.model)
     layers = config.layers or default_layers(info.n_layers)
     for layer in layers:
         info.check_layer(layer)
     splits = method_splits(task)
-    train_docs = splits.train[:config.train_limit] if config.train_limit else splits.train
-    val_docs = splits.validation[:config.val_limit] if config.val_limit else splits.validation
+    train_docs = splits.train[: config.train_limit] if config.train_limit else splits.train
+    val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
     if len(val_docs) < 2 or len(train_docs) < 2:
-        raise ValueError(f"{config.task} has {len(train_docs)} training and {len(val_docs)} validation documents "
-                         "for the vectors; it needs at least 2 of each")
+        raise ValueError(
+            f"{config.task} has {len(train_docs)} training and {len(val_docs)} validation documents "
+            "for the vectors; it needs at least 2 of each"
+        )
 
     out_dir = vectors_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,9 +207,11 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
         lm = LeanHFLM(pretrained=config.model, batch_size=config.batch_size, device=device, dtype=config.dtype)
     model, tokenizer = lm.model, lm.tokenizer
     contrast = task_contrast(tokenizer, task, train_docs, "train", config.seed)
-    console.print(f"[bold]{config.task}[/]: {contrast.kind} contrast, {len(contrast)} sequences from "
-                  f"{len(train_docs)} training documents; sweep on {len(val_docs)} validation documents; layers {layers}"
-                  + (f" ({splits.note})" if splits.note else ""))
+    console.print(
+        f"[bold]{config.task}[/]: {contrast.kind} contrast, {len(contrast)} sequences from "
+        f"{len(train_docs)} training documents; sweep on {len(val_docs)} validation documents; layers {layers}"
+        + (f" ({splits.note})" if splits.note else "")
+    )
     acts = collect(model, tokenizer, contrast, layers, config.batch_size)  # [N, L, D] fp32
     directions: dict[str, dict[int, torch.Tensor]] = {m: {} for m in config.methods}
     gaps: dict[str, dict[int, float]] = {m: {} for m in config.methods}
@@ -229,8 +245,10 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     if "das" in config.methods:
         if not contrast.has_readout:
-            skipped["das"] = (f"the {contrast.kind} contrast has no two-answer readout to interchange on (DAS needs "
-                              "every item to share the same two one-token answers)")
+            skipped["das"] = (
+                f"the {contrast.kind} contrast has no two-answer readout to interchange on (DAS needs "
+                "every item to share the same two one-token answers)"
+            )
         else:
             das_layer = chosen_layer.get("mean_diff", next(iter(chosen_layer.values()), layers[len(layers) // 2]))
             das_file = out_dir / "das.partial.safetensors"
@@ -241,9 +259,18 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
             else:
                 model32, _ = load_causal_lm(config.model, dtype="float32", device=device)
                 bar = tqdm(total=config.das_steps, desc=f"{config.task}: DAS at layer {das_layer}", unit="step")
-                u = contrast_das(model32, tokenizer, contrast, das_layer, acts[:, layers.index(das_layer)],
-                                 config.das_steps, config.das_lr, config.das_batch, config.seed,
-                                 on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+                u = contrast_das(
+                    model32,
+                    tokenizer,
+                    contrast,
+                    das_layer,
+                    acts[:, layers.index(das_layer)],
+                    config.das_steps,
+                    config.das_lr,
+                    config.das_batch,
+                    config.seed,
+                    on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
+                )
                 bar.close()
                 del model32
                 save_file({"u": u.contiguous()}, str(das_file))
@@ -264,28 +291,61 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
         layer = chosen_layer[method]
         tried = sorted({1.0, *map(float, config.coefs)})
         coef = max(tried, key=lambda c, m=method, l=layer: points[f"{m}|{l}|{c}"])
-        chosen[method] = {"layer": layer, "coef": coef, "validation": points[f"{method}|{layer}|{coef}"],
-                          "gap": gaps[method][layer]}
+        chosen[method] = {
+            "layer": layer,
+            "coef": coef,
+            "validation": points[f"{method}|{layer}|{coef}"],
+            "gap": gaps[method][layer],
+        }
 
     from safetensors.torch import save_file
 
     # every fitted direction (unit, per method and layer): the analyses read them at the SAE layer
-    save_file({f"{m}.{l}": u.float().contiguous() for m, per_layer in directions.items() for l, u in per_layer.items()},
-              str(out_dir / DIRECTIONS_FILE))
+    save_file(
+        {f"{m}.{l}": u.float().contiguous() for m, per_layer in directions.items() for l, u in per_layer.items()},
+        str(out_dir / DIRECTIONS_FILE),
+    )
     artifacts = {}
     for method, pick in chosen.items():
         vectors = SteeringVectors(
-            vectors={pick["layer"]: _vector(directions[method][pick["layer"]], pick["gap"])}, coefficient=pick["coef"],
-            positions="all", method=method, model=config.model,
-            extra={"task": config.task, "contrast": contrast.kind, "unit": "class-mean gap", "gap": pick["gap"],
-                   "validation_score": pick["validation"], "base_validation_score": base_score, "metric": scorer.metric})
-        artifacts[method] = str(vectors.save(out_dir / method, kind="steering_vector", task=config.task,
-                                             train_config=asdict(config), splits=splits.sizes()))
+            vectors={pick["layer"]: _vector(directions[method][pick["layer"]], pick["gap"])},
+            coefficient=pick["coef"],
+            positions="all",
+            method=method,
+            model=config.model,
+            extra={
+                "task": config.task,
+                "contrast": contrast.kind,
+                "unit": "class-mean gap",
+                "gap": pick["gap"],
+                "validation_score": pick["validation"],
+                "base_validation_score": base_score,
+                "metric": scorer.metric,
+            },
+        )
+        artifacts[method] = str(
+            vectors.save(
+                out_dir / method,
+                kind="steering_vector",
+                task=config.task,
+                train_config=asdict(config),
+                splits=splits.sizes(),
+            )
+        )
     record = build_manifest(
-        kind="vector_sweep", config=asdict(config), fingerprint=fingerprint, layers=layers, metric=scorer.metric,
-        contrast=contrast.kind, n={"train_documents": len(train_docs), "train_sequences": len(contrast),
-                                   "validation_documents": len(val_docs)},
-        splits_note=splits.note, base=base_score, points=points, chosen=chosen, skipped=skipped, artifacts=artifacts,
+        kind="vector_sweep",
+        config=asdict(config),
+        fingerprint=fingerprint,
+        layers=layers,
+        metric=scorer.metric,
+        contrast=contrast.kind,
+        n={"train_documents": len(train_docs), "train_sequences": len(contrast), "validation_documents": len(val_docs)},
+        splits_note=splits.note,
+        base=base_score,
+        points=points,
+        chosen=chosen,
+        skipped=skipped,
+        artifacts=artifacts,
         wall_s=round(time.time() - started, 1),
     )
     write_json(out_dir / SWEEP_FILE, record)
@@ -336,8 +396,13 @@ def _plot(record: dict[str, Any], path: Path) -> None:
         left.plot([l for l, _ in by_layer], [v for _, v in by_layer], marker="o", markersize=3, label=method)
         layer = record["chosen"][method]["layer"]
         by_coef = sorted((c, v) for m, l, c, v in rows if m == method and l == layer)
-        right.plot([c for c, _ in by_coef], [v for _, v in by_coef], marker="o", markersize=3,
-                   label=f"{method} (layer {layer})")
+        right.plot(
+            [c for c, _ in by_coef],
+            [v for _, v in by_coef],
+            marker="o",
+            markersize=3,
+            label=f"{method} (layer {layer})",
+        )
     for axis in (left, right):
         axis.axhline(record["base"], color="grey", linestyle="--", linewidth=1, label="base")
     left.set_xlabel("layer (coefficient 1)")
@@ -345,8 +410,11 @@ def _plot(record: dict[str, Any], path: Path) -> None:
     right.set_xlabel("coefficient (class-mean gaps) at the chosen layer")
     right.legend(fontsize=7)
     config = record["config"]
-    fig.suptitle(f"Steering-vector sweep: {config['task']} ({config['model']}, {record['n']['validation_documents']} "
-                 "validation documents)", fontsize=10)
+    fig.suptitle(
+        f"Steering-vector sweep: {config['task']} ({config['model']}, {record['n']['validation_documents']} "
+        "validation documents)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -355,34 +423,58 @@ def _plot(record: dict[str, Any], path: Path) -> None:
 def render(record: dict[str, Any]) -> str:
     config, metric = record["config"], record["metric"]
     n = record["n"]
-    lines = [f"# Steering-vector sweep: {config['task']} on {config['model']}", "",
-             f"Generated by `crl-bench train vectors --model {config['model']} --task {config['task']}` "
-             f"(commit {record['git_commit']}, {record['wall_s']:.0f} s). Directions fit on the {record['contrast']} "
-             f"contrast of {n['train_documents']} training documents ({n['train_sequences']} sequences); every point "
-             f"is validation {metric} on {n['validation_documents']} documents, with the vector added at every "
-             f"position. Base model: **{record['base']:.3f}**. The test split is not used here.", ""]
+    lines = [
+        f"# Steering-vector sweep: {config['task']} on {config['model']}",
+        "",
+        f"Generated by `crl-bench train vectors --model {config['model']} --task {config['task']}` "
+        f"(commit {record['git_commit']}, {record['wall_s']:.0f} s). Directions fit on the {record['contrast']} "
+        f"contrast of {n['train_documents']} training documents ({n['train_sequences']} sequences); every point "
+        f"is validation {metric} on {n['validation_documents']} documents, with the vector added at every "
+        f"position. Base model: **{record['base']:.3f}**. The test split is not used here.",
+        "",
+    ]
     if record.get("splits_note"):
         lines += [f"Splits: {record['splits_note']}.", ""]
-    lines += ["![sweep](sweep.png)", "", "## Chosen", "",
-              f"| method | layer | coefficient | validation {metric} | Δ vs base | class-mean gap |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "![sweep](sweep.png)",
+        "",
+        "## Chosen",
+        "",
+        f"| method | layer | coefficient | validation {metric} | Δ vs base | class-mean gap |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for method, c in record["chosen"].items():
-        lines.append(f"| {method} | {c['layer']} | {c['coef']:g} | {c['validation']:.3f} | "
-                     f"{c['validation'] - record['base']:+.3f} | {c['gap']:.1f} |")
+        lines.append(
+            f"| {method} | {c['layer']} | {c['coef']:g} | {c['validation']:.3f} | "
+            f"{c['validation'] - record['base']:+.3f} | {c['gap']:.1f} |"
+        )
     for method, why in record.get("skipped", {}).items():
         lines.append(f"| {method} | — | — | not trained: {why} | | |")
     rows = _parse(record["points"])
     layers = sorted({l for _, l, c, _ in rows if c == 1.0})
-    lines += ["", "## Layer sweep (coefficient 1)", "", "| method | " + " | ".join(str(l) for l in layers) + " |",
-              "|---|" + "---:|" * len(layers)]
+    lines += [
+        "",
+        "## Layer sweep (coefficient 1)",
+        "",
+        "| method | " + " | ".join(str(l) for l in layers) + " |",
+        "|---|" + "---:|" * len(layers),
+    ]
     for method in record["chosen"]:
         values = {l: v for m, l, c, v in rows if m == method and c == 1.0}
         lines.append(f"| {method} | " + " | ".join(f"{values[l]:.3f}" if l in values else "—" for l in layers) + " |")
     coefs = sorted({c for _, _, c, _ in rows})
-    lines += ["", "## Coefficient sweep (at each method's chosen layer)", "",
-              "| method | layer | " + " | ".join(f"{c:g}" for c in coefs) + " |", "|---|---:|" + "---:|" * len(coefs)]
+    lines += [
+        "",
+        "## Coefficient sweep (at each method's chosen layer)",
+        "",
+        "| method | layer | " + " | ".join(f"{c:g}" for c in coefs) + " |",
+        "|---|---:|" + "---:|" * len(coefs),
+    ]
     for method, chosen in record["chosen"].items():
         values = {c: v for m, l, c, v in rows if m == method and l == chosen["layer"]}
-        lines.append(f"| {method} | {chosen['layer']} | " +
-                     " | ".join(f"{values[c]:.3f}" if c in values else "—" for c in coefs) + " |")
+        lines.append(
+            f"| {method} | {chosen['layer']} | "
+            + " | ".join(f"{values[c]:.3f}" if c in values else "—" for c in coefs)
+            + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -25,8 +25,8 @@ Before the evaluations:
 
 Evaluated methods: the base model (`base`), each steering vector (`vector`, setting = the
 direction finder), RLVR (`rlvr`, through `rlvr_lora`) and CRL (`crl`, setting = the CRL
-setting, through `crl_steered`, with every intervention logged next to the samples). Rows leave out the documents a task reserves for training when it
-has no training split of its own (`harness.splits`).
+setting, through `crl_steered`, with every intervention logged next to the samples). Rows
+leave out the documents a task reserves for training when it has no training split of its own (`harness.splits`).
 """
 
 from __future__ import annotations
@@ -90,14 +90,24 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
     slug = model_slug(config.model)
     stages = []
     for task in config.tasks:
-        common = {"model": config.model, "task": task, "limit": config.limit, "seed": config.seed, "dtype": config.dtype}
+        common = {
+            "model": config.model,
+            "task": task,
+            "limit": config.limit,
+            "seed": config.seed,
+            "dtype": config.dtype,
+        }
         stages.append(Stage("base", task, {**common, "method": "base"}, root / slug / "base" / task))
         for method in config.vectors:
             artifact = vectors_dir(vector_config(config, task, (output_types or {}).get(task))) / method
             if not (artifact / VECTORS_FILE).exists():
                 continue
-            settings = {**common, "method": "vector", "setting": method,
-                        "artifact": _file_digest(artifact / VECTORS_FILE, artifact / "config.json")}
+            settings = {
+                **common,
+                "method": "vector",
+                "setting": method,
+                "artifact": _file_digest(artifact / VECTORS_FILE, artifact / "config.json"),
+            }
             stages.append(Stage("vector", task, settings, root / slug / "vector" / method / task, artifact))
         if config.rlvr:
             from rl.runs import run_dir_for
@@ -106,8 +116,12 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
                 adapter = run_dir_for(rl_config, "rlvr")
                 if not (adapter / "adapter_model.safetensors").exists():
                     continue
-                settings = {**common, "seed": rl_config.seed, "method": "rlvr",
-                            "adapter": _file_digest(adapter / "adapter_model.safetensors", adapter / "config.json")}
+                settings = {
+                    **common,
+                    "seed": rl_config.seed,
+                    "method": "rlvr",
+                    "adapter": _file_digest(adapter / "adapter_model.safetensors", adapter / "config.json"),
+                }
                 stages.append(Stage("rlvr", task, settings, adapter / "eval", adapter=adapter))
         for crl_config in crl_configs(config, task, (output_types or {}).get(task, "")):
             from rl.runs import run_dir_for
@@ -115,8 +129,13 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
             controller = run_dir_for(crl_config, crl_config.method)
             if not (controller / "controller.safetensors").exists():
                 continue
-            settings = {**common, "seed": crl_config.seed, "method": "crl", "setting": crl_config.setting,
-                        "controller": _file_digest(controller / "controller.safetensors", controller / "config.json")}
+            settings = {
+                **common,
+                "seed": crl_config.seed,
+                "method": "crl",
+                "setting": crl_config.setting,
+                "controller": _file_digest(controller / "controller.safetensors", controller / "config.json"),
+            }
             stages.append(Stage("crl", task, settings, controller / "eval", controller=controller))
     return stages
 
@@ -135,9 +154,16 @@ def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
     started = time.time()
     try:
         output = simple_evaluate(
-            model=lm, tasks=[stage.task], task_manager=manager, limit=config.limit, log_samples=True,
-            random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
-            fewshot_random_seed=config.seed, bootstrap_iters=0,
+            model=lm,
+            tasks=[stage.task],
+            task_manager=manager,
+            limit=config.limit,
+            log_samples=True,
+            random_seed=config.seed,
+            numpy_random_seed=config.seed,
+            torch_random_seed=config.seed,
+            fewshot_random_seed=config.seed,
+            bootstrap_iters=0,
         )
     except (FileNotFoundError, ConnectionError, OSError) as err:
         if stage.task in LOCAL_TASKS and data_dir() is None:
@@ -154,7 +180,9 @@ def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
                 handle.write(json.dumps(sample, default=str) + "\n")
     (stage.run_dir / "samples.jsonl.tmp").replace(stage.run_dir / "samples.jsonl")
     write_json(stage.run_dir / "results.json", output)
-    write_json(stage.run_dir / "manifest.json", build_manifest(settings=stage.settings, wall_time_s=time.time() - started))
+    write_json(
+        stage.run_dir / "manifest.json", build_manifest(settings=stage.settings, wall_time_s=time.time() - started)
+    )
     write_json(stage.run_dir / STAGE, {"fingerprint": stage.fingerprint, "settings": stage.settings})
 
 
@@ -177,9 +205,20 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
                 values.append(float(sample[metric]))
                 clusters.append(cluster_of(sample.get("doc")))
     return [
-        Scores(model=model, task=stage.task, method=stage.method, setting=stage.settings.get("setting", "-"),
-               seed=stage.settings["seed"], metric=metric, filter=filter_name, doc_ids=ids, values=values,
-               run_dir=str(stage.run_dir), clusters=None if None in clusters else clusters, processor=where)
+        Scores(
+            model=model,
+            task=stage.task,
+            method=stage.method,
+            setting=stage.settings.get("setting", "-"),
+            seed=stage.settings["seed"],
+            metric=metric,
+            filter=filter_name,
+            doc_ids=ids,
+            values=values,
+            run_dir=str(stage.run_dir),
+            clusters=None if None in clusters else clusters,
+            processor=where,
+        )
         for (filter_name, metric), (ids, values, clusters) in sorted(grouped.items())
     ]
 
@@ -229,8 +268,13 @@ def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], consol
         if breakdown.default_grouping(task) is None:
             continue
         try:
-            path = breakdown.run(task, config.results_dir, model=config.model, exclude=reserved.get(task, frozenset()),
-                                 leaderboard=Path(config.results_dir) / "leaderboard.json")
+            path = breakdown.run(
+                task,
+                config.results_dir,
+                model=config.model,
+                exclude=reserved.get(task, frozenset()),
+                leaderboard=Path(config.results_dir) / "leaderboard.json",
+            )
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[yellow]breakdown of {task} skipped:[/] {err}")
             continue
@@ -248,13 +292,24 @@ def _sae_stage(config: BenchConfig, console: Any) -> None:
     info = model_info(config.model)
     started = time.time()
     loaded = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
-    record = assess(loaded, SAEEvalConfig(
-        model=config.model, sae=config.sae, layer=loaded.layer, eval_corpus=None if loaded.source == "trained" else config.sae_corpus,
-        dtype=config.dtype, device=device, results_dir=config.results_dir))
+    record = assess(
+        loaded,
+        SAEEvalConfig(
+            model=config.model,
+            sae=config.sae,
+            layer=loaded.layer,
+            eval_corpus=None if loaded.source == "trained" else config.sae_corpus,
+            dtype=config.dtype,
+            device=device,
+            results_dir=config.results_dir,
+        ),
+    )
     m = record["metrics"]
-    console.print(f"SAE {loaded.name} (layer {loaded.layer}, {loaded.d_sae} features): L0 {m['l0']:.1f}, "
-                  f"FVU {m['fvu']:.3f}, CE recovered {m['ce_loss_recovered']:.3f}, dead {m['dead_fraction']:.1%} "
-                  f"[{time.time() - started:.0f} s]")
+    console.print(
+        f"SAE {loaded.name} (layer {loaded.layer}, {loaded.d_sae} features): L0 {m['l0']:.1f}, "
+        f"FVU {m['fvu']:.3f}, CE recovered {m['ce_loss_recovered']:.3f}, dead {m['dead_fraction']:.1%} "
+        f"[{time.time() - started:.0f} s]"
+    )
 
 
 def run(config: BenchConfig) -> Path:
@@ -276,7 +331,9 @@ def run(config: BenchConfig) -> Path:
         if lm is None:
             from harness.lm_models import LeanHFLM
 
-            lm = LeanHFLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+            lm = LeanHFLM(
+                pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype
+            )
         return lm
 
     output_types = _output_types(config.tasks, manager)
@@ -296,16 +353,23 @@ def run(config: BenchConfig) -> Path:
         _crl_stage(config, console, output_types)
     stages = plan(config, output_types)
     todo = [s for s in stages if config.force or not s.done()]
-    console.print(f"[bold]crl-bench[/] {config.model}: {len(stages)} evaluation stages, {len(stages) - len(todo)} reused")
+    console.print(
+        f"[bold]crl-bench[/] {config.model}: {len(stages)} evaluation stages, {len(stages) - len(todo)} reused"
+    )
     for number, stage in enumerate(todo, 1):
         label = stage.method + (f" {stage.settings['setting']}" if "setting" in stage.settings else "")
         console.rule(f"stage {number}/{len(todo)}: {label} on {stage.task}")
         if stage.controller is not None:
             from rl.crl.lm import CRLSteeredLM
 
-            steered = CRLSteeredLM(pretrained=config.model, controller=str(stage.controller), batch_size=config.batch_size,
-                                   device=config.device, dtype=config.dtype,
-                                   log_interventions=str(stage.run_dir / "interventions.jsonl"))
+            steered = CRLSteeredLM(
+                pretrained=config.model,
+                controller=str(stage.controller),
+                batch_size=config.batch_size,
+                device=config.device,
+                dtype=config.dtype,
+                log_interventions=str(stage.run_dir / "interventions.jsonl"),
+            )
             (stage.run_dir / "interventions.jsonl").unlink(missing_ok=True)
             _evaluate(steered, stage, config, manager)
             del steered
@@ -313,8 +377,13 @@ def run(config: BenchConfig) -> Path:
         if stage.adapter is not None:
             from harness.lm_models import RLVRLoraLM
 
-            adapted = RLVRLoraLM(pretrained=config.model, adapter=str(stage.adapter), batch_size=config.batch_size,
-                                 device=config.device, dtype=config.dtype)
+            adapted = RLVRLoraLM(
+                pretrained=config.model,
+                adapter=str(stage.adapter),
+                batch_size=config.batch_size,
+                device=config.device,
+                dtype=config.dtype,
+            )
             _evaluate(adapted, stage, config, manager)
             del adapted
             continue
@@ -335,7 +404,6 @@ def run(config: BenchConfig) -> Path:
         analysis.run(config, stages, reserved, console)
     _breakdowns(config, reserved, console)
     from crl_bench.plots import all_figures
-
     from crl_bench.report import build
 
     figures = all_figures(config.results_dir)

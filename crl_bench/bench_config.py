@@ -5,10 +5,10 @@ runs it trains (read by bench and by the analyses that find those runs again).""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from harness.config import Dtype, RunConfig
 from harness.models import DEFAULT_MODEL
-
 
 DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "boolq")
 
@@ -19,52 +19,93 @@ DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "boolq")
 # generation tasks (each point generates for every validation document); `full` is the
 # whole default task set and the `cpu` budget (`gpu` on a GPU).
 PROFILES: dict[str, dict[str, Any]] = {
-    "laptop": {"tasks": ["toy_sentiment", "arith_gen"], "budget": "laptop",
-               "generation_sweep": {"val_limit": 32, "coefs": [0.5, 1.0, 2.0], "layer_fractions": (1 / 3, 1 / 2)}},
+    "laptop": {
+        "tasks": ["toy_sentiment", "arith_gen"],
+        "budget": "laptop",
+        "generation_sweep": {"val_limit": 32, "coefs": [0.5, 1.0, 2.0], "layer_fractions": (1 / 3, 1 / 2)},
+    },
     "full": {"tasks": list(DEFAULT_TASKS), "budget": {"cpu": "cpu", "cuda": "gpu"}, "generation_sweep": {}},
 }
 
 
 @dataclass
-class BenchConfig:
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
-    profile: str = field(default="auto", metadata={"help": "defaults for what the flags leave open: laptop (tasks toy_sentiment,arith_gen, "
-                                                          "laptop budget, small generation sweeps), full (every default task), or auto "
-                                                          "(laptop for the embedded model on a CPU, else full)"})
+class BenchConfig(RunConfig):
+    profile: Literal["auto", "laptop", "full"] = field(
+        default="auto",
+        metadata={
+            "help": "defaults for what the flags leave open: laptop (tasks toy_sentiment,arith_gen, "
+            "laptop budget, small generation sweeps), full (every default task), or auto "
+            "(laptop for the embedded model on a CPU, else full)"
+        },
+    )
     tasks: list[str] | None = field(default=None, metadata={"help": "lm-eval task names (default: the profile's)"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
+    dtype: Dtype = field(
+        default="auto",
+        metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"},
+    )
     seed: int = field(default=0, metadata={"help": "seed for lm-eval's sampling and few-shot selection"})
-    sae: str = field(default="auto", metadata={"help": "SAE for the SAE-based methods: sae-lens <release>/<id>, a directory, auto (published, else trained and cached), or none"})
-    sae_layer: int | None = field(default=None, metadata={"help": "layer of the SAE (default: the SAE's own; the middle layer for auto)"})
-    sae_corpus: str = field(default="builtin", metadata={"help": "text to train an auto SAE on and to measure SAEs with (see `crl-bench sae train --help`)"})
-    vectors: list[str] = field(default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
-                               metadata={"help": "steering-vector methods to train and evaluate (none: skip)"})
-    vector_val_limit: int | None = field(default=64, metadata={"help": "validation documents per point of the vector sweep"})
-    rlvr: bool = field(default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"})
-    budget: str = field(default="auto", metadata={"help": "RL training budget shared by RLVR and CRL: preset (smoke, laptop, cpu, gpu), "
-                                                        "YAML file, or auto (the profile's: laptop, else cpu, gpu on a GPU)"})
-    rl_settings: str | None = field(default=None, metadata={"help": "YAML file of RLVR/CRL training settings per task, "
-                                                               "e.g. {arith_gen: {steps: 100, rlvr: {temperature: 0.5}}}: "
-                                                               "budget fields apply to both methods (their runs stay "
-                                                               "matched); rlvr:/crl: hold one method's own"})
-    crl: list[str] = field(default_factory=lambda: ["one-token", "multi-layer", "generation"],
-                           metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"})
-    analyses: bool = field(default=True, metadata={"help": "after the evaluations: similarity to RLVR, SAE-feature overlap, circuits and CRL interactions (results/{similarity,overlap,circuits,interactions}.md)"})
+    sae: str = field(
+        default="auto",
+        metadata={
+            "help": "SAE for the SAE-based methods: sae-lens <release>/<id>, a directory, auto (published, else "
+            "trained and cached), or none"
+        },
+    )
+    sae_layer: int | None = field(
+        default=None, metadata={"help": "layer of the SAE (default: the SAE's own; the middle layer for auto)"}
+    )
+    sae_corpus: str = field(
+        default="builtin",
+        metadata={"help": "text to train an auto SAE on and to measure SAEs with (see `crl-bench sae train --help`)"},
+    )
+    vectors: list[str] = field(
+        default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
+        metadata={"help": "steering-vector methods to train and evaluate (none: skip)"},
+    )
+    vector_val_limit: int | None = field(
+        default=64, metadata={"help": "validation documents per point of the vector sweep"}
+    )
+    rlvr: bool = field(
+        default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"}
+    )
+    budget: str = field(
+        default="auto",
+        metadata={
+            "help": "RL training budget shared by RLVR and CRL: preset (smoke, laptop, cpu, gpu), "
+            "YAML file, or auto (the profile's: laptop, else cpu, gpu on a GPU)"
+        },
+    )
+    rl_settings: str | None = field(
+        default=None,
+        metadata={
+            "help": "YAML file of RLVR/CRL training settings per task, "
+            "e.g. {arith_gen: {steps: 100, rlvr: {temperature: 0.5}}}: "
+            "budget fields apply to both methods (their runs stay "
+            "matched); rlvr:/crl: hold one method's own"
+        },
+    )
+    crl: list[str] = field(
+        default_factory=lambda: ["one-token", "multi-layer", "generation"],
+        metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"},
+    )
+    analyses: bool = field(
+        default=True,
+        metadata={
+            "help": "after the evaluations: similarity to RLVR, SAE-feature overlap, circuits and CRL "
+            "interactions (results/{similarity,overlap,circuits,interactions}.md)"
+        },
+    )
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
-    results_dir: str = field(default="results", metadata={"help": "where leaderboard tables go"})
-    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from harness.models import default_device
 
         device = "cuda" if str(self.device or default_device()).startswith("cuda") else "cpu"
         if self.profile == "auto":
             self.profile = "laptop" if self.model == DEFAULT_MODEL and device == "cpu" else "full"
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(PROFILES)}, or auto")
         defaults = PROFILES[self.profile]
         if self.tasks is None:
             self.tasks = list(defaults["tasks"])
@@ -119,9 +160,20 @@ def vector_config(config: BenchConfig, task: str, output_type: str | None = None
     val_limit = config.vector_val_limit
     if "val_limit" in sweep and val_limit is not None:
         val_limit = min(val_limit, sweep["val_limit"])
-    return VectorTrainConfig(model=config.model, task=task, methods=list(config.vectors), val_limit=val_limit, layers=layers,
-                             batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, device=config.device,
-                             results_dir=config.results_dir, runs_dir=config.runs_dir, **extra)
+    return VectorTrainConfig(
+        model=config.model,
+        task=task,
+        methods=list(config.vectors),
+        val_limit=val_limit,
+        layers=layers,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        dtype=config.dtype,
+        device=config.device,
+        results_dir=config.results_dir,
+        runs_dir=config.runs_dir,
+        **extra,
+    )
 
 
 def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
@@ -131,9 +183,18 @@ def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
 
     settings = rl_settings(config, task, "rlvr")
     seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
-    return [RLVRConfig(**{"budget": config.budget, **settings}, model=config.model, task=task, seed=seed,
-                       device=config.device, results_dir=config.results_dir, runs_dir=config.runs_dir)
-            for seed in seeds]
+    return [
+        RLVRConfig(
+            **{"budget": config.budget, **settings},
+            model=config.model,
+            task=task,
+            seed=seed,
+            device=config.device,
+            results_dir=config.results_dir,
+            runs_dir=config.runs_dir,
+        )
+        for seed in seeds
+    ]
 
 
 def rl_settings(config: BenchConfig, task: str, method: str) -> dict[str, Any]:
@@ -154,11 +215,26 @@ def crl_configs(config: BenchConfig, task: str, output_type: str) -> list[Any]:
     settings = rl_settings(config, task, "crl")
     seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
     layers = [config.sae_layer] if config.sae_layer is not None else None
-    return [CRLConfig(**{"sae": config.sae, "sae_corpus": config.sae_corpus, "budget": config.budget,
-                         "layers": layers if setting != "multi-layer" else None, **settings},
-                      model=config.model, task=task, setting=setting, seed=seed, device=config.device,
-                      results_dir=config.results_dir, runs_dir=config.runs_dir)
-            for setting in fits for seed in seeds]
+    return [
+        CRLConfig(
+            **{
+                "sae": config.sae,
+                "sae_corpus": config.sae_corpus,
+                "budget": config.budget,
+                "layers": layers if setting != "multi-layer" else None,
+                **settings,
+            },
+            model=config.model,
+            task=task,
+            setting=setting,
+            seed=seed,
+            device=config.device,
+            results_dir=config.results_dir,
+            runs_dir=config.runs_dir,
+        )
+        for setting in fits
+        for seed in seeds
+    ]
 
 
 def reserved_documents(tasks: list[str], manager: Any = None) -> dict[str, frozenset[int]]:

@@ -32,15 +32,22 @@ def _model_info(args: argparse.Namespace) -> None:
 
 
 def _sae_train(args: argparse.Namespace) -> None:
-    from harness.sae.train import SAETrainConfig, train_sae
-
     from harness.sae.quality import SAEEvalConfig
+    from harness.sae.train import SAETrainConfig, train_sae
 
     config = from_args(SAETrainConfig, args)
     directory = train_sae(config)
     print(f"SAE: {directory}")
-    _sae_assess(SAEEvalConfig(model=config.model, sae=str(directory), layer=config.layer, device=config.device,
-                              dtype=config.dtype, results_dir=config.results_dir))
+    _sae_assess(
+        SAEEvalConfig(
+            model=config.model,
+            sae=str(directory),
+            layer=config.layer,
+            device=config.device,
+            dtype=config.dtype,
+            results_dir=config.results_dir,
+        )
+    )
 
 
 def _sae_eval(args: argparse.Namespace) -> None:
@@ -75,7 +82,9 @@ def _sae_card(args: argparse.Namespace) -> None:
     cards = read_cards(loaded.directory)["cards"]
     for feature in args.feature:
         if not 0 <= feature < len(cards):
-            raise ValueError(f"feature {feature} does not exist: the SAE has {len(cards)} features (0..{len(cards) - 1})")
+            raise ValueError(
+                f"feature {feature} does not exist: the SAE has {len(cards)} features (0..{len(cards) - 1})"
+            )
         print(render_card(cards[feature], contexts=8), end="\n\n")
 
 
@@ -130,17 +139,21 @@ def _interactions(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.controller)
     if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a CRL run directory (no config.json); pass the directory "
-                                "`crl-bench train crl` printed")
+        raise FileNotFoundError(
+            f"{run_dir} is not a CRL run directory (no config.json); pass the directory `crl-bench train crl` printed"
+        )
     config = json.loads((run_dir / "config.json").read_text())
     model, tokenizer = load_causal_lm(args.model or config["model"], dtype=args.dtype, device=args.device)
     task = args.task or config["task"]
-    found = analyse(run_dir, config["setting"], load_task(task), model, tokenizer, args.seed, items=args.items,
-                    mode=args.mode)
+    found = analyse(
+        run_dir, config["setting"], load_task(task), model, tokenizer, args.seed, items=args.items, mode=args.mode
+    )
     label = f"crl:{config['setting']}" + (" (sampled)" if args.mode == "sample" else "")
     print(render({task: {label: found}}))
     if args.out:
-        Path(args.out).write_text(json.dumps({"controller": str(run_dir), "task": task, "label": label, **found}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"controller": str(run_dir), "task": task, "label": label, **found}, indent=1)
+        )
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -165,13 +178,16 @@ def _labelled_dir(value: str) -> tuple[str, Path]:
 def _breakdown(args: argparse.Namespace) -> None:
     from crl_bench.analyses import breakdown
 
-    print(breakdown.run(args.task, args.results_dir, by=args.by, runs=args.run, leaderboard=args.leaderboard,
-                        model=args.model))
+    print(
+        breakdown.run(
+            args.task, args.results_dir, by=args.by, runs=args.run, leaderboard=args.leaderboard, model=args.model
+        )
+    )
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from harness.tasks import GENERATED_TASKS, LOCAL_TASKS
     from harness.task_paths import data_dir, task_paths
+    from harness.tasks import GENERATED_TASKS, LOCAL_TASKS
 
     print("task folders:", *task_paths(), sep="\n  ")
     print("generated:", ", ".join(GENERATED_TASKS))
@@ -200,68 +216,131 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="regenerate tables, figures and report.html from the results files")
     report.add_argument("--results-dir", default="results")
     report.set_defaults(func=_report)
-    sae = commands.add_parser("sae", help="train, evaluate and describe SAEs").add_subparsers(dest="sae_command", required=True)
+    sae = commands.add_parser("sae", help="train, evaluate and describe SAEs").add_subparsers(
+        dest="sae_command", required=True
+    )
     from harness.sae.quality import SAEEvalConfig
     from harness.sae.train import SAETrainConfig
 
     _command(sae, "train", "train an SAE with sae-lens on a model layer, then measure it", SAETrainConfig, _sae_train)
-    _command(sae, "eval", "quality record and feature cards for any SAE (--sae release/id, dir, auto)",
-             SAEEvalConfig, _sae_eval)
+    _command(
+        sae,
+        "eval",
+        "quality record and feature cards for any SAE (--sae release/id, dir, auto)",
+        SAEEvalConfig,
+        _sae_eval,
+    )
     card = sae.add_parser("card", help="print feature cards (after `sae eval`)")
     card.add_argument("--model", default="gemma-3-270m")
     card.add_argument("--sae", default="auto")
     card.add_argument("--layer", type=int, default=None)
-    card.add_argument("--feature", type=lambda s: [int(x) for x in s.split(",")], required=True,
-                      help="feature indices, comma-separated")
+    card.add_argument(
+        "--feature",
+        type=lambda s: [int(x) for x in s.split(",")],
+        required=True,
+        help="feature indices, comma-separated",
+    )
     card.set_defaults(func=_sae_card)
     from baselines.sentiment import ChecksConfig
 
-    vectors = commands.add_parser("vectors", help="steering-vector baselines").add_subparsers(dest="vectors_command", required=True)
-    _command(vectors, "checks", "Tigges et al.'s checks on toy_sentiment: patching, cosines, ablation, addition",
-             ChecksConfig, _vector_checks)
+    vectors = commands.add_parser("vectors", help="steering-vector baselines").add_subparsers(
+        dest="vectors_command", required=True
+    )
+    _command(
+        vectors,
+        "checks",
+        "Tigges et al.'s checks on toy_sentiment: patching, cosines, ablation, addition",
+        ChecksConfig,
+        _vector_checks,
+    )
     from baselines.train import VectorTrainConfig
 
-    train = commands.add_parser("train", help="train a method on a task").add_subparsers(dest="train_command", required=True)
-    _command(train, "vectors", "fit the five steering directions; choose layer and coefficient on validation",
-             VectorTrainConfig, _train_vectors)
+    train = commands.add_parser("train", help="train a method on a task").add_subparsers(
+        dest="train_command", required=True
+    )
+    _command(
+        train,
+        "vectors",
+        "fit the five steering directions; choose layer and coefficient on validation",
+        VectorTrainConfig,
+        _train_vectors,
+    )
     from rl.rlvr.config import RLVRConfig
 
-    _command(train, "rlvr", "train a LoRA adapter with TRL's GRPO on the task's reward (the RLVR reference)",
-             RLVRConfig, _train_rlvr)
+    _command(
+        train,
+        "rlvr",
+        "train a LoRA adapter with TRL's GRPO on the task's reward (the RLVR reference)",
+        RLVRConfig,
+        _train_rlvr,
+    )
     from rl.crl.config import CRLConfig
 
-    _command(train, "crl", "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
-             CRLConfig, _train_crl)
+    _command(
+        train,
+        "crl",
+        "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
+        CRLConfig,
+        _train_crl,
+    )
     from crl_bench.analyses.exploration import ExplorationConfig
 
-    _command(commands, "exploration", "train one CRL controller per exploration variant (entropy bonus and "
-             "adaptive masking on/off) and compare how fast each collapses onto one feature",
-             ExplorationConfig, _exploration)
+    _command(
+        commands,
+        "exploration",
+        "train one CRL controller per exploration variant (entropy bonus and "
+        "adaptive masking on/off) and compare how fast each collapses onto one feature",
+        ExplorationConfig,
+        _exploration,
+    )
     from crl_bench.analyses.ceiling import CeilingConfig
 
-    _command(commands, "ceiling", "how far one SAE feature per token could take a generation task with an oracle "
-             "that reads the gold solution (an upper bound for CRL setting 3; crl_bench.analyses.ceiling)", CeilingConfig, _ceiling)
-    inter = commands.add_parser("interactions", help="how a CRL controller's choices depend on each other across "
-                                "layers and tokens (ablation; crl_bench.analyses.interactions)")
+    _command(
+        commands,
+        "ceiling",
+        "how far one SAE feature per token could take a generation task with an oracle "
+        "that reads the gold solution (an upper bound for CRL setting 3; crl_bench.analyses.ceiling)",
+        CeilingConfig,
+        _ceiling,
+    )
+    inter = commands.add_parser(
+        "interactions",
+        help="how a CRL controller's choices depend on each other across "
+        "layers and tokens (ablation; crl_bench.analyses.interactions)",
+    )
     inter.add_argument("--controller", required=True, help="a CRL run directory")
     inter.add_argument("--task", default=None, help="default: the task it was trained on")
     inter.add_argument("--model", default=None, help="default: the model it was trained on")
-    inter.add_argument("--mode", choices=("greedy", "sample"), default="greedy",
-                       help="greedy: as evaluated; sample: as trained, with common random numbers")
+    inter.add_argument(
+        "--mode",
+        choices=("greedy", "sample"),
+        default="greedy",
+        help="greedy: as evaluated; sample: as trained, with common random numbers",
+    )
     inter.add_argument("--items", type=int, default=32, help="validation items")
     inter.add_argument("--seed", type=int, default=0)
     inter.add_argument("--dtype", default="auto")
     inter.add_argument("--device", default="cpu")
     inter.add_argument("--out", default=None, help="also write the analysis as JSON here")
     inter.set_defaults(func=_interactions)
-    parts = commands.add_parser("breakdown", help="accuracy per group of items (and per solution step) for each "
-                                "method on a task, against base (crl_bench.analyses.breakdown)")
+    parts = commands.add_parser(
+        "breakdown",
+        help="accuracy per group of items (and per solution step) for each "
+        "method on a task, against base (crl_bench.analyses.breakdown)",
+    )
     parts.add_argument("--task", required=True)
-    parts.add_argument("--by", default=None, help="document field to group by (default: the task's own, e.g. "
-                       "arith_gen's problem kind)")
-    parts.add_argument("--run", action="append", default=[], type=_labelled_dir, metavar="LABEL=DIR",
-                       help="also break down this run (a directory holding samples.jsonl); repeatable. With "
-                       "base=DIR among them, only the named runs")
+    parts.add_argument(
+        "--by", default=None, help="document field to group by (default: the task's own, e.g. arith_gen's problem kind)"
+    )
+    parts.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        type=_labelled_dir,
+        metavar="LABEL=DIR",
+        help="also break down this run (a directory holding samples.jsonl); repeatable. With "
+        "base=DIR among them, only the named runs",
+    )
     parts.add_argument("--leaderboard", default=None, help="default: <results-dir>/leaderboard.json")
     parts.add_argument("--model", default=None, help="the leaderboard's model, when it has several")
     parts.add_argument("--results-dir", default="results")

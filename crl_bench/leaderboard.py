@@ -83,8 +83,11 @@ class Scores(Identity):
 
 def _other_processor(mine: Scores, reference: Scores) -> bool:
     """Evaluated on different processors (bf16 greedy generations near a tie can differ)."""
-    return mine.processor is not None and reference.processor is not None and \
-        mine.processor.get("cpu") != reference.processor.get("cpu")
+    return (
+        mine.processor is not None
+        and reference.processor is not None
+        and mine.processor.get("cpu") != reference.processor.get("cpu")
+    )
 
 
 def _compare(mine: Scores, reference: Scores) -> tuple[float, tuple[float, float], float | None, str, list, list]:
@@ -94,8 +97,10 @@ def _compare(mine: Scores, reference: Scores) -> tuple[float, tuple[float, float
     own = dict(zip(mine.doc_ids, mine.values))
     shared = [d for d in mine.doc_ids if d in ref]
     if not shared:
-        raise ValueError(f"{mine.method} and {reference.method} on {mine.task} share no evaluated items; "
-                         "evaluate both with the same --limit")
+        raise ValueError(
+            f"{mine.method} and {reference.method} on {mine.task} share no evaluated items; "
+            "evaluate both with the same --limit"
+        )
     a, b = [own[d] for d in shared], [ref[d] for d in shared]
     clusters = None
     if mine.clusters is not None:
@@ -125,8 +130,15 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     for s in all_scores:
         value = sum(s.values) / len(s.values)
         reference = base.get(group(s))
-        row = Row(**s.identity(), value=value, ci95=mean_ci95(s.values), n=len(s.values), delta_vs_base=None,
-                  p_vs_base=None, run_dir=s.run_dir)
+        row = Row(
+            **s.identity(),
+            value=value,
+            ci95=mean_ci95(s.values),
+            n=len(s.values),
+            delta_vs_base=None,
+            p_vs_base=None,
+            run_dir=s.run_dir,
+        )
         p_base = p_rlvr = None
         if reference is not None:
             mdd = min_detectable_difference(len(reference.values), sum(reference.values) / len(reference.values))
@@ -166,16 +178,38 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
             continue
         shared = sorted(set.intersection(*(set(r.doc_ids) for r in runs)))
         matrix = [[dict(zip(r.doc_ids, r.values))[d] for d in shared] for r in runs]
-        members = [r for r in rows if (r.model, r.task, r.metric, r.filter, r.method, r.setting) ==
-                   (model, task, metric, filter_name, method, setting)]
-        mean_of = lambda name: (None if any(getattr(m, name) is None for m in members)  # noqa: E731
-                                else sum(getattr(m, name) for m in members) / len(members))
-        rows.append(Row(model=model, task=task, method=method, setting=setting, seed="all", metric=metric,
-                        filter=filter_name, value=sum(map(sum, matrix)) / (len(matrix) * len(shared)),
-                        ci95=seeds_items_interval(matrix), n=len(shared), delta_vs_base=mean_of("delta_vs_base"),
-                        p_vs_base=None, run_dir=";".join(r.run_dir for r in runs),
-                        delta_vs_rlvr=mean_of("delta_vs_rlvr"), mdd80=members[0].mdd80,
-                        interval="two-level bootstrap over seeds and items", seeds=len(runs)))
+        members = [
+            r
+            for r in rows
+            if (r.model, r.task, r.metric, r.filter, r.method, r.setting)
+            == (model, task, metric, filter_name, method, setting)
+        ]
+
+        def mean_of(name: str, members: list = members) -> float | None:
+            values = [getattr(m, name) for m in members]
+            return None if any(v is None for v in values) else sum(values) / len(values)
+
+        rows.append(
+            Row(
+                model=model,
+                task=task,
+                method=method,
+                setting=setting,
+                seed="all",
+                metric=metric,
+                filter=filter_name,
+                value=sum(map(sum, matrix)) / (len(matrix) * len(shared)),
+                ci95=seeds_items_interval(matrix),
+                n=len(shared),
+                delta_vs_base=mean_of("delta_vs_base"),
+                p_vs_base=None,
+                run_dir=";".join(r.run_dir for r in runs),
+                delta_vs_rlvr=mean_of("delta_vs_rlvr"),
+                mdd80=members[0].mdd80,
+                interval="two-level bootstrap over seeds and items",
+                seeds=len(runs),
+            )
+        )
     return rows
 
 
@@ -191,9 +225,11 @@ def read_stored_scores(results_dir: Path) -> list[Scores]:
         try:
             stored.append(Scores(**json.loads(line)))
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{path}, line {number}: not a per-item scores record ({error}). The file is written "
-                             f"by `crl-bench bench`; restore it from git (git checkout -- {path}) rather than "
-                             "editing it") from error
+            raise ValueError(
+                f"{path}, line {number}: not a per-item scores record ({error}). The file is written "
+                f"by `crl-bench bench`; restore it from git (git checkout -- {path}) rather than "
+                "editing it"
+            ) from error
     return stored
 
 
@@ -217,8 +253,9 @@ def write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
     # a row the stored scores cannot rebuild (written before they were kept) stays as it was, marked
     legacy = [{**r, "legacy": True} for r in existing if tuple(r[k] for k in KEY) not in rebuilt]
     merged = sorted(legacy + rows, key=lambda r: tuple(str(r[k]) for k in KEY))
-    write_text(results_dir / SCORES_FILE,
-               "".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in merged_scores))
+    write_text(
+        results_dir / SCORES_FILE, "".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in merged_scores)
+    )
     write_json(path, {"schema": "crl-bench/leaderboard/v1", "manifest": build_manifest(**provenance), "rows": merged})
     render(results_dir)
     return path
@@ -237,17 +274,24 @@ def method_label(row: dict[str, Any]) -> str:
 
 def mdd_sentence(rows: list[dict[str, Any]]) -> str | None:
     """The minimum detectable gain of each task's base row, as the tables print it."""
-    found = {(r["task"], r["metric"], r["filter"]): (r["mdd80"], r["n"]) for r in rows
-             if r["method"] == "base" and "mdd80" in r}
+    found = {
+        (r["task"], r["metric"], r["filter"]): (r["mdd80"], r["n"])
+        for r in rows
+        if r["method"] == "base" and "mdd80" in r
+    }
     if not found:
         return None
 
     def detectable(d: float | None) -> str:  # None (or NaN, in older boards): not even a perfect score
         return "not detectable" if d is None or math.isnan(d) else f"{d:.3f}"
 
-    return ("Minimum detectable gain over base at 80% power (two-sided, α = 0.05; conservative: unpaired): "
-            + "; ".join(f"{task} {metric}: {detectable(d)} (n = {n})"
-                        for (task, metric, _), (d, n) in sorted(found.items())) + ".")
+    return (
+        "Minimum detectable gain over base at 80% power (two-sided, α = 0.05; conservative: unpaired): "
+        + "; ".join(
+            f"{task} {metric}: {detectable(d)} (n = {n})" for (task, metric, _), (d, n) in sorted(found.items())
+        )
+        + "."
+    )
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -258,17 +302,41 @@ def _interval(pair: Any, digits: int = 3) -> str:
     return "" if not pair else f"[{_fmt(pair[0], digits)}, {_fmt(pair[1], digits)}]"
 
 
-CSV_COLUMNS = [*KEY, "filter", "value", "ci95_low", "ci95_high", "n", "delta_vs_base", "delta_vs_base_ci95_low",
-               "delta_vs_base_ci95_high", "p_vs_base", "side_effects", "delta_vs_rlvr", "delta_vs_rlvr_ci95_low",
-               "delta_vs_rlvr_ci95_high", "p_vs_rlvr", "mdd80", "interval", "seeds", "holm_family", "legacy",
-               "other_processor", "run_dir"]
-LEGACY_NOTE = ("† written before per-item scores were kept beside the board: the row is as the bench run that wrote it "
-               "left it (its comparisons are with the base and RLVR runs of that time, and its p-values were "
-               "Holm-corrected within that run, not in this table's family). Rerun `crl-bench bench` on its task to "
-               "rebuild it.")
-OTHER_PROCESSOR_NOTE = ("‡ compared with a base or RLVR run evaluated on another processor (`other_processor` names "
-                        "which): bf16 greedy generations near a tie can differ between processors, so part of such a "
-                        "difference may be the machine's. Evaluate both on one machine to compare them cleanly.")
+CSV_COLUMNS = [
+    *KEY,
+    "filter",
+    "value",
+    "ci95_low",
+    "ci95_high",
+    "n",
+    "delta_vs_base",
+    "delta_vs_base_ci95_low",
+    "delta_vs_base_ci95_high",
+    "p_vs_base",
+    "side_effects",
+    "delta_vs_rlvr",
+    "delta_vs_rlvr_ci95_low",
+    "delta_vs_rlvr_ci95_high",
+    "p_vs_rlvr",
+    "mdd80",
+    "interval",
+    "seeds",
+    "holm_family",
+    "legacy",
+    "other_processor",
+    "run_dir",
+]
+LEGACY_NOTE = (
+    "† written before per-item scores were kept beside the board: the row is as the bench run that wrote it "
+    "left it (its comparisons are with the base and RLVR runs of that time, and its p-values were "
+    "Holm-corrected within that run, not in this table's family). Rerun `crl-bench bench` on its task to "
+    "rebuild it."
+)
+OTHER_PROCESSOR_NOTE = (
+    "‡ compared with a base or RLVR run evaluated on another processor (`other_processor` names "
+    "which): bf16 greedy generations near a tie can differ between processors, so part of such a "
+    "difference may be the machine's. Evaluate both on one machine to compare them cleanly."
+)
 
 
 def render(results_dir: Path) -> None:
@@ -298,10 +366,13 @@ def render(results_dir: Path) -> None:
         "",
     ]
     for model in sorted({r["model"] for r in rows}):
-        lines += [f"## {model}", "",
-                  "| task | method | setting | seed | metric | value | 95% CI | n | Δ vs base | 95% CI | p vs base "
-                  "| side effects | Δ vs RLVR | p vs RLVR |",
-                  "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+        lines += [
+            f"## {model}",
+            "",
+            "| task | method | setting | seed | metric | value | 95% CI | n | Δ vs base | 95% CI | p vs base "
+            "| side effects | Δ vs RLVR | p vs RLVR |",
+            "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
+        ]
         mine = [r for r in rows if r["model"] == model]
         for r in mine:
             metric = r["metric"] if r["filter"] in ("none", "-") else f"{r['metric']} ({r['filter']})"
@@ -313,8 +384,11 @@ def render(results_dir: Path) -> None:
             )
         families = {r["holm_family"] for r in mine if not is_legacy(r) and r["holm_family"] is not None}
         if families:
-            lines += ["", f"Holm family: the {max(families)} comparisons (vs base and vs RLVR) of this model's rows "
-                      "not marked †."]
+            lines += [
+                "",
+                f"Holm family: the {max(families)} comparisons (vs base and vs RLVR) of this model's rows "
+                "not marked †.",
+            ]
         if any(is_legacy(r) for r in mine):
             lines += ["", LEGACY_NOTE]
         if any(r.get("other_processor") for r in mine):

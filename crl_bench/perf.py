@@ -43,10 +43,19 @@ class PerfConfig:
     train_steps: int = field(default=4, metadata={"help": "optimisation steps per trained method (0: skip training)"})
     train_prompts_per_step: int = field(default=4, metadata={"help": "prompts per step of the training comparison"})
     train_samples: int = field(default=8, metadata={"help": "samples per prompt of the training comparison"})
-    train_generation_task: str = field(default="arith_gen", metadata={"help": "generation task of a second training comparison: RLVR and CRL setting 3 (none: skip it)"})
-    train_max_new_tokens: int = field(default=32, metadata={"help": "new tokens per rollout of the generation comparison (the laptop and cpu budgets')"})
+    train_generation_task: str = field(
+        default="arith_gen",
+        metadata={"help": "generation task of a second training comparison: RLVR and CRL setting 3 (none: skip it)"},
+    )
+    train_max_new_tokens: int = field(
+        default=32,
+        metadata={"help": "new tokens per rollout of the generation comparison (the laptop and cpu budgets')"},
+    )
     sae: str = field(default="auto", metadata={"help": "SAE for CRL's training measurement"})
-    sae_corpus: str = field(default="builtin", metadata={"help": "corpus of an auto SAE (as bench's --sae-corpus, so bench's SAE is reused)"})
+    sae_corpus: str = field(
+        default="builtin",
+        metadata={"help": "corpus of an auto SAE (as bench's --sae-corpus, so bench's SAE is reused)"},
+    )
 
     def training_tasks(self) -> dict[str, str]:
         """The training comparison's task per CRL setting of `TRAINED` (no generation task: 'none')."""
@@ -77,13 +86,28 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
         lm = VectorSteeredLM(pretrained=config.model, steer=steer_dir, **common)
     load_s, rss_loaded = time.time() - started, _rss_mb()
     started = time.time()
-    output = simple_evaluate(model=lm, tasks=[config.task], task_manager=task_manager(names=[config.task]), limit=config.limit,
-                             log_samples=True, bootstrap_iters=0, random_seed=0, fewshot_random_seed=0)
+    output = simple_evaluate(
+        model=lm,
+        tasks=[config.task],
+        task_manager=task_manager(names=[config.task]),
+        limit=config.limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=0,
+        fewshot_random_seed=0,
+    )
     eval_s = time.time() - started
     samples = next(iter(output["samples"].values()))
     loglikelihoods = {f"{s['doc_id']}:{i}": r[0][0] for s in samples for i, r in enumerate(s["resps"])}
-    return {"variant": variant, "load_s": load_s, "eval_s": eval_s, "rss_after_load_mb": rss_loaded,
-            "peak_rss_mb": _rss_mb(), "n_requests": len(loglikelihoods), "loglikelihoods": loglikelihoods}
+    return {
+        "variant": variant,
+        "load_s": load_s,
+        "eval_s": eval_s,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": _rss_mb(),
+        "n_requests": len(loglikelihoods),
+        "loglikelihoods": loglikelihoods,
+    }
 
 
 # The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
@@ -96,10 +120,20 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
     `variant` is `<setting>:<method>`, a setting and a method of `TRAINED`."""
     setting, method = variant.split(":")
     task = config.training_tasks()[setting]
-    common = dict(model=config.model, task=task, budget="smoke", steps=config.train_steps,
-                  prompts_per_step=config.train_prompts_per_step, samples_per_prompt=config.train_samples,
-                  max_new_tokens=config.train_max_new_tokens, eval_every=0, val_limit=2, checkpoint_every=10**6,
-                  runs_dir=runs_dir, results_dir=str(Path(runs_dir) / "results"))
+    common = dict(
+        model=config.model,
+        task=task,
+        budget="smoke",
+        steps=config.train_steps,
+        prompts_per_step=config.train_prompts_per_step,
+        samples_per_prompt=config.train_samples,
+        max_new_tokens=config.train_max_new_tokens,
+        eval_every=0,
+        val_limit=2,
+        checkpoint_every=10**6,
+        runs_dir=runs_dir,
+        results_dir=str(Path(runs_dir) / "results"),
+    )
     if method == "rlvr":
         from rl.rlvr.config import RLVRConfig
         from rl.rlvr.trainer import train
@@ -111,8 +145,14 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
 
         run_dir = train(CRLConfig(**common, setting=setting, sae=config.sae, sae_corpus=config.sae_corpus))
     spent = json.loads((run_dir / "manifest.json").read_text())["spent"]
-    return {"task": task, "setting": setting, "variant": method, **spent,
-            "rollouts_per_s": spent["rollouts"] / spent["train_s"], "peak_rss_mb": _rss_mb()}
+    return {
+        "task": task,
+        "setting": setting,
+        "variant": method,
+        **spent,
+        "rollouts_per_s": spent["rollouts"] / spent["train_s"],
+        "peak_rss_mb": _rss_mb(),
+    }
 
 
 def run_training(config: PerfConfig, console: Any) -> Path:
@@ -126,37 +166,62 @@ def run_training(config: PerfConfig, console: Any) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         for setting, method in track(jobs, description="perf training", console=console):
             out = Path(tmp) / f"{setting}-{method}.json"
-            cmd = [sys.executable, "-m", "crl_bench.perf", f"train-{setting}:{method}", json.dumps(asdict(config)), tmp, str(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "crl_bench.perf",
+                f"train-{setting}:{method}",
+                json.dumps(asdict(config)),
+                tmp,
+                str(out),
+            ]
             subprocess.run(cmd, check=True)
             rows.append(json.loads(out.read_text()))
     ratios = []
     for setting in tasks:
         measured = {r["variant"]: r for r in rows if r["setting"] == setting}
         rlvr = measured.pop("rlvr")
-        ratios += [{"task": crl["task"], "setting": setting, "variant": method,
-                    "rollouts_per_s_over_rlvr": crl["rollouts_per_s"] / rlvr["rollouts_per_s"],
-                    "peak_rss_over_rlvr": crl["peak_rss_mb"] / rlvr["peak_rss_mb"]} for method, crl in measured.items()]
+        ratios += [
+            {
+                "task": crl["task"],
+                "setting": setting,
+                "variant": method,
+                "rollouts_per_s_over_rlvr": crl["rollouts_per_s"] / rlvr["rollouts_per_s"],
+                "peak_rss_over_rlvr": crl["peak_rss_mb"] / rlvr["peak_rss_mb"],
+            }
+            for method, crl in measured.items()
+        ]
     results_dir = Path(config.results_dir)
     path = results_dir / "perf_training.json"
     write_json(path, {"manifest": build_manifest(perf_config=asdict(config)), "rows": rows, "ratios": ratios})
     title = " and ".join(f"{task} ({setting})" for setting, task in tasks.items())
-    lines = [f"# Training throughput: CRL vs RLVR, {config.model}, {title}", "",
-             f"Generated by `crl-bench perf` from perf_training.json. Same budget for every method on a task: "
-             f"{config.train_steps} steps x {config.train_prompts_per_step} prompts x {config.train_samples} samples "
-             f"(generation: up to {config.train_max_new_tokens} new tokens); rollouts per second over the optimisation "
-             "steps only (loading, candidates and validation excluded); each method in its own process. RLVR trains "
-             "LoRA with TRL's GRPO (fp32 on CPU: it needs backward passes through the LLM); CRL runs the frozen LLM "
-             f"forward only ({cpu_dtype()} on this CPU) and trains the controller on stored residuals; "
-             "Setting 3 also decodes each training prompt once "
-             "unsteered (its advantage baseline): those decodes count among its rollouts.", "",
-             "| task | setting | method | rollouts | generated tokens | train s | rollouts / s | trainable parameters | peak RSS MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Training throughput: CRL vs RLVR, {config.model}, {title}",
+        "",
+        f"Generated by `crl-bench perf` from perf_training.json. Same budget for every method on a task: "
+        f"{config.train_steps} steps x {config.train_prompts_per_step} prompts x {config.train_samples} samples "
+        f"(generation: up to {config.train_max_new_tokens} new tokens); rollouts per second over the optimisation "
+        "steps only (loading, candidates and validation excluded); each method in its own process. RLVR trains "
+        "LoRA with TRL's GRPO (fp32 on CPU: it needs backward passes through the LLM); CRL runs the frozen LLM "
+        f"forward only ({cpu_dtype()} on this CPU) and trains the controller on stored residuals; "
+        "Setting 3 also decodes each training prompt once "
+        "unsteered (its advantage baseline): those decodes count among its rollouts.",
+        "",
+        "| task | setting | method | rollouts | generated tokens | train s | rollouts / s | trainable parameters | "
+        "peak RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in rows:
-        lines.append(f"| {m['task']} | {m['setting']} | {m['variant']} | {m['rollouts']} | {m['generated_tokens']:,} | "
-                     f"{m['train_s']:.1f} | {m['rollouts_per_s']:.2f} | {m['trainable_parameters']:,} | {m['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {m['task']} | {m['setting']} | {m['variant']} | {m['rollouts']} | {m['generated_tokens']:,} | "
+            f"{m['train_s']:.1f} | {m['rollouts_per_s']:.2f} | {m['trainable_parameters']:,} | {m['peak_rss_mb']:.0f} |"
+        )
     lines.append("")
-    lines += [f"- {r['task']}, {r['variant']} / RLVR: **{r['rollouts_per_s_over_rlvr']:.1f}x** the rollouts per second, "
-              f"{r['peak_rss_over_rlvr']:.2f}x the peak memory." for r in ratios]
+    lines += [
+        f"- {r['task']}, {r['variant']} / RLVR: **{r['rollouts_per_s_over_rlvr']:.1f}x** the rollouts per second, "
+        f"{r['peak_rss_over_rlvr']:.2f}x the peak memory."
+        for r in ratios
+    ]
     (results_dir / "perf_training.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf_training.md)")
     return path
@@ -175,36 +240,60 @@ def run(config: PerfConfig) -> Path:
     layer = info.check_layer(config.layer if config.layer is not None else info.n_layers // 2)
     measurements = {}
     with tempfile.TemporaryDirectory() as tmp:
-        direction = torch.nn.functional.normalize(torch.randn(info.d_model, generator=torch.Generator().manual_seed(0)), dim=0)
+        direction = torch.nn.functional.normalize(
+            torch.randn(info.d_model, generator=torch.Generator().manual_seed(0)), dim=0
+        )
         # a few percent of the residual norm (~3,000 per token on Gemma 3 270M): a real perturbation
         SteeringVectors({layer: direction}, coefficient=100.0, method="random").save(Path(tmp) / "steer")
         for variant in track(VARIANTS, description="perf variants", console=console):
             out = Path(tmp) / f"{variant}.json"
-            cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), str(Path(tmp) / "steer"), str(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "crl_bench.perf",
+                variant,
+                json.dumps(asdict(config)),
+                str(Path(tmp) / "steer"),
+                str(out),
+            ]
             subprocess.run(cmd, check=True)
             measurements[variant] = json.loads(out.read_text())
     reference = measurements["hf"]
     rows = []
     for variant, m in measurements.items():
         diffs = [abs(m["loglikelihoods"][k] - reference["loglikelihoods"][k]) for k in reference["loglikelihoods"]]
-        rows.append({
-            "variant": variant, "eval_s": m["eval_s"], "time_ratio_vs_hf": m["eval_s"] / reference["eval_s"],
-            "peak_rss_mb": m["peak_rss_mb"], "peak_rss_ratio_vs_hf": m["peak_rss_mb"] / reference["peak_rss_mb"],
-            "eval_rss_growth_mb": m["peak_rss_mb"] - m["rss_after_load_mb"], "load_s": m["load_s"],
-            "n_requests": m["n_requests"], "max_abs_loglik_diff_vs_hf": max(diffs),
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "eval_s": m["eval_s"],
+                "time_ratio_vs_hf": m["eval_s"] / reference["eval_s"],
+                "peak_rss_mb": m["peak_rss_mb"],
+                "peak_rss_ratio_vs_hf": m["peak_rss_mb"] / reference["peak_rss_mb"],
+                "eval_rss_growth_mb": m["peak_rss_mb"] - m["rss_after_load_mb"],
+                "load_s": m["load_s"],
+                "n_requests": m["n_requests"],
+                "max_abs_loglik_diff_vs_hf": max(diffs),
+            }
+        )
     results_dir = Path(config.results_dir)
     path = results_dir / "perf.json"
     write_json(path, {"manifest": build_manifest(perf_config=asdict(config), steered_layer=layer), "rows": rows})
-    lines = [f"# Evaluation speed and memory: {config.model}, {config.task} (first {config.limit} items)", "",
-             f"Generated by `crl-bench perf` from perf.json; same requests for every variant, batch size "
-             f"{config.batch_size}, CPU, {cpu_dtype()}. `vector_steered` steers layer {layer} with a random direction "
-             "(the steered log-likelihoods differ from hf by design).", "",
-             "| variant | eval s | time vs hf | peak RSS MB | RSS vs hf | RSS growth during eval MB | max abs Δ loglik vs hf |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Evaluation speed and memory: {config.model}, {config.task} (first {config.limit} items)",
+        "",
+        f"Generated by `crl-bench perf` from perf.json; same requests for every variant, batch size "
+        f"{config.batch_size}, CPU, {cpu_dtype()}. `vector_steered` steers layer {layer} with a random direction "
+        "(the steered log-likelihoods differ from hf by design).",
+        "",
+        "| variant | eval s | time vs hf | peak RSS MB | RSS vs hf | RSS growth during eval MB "
+        "| max abs Δ loglik vs hf |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['eval_s']:.1f} | {r['time_ratio_vs_hf']:.2f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['peak_rss_ratio_vs_hf']:.2f} | {r['eval_rss_growth_mb']:.0f} | {r['max_abs_loglik_diff_vs_hf']:.2e} |")
+        lines.append(
+            f"| {r['variant']} | {r['eval_s']:.1f} | {r['time_ratio_vs_hf']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['peak_rss_ratio_vs_hf']:.2f} | {r['eval_rss_growth_mb']:.0f} | {r['max_abs_loglik_diff_vs_hf']:.2e} |"
+        )
     (results_dir / "perf.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf.md)")
     if config.train_steps > 0:
@@ -215,6 +304,6 @@ def run(config: PerfConfig) -> Path:
 if __name__ == "__main__":  # subprocess entry: variant, config json, steer dir (or runs dir), output file
     _variant, _config, _steer, _out = sys.argv[1:5]
     if _variant.startswith("train-"):
-        write_json(Path(_out), train_worker(_variant[len("train-"):], PerfConfig(**json.loads(_config)), _steer))
+        write_json(Path(_out), train_worker(_variant[len("train-") :], PerfConfig(**json.loads(_config)), _steer))
     else:
         write_json(Path(_out), worker(_variant, PerfConfig(**json.loads(_config)), _steer))

@@ -46,13 +46,23 @@ def accuracy_figure(results_dir: Path) -> list[Path]:
         return []
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
     for ax, (model, task, metric, filter_name) in zip(axes[0], tasks):
-        mine = [r for r in rows if (r["model"], r["task"], r["metric"], r["filter"]) == (model, task, metric, filter_name)]
+        mine = [
+            r for r in rows if (r["model"], r["task"], r["metric"], r["filter"]) == (model, task, metric, filter_name)
+        ]
         mine.sort(key=lambda r: (r["method"] != "base", r["method"], str(r["setting"])))
         labels = [row_label(r) for r in mine]
         values = [r["value"] for r in mine]
         errors = [[r["value"] - r["ci95"][0] for r in mine], [r["ci95"][1] - r["value"] for r in mine]]
-        colours = ["tab:gray" if r["method"] == "base" else "tab:red" if r["method"] == "crl" else
-                   "tab:blue" if r["method"] == "rlvr" else "tab:green" for r in mine]
+        colours = [
+            "tab:gray"
+            if r["method"] == "base"
+            else "tab:red"
+            if r["method"] == "crl"
+            else "tab:blue"
+            if r["method"] == "rlvr"
+            else "tab:green"
+            for r in mine
+        ]
         ax.bar(range(len(mine)), values, yerr=errors, color=colours, capsize=3)
         base = next((r["value"] for r in mine if r["method"] == "base"), None)
         if base is not None:

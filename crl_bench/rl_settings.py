@@ -12,7 +12,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-RL_SETTINGS_FIXED = ("model", "task", "setting", "seed", "device", "results_dir", "runs_dir", "resume")  # bench sets these
+RL_SETTINGS_FIXED = (
+    "model",
+    "task",
+    "setting",
+    "seed",
+    "device",
+    "results_dir",
+    "runs_dir",
+    "resume",
+)  # bench sets these
 
 
 def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -39,11 +48,15 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
         for scope, names, keys in [("", shared, entry), *((f"{m}: ", allowed[m], own[m]) for m in allowed)]:
             wrong = sorted(k for k in keys if k not in names or k in RL_SETTINGS_FIXED)
             if wrong:
-                raise ValueError(f"--rl-settings {path}: {task}: {scope}{', '.join(wrong)} cannot be set there; use "
-                                 f"the fields of `crl-bench train {scope[:-2] or 'rlvr'} --help` (e.g. steps, "
-                                 f"temperature), not {', '.join(RL_SETTINGS_FIXED)}, which bench sets")
-        resolved[task] = {method: {k: _as_field_type(classes[method], k, v) for k, v in {**entry, **own[method]}.items()}
-                          for method in allowed}
+                raise ValueError(
+                    f"--rl-settings {path}: {task}: {scope}{', '.join(wrong)} cannot be set there; use "
+                    f"the fields of `crl-bench train {scope[:-2] or 'rlvr'} --help` (e.g. steps, "
+                    f"temperature), not {', '.join(RL_SETTINGS_FIXED)}, which bench sets"
+                )
+        resolved[task] = {
+            method: {k: _as_field_type(classes[method], k, v) for k, v in {**entry, **own[method]}.items()}
+            for method in allowed
+        }
     return resolved
 
 

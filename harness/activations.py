@@ -20,8 +20,13 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def residuals(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
-              layers: Sequence[int] = (0,), stop: bool = True) -> dict[int, Tensor]:
+def residuals(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    layers: Sequence[int] = (0,),
+    stop: bool = True,
+) -> dict[int, Tensor]:
     """{layer: Float[B, T, d_model]} residual stream after each layer in `layers` (model dtype)."""
     wanted = sorted(set(layers))
     seen: dict[int, Tensor] = {}
@@ -42,8 +47,9 @@ def residuals(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None
     return seen
 
 
-def token_blocks(tokenizer, texts: Sequence[str], context_size: int, n_blocks: int,
-                 min_blocks: int | None = None) -> Tensor:
+def token_blocks(
+    tokenizer, texts: Sequence[str], context_size: int, n_blocks: int, min_blocks: int | None = None
+) -> Tensor:
     """Long[n, context_size] blocks of BOS + consecutive text tokens, as sae-lens trains on.
 
     Texts are tokenized without special tokens, concatenated, and cut into blocks of

@@ -23,9 +23,7 @@ def require_run_dir(path: str | Path, kind: str, required: tuple[str, ...], how_
         raise NotADirectoryError(f"{kind} {str(run_dir)!r} is a file, not a run directory; {how_to_make}")
     missing = [pattern for pattern in required if not any(run_dir.glob(pattern))]
     if missing:
-        raise FileNotFoundError(
-            f"{str(run_dir)!r} is not a {kind}: it lacks {', '.join(missing)}; {how_to_make}"
-        )
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a {kind}: it lacks {', '.join(missing)}; {how_to_make}")
     return run_dir
 
 

@@ -145,8 +145,14 @@ class VectorSteeredLM(LeanHFLM):
     `coef=` and `positions=` (all | last | generated) override the artifact's values.
     """
 
-    def __init__(self, pretrained: str = "gemma-3-270m", steer: str | None = None, coef: float | None = None,
-                 positions: str | None = None, **kwargs):
+    def __init__(
+        self,
+        pretrained: str = "gemma-3-270m",
+        steer: str | None = None,
+        coef: float | None = None,
+        positions: str | None = None,
+        **kwargs,
+    ):
         if steer is None:
             raise ValueError(f"vector_steered needs steer=<path>; {HOW_TO_MAKE}")
         # Load the artifact before the model so a bad path fails in a second, not after a load.
@@ -174,5 +180,3 @@ class RLVRLoraLM(LeanHFLM):
         if kwargs.get("peft"):
             raise ValueError("rlvr_lora takes adapter=<run dir>; drop peft=")
         super().__init__(pretrained=pretrained, peft=str(run_dir), **kwargs)
-
-

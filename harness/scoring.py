@@ -44,6 +44,6 @@ class TaskScorer:
         else:
             scores, at = [], 0
             for doc, requests in zip(self.docs, self.requests):
-                scores.append(float(self.task.process_results(doc, results[at:at + len(requests)])["acc"]))
+                scores.append(float(self.task.process_results(doc, results[at : at + len(requests)])["acc"]))
                 at += len(requests)
         return sum(scores) / len(scores)

@@ -61,17 +61,27 @@ def method_splits(task: Any) -> MethodSplits:
         held = [i for i in range(len(train)) if _unit(i, name + ":validation") < VALIDATION_SHARE]
         held_set = set(held)
         return MethodSplits(
-            name, [d for i, d in enumerate(train) if i not in held_set], [train[i] for i in held], evaluated,
-            test_split, note=f"validation = {len(held)} training documents ({VALIDATION_SHARE:.0%}, by index hash)",
+            name,
+            [d for i, d in enumerate(train) if i not in held_set],
+            [train[i] for i in held],
+            evaluated,
+            test_split,
+            note=f"validation = {len(held)} training documents ({VALIDATION_SHARE:.0%}, by index hash)",
         )
 
     reserved = [i for i in range(len(evaluated)) if _unit(i, name + ":reserved") < RESERVED_SHARE]
     cut = (3 * len(reserved)) // 4
     kept = [i for i in range(len(evaluated)) if i not in set(reserved)]
     return MethodSplits(
-        name, [evaluated[i] for i in reserved[:cut]], [evaluated[i] for i in reserved[cut:]],
-        [evaluated[i] for i in kept], test_split, reserved_ids=frozenset(reserved),
-        note=(f"{name} has no training split: {len(reserved)} of its {len(evaluated)} {test_split} documents "
-              f"({RESERVED_SHARE:.0%}, by index hash) are reserved for training and validation and left out "
-              "of every leaderboard row"),
+        name,
+        [evaluated[i] for i in reserved[:cut]],
+        [evaluated[i] for i in reserved[cut:]],
+        [evaluated[i] for i in kept],
+        test_split,
+        reserved_ids=frozenset(reserved),
+        note=(
+            f"{name} has no training split: {len(reserved)} of its {len(evaluated)} {test_split} documents "
+            f"({RESERVED_SHARE:.0%}, by index hash) are reserved for training and validation and left out "
+            "of every leaderboard row"
+        ),
     )

@@ -57,8 +57,9 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | None = None,
-                      seed: int = SEED) -> tuple[float, tuple[float, float], str]:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], clusters: Sequence[Any] | None = None, seed: int = SEED
+) -> tuple[float, tuple[float, float], str]:
     """mean(a) - mean(b) over paired items with a 95% interval, and how it was computed.
 
     Without clusters: a paired BCa bootstrap (scipy). With clusters (items that share a
@@ -79,8 +80,15 @@ def paired_difference(a: Sequence[float], b: Sequence[float], clusters: Sequence
         fit = sm.OLS(diff, np.ones_like(diff)).fit(cov_type="cluster", cov_kwds={"groups": groups})
         low, high = fit.conf_int(0.05)[0]
         return delta, (float(low), float(high)), f"cluster-robust ({groups.max() + 1} clusters)"
-    result = stats.bootstrap((x, y), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), paired=True,
-                             confidence_level=0.95, n_resamples=2000, random_state=seed, vectorized=True)
+    result = stats.bootstrap(
+        (x, y),
+        lambda u, v, axis=-1: u.mean(axis) - v.mean(axis),
+        paired=True,
+        confidence_level=0.95,
+        n_resamples=2000,
+        random_state=seed,
+        vectorized=True,
+    )
     interval = result.confidence_interval
     return delta, (float(interval.low), float(interval.high)), "paired bootstrap (BCa)"
 
@@ -109,8 +117,9 @@ def min_detectable_difference(n: int, p_base: float, alpha: float = 0.05, power:
     return float(np.sin(phi / 2) ** 2 - p)
 
 
-def seeds_items_interval(matrix: Sequence[Sequence[float]], seed: int = SEED,
-                         n_resamples: int = 2000) -> tuple[float, float]:
+def seeds_items_interval(
+    matrix: Sequence[Sequence[float]], seed: int = SEED, n_resamples: int = 2000
+) -> tuple[float, float]:
     """95% interval of the mean over seeds x items (rows: seeds, columns: the same items),
     resampling seeds and items together (two-level percentile bootstrap), so the interval
     carries both the training-seed and the test-item variance."""

@@ -64,7 +64,6 @@ def task_manager(include_path: str | Path | list | None = None, names: list[str]
     """
     from lm_eval.tasks import TaskManager
 
-
     user = [] if include_path is None else include_path if isinstance(include_path, list) else [include_path]
     for folder in user:
         if not Path(folder).is_dir():

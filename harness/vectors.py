@@ -21,8 +21,7 @@ from harness.steering import POSITIONS, AddVectors, Positions
 
 VECTORS_FILE = "vectors.safetensors"
 HOW_TO_MAKE = (
-    "pass steer=<run dir written by `crl-bench train vectors`> or a .safetensors file whose "
-    "tensors are named layer.<i>"
+    "pass steer=<run dir written by `crl-bench train vectors`> or a .safetensors file whose tensors are named layer.<i>"
 )
 
 

@@ -32,10 +32,22 @@ from typing import Any
 # "generation" holds what differs for generation tasks.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"steps": 3, "prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "seeds": [0]},
-    "laptop": {"steps": 20, "prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 32, "seeds": [0],
-               "generation": {"steps": 8, "prompts_per_step": 2, "samples_per_prompt": 8}},
-    "cpu": {"steps": 40, "prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 32, "seeds": [0],
-            "generation": {"steps": 16, "samples_per_prompt": 4}},
+    "laptop": {
+        "steps": 20,
+        "prompts_per_step": 4,
+        "samples_per_prompt": 8,
+        "max_new_tokens": 32,
+        "seeds": [0],
+        "generation": {"steps": 8, "prompts_per_step": 2, "samples_per_prompt": 8},
+    },
+    "cpu": {
+        "steps": 40,
+        "prompts_per_step": 4,
+        "samples_per_prompt": 8,
+        "max_new_tokens": 32,
+        "seeds": [0],
+        "generation": {"steps": 16, "samples_per_prompt": 4},
+    },
     "gpu": {"steps": 300, "prompts_per_step": 16, "samples_per_prompt": 16, "max_new_tokens": 256, "seeds": [0, 1, 2]},
 }
 
@@ -54,8 +66,10 @@ class Budget:
             if getattr(self, name) < 1:
                 raise ValueError(f"budget {name} must be at least 1, got {getattr(self, name)}")
         if self.samples_per_prompt < 2:
-            raise ValueError(f"budget samples_per_prompt must be at least 2 (group-relative advantages need a group), "
-                             f"got {self.samples_per_prompt}")
+            raise ValueError(
+                f"budget samples_per_prompt must be at least 2 (group-relative advantages need a group), "
+                f"got {self.samples_per_prompt}"
+            )
         if self.prompts is not None and self.prompts < 1:
             raise ValueError(f"budget prompts must be at least 1 (or unset), got {self.prompts}")
         if not self.seeds:
@@ -91,8 +105,10 @@ class Budget:
             cap = (task.config.generation_kwargs or {}).get("max_gen_toks")
             tokens = min(self.max_new_tokens, cap) if cap else self.max_new_tokens
             return Budget(**{**asdict(self), "max_new_tokens": tokens})
-        raise ValueError(f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; RL training needs a "
-                         "multiple_choice or generate_until task")
+        raise ValueError(
+            f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; RL training needs a "
+            "multiple_choice or generate_until task"
+        )
 
     @property
     def rollouts(self) -> int:

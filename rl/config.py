@@ -6,37 +6,42 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.models import DEFAULT_MODEL
+from harness.config import Dtype, RunConfig
 from rl.budget import Budget
 
 
 @dataclass
-class RLTrainConfig:
+class RLTrainConfig(RunConfig):
     """Settings every RL-trained method shares (RLVR here; CRL adds its own)."""
 
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
     task: str = field(default="arith_mc", metadata={"help": "lm-eval task (its training split and reward)"})
     budget: str = field(default="cpu", metadata={"help": "budget preset (smoke, cpu, gpu) or a YAML/JSON file"})
     steps: int | None = field(default=None, metadata={"help": "override the budget's optimisation steps"})
     prompts_per_step: int | None = field(default=None, metadata={"help": "override the budget's prompts per step"})
     samples_per_prompt: int | None = field(default=None, metadata={"help": "override the budget's samples per prompt"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "override the budget's max new tokens (generation tasks)"})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "override the budget's max new tokens (generation tasks)"}
+    )
     prompts: int | None = field(default=None, metadata={"help": "override the budget's distinct training prompts"})
     seed: int = field(default=0, metadata={"help": "training seed (one of the budget's seeds for matched runs)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "optimiser learning rate"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
-    eval_every: int = field(default=10, metadata={"help": "validation score every N steps (0: only at the start and end)"})
+    eval_every: int = field(
+        default=10, metadata={"help": "validation score every N steps (0: only at the start and end)"}
+    )
     val_limit: int | None = field(default=64, metadata={"help": "validation documents for the learning curve"})
     checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N steps"})
-    resume: bool = field(default=True, metadata={"help": "resume from the newest checkpoint of this run (--no-resume: start over)"})
-    max_loss: float = field(default=1e3, metadata={"help": "stop when |loss| or the gradient norm exceeds this (exploding)"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    dtype: str = field(default="auto", metadata={"help": "training dtype; auto = float32 on CPU, bfloat16 on GPU"})
+    resume: bool = field(
+        default=True, metadata={"help": "resume from the newest checkpoint of this run (--no-resume: start over)"}
+    )
+    max_loss: float = field(
+        default=1e3, metadata={"help": "stop when |loss| or the gradient norm exceeds this (exploding)"}
+    )
+    dtype: Dtype = field(default="auto", metadata={"help": "training dtype; auto = float32 on CPU, bfloat16 on GPU"})
     batch_size: int = field(default=16, metadata={"help": "batch size of the validation scoring"})
-    results_dir: str = field(default="results", metadata={"help": "where the learning curves go"})
-    runs_dir: str | None = field(default=None, metadata={"help": "run directories (default: <cache>/runs)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.checkpoint_every < 1 or self.eval_every < 0:
@@ -44,9 +49,15 @@ class RLTrainConfig:
         self.resolved_budget(generation=False)  # a bad budget fails here, before any model load
 
     def resolved_budget(self, generation: bool) -> Budget:
-        return Budget.resolve(self.budget, generation=generation, steps=self.steps,
-                              prompts_per_step=self.prompts_per_step, samples_per_prompt=self.samples_per_prompt,
-                              max_new_tokens=self.max_new_tokens, prompts=self.prompts)
+        return Budget.resolve(
+            self.budget,
+            generation=generation,
+            steps=self.steps,
+            prompts_per_step=self.prompts_per_step,
+            samples_per_prompt=self.samples_per_prompt,
+            max_new_tokens=self.max_new_tokens,
+            prompts=self.prompts,
+        )
 
     def fingerprint(self) -> str:
         """What decides the trained weights (not where files go, resuming, or eval batch size)."""

@@ -25,8 +25,11 @@ def run_done(config: RLTrainConfig, method: str) -> bool:
     """Whether a finished run with these settings is on disk."""
     run_dir = run_dir_for(config, method)
     path = run_dir / "config.json"
-    return (run_dir / "manifest.json").exists() and path.exists() and \
-        json.loads(path.read_text()).get("fingerprint") == config.fingerprint()
+    return (
+        (run_dir / "manifest.json").exists()
+        and path.exists()
+        and json.loads(path.read_text()).get("fingerprint") == config.fingerprint()
+    )
 
 
 def frozen_fingerprint(model: Any) -> float:
@@ -37,8 +40,9 @@ def frozen_fingerprint(model: Any) -> float:
         return float(sum(p.double().abs().sum() for n, p in model.named_parameters() if "lora_" not in n))
 
 
-def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, metric: str,
-                fields: tuple[str, ...] = CURVE_FIELDS) -> None:
+def write_curve(
+    curve: list[dict], run_dir: Path, results: Path, title: str, metric: str, fields: tuple[str, ...] = CURVE_FIELDS
+) -> None:
     results.mkdir(parents=True, exist_ok=True)
     if (run_dir / "manifest.json").exists():  # the curve's provenance travels with it
         shutil.copyfile(run_dir / "manifest.json", results / "manifest.json")
@@ -76,8 +80,14 @@ def write_curve(curve: list[dict], run_dir: Path, results: Path, title: str, met
         twin = ax.twinx()
         steps = [r["step"] for r in outcomes]
         for name, colour in (("fixed", "tab:green"), ("broken", "tab:orange")):
-            twin.step(steps, list(itertools.accumulate(r[name] for r in outcomes)), where="post", color=colour,
-                      linewidth=1.2, label=f"rollouts {name} vs unsteered (cumulative)")
+            twin.step(
+                steps,
+                list(itertools.accumulate(r[name] for r in outcomes)),
+                where="post",
+                color=colour,
+                linewidth=1.2,
+                label=f"rollouts {name} vs unsteered (cumulative)",
+            )
         twin.set_ylabel("rollouts (cumulative)")
         more_handles, more_labels = twin.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels

@@ -12,7 +12,9 @@ os.environ.setdefault("CRL_BENCH_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs pytest -n: share the cores, do not oversubscribe
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 if SHARED_DATA.is_dir():
     os.environ.setdefault("CRL_BENCH_DATA", str(SHARED_DATA))
@@ -36,10 +38,18 @@ def tiny_dir(tmp_path_factory, embedded_dir) -> str:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
-        max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=8,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     model = Gemma3ForCausalLM(config).float().eval()
     path = tmp_path_factory.mktemp("tiny-gemma3")
@@ -66,7 +76,9 @@ def tiny_sae_dir(tmp_path_factory) -> str:
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
     torch.manual_seed(0)
-    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=64, k=8, metadata=SAEMetadata(hook_name="model.layers.2")).to_dict())
+    sae = SAE.from_dict(
+        TopKSAEConfig(d_in=64, d_sae=64, k=8, metadata=SAEMetadata(hook_name="model.layers.2")).to_dict()
+    )
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
@@ -84,7 +96,9 @@ def save_planted_sae(path, layer: int, good: int, push) -> None:
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
-    sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=16, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{layer}")).to_dict())
+    sae = SAE.from_dict(
+        TopKSAEConfig(d_in=64, d_sae=16, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{layer}")).to_dict()
+    )
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn_like(sae.W_enc) * 0.3)
         sae.b_enc.fill_(1.0)

@@ -140,9 +140,33 @@ def test_vector_checks_cli_writes_tables_plots_and_artifacts(tmp_path, tiny_dir)
     from harness.vectors import SteeringVectors
 
     results = tmp_path / "results"
-    assert main(["vectors", "checks", "--model", tiny_dir, "--layers", "1,2", "--das-layers", "2", "--das-steps", "2", "--limit", "40",
-                 "--dtype", "float32", "--device", "cpu", "--results-dir", str(results),
-                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "vectors",
+                "checks",
+                "--model",
+                tiny_dir,
+                "--layers",
+                "1,2",
+                "--das-layers",
+                "2",
+                "--das-steps",
+                "2",
+                "--limit",
+                "40",
+                "--dtype",
+                "float32",
+                "--device",
+                "cpu",
+                "--results-dir",
+                str(results),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     out = results / "vectors" / "toy_sentiment"
     record = json.loads((out / "checks.json").read_text())
     assert record["chosen_layer"] in (1, 2)

@@ -10,17 +10,32 @@ def _samples(directory, rows):
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "samples.jsonl", "w") as handle:
         for i, (doc, correct, completion) in enumerate(rows):
-            handle.write(json.dumps({"doc_id": i, "doc": doc, "filter": "strict-match", "metrics": ["exact_match"],
-                                     "exact_match": float(correct), "resps": [[completion]],
-                                     "filtered_resps": [completion]}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "doc_id": i,
+                        "doc": doc,
+                        "filter": "strict-match",
+                        "metrics": ["exact_match"],
+                        "exact_match": float(correct),
+                        "resps": [[completion]],
+                        "filtered_resps": [completion],
+                    }
+                )
+                + "\n"
+            )
     return directory
 
 
 def _gen_doc(a, op1, b, op2, c, kind):
     step = a + b if op1 == "+" else a - b
     answer = step + c if op2 == "+" else step - c
-    return {"question": "...", "solution": f"{a} {op1} {b} = {step}, {step} {op2} {c} = {answer}. The answer is {answer}",
-            "answer": str(answer), "kind": kind}
+    return {
+        "question": "...",
+        "solution": f"{a} {op1} {b} = {step}, {step} {op2} {c} = {answer}. The answer is {answer}",
+        "answer": str(answer),
+        "kind": kind,
+    }
 
 
 def test_arith_gen_steps_judge_each_step_on_its_own():
@@ -49,8 +64,10 @@ def test_breakdown_counts_fixed_and_broken_per_group(tmp_path):
     docs = [{"kind": k} for k in (0,) * 10 + (1,) * 10]
     base = [0] * 10 + [1] * 10
     method = [1] * 9 + [0] + [0] * 6 + [1] * 4  # kind 0: 9 fixed; kind 1: 6 broken
-    runs = [read_evaluated(name, _samples(tmp_path / name, [(d, c, "") for d, c in zip(docs, scores)]))
-            for name, scores in (("base", base), ("method", method))]
+    runs = [
+        read_evaluated(name, _samples(tmp_path / name, [(d, c, "") for d, c in zip(docs, scores)]))
+        for name, scores in (("base", base), ("method", method))
+    ]
     result = breakdown("toy", runs, Grouping("kind", lambda k: f"kind {k}"))
     rows = {(r["group"], r["method"]): r for r in result["groups"]}
     k0, k1, everything = rows[("kind 0", "method")], rows[("kind 1", "method")], rows[("all items", "method")]
@@ -90,8 +107,24 @@ def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
     tuned = _samples(tmp_path / "runs" / "tuned", [(d, "+ 3" in c or "- 4" in c, c) for d, c in zip(docs, plus)])
     oracle = _samples(tmp_path / "runs" / "oracle", [(d, 1, c) for d, c in zip(docs, right)])
     results = tmp_path / "results"
-    assert main(["breakdown", "--task", "arith_gen", "--results-dir", str(results),
-                 "--run", f"base={base}", "--run", f"tuned={tuned}", "--run", f"oracle={oracle}"]) == 0
+    assert (
+        main(
+            [
+                "breakdown",
+                "--task",
+                "arith_gen",
+                "--results-dir",
+                str(results),
+                "--run",
+                f"base={base}",
+                "--run",
+                f"tuned={tuned}",
+                "--run",
+                f"oracle={oracle}",
+            ]
+        )
+        == 0
+    )
     result = json.loads((results / "breakdown" / "arith_gen.json").read_text())
     rows = {(r["group"], r["method"]): r for r in result["groups"]}
     assert rows[("0: buys b, gives away c (a + b - c)", "tuned")]["fixed"] == 3
@@ -106,8 +139,10 @@ def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
     assert (results / "figures" / "breakdown-arith_gen.png").exists()
     assert "| tuned |" in (results / "breakdown" / "arith_gen.md").read_text()
     # no base among the runs and no leaderboard: says what to run
-    assert main(["breakdown", "--task", "arith_gen", "--results-dir", str(tmp_path / "empty"),
-                 "--run", f"tuned={tuned}"]) == 2
+    assert (
+        main(["breakdown", "--task", "arith_gen", "--results-dir", str(tmp_path / "empty"), "--run", f"tuned={tuned}"])
+        == 2
+    )
     assert "run `crl-bench bench` first" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["breakdown", "--task", "arith_gen", "--run", "no-equals-sign"])
@@ -120,8 +155,14 @@ def test_runs_come_from_the_leaderboard_rows(tmp_path):
         return {"model": model, "task": task, "method": method, "setting": setting, "seed": seed, "run_dir": run_dir}
 
     board = tmp_path / "leaderboard.json"
-    rows = [row("crl", "generation", 0, "c0"), row("crl", "generation", 1, "c1"), row("base", "-", 0, "b"),
-            row("rlvr", "-", 0, "r"), row("rlvr", "-", "all", None), row("base", "-", 0, "other", task="boolq")]
+    rows = [
+        row("crl", "generation", 0, "c0"),
+        row("crl", "generation", 1, "c1"),
+        row("base", "-", 0, "b"),
+        row("rlvr", "-", 0, "r"),
+        row("rlvr", "-", "all", None),
+        row("base", "-", 0, "other", task="boolq"),
+    ]
     board.write_text(json.dumps({"rows": rows + [{**rows[2], "metric": "second metric, same run"}]}))
     runs = runs_from_leaderboard(board, "arith_gen")
     assert [label for label, _ in runs] == ["base", "crl:generation seed 0", "crl:generation seed 1", "rlvr"]

@@ -20,8 +20,9 @@ def setup(tiny_model):
     embed = model.get_input_embeddings().weight.detach()  # tied: also the unembedding
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                                do_sample=False)[0, ids.shape[1]:].tolist()
+        greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)[
+            0, ids.shape[1] :
+        ].tolist()
     target = next(t for t in range(1000, embed.shape[0]) if t != greedy[0])
     torch.manual_seed(0)
     directions = torch.nn.functional.normalize(torch.randn(16, 64), dim=-1)
@@ -32,9 +33,21 @@ def setup(tiny_model):
 def _decode(setup, gold, scales, steer_on=True, top=4, only=None):
     from crl_bench.analyses.ceiling import oracle_decode
 
-    model, tokenizer, *_ , directions = setup
-    return oracle_decode(model, tokenizer, LAYER, directions, scales, PROMPT, gold, max_new_tokens=4, until=[],
-                         top=top, steer_on=steer_on, only=only)
+    model, tokenizer, *_, directions = setup
+    return oracle_decode(
+        model,
+        tokenizer,
+        LAYER,
+        directions,
+        scales,
+        PROMPT,
+        gold,
+        max_new_tokens=4,
+        until=[],
+        top=top,
+        steer_on=steer_on,
+        only=only,
+    )
 
 
 def test_unsteered_is_greedy_and_a_followed_solution_needs_no_fix(setup):
@@ -67,10 +80,11 @@ def test_a_deviation_is_fixed_by_a_feature_that_replays_to_the_same_completion(s
 
     with torch.no_grad(), steer(model, [PolicyIntervention(policy, [LAYER])]):
         replay = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
-    assert tokenizer.decode(replay[0, ids.shape[1]:]) == text
+    assert tokenizer.decode(replay[0, ids.shape[1] :]) == text
     # the weakest coefficient that works is kept: the next weaker one with that feature does not
     weaker = [c for c in COEFS if c < coef]
     if weaker:
+
         def weak(hidden, ctx):
             at = (ctx.positions == prompt_last)[..., None].to(hidden.dtype)
             return at * (directions[feature] * scales[feature] * weaker[-1]).to(hidden.dtype)
@@ -107,22 +121,45 @@ def test_ceiling_config_refuses_what_it_cannot_do():
         CeilingConfig(only="([+-]")
 
 
-def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
+def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(
+    tiny_dir, tiny_sae_dir, tmp_path, monkeypatch
+):
     import json
 
     from crl_bench.cli import main
 
     monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ceiling"
-    args = ["ceiling", "--model", tiny_dir, "--sae", tiny_sae_dir, "--limit", "2", "--max-new-tokens", "3",
-            "--top", "2", "--bank-prompts", "8", "--device", "cpu", "--dtype", "float32", "--out", str(out)]
+    args = [
+        "ceiling",
+        "--model",
+        tiny_dir,
+        "--sae",
+        tiny_sae_dir,
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--top",
+        "2",
+        "--bank-prompts",
+        "8",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     record = json.loads((out / "arith_gen" / "ceiling.json").read_text())
     s = record["summary"]
     assert (s["n"], s["layer"], s["split"]) == (2, 2, "validation")
     assert len(record["greedy"]["scores"]) == len(record["oracle"]["scores"]) == 2
     assert record["greedy"]["deviations"] == [[], []]  # unsteered: nothing tried
-    assert s["deviations"] == sum(len(row) for row in record["oracle"]["deviations"]) >= 1  # random model leaves the solution
+    assert (
+        s["deviations"] == sum(len(row) for row in record["oracle"]["deviations"]) >= 1
+    )  # random model leaves the solution
     assert record["manifest"]["kind"] == "ceiling" and record["manifest"]["dtype"] == "float32"
     assert "| oracle |" in (out / "arith_gen" / "ceiling.md").read_text()
     assert main(args[:1] + ["--task", "toy_sentiment"] + args[1:]) == 2  # a multiple-choice task: refused
@@ -131,12 +168,21 @@ def test_ceiling_run_writes_its_record_and_refuses_a_multiple_choice_task(tiny_d
 def test_a_killed_ceiling_run_resumes_where_it_stopped(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
     import json
 
-    from harness.models import model_slug
     from crl_bench.analyses import ceiling
+    from harness.models import model_slug
 
     monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))
-    config = ceiling.CeilingConfig(model=tiny_dir, sae=tiny_sae_dir, limit=3, max_new_tokens=2, top=1, bank_prompts=8, device="cpu",
-                                   dtype="float32", out=str(tmp_path / "ceiling"))
+    config = ceiling.CeilingConfig(
+        model=tiny_dir,
+        sae=tiny_sae_dir,
+        limit=3,
+        max_new_tokens=2,
+        top=1,
+        bank_prompts=8,
+        device="cpu",
+        dtype="float32",
+        out=str(tmp_path / "ceiling"),
+    )
     real, calls = ceiling.oracle_decode, []
 
     def dies_after_four(*args, **kwargs):

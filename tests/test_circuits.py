@@ -46,8 +46,9 @@ def test_patching_the_one_changed_mlp_recovers_the_whole_change(setup):
     patched = patched_metric(model, method, batches, 2, [("mlp", 2, 0)])
     assert recovered(patched, metrics["base"], metrics["method"], min_change=1e-9) == pytest.approx(1.0, abs=1e-4)
     # an unchanged node recovers nothing
-    assert recovered(patched_metric(model, method, batches, 2, [("mlp", 0, 0)]), metrics["base"],
-                     metrics["method"], min_change=1e-9) == pytest.approx(0.0, abs=1e-5)
+    assert recovered(
+        patched_metric(model, method, batches, 2, [("mlp", 0, 0)]), metrics["base"], metrics["method"], min_change=1e-9
+    ) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_patching_heads_and_sae_features(setup):
@@ -75,7 +76,9 @@ def test_sae_feature_nodes_with_an_exact_sae(setup, tiny_dir, tmp_path):
     from harness.steering import AddVectors
 
     model, batches, _ = setup
-    exact = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=64, k=64, metadata=SAEMetadata(hook_name="model.layers.2")).to_dict())
+    exact = SAE.from_dict(
+        TopKSAEConfig(d_in=64, d_sae=64, k=64, metadata=SAEMetadata(hook_name="model.layers.2")).to_dict()
+    )
     with torch.no_grad():
         exact.W_enc.copy_(torch.eye(64))
         exact.W_dec.copy_(torch.eye(64))

@@ -22,30 +22,76 @@ def test_entry_points_declared_for_newer_lm_eval():
 
 def test_plain_lm_eval_cli_runs_vector_steered_on_our_task(tiny_dir, tmp_path):
     SteeringVectors({1: torch.randn(64)}, coefficient=2.0).save(tmp_path / "steer")
-    cmd = [str(BIN / "lm_eval"), "--model", "vector_steered",
-           "--model_args", f"pretrained={tiny_dir},steer={tmp_path / 'steer'},dtype=float32",
-           "--tasks", "toy_sentiment", "--limit", "4", "--device", "cpu", "--batch_size", "4"]
+    cmd = [
+        str(BIN / "lm_eval"),
+        "--model",
+        "vector_steered",
+        "--model_args",
+        f"pretrained={tiny_dir},steer={tmp_path / 'steer'},dtype=float32",
+        "--tasks",
+        "toy_sentiment",
+        "--limit",
+        "4",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "vector_steered" in done.stdout and "|toy_sentiment|" in done.stdout.replace(" ", "")
 
 
 def test_plain_lm_eval_cli_lists_local_gsm8k_when_data_is_set(tmp_path):
-    code = ("from lm_eval.tasks import TaskManager; tm = TaskManager(); "
-            "print(tm.task_index['gsm8k'].yaml_path); print('arc' in tm.all_groups)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CRL_BENCH_DATA": "/somewhere"}, cwd=tmp_path)
+    code = (
+        "from lm_eval.tasks import TaskManager; tm = TaskManager(); "
+        "print(tm.task_index['gsm8k'].yaml_path); print('arc' in tm.all_groups)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CRL_BENCH_DATA": "/somewhere"},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [str(Path(__file__).resolve().parent.parent / "tasks" / "local" / "gsm8k.yaml"), "True"]
+    assert done.stdout.split() == [
+        str(Path(__file__).resolve().parent.parent / "tasks" / "local" / "gsm8k.yaml"),
+        "True",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "CRL_BENCH_DATA"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
     assert "site-packages/lm_eval/tasks/gsm8k" in done.stdout  # built-in when no local data
 
 
 def _bench(tmp_path, *extra, sae="none"):
-    cmd = [str(BIN / "crl-bench"), "bench", "--tasks", "toy_sentiment,arith_mc", "--limit", "3", "--sae", sae,
-           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32",
-           "--vectors", "mean_diff,das", "--vector-val-limit", "4", "--no-rlvr", "--crl", "none", *extra]
+    cmd = [
+        str(BIN / "crl-bench"),
+        "bench",
+        "--tasks",
+        "toy_sentiment,arith_mc",
+        "--limit",
+        "3",
+        "--sae",
+        sae,
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--dtype",
+        "float32",
+        "--vectors",
+        "mean_diff,das",
+        "--vector-val-limit",
+        "4",
+        "--no-rlvr",
+        "--crl",
+        "none",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
@@ -59,8 +105,13 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     board = json.loads((tmp_path / "results" / "leaderboard.json").read_text())
     rows = {(r["task"], r["method"], r["setting"]): r for r in board["rows"]}
     # DAS needs a two-answer readout: toy_sentiment has one, arith_mc's correctness contrast has not
-    assert set(rows) == {("toy_sentiment", "base", "-"), ("arith_mc", "base", "-"), ("toy_sentiment", "vector", "mean_diff"),
-                         ("toy_sentiment", "vector", "das"), ("arith_mc", "vector", "mean_diff")}
+    assert set(rows) == {
+        ("toy_sentiment", "base", "-"),
+        ("arith_mc", "base", "-"),
+        ("toy_sentiment", "vector", "mean_diff"),
+        ("toy_sentiment", "vector", "das"),
+        ("arith_mc", "vector", "mean_diff"),
+    }
     for row in rows.values():
         assert row["n"] == 3 and row["metric"] == "acc"
         assert row["ci95"][0] <= row["value"] <= row["ci95"][1]
@@ -93,7 +144,10 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     again = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert "5 evaluation stages, 5 reused" in again.stderr and "vectors:" not in again.stderr
     # a reused sweep still publishes its table and plot into the results
-    assert json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())["points"] == sweep["points"]
+    assert (
+        json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())["points"]
+        == sweep["points"]
+    )
     assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.md").exists()
     assert samples.stat().st_mtime_ns == stamp
     assert (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns == quality_stamp
@@ -111,8 +165,15 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     ],
 )
 def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, message):
-    cmd = [str(BIN / "crl-bench"), "bench", "--results-dir", str(tmp_path / "results"),
-           "--runs-dir", str(tmp_path / "runs"), *args]
+    cmd = [
+        str(BIN / "crl-bench"),
+        "bench",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
@@ -120,13 +181,38 @@ def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, me
 
 
 def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_path):
-    cmd = [str(BIN / "crl-bench"), "bench", "--model", tiny_dir, "--tasks", "arith_mc", "--limit", "3", "--sae", tiny_sae_dir,
-           "--vectors", "none", "--crl", "one-token", "--budget", "smoke", "--results-dir", str(tmp_path / "results"),
-           "--runs-dir", str(tmp_path / "runs"), "--dtype", "float32"]
+    cmd = [
+        str(BIN / "crl-bench"),
+        "bench",
+        "--model",
+        tiny_dir,
+        "--tasks",
+        "arith_mc",
+        "--limit",
+        "3",
+        "--sae",
+        tiny_sae_dir,
+        "--vectors",
+        "none",
+        "--crl",
+        "one-token",
+        "--budget",
+        "smoke",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--dtype",
+        "float32",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads((tmp_path / "results" / "leaderboard.json").read_text())["rows"]
-    assert {(r["method"], r["setting"], r["n"]) for r in rows} == {("base", "-", 3), ("rlvr", "-", 3), ("crl", "one-token", 3)}
+    assert {(r["method"], r["setting"], r["n"]) for r in rows} == {
+        ("base", "-", 3),
+        ("rlvr", "-", 3),
+        ("crl", "one-token", 3),
+    }
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
     assert Path(rlvr_row["run_dir"]).parent.joinpath("adapter_model.safetensors").exists()
     assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.csv").exists()
@@ -135,13 +221,37 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
     assert (tmp_path / "results" / "crl-one-token" / "arith_mc" / "curve.csv").exists()
     # the interaction analysis of any trained controller from the CLI (one layer: nothing to interact)
-    inter = subprocess.run([str(BIN / "crl-bench"), "interactions", "--controller", str(Path(crl_row["run_dir"]).parent),  # <controller>/eval
-                            "--model", tiny_dir, "--items", "2", "--dtype", "float32", "--out", str(tmp_path / "i.json")],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    inter = subprocess.run(
+        [
+            str(BIN / "crl-bench"),
+            "interactions",
+            "--controller",
+            str(Path(crl_row["run_dir"]).parent),  # <controller>/eval
+            "--model",
+            tiny_dir,
+            "--items",
+            "2",
+            "--dtype",
+            "float32",
+            "--out",
+            str(tmp_path / "i.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert inter.returncode == 0, inter.stderr[-3000:]
-    assert "one controlled layer" in inter.stdout and json.loads((tmp_path / "i.json").read_text())["task"] == "arith_mc"
-    wrong = subprocess.run([str(BIN / "crl-bench"), "interactions", "--controller", str(tmp_path)],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert (
+        "one controlled layer" in inter.stdout and json.loads((tmp_path / "i.json").read_text())["task"] == "arith_mc"
+    )
+    wrong = subprocess.run(
+        [str(BIN / "crl-bench"), "interactions", "--controller", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert wrong.returncode == 2 and "not a CRL run directory" in wrong.stderr and "Traceback" not in wrong.stderr
     # analyses: CRL and base against RLVR; the features RLVR and CRL implicate, and their overlap
     similarity = json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"]
@@ -164,8 +274,14 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     # figures and the self-contained report
     assert (tmp_path / "results" / "figures" / "accuracy.pdf").exists()
     page = (tmp_path / "results" / "report.html").read_text()
-    for heading in ("Leaderboard", "Training budget spent", "Behavioural similarity to RLVR", "Circuit overlap",
-                    "CRL intervention traces", "Provenance"):
+    for heading in (
+        "Leaderboard",
+        "Training budget spent",
+        "Behavioural similarity to RLVR",
+        "Circuit overlap",
+        "CRL intervention traces",
+        "Provenance",
+    ):
         assert f">{heading}</h2>" in page
     assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1]
     assert crl_row["run_dir"] in page
@@ -188,7 +304,7 @@ def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
     assert (small.layers, small.coefs, small.val_limit) == ([1, 2], [0.5, 1.0, 2.0], 32)  # 4 layers: 1/3, 1/2
     usual = vector_config(BenchConfig(model=tiny_dir, profile="laptop", device="cpu"), "arith_mc", "multiple_choice")
     assert (usual.layers, usual.val_limit) == (None, 64)
-    with pytest.raises(ValueError, match="unknown --profile 'fast'; choose from laptop, full"):
+    with pytest.raises(ValueError, match="--profile must be one of auto, laptop, full, got 'fast'"):
         BenchConfig(profile="fast")
 
 
@@ -198,8 +314,10 @@ def test_bench_rl_settings_reach_each_method_and_keep_runs_matched(tmp_path):
     from crl_bench.bench_config import BenchConfig, crl_configs, rlvr_configs
 
     settings = tmp_path / "rl.yaml"
-    settings.write_text("arith_gen:\n  steps: 100\n  prompts_per_step: 2\n  checkpoint_every: 5\n"
-                        "  rlvr: {temperature: 0.5, learning_rate: 5e-5}\n  crl: {policy: flat}\n")
+    settings.write_text(
+        "arith_gen:\n  steps: 100\n  prompts_per_step: 2\n  checkpoint_every: 5\n"
+        "  rlvr: {temperature: 0.5, learning_rate: 5e-5}\n  crl: {policy: flat}\n"
+    )
     config = BenchConfig(device="cpu", tasks="arith_gen,arith_mc", budget="cpu", rl_settings=str(settings))
     (rlvr,) = rlvr_configs(config, "arith_gen")
     (crl,) = crl_configs(config, "arith_gen", "generate_until")
@@ -209,12 +327,17 @@ def test_bench_rl_settings_reach_each_method_and_keep_runs_matched(tmp_path):
     assert rlvr.resolved_budget(True) == crl.resolved_budget(True)
     (other,) = rlvr_configs(config, "arith_mc")
     assert (other.steps, other.temperature) == (None, 1.0)
-    assert rlvr.fingerprint() != rlvr_configs(BenchConfig(device="cpu", tasks="arith_gen", budget="cpu"), "arith_gen")[0].fingerprint()
-    for bad, message in [("arith_gen: {temprature: 0.5}", "arith_gen: temprature cannot be set there"),
-                         ("arith_gen: {rlvr: {policy: gated}}", "rlvr: policy cannot be set"),
-                         ("arith_gen: {seed: 3}", "seed cannot be set there"),
-                         ("arith_gen: {rlvr: {temperature: hot}}", "temperature must be a number"),
-                         ("- arith_gen", "expected a mapping")]:
+    assert (
+        rlvr.fingerprint()
+        != rlvr_configs(BenchConfig(device="cpu", tasks="arith_gen", budget="cpu"), "arith_gen")[0].fingerprint()
+    )
+    for bad, message in [
+        ("arith_gen: {temprature: 0.5}", "arith_gen: temprature cannot be set there"),
+        ("arith_gen: {rlvr: {policy: gated}}", "rlvr: policy cannot be set"),
+        ("arith_gen: {seed: 3}", "seed cannot be set there"),
+        ("arith_gen: {rlvr: {temperature: hot}}", "temperature must be a number"),
+        ("- arith_gen", "expected a mapping"),
+    ]:
         settings.write_text(bad)
         with pytest.raises(ValueError, match=message):
             BenchConfig(device="cpu", tasks="arith_gen", rl_settings=str(settings))

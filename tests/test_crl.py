@@ -23,9 +23,9 @@ def planted(tiny_dir, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.padding import batch
+    from harness.prompts import task_prompts
     from harness.sparse_logits import logits_at
     from harness.tasks import load_task
-    from harness.prompts import task_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -43,8 +43,12 @@ def planted(tiny_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("planted-sae") / "sae"
     save_planted_sae(path, LAYER, GOOD, push)
     chosen = [d for d in docs if d["answer"] == target]
-    return {"sae": str(path), "train": chosen[: len(chosen) * 2 // 3], "validation": chosen[len(chosen) * 2 // 3:],
-            "target": target}
+    return {
+        "sae": str(path),
+        "train": chosen[: len(chosen) * 2 // 3],
+        "validation": chosen[len(chosen) * 2 // 3 :],
+        "target": target,
+    }
 
 
 @pytest.fixture
@@ -64,10 +68,26 @@ def planted_splits(planted, monkeypatch):
 def _config(tiny_dir, planted, tmp_path, **overrides):
     from rl.crl.config import CRLConfig
 
-    options = dict(model=tiny_dir, task="arith_mc", sae=planted["sae"], layers=[LAYER], budget="smoke", steps=12,
-                   prompts_per_step=4, samples_per_prompt=8, learning_rate=1e-2, hidden=32, eval_every=4,
-                   checkpoint_every=4, val_limit=None, device="cpu", dtype="float32", batch_size=32,
-                   results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    options = dict(
+        model=tiny_dir,
+        task="arith_mc",
+        sae=planted["sae"],
+        layers=[LAYER],
+        budget="smoke",
+        steps=12,
+        prompts_per_step=4,
+        samples_per_prompt=8,
+        learning_rate=1e-2,
+        hidden=32,
+        eval_every=4,
+        checkpoint_every=4,
+        val_limit=None,
+        device="cpu",
+        dtype="float32",
+        batch_size=32,
+        results_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
     return CRLConfig(**{**options, **overrides})
 
 
@@ -84,8 +104,11 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
     assert curve[0]["validation"] < 0.5 and curve[-1]["validation"] >= 0.9, curve
     choices = json.loads((run_dir / "choices.json").read_text())
     assert choices["validation"][0]["feature"] == GOOD
-    assert choices["validation_by_layer"][0] == {"layer": LAYER, "feature": GOOD, **{
-        k: choices["validation_by_layer"][0][k] for k in ("count", "coefs")}}
+    assert choices["validation_by_layer"][0] == {
+        "layer": LAYER,
+        "feature": GOOD,
+        **{k: choices["validation_by_layer"][0][k] for k in ("count", "coefs")},
+    }
     features = (tmp_path / "results" / "crl-one-token" / "arith_mc" / "features.md").read_text()
     assert f"| {LAYER} | {GOOD} |" in features and "no card" in features  # the planted SAE has no cards
     spent = manifest["spent"]
@@ -97,7 +120,9 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
     assert any(not torch.equal(start[k], trained[k]) for k in start if "mean" not in k and "scale" not in k)
     assert manifest["frozen_weights_checksum"] is not None
     assert (Path(config.results_dir) / "crl-one-token" / "arith_mc" / "curve.png").exists()
-    assert json.loads((Path(config.results_dir) / "crl-one-token" / "arith_mc" / "manifest.json").read_text()) == manifest
+    assert (
+        json.loads((Path(config.results_dir) / "crl-one-token" / "arith_mc" / "manifest.json").read_text()) == manifest
+    )
 
 
 def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, planted_splits, tmp_path):
@@ -119,11 +144,14 @@ def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, plan
     controller.load_state_dict(load_file(str(run_dir / crl.CONTROLLER_FILE)))
     problem = crl.build_problem(load_task("arith_mc"), planted["validation"], tokenizer, seed=0)
     rollouts = crl.Rollouts(model, tokenizer, controller, bank, problem, 1, 8)
-    actions = {e["item"]: {e["layer"]: (16 if e["feature"] is None else e["feature"], COEFS.index(e["coef"]))}
-               for e in log}
+    actions = {
+        e["item"]: {e["layer"]: (16 if e["feature"] is None else e["feature"], COEFS.index(e["coef"]))} for e in log
+    }
     rewards, records, _, _ = rollouts.run(list(range(len(problem.docs))), "replay", row_actions=actions)
     assert rewards == [e["reward"] for e in sorted(log, key=lambda e: e["item"])]
-    assert [(r["feature"], r["coef"], r["position"]) for r in records] == [(e["feature"], e["coef"], e["position"]) for e in sorted(log, key=lambda e: e["item"])]
+    assert [(r["feature"], r["coef"], r["position"]) for r in records] == [
+        (e["feature"], e["coef"], e["position"]) for e in sorted(log, key=lambda e: e["item"])
+    ]
     # and the replay is not vacuous: without the interventions the outputs differ
     noop = {item: {LAYER: (16, 0)} for item in actions}
     unsteered, _, _, _ = rollouts.run(list(range(len(problem.docs))), "replay", row_actions=noop)
@@ -133,12 +161,12 @@ def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, plan
 def test_shared_prefix_rollouts_match_full_forwards(tiny_dir, planted):
     """One-token rollouts run each prompt's prefix once and only the answer token per sample;
     the choice logits must equal a full forward of every row's whole prompt."""
+    from sae_lens import SAE
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.tasks import load_task
     from rl.crl import trainer as crl
     from rl.crl.controller import Controller, FeatureBank
-    from sae_lens import SAE
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -153,9 +181,9 @@ def test_shared_prefix_rollouts_match_full_forwards(tiny_dir, planted):
     cached = [l.clone() for l in rollouts.choice_logits]
     rollouts.choice_logits = []
     for start in range(0, len(rows), 4):
-        chunk = rows[start:start + 4]
+        chunk = rows[start : start + 4]
         rollouts._replay = {r - start: actions[r] for r in range(start, start + len(chunk))}
-        assert rollouts._choose_full(chunk, "replay", None, None, False)[0] == rewards[start:start + len(chunk)]
+        assert rollouts._choose_full(chunk, "replay", None, None, False)[0] == rewards[start : start + len(chunk)]
     full = rollouts.choice_logits
     assert len(cached) == len(rows) == len(full)
     assert torch.allclose(torch.stack(cached), torch.stack(full), atol=1e-4)
@@ -202,8 +230,8 @@ def test_gated_policy_steers_greedily_where_its_gate_says_so():
     intervenes once p(intervene) > 1/2, although no single feature then outweighs the no-op
     (where a flat policy's argmax keeps the no-op); the generation entropy bonus leaves the
     gate alone; auto picks gated for generation only, and flat runs keep their fingerprint."""
-    from rl.crl.controller import Controller
     from rl.crl.config import CRLConfig
+    from rl.crl.controller import Controller
 
     torch.manual_seed(0)
     gated = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.9, policy="gated")
@@ -229,24 +257,32 @@ def test_gated_policy_steers_greedily_where_its_gate_says_so():
     assert CRLConfig(task="arith_mc").resolved_policy == "flat"
     assert CRLConfig(task="arith_mc", policy="flat").fingerprint() == CRLConfig(task="arith_mc").fingerprint()
     assert CRLConfig(task="arith_mc", policy="gated").fingerprint() != CRLConfig(task="arith_mc").fingerprint()
-    assert CRLConfig(task="arith_gen", setting="generation").fingerprint() != \
-        CRLConfig(task="arith_gen", setting="generation", policy="flat").fingerprint()
+    assert (
+        CRLConfig(task="arith_gen", setting="generation").fingerprint()
+        != CRLConfig(task="arith_gen", setting="generation", policy="flat").fingerprint()
+    )
     with pytest.raises(ValueError, match="--policy"):
         CRLConfig(task="arith_mc", policy="tree")
 
 
 def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted, planted_splits, tmp_path):
-    from harness.scoring import TaskScorer
-    from rl.crl.lm import CRLSteeredLM
     from harness.lm_models import LeanHFLM
+    from harness.scoring import TaskScorer
     from harness.tasks import load_task
     from rl.crl import trainer as crl
+    from rl.crl.lm import CRLSteeredLM
 
     run_dir = crl.train(_config(tiny_dir, planted, tmp_path))
     docs = planted["validation"]
     log = tmp_path / "decisions.jsonl"
-    steered = CRLSteeredLM(pretrained=tiny_dir, controller=str(run_dir), log_interventions=str(log),
-                           device="cpu", dtype="float32", batch_size=8)
+    steered = CRLSteeredLM(
+        pretrained=tiny_dir,
+        controller=str(run_dir),
+        log_interventions=str(log),
+        device="cpu",
+        dtype="float32",
+        batch_size=8,
+    )
     base = LeanHFLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=8)
     assert TaskScorer(steered, load_task("arith_mc"), docs)([]) >= 0.9
     assert TaskScorer(base, load_task("arith_mc"), docs)([]) < 0.5
@@ -268,7 +304,9 @@ def per_layer_saes(tmp_path_factory):
     root = tmp_path_factory.mktemp("per-layer-saes")
     torch.manual_seed(1)
     for layer in (2, 3):
-        sae = SAE.from_dict(TopKSAEConfig(d_in=64, d_sae=32, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{layer}")).to_dict())
+        sae = SAE.from_dict(
+            TopKSAEConfig(d_in=64, d_sae=32, k=4, metadata=SAEMetadata(hook_name=f"model.layers.{layer}")).to_dict()
+        )
         with torch.no_grad():
             for p in sae.parameters():
                 p.copy_(torch.randn_like(p) * 0.2)
@@ -280,10 +318,26 @@ def per_layer_saes(tmp_path_factory):
 def test_other_settings_run_end_to_end(tiny_dir, per_layer_saes, tmp_path, setting, task, layers):
     from rl.crl import trainer as crl
 
-    config = crl.CRLConfig(model=tiny_dir, task=task, setting=setting, sae=per_layer_saes, layers=layers, budget="smoke",
-                           steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, val_limit=3,
-                           eval_every=0, hidden=16, algorithm="grpo", device="cpu", dtype="float32",
-                           results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    config = crl.CRLConfig(
+        model=tiny_dir,
+        task=task,
+        setting=setting,
+        sae=per_layer_saes,
+        layers=layers,
+        budget="smoke",
+        steps=2,
+        prompts_per_step=2,
+        samples_per_prompt=2,
+        max_new_tokens=6,
+        val_limit=3,
+        eval_every=0,
+        hidden=16,
+        algorithm="grpo",
+        device="cpu",
+        dtype="float32",
+        results_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
     run_dir = crl.train(config)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     spent = manifest["spent"]
@@ -321,8 +375,8 @@ def test_candidates_are_the_features_that_move_the_choices(tiny_dir, planted):
     from harness.models import model_info
     from harness.sae import load_sae
     from harness.tasks import load_task
-    from rl.crl.rollouts import build_problem
     from rl.crl.candidates import choose_candidates
+    from rl.crl.rollouts import build_problem
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -342,19 +396,43 @@ def test_generation_log_follows_each_item_across_batches(tiny_dir, per_layer_sae
     """Every logged decision belongs to the item it names: an item's decisions start at its
     prompt's last token and then read, token by token, exactly what was generated for it."""
     from harness.scoring import TaskScorer
-    from rl.crl.lm import CRLSteeredLM
     from harness.splits import method_splits
     from harness.tasks import load_task
     from rl.crl import trainer as crl
+    from rl.crl.lm import CRLSteeredLM
 
-    config = crl.CRLConfig(model=tiny_dir, task="arith_gen", setting="generation", sae=per_layer_saes, layers=[2],
-                           budget="smoke", steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6,
-                           val_limit=2, eval_every=0, hidden=16, algorithm="grpo", noop_prior=0.0, device="cpu",
-                           dtype="float32", results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    config = crl.CRLConfig(
+        model=tiny_dir,
+        task="arith_gen",
+        setting="generation",
+        sae=per_layer_saes,
+        layers=[2],
+        budget="smoke",
+        steps=1,
+        prompts_per_step=2,
+        samples_per_prompt=2,
+        max_new_tokens=6,
+        val_limit=2,
+        eval_every=0,
+        hidden=16,
+        algorithm="grpo",
+        noop_prior=0.0,
+        device="cpu",
+        dtype="float32",
+        results_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
     run_dir = crl.train(config)
     log = tmp_path / "decisions.jsonl"
-    steered = CRLSteeredLM(pretrained=tiny_dir, controller=str(run_dir), log_interventions=str(log),
-                           device="cpu", dtype="float32", batch_size=2, max_length=400)
+    steered = CRLSteeredLM(
+        pretrained=tiny_dir,
+        controller=str(run_dir),
+        log_interventions=str(log),
+        device="cpu",
+        dtype="float32",
+        batch_size=2,
+        max_length=400,
+    )
     task = load_task("arith_gen")
     docs = method_splits(task).validation[:5]  # three batches of two
     scorer = TaskScorer(steered, task, docs)
@@ -379,8 +457,8 @@ def test_exploration_comparison_trains_each_variant_and_reports_collapse(tiny_di
     """`crl-bench exploration`: one run per variant with only the exploration settings changed;
     the table and JSON are read from the runs' curves (masking off masks nothing), a finished
     variant is reused, and an unknown variant is refused by name."""
-    from crl_bench.cli import main
     from crl_bench.analyses.exploration import VARIANTS, compare
+    from crl_bench.cli import main
 
     config = _config(tiny_dir, planted, tmp_path, steps=4, prompts_per_step=2, eval_every=2, checkpoint_every=2)
     out = compare(config, ["both", "no-mask"], str(tmp_path / "exploration"))

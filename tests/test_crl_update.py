@@ -3,7 +3,6 @@ entropy bonus, the gated policy's exploration floor, adaptive feature masking.""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -31,9 +30,13 @@ def test_advantage_baselines():
     from rl.crl.config import CRLConfig
     from rl.crl.ppo import advantages
 
-    records = [{"row": 0, "value": 0.25, "feature": 7}, {"row": 0, "value": 0.5, "feature": 3},
-               {"row": 1, "value": 0.0, "feature": 7}, {"row": 2, "value": 0.0, "feature": 7},
-               {"row": 2, "value": 0.0, "feature": None}]
+    records = [
+        {"row": 0, "value": 0.25, "feature": 7},
+        {"row": 0, "value": 0.5, "feature": 3},
+        {"row": 1, "value": 0.0, "feature": 7},
+        {"row": 2, "value": 0.0, "feature": 7},
+        {"row": 2, "value": 0.0, "feature": None},
+    ]
     rewards = [1.0, 0.0, 1.0, 0.0]
     generation = CRLConfig(setting="generation", task="arith_gen")
     assert generation.resolved_baseline == "unsteered"
@@ -57,8 +60,8 @@ def test_generation_entropy_bonus_leaves_the_noop_share_alone():
     """In the generation setting the bonus is the entropy among features (given steering): its
     gradient does not push the no-op's logit down, while the all-action entropy would."""
 
-    from rl.crl.controller import Controller
     from rl.crl.config import CRLConfig
+    from rl.crl.controller import Controller
     from rl.crl.ppo import ppo_update
 
     def noop_logit_change(setting):
@@ -66,13 +69,25 @@ def test_generation_entropy_bonus_leaves_the_noop_share_alone():
         controller = Controller(d_model=8, d_sae=6, n_layers=1, hidden=16, noop_prior=0.9)
         h = torch.randn(32, 8)
         before = controller(h, torch.zeros(32, dtype=torch.long))[0][:, -1].mean()
-        config = CRLConfig(task="arith_gen" if setting == "generation" else "arith_mc", setting=setting,
-                           entropy_coef=1.0, ppo_epochs=5, baseline="group" if setting == "generation" else "value",
-                           value_coef=0.0)
+        config = CRLConfig(
+            task="arith_gen" if setting == "generation" else "arith_mc",
+            setting=setting,
+            entropy_coef=1.0,
+            ppo_epochs=5,
+            baseline="group" if setting == "generation" else "value",
+            value_coef=0.0,
+        )
         optimizer = torch.optim.SGD(controller.parameters(), lr=0.5)
-        batch = {"h": h, "layer_index": torch.zeros(32, dtype=torch.long), "feature": torch.full((32,), 6),
-                 "coef": torch.zeros(32, dtype=torch.long), "logp": torch.zeros(32), "advantage": torch.zeros(32),
-                 "returns": torch.zeros(32), "masked": torch.zeros(7, dtype=torch.bool)}
+        batch = {
+            "h": h,
+            "layer_index": torch.zeros(32, dtype=torch.long),
+            "feature": torch.full((32,), 6),
+            "coef": torch.zeros(32, dtype=torch.long),
+            "logp": torch.zeros(32),
+            "advantage": torch.zeros(32),
+            "returns": torch.zeros(32),
+            "masked": torch.zeros(7, dtype=torch.bool),
+        }
         ppo_update(controller, optimizer, batch, config)
         return float(controller(h, torch.zeros(32, dtype=torch.long))[0][:, -1].mean() - before)
 

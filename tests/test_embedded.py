@@ -9,9 +9,11 @@ from harness.vectors import SteeringVectors
 
 pytestmark = pytest.mark.slow
 
-PAIRS = [(f"Review: I thought this movie was {adj}, I {verb} it.\nSentiment:", f" {label}")
-         for adj, verb in (("great", "loved"), ("awful", "hated"), ("dull", "disliked"))
-         for label in ("positive", "negative")]
+PAIRS = [
+    (f"Review: I thought this movie was {adj}, I {verb} it.\nSentiment:", f" {label}")
+    for adj, verb in (("great", "loved"), ("awful", "hated"), ("dull", "disliked"))
+    for label in ("positive", "negative")
+]
 
 
 def _ll(lm):
@@ -29,7 +31,6 @@ def test_embedded_wrappers_agree_with_lm_eval_and_sentiment_is_read(embedded_dir
     from lm_eval.models.huggingface import HFLM
 
     from harness.lm_models import LeanHFLM, VectorSteeredLM
-
     from harness.models import cpu_dtype
 
     # the dtype our `auto` picks on this CPU, named explicitly: lm-eval's own `auto` is the checkpoint's (bf16)
@@ -41,6 +42,10 @@ def test_embedded_wrappers_agree_with_lm_eval_and_sentiment_is_read(embedded_dir
     vectors = SteeringVectors({6: torch.nn.functional.normalize(torch.randn(640), dim=0)}, coefficient=300.0)
     vectors.save(tmp_path / "steer")
     ours = _ll(VectorSteeredLM(pretrained="gemma-3-270m", steer=str(tmp_path / "steer"), **common))
-    theirs = _ll(SteeredModel(pretrained=embedded_dir, steer_path=str(vectors.export_lmeval_steered(tmp_path / "s.pt")), **common))
+    theirs = _ll(
+        SteeredModel(
+            pretrained=embedded_dir, steer_path=str(vectors.export_lmeval_steered(tmp_path / "s.pt")), **common
+        )
+    )
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-2)
     assert max(abs(a - b) for a, b in zip(ours, base)) > 0.05

@@ -15,8 +15,12 @@ def _bank(d_model: int):
 
     torch.manual_seed(0)
     directions = {l: torch.nn.functional.normalize(torch.randn(D_SAE, d_model), dim=-1) for l in LAYERS}
-    return FeatureBank(LAYERS, directions, {l: torch.full((D_SAE,), 8.0) for l in LAYERS},
-                       {l: torch.arange(D_SAE) + 10 * l for l in LAYERS})
+    return FeatureBank(
+        LAYERS,
+        directions,
+        {l: torch.full((D_SAE,), 8.0) for l in LAYERS},
+        {l: torch.arange(D_SAE) + 10 * l for l in LAYERS},
+    )
 
 
 def _controller(d_model: int, later_reads_residual: bool):
@@ -103,16 +107,18 @@ def test_multi_layer_finds_a_later_choice_that_depends_on_the_earlier_one(tiny_m
     (pair,) = result["pairs"]
     assert (pair["earlier"], pair["later"], pair["earlier_steered"]) == (1, 2, 1)
     assert pair["later_changed"] == 1
-    assert pair["moves"] == [{"earlier_feature": 10 + F_EARLY, "later_before": 20 + G_LATE, "later_after": None,
-                              "count": 1}]
+    assert pair["moves"] == [
+        {"earlier_feature": 10 + F_EARLY, "later_before": 20 + G_LATE, "later_after": None, "count": 1}
+    ]
     # the four replayed terms are real runs: 'neither' is the unsteered model
     rewards, _, _, _ = rollouts.run([0], "off", keep_residuals=False)
     logits = rollouts.choice_logits[0]
     gold = rollouts.problem.gold[0]
-    unsteered = float(logits[gold]) - float(torch.cat([logits[:gold], logits[gold + 1:]]).mean())
+    unsteered = float(logits[gold]) - float(torch.cat([logits[:gold], logits[gold + 1 :]]).mean())
     assert pair["metric_neither"] == pytest.approx(unsteered, abs=1e-4)
-    assert pair["interaction"] == pytest.approx(pair["metric_both"] - pair["metric_earlier_only"]
-                                                - pair["metric_later_only"] + pair["metric_neither"], abs=1e-4)
+    assert pair["interaction"] == pytest.approx(
+        pair["metric_both"] - pair["metric_earlier_only"] - pair["metric_later_only"] + pair["metric_neither"], abs=1e-4
+    )
 
 
 def test_multi_layer_reports_no_dependence_for_a_policy_that_ignores_its_input(tiny_model):
@@ -160,8 +166,9 @@ def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tin
     again = rollouts.run([2, 1, 0, 1], "sample", keep_residuals=False, common_random=7)[1]  # other rows, same draws
     key = lambda rows, records: sorted((rows[r["row"]], r["position"], r["feature"]) for r in records)  # noqa: E731
     assert key([0, 1, 2], first) == sorted(set(key([2, 1, 0, 1], again)))
-    assert key([0, 1, 2], first) != key([0, 1, 2], rollouts.run([0, 1, 2], "sample", keep_residuals=False,
-                                                                  common_random=8)[1])
+    assert key([0, 1, 2], first) != key(
+        [0, 1, 2], rollouts.run([0, 1, 2], "sample", keep_residuals=False, common_random=8)[1]
+    )
     result = generation(rollouts, [0, 1, 2], (D_SAE, 0), max_ablations=2, mode="sample", seed=7)
     assert result["mode"] == "sample" and result["ablations"] > 0
     assert result["later_changed_share"] == 0.0  # the policy ignores its input: removing a choice changes no later one

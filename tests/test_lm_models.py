@@ -78,11 +78,18 @@ def test_generation_through_wrapper_matches_hf(tiny_dir):
 
     from harness.lm_models import LeanHFLM
 
-    requests = [Instance(request_type="generate_until", doc={}, idx=i,
-                         arguments=(ctx, {"until": ["\n"], "max_gen_toks": 5, "do_sample": False}))
-                for i, (ctx, _) in enumerate(REQUESTS)]
-    assert LeanHFLM(pretrained=tiny_dir, **COMMON).generate_until(requests, disable_tqdm=True) == \
-        HFLM(pretrained=tiny_dir, **COMMON).generate_until(requests, disable_tqdm=True)
+    requests = [
+        Instance(
+            request_type="generate_until",
+            doc={},
+            idx=i,
+            arguments=(ctx, {"until": ["\n"], "max_gen_toks": 5, "do_sample": False}),
+        )
+        for i, (ctx, _) in enumerate(REQUESTS)
+    ]
+    assert LeanHFLM(pretrained=tiny_dir, **COMMON).generate_until(requests, disable_tqdm=True) == HFLM(
+        pretrained=tiny_dir, **COMMON
+    ).generate_until(requests, disable_tqdm=True)
 
 
 @pytest.mark.parametrize(

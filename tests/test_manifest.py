@@ -17,8 +17,15 @@ def test_manifest_names_the_processor_bf16_results_depend_on():
     assert found["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     if sys.platform == "linux":
         flags = open("/proc/cpuinfo").read()
-        assert found["cpu_bf16"] == sorted({f for line in flags.splitlines() if line.startswith("flags")
-                                            for f in line.split(":", 1)[1].split() if "bf16" in f or f.startswith("amx")})
+        assert found["cpu_bf16"] == sorted(
+            {
+                f
+                for line in flags.splitlines()
+                if line.startswith("flags")
+                for f in line.split(":", 1)[1].split()
+                if "bf16" in f or f.startswith("amx")
+            }
+        )
     assert processor() == found
 
 

@@ -35,9 +35,18 @@ def test_crl_weights_count_logged_choices(tmp_path):
     from crl_bench.analyses.overlap import crl_weights
 
     log = tmp_path / "interventions.jsonl"
-    log.write_text("\n".join(json.dumps(e) for e in [
-        {"layer": 9, "feature": 3}, {"layer": 9, "feature": 3}, {"layer": 9, "feature": None},
-        {"layer": 6, "feature": 7}, {"layer": 9, "feature": 1}]))
+    log.write_text(
+        "\n".join(
+            json.dumps(e)
+            for e in [
+                {"layer": 9, "feature": 3},
+                {"layer": 9, "feature": 3},
+                {"layer": 9, "feature": None},
+                {"layer": 6, "feature": 7},
+                {"layer": 9, "feature": 1},
+            ]
+        )
+    )
     assert crl_weights(log, 10, layer=9).tolist() == [0, 1, 0, 2, 0, 0, 0, 0, 0, 0]
     assert crl_weights(log, 10)[7] == 1
 

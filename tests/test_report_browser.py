@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None)
+CHROMIUM = next(
+    (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
+)
 
 # Appended to a copy of the report (the report itself carries no script): after the page and
 # its inlined images load, write what the browser sees into an attribute --dump-dom prints.
@@ -21,7 +23,8 @@ window.addEventListener("load", () => {
   const images = [...document.images];
   const sections = [...document.querySelectorAll("h2[id]")].map(h => {
     let height = 0;
-    for (let el = h.nextElementSibling; el && el.tagName !== "H2"; el = el.nextElementSibling) height += el.offsetHeight;
+    for (let el = h.nextElementSibling; el && el.tagName !== "H2"; el = el.nextElementSibling)
+      height += el.offsetHeight;
     return [h.id, height];
   });
   document.body.setAttribute("data-probe", JSON.stringify({
@@ -37,10 +40,28 @@ window.addEventListener("load", () => {
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     home = tmp_path / "home"  # the browser's profile and caches stay out of the user's home
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           f"--user-data-dir={home / 'profile'}", "--window-size=1280,1600", *args],
-                          capture_output=True, text=True, timeout=180, env=env)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+    }
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={home / 'profile'}",
+            "--window-size=1280,1600",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
 
 
 def test_report_renders_in_headless_chromium(tmp_path):

@@ -16,8 +16,9 @@ def _lm_eval_generation_scores(task, docs, completions, filter_name):
     """lm-eval's own path: instances -> task.apply_filters() -> task.process_results()."""
     instances = []
     for i, (doc, completion) in enumerate(zip(docs, completions)):
-        instance = Instance(request_type="generate_until", doc=doc, arguments=("", {}), idx=0,
-                            metadata=(task.config.task, i, 1))
+        instance = Instance(
+            request_type="generate_until", doc=doc, arguments=("", {}), idx=0, metadata=(task.config.task, i, 1)
+        )
         instance.resps = [completion]
         instances.append(instance)
     task._instances = instances
@@ -46,13 +47,29 @@ def test_multiple_choice_reward_matches_lm_eval_acc():
 @pytest.mark.parametrize(
     ("name", "filter_name", "make"),
     [
-        ("arith_gen", "strict-match", lambda doc, i: [
-            f" 1 + 1 = 2. The answer is {doc['answer']}", " The answer is 1000", f" {doc['answer']}"][i % 3]),
-        pytest.param("gsm8k", "strict-match", lambda doc, i: [
-            doc["answer"], " So #### 12345", " 4 + 4 = 8\n#### " + doc["answer"].split("#### ")[-1] + "."][i % 3],
-            marks=needs_data),
-        pytest.param("gsm8k", "flexible-extract", lambda doc, i: [
-            "the answer is " + doc["answer"].split("#### ")[-1], "no idea", "$1,000"][i % 3], marks=needs_data),
+        (
+            "arith_gen",
+            "strict-match",
+            lambda doc, i: [f" 1 + 1 = 2. The answer is {doc['answer']}", " The answer is 1000", f" {doc['answer']}"][
+                i % 3
+            ],
+        ),
+        pytest.param(
+            "gsm8k",
+            "strict-match",
+            lambda doc, i: [
+                doc["answer"],
+                " So #### 12345",
+                " 4 + 4 = 8\n#### " + doc["answer"].split("#### ")[-1] + ".",
+            ][i % 3],
+            marks=needs_data,
+        ),
+        pytest.param(
+            "gsm8k",
+            "flexible-extract",
+            lambda doc, i: ["the answer is " + doc["answer"].split("#### ")[-1], "no idea", "$1,000"][i % 3],
+            marks=needs_data,
+        ),
     ],
 )
 def test_generation_reward_matches_lm_eval_pipeline(name, filter_name, make):

@@ -40,9 +40,19 @@ def test_budget_file(tmp_path):
 def _config(tiny_dir, tmp_path, **overrides):
     from rl.rlvr.config import RLVRConfig
 
-    options = dict(model=tiny_dir, task="arith_mc", budget="smoke", steps=4, checkpoint_every=2, eval_every=2,
-                   val_limit=4, learning_rate=5e-3, device="cpu", results_dir=str(tmp_path / "results"),
-                   runs_dir=str(tmp_path / "runs"))
+    options = dict(
+        model=tiny_dir,
+        task="arith_mc",
+        budget="smoke",
+        steps=4,
+        checkpoint_every=2,
+        eval_every=2,
+        val_limit=4,
+        learning_rate=5e-3,
+        device="cpu",
+        results_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
     return RLVRConfig(**{**options, **overrides})
 
 
@@ -95,8 +105,10 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
     assert json.loads((tmp_path / "results" / "rlvr" / "arith_mc" / "manifest.json").read_text()) == manifest
 
     # the adapter in rlvr_lora and in lm-eval's own hf model with peft= scores the same
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
-                for i, pair in enumerate([("12+5=", "7"), ("Review: fine.\nSentiment:", " positive")])]
+    requests = [
+        Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
+        for i, pair in enumerate([("12+5=", "7"), ("Review: fine.\nSentiment:", " positive")])
+    ]
     common = {"device": "cpu", "dtype": "float32", "batch_size": 2}
     ours = RLVRLoraLM(pretrained=tiny_dir, adapter=str(run_dir), **common).loglikelihood(requests, disable_tqdm=True)
     theirs = HFLM(pretrained=tiny_dir, peft=str(run_dir), **common).loglikelihood(requests, disable_tqdm=True)
@@ -170,7 +182,9 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied
 
     monkeypatch.setattr(GRPOTrainer, "compute_loss", nan_from_step_three)
     config = _config(tiny_dir, tmp_path)
-    with pytest.raises(rlvr.TrainingFailed, match=r"(loss|grad_norm) became nan at step 3; the last good checkpoint is .*checkpoint-2"):
+    with pytest.raises(
+        rlvr.TrainingFailed, match=r"(loss|grad_norm) became nan at step 3; the last good checkpoint is .*checkpoint-2"
+    ):
         rlvr.train(config)
     run_dir = run_dir_for(config, "rlvr")
     assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
@@ -182,9 +196,10 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied
 
 
 def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
     from harness.tasks import load_task
     from rl.rlvr.trainer import check_one_token_choices
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     task = load_task("arith_mc")
@@ -208,6 +223,8 @@ def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
         eos = model.generation_config.eos_token_id
         assert newline in eos and tokenizer.eos_token_id in ([before] if isinstance(before, int) else before) + eos
         assert len(double) == 1 and double[0] in eos  # "\n\n" is its own token and contains the stop
-        assert all("\n" in tokenizer.decode([t]) for t in eos if t not in ([before] if isinstance(before, int) else before))
+        assert all(
+            "\n" in tokenizer.decode([t]) for t in eos if t not in ([before] if isinstance(before, int) else before)
+        )
     finally:
         model.generation_config.eos_token_id = before

@@ -13,8 +13,15 @@ from harness.models import ModelInfo
 
 
 def tiny_info(tiny_dir: str, name: str | None = None) -> ModelInfo:
-    return ModelInfo(name=name or tiny_dir, path=tiny_dir, architecture="Gemma3ForCausalLM", n_layers=4,
-                     d_model=64, vocab_size=262144, layers_path="model.layers")
+    return ModelInfo(
+        name=name or tiny_dir,
+        path=tiny_dir,
+        architecture="Gemma3ForCausalLM",
+        n_layers=4,
+        d_model=64,
+        vocab_size=262144,
+        layers_path="model.layers",
+    )
 
 
 def orthonormal_sae(d_in: int = 64, k: int = 4, hook_name: str = "model.layers.2", seed: int = 0):
@@ -80,7 +87,9 @@ def test_mismatches_are_caught_at_load_time(tmp_path, tiny_dir):
     from harness.sae import check_sae_matches, load_sae
 
     info = tiny_info(tiny_dir)
-    with pytest.raises(ValueError, match=r"d_in=32 but .* d_model=64; pass an SAE trained for this model, or --sae auto"):
+    with pytest.raises(
+        ValueError, match=r"d_in=32 but .* d_model=64; pass an SAE trained for this model, or --sae auto"
+    ):
         check_sae_matches(orthonormal_sae(d_in=32), info)
     with pytest.raises(ValueError, match="reads layer 2 .* pass --layer 2"):
         check_sae_matches(orthonormal_sae(), info, layer=1)
@@ -88,7 +97,9 @@ def test_mismatches_are_caught_at_load_time(tmp_path, tiny_dir):
         check_sae_matches(orthonormal_sae(hook_name="model.layers.9"), info)
     with pytest.raises(ValueError, match="not the residual stream"):
         check_sae_matches(orthonormal_sae(hook_name="blocks.2.hook_attn_out"), info)
-    with pytest.raises(ValueError, match="SAE weights are float32 but the model's activations are bfloat16; .*--sae-dtype bfloat16"):
+    with pytest.raises(
+        ValueError, match="SAE weights are float32 but the model's activations are bfloat16; .*--sae-dtype bfloat16"
+    ):
         check_sae_matches(orthonormal_sae(), info, activation_dtype=torch.bfloat16)
     assert check_sae_matches(orthonormal_sae(hook_name="blocks.3.hook_resid_pre"), info) == 2
 
@@ -107,7 +118,9 @@ def test_pretrained_release_checked_before_download(tiny_dir):
     from harness.sae import load_sae
 
     info = tiny_info(tiny_dir, name="gemma-3-270m")
-    with pytest.raises(ValueError, match="trained on gemma-2-2b, but the model is gemma-3-270m; pass --model gemma-2-2b"):
+    with pytest.raises(
+        ValueError, match="trained on gemma-2-2b, but the model is gemma-3-270m; pass --model gemma-2-2b"
+    ):
         load_sae("gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical", info)
     with pytest.raises(ValueError, match="did you mean gemma-scope-2b-pt-res-canonical"):
         load_sae("gemma-scope-2b-pt-res-canonicl/layer_12/width_16k/canonical", info)
@@ -118,11 +131,25 @@ def test_pretrained_release_checked_before_download(tiny_dir):
 def test_auto_prefers_a_published_sae():
     from harness.sae.provision import published_sae
 
-    gemma2 = ModelInfo(name="gemma-2-2b", path="google/gemma-2-2b", architecture="Gemma2ForCausalLM", n_layers=26,
-                       d_model=2304, vocab_size=256000, layers_path="model.layers")
+    gemma2 = ModelInfo(
+        name="gemma-2-2b",
+        path="google/gemma-2-2b",
+        architecture="Gemma2ForCausalLM",
+        n_layers=26,
+        d_model=2304,
+        vocab_size=256000,
+        layers_path="model.layers",
+    )
     assert published_sae(gemma2, 12) == "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical"
-    gpt2 = ModelInfo(name="gpt2", path="gpt2", architecture="GPT2LMHeadModel", n_layers=12, d_model=768,
-                     vocab_size=50257, layers_path="transformer.h")
+    gpt2 = ModelInfo(
+        name="gpt2",
+        path="gpt2",
+        architecture="GPT2LMHeadModel",
+        n_layers=12,
+        d_model=768,
+        vocab_size=50257,
+        layers_path="transformer.h",
+    )
     assert published_sae(gpt2, 5) == "gpt2-small-res-jb/blocks.6.hook_resid_pre"
     assert published_sae(ModelInfo(**{**gemma2.__dict__, "name": "gemma-3-270m"}), 9) is None
 
@@ -179,9 +206,22 @@ def corpus_file(tmp_path_factory) -> str:
 def train_config(tiny_dir, corpus_file, out, **overrides):
     from harness.sae.train import SAETrainConfig
 
-    settings = dict(model=tiny_dir, layer=2, corpus=corpus_file, width=128, k=8, tokens=4096, context_size=32,
-                    batch_tokens=256, lr=3e-3, dtype="float32", autocast=False, device="cpu", checkpoints=3,
-                    out_dir=str(out))
+    settings = dict(
+        model=tiny_dir,
+        layer=2,
+        corpus=corpus_file,
+        width=128,
+        k=8,
+        tokens=4096,
+        context_size=32,
+        batch_tokens=256,
+        lr=3e-3,
+        dtype="float32",
+        autocast=False,
+        device="cpu",
+        checkpoints=3,
+        out_dir=str(out),
+    )
     settings.update(overrides)
     return SAETrainConfig(**settings)
 
@@ -277,7 +317,9 @@ def test_quality_matches_a_hand_written_reference(tmp_path, tiny_dir, tiny_model
     captured = []
     # a plain torch hook as the reference (output_hidden_states would leave transformers'
     # capture hooks on the shared model)
-    handle = model.model.layers[2].register_forward_hook(lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    handle = model.model.layers[2].register_forward_hook(
+        lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             model(ref_blocks)
@@ -295,11 +337,13 @@ def test_quality_matches_a_hand_written_reference(tmp_path, tiny_dir, tiny_model
     def ce_with(replace):
         handle = None
         if replace is not None:
+
             def hook(module, args, output):
                 h = output[0] if isinstance(output, tuple) else output
                 new = h.clone()
                 new[:, 1:] = replace(h[:, 1:])
                 return (new, *output[1:]) if isinstance(output, tuple) else new
+
             handle = model.model.layers[2].register_forward_hook(hook)
         try:
             with torch.no_grad():
@@ -307,8 +351,11 @@ def test_quality_matches_a_hand_written_reference(tmp_path, tiny_dir, tiny_model
         finally:
             if handle:
                 handle.remove()
-        return float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                       ref_blocks[:4, 1:].reshape(-1)))
+        return float(
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), ref_blocks[:4, 1:].reshape(-1)
+            )
+        )
 
     clean, spliced, zero = ce_with(None), ce_with(lambda h: sae.decode(sae.encode(h))), ce_with(torch.zeros_like)
     assert metrics["ce_loss_clean"] == pytest.approx(clean, rel=1e-4)
@@ -360,9 +407,35 @@ def test_sae_cli_trains_measures_and_shows_cards(tmp_path, tiny_dir, corpus_file
     from crl_bench.cli import main
 
     out, results = tmp_path / "sae", tmp_path / "results"
-    args = ["sae", "train", "--model", tiny_dir, "--layer", "1", "--corpus", corpus_file, "--width", "64",
-            "--k", "4", "--tokens", "2048", "--context-size", "32", "--batch-tokens", "256", "--dtype", "float32",
-            "--no-autocast", "--device", "cpu", "--out-dir", str(out), "--results-dir", str(results)]
+    args = [
+        "sae",
+        "train",
+        "--model",
+        tiny_dir,
+        "--layer",
+        "1",
+        "--corpus",
+        corpus_file,
+        "--width",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "2048",
+        "--context-size",
+        "32",
+        "--batch-tokens",
+        "256",
+        "--dtype",
+        "float32",
+        "--no-autocast",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--results-dir",
+        str(results),
+    ]
     assert main(args) == 0
     quality = json.loads((out / "quality.json").read_text())
     assert set(quality["metrics"]) >= {"l0", "fvu", "explained_variance", "ce_loss_recovered", "dead_fraction"}

@@ -14,8 +14,13 @@ def _write(path, rows, kind="choice"):
                 resps = [[l, False] for l in logliks]
                 sample = {"doc_id": doc, "filter": "none", "metrics": ["acc"], "acc": correct, "filtered_resps": resps}
             else:
-                sample = {"doc_id": doc, "filter": "strict-match", "metrics": ["exact_match"], "exact_match": correct,
-                          "filtered_resps": [answer]}
+                sample = {
+                    "doc_id": doc,
+                    "filter": "strict-match",
+                    "metrics": ["exact_match"],
+                    "exact_match": correct,
+                    "filtered_resps": [answer],
+                }
             handle.write(json.dumps(sample) + "\n")
     return path
 
@@ -32,8 +37,10 @@ def test_choice_similarity_matches_hand_computation(tmp_path):
     base = [item(a) for a in (1, 1, 1, 1, 0, 0)]
     rlvr = [item(a) for a in (0, 0, 0, 1, 0, 0)]
     meth = [item(a) for a in (0, 1, 1, 0, 0, 1)]
-    b, r, m = (read_behaviour(_write(tmp_path / f"{n}.jsonl", rows)) for n, rows in
-               (("base", base), ("rlvr", rlvr), ("meth", meth)))
+    b, r, m = (
+        read_behaviour(_write(tmp_path / f"{n}.jsonl", rows))
+        for n, rows in (("base", base), ("rlvr", rlvr), ("meth", meth))
+    )
     assert b.kind == "choice" and b.answers[0] == 1 and b.correct[4] == 1.0
     s = similarity(m, r, b)
     assert s.answer_agreement == pytest.approx(2 / 6)  # items 0 and 4
@@ -60,8 +67,10 @@ def test_generation_similarity_uses_the_answer_distribution(tmp_path):
     base = [("9", 0.0, None), ("2", 1.0, None), ("9", 0.0, None), ("9", 0.0, None)]
     rlvr = [(g, 1.0, None) for g in gold]
     same = [(g, 1.0, None) for g in gold]
-    b, r, m = (read_behaviour(_write(tmp_path / f"{n}.jsonl", rows, "generation")) for n, rows in
-               (("base", base), ("rlvr", rlvr), ("meth", same)))
+    b, r, m = (
+        read_behaviour(_write(tmp_path / f"{n}.jsonl", rows, "generation"))
+        for n, rows in (("base", base), ("rlvr", rlvr), ("meth", same))
+    )
     assert b.kind == "generation" and b.answers[0] == "9"
     s = similarity(m, r, b)
     assert s.answer_agreement == 1.0 and s.kl_from_rlvr == pytest.approx(0.0) and s.gap_closed == pytest.approx(1.0)
@@ -70,8 +79,9 @@ def test_generation_similarity_uses_the_answer_distribution(tmp_path):
     with pytest.raises(ValueError, match="no scored items"):
         read_behaviour(_write(tmp_path / "empty.jsonl", [], "generation"))
     with pytest.raises(ValueError, match="share no evaluated items"):
-        similarity(m, r, read_behaviour(_write(tmp_path / "b.jsonl", base + base, "generation"),
-                                        exclude=frozenset(range(4))))
+        similarity(
+            m, r, read_behaviour(_write(tmp_path / "b.jsonl", base + base, "generation"), exclude=frozenset(range(4)))
+        )
 
 
 def test_analysis_keeps_the_results_of_tasks_it_did_not_run(tmp_path):
@@ -79,9 +89,23 @@ def test_analysis_keeps_the_results_of_tasks_it_did_not_run(tmp_path):
 
     from crl_bench.analyses import runner as analysis
 
-    old = {"task": "old_task", "method": "crl:one-token", "n": 4, "answer_agreement": 0.5, "kappa": None,
-           "fixed_by_rlvr": 1, "fixed_by_method": 1, "fixed_both": 1, "fixed_jaccard": 1.0, "fixed_overlap_p": 1.0,
-           "kl_from_rlvr": 0.1, "js_to_rlvr": 0.1, "base_js_to_rlvr": 0.2, "gap_closed": 0.5, "kl_from_base": 0.1}
+    old = {
+        "task": "old_task",
+        "method": "crl:one-token",
+        "n": 4,
+        "answer_agreement": 0.5,
+        "kappa": None,
+        "fixed_by_rlvr": 1,
+        "fixed_by_method": 1,
+        "fixed_both": 1,
+        "fixed_jaccard": 1.0,
+        "fixed_overlap_p": 1.0,
+        "kl_from_rlvr": 0.1,
+        "js_to_rlvr": 0.1,
+        "base_js_to_rlvr": 0.2,
+        "gap_closed": 0.5,
+        "kl_from_base": 0.1,
+    }
     (tmp_path / "similarity.json").write_text(json.dumps({"rows": [old]}))
     config = SimpleNamespace(results_dir=str(tmp_path), sae="none", model="m", seed=0)
     analysis.run(config, [], {}, console=SimpleNamespace(print=lambda *a, **k: None))

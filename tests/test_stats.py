@@ -107,18 +107,42 @@ def test_build_rows_compares_with_base_and_rlvr_and_corrects_jointly():
     from harness.stats import holm, mcnemar_exact
 
     def scores(method, values, seed=0, setting="-"):
-        return Scores(model="m", task="t", method=method, setting=setting, seed=seed, metric="acc", filter="none",
-                      doc_ids=list(range(len(values))), values=values, run_dir=f"runs/{method}{seed}")
+        return Scores(
+            model="m",
+            task="t",
+            method=method,
+            setting=setting,
+            seed=seed,
+            metric="acc",
+            filter="none",
+            doc_ids=list(range(len(values))),
+            values=values,
+            run_dir=f"runs/{method}{seed}",
+        )
 
     base = [0] * 30 + [1] * 30
     rlvr = [1] * 25 + [0] * 5 + [1] * 30
     crl0 = [1] * 15 + [0] * 15 + [1] * 28 + [0] * 2
     crl1 = [1] * 20 + [0] * 10 + [1] * 30
-    rows = build_rows([scores("base", base), scores("rlvr", rlvr), scores("crl", crl0, 0, "one-token"),
-                       scores("crl", crl1, 1, "one-token")])
+    rows = build_rows(
+        [
+            scores("base", base),
+            scores("rlvr", rlvr),
+            scores("crl", crl0, 0, "one-token"),
+            scores("crl", crl1, 1, "one-token"),
+        ]
+    )
     by = {(r.method, r.seed): r for r in rows}
-    raw = [None, None, mcnemar_exact(rlvr, base), None, mcnemar_exact(crl0, base), mcnemar_exact(crl0, rlvr),
-           mcnemar_exact(crl1, base), mcnemar_exact(crl1, rlvr)]
+    raw = [
+        None,
+        None,
+        mcnemar_exact(rlvr, base),
+        None,
+        mcnemar_exact(crl0, base),
+        mcnemar_exact(crl0, rlvr),
+        mcnemar_exact(crl1, base),
+        mcnemar_exact(crl1, rlvr),
+    ]
     adjusted = holm(raw)
     assert by[("rlvr", 0)].p_vs_base == pytest.approx(adjusted[2])
     assert by[("crl", 0)].p_vs_base == pytest.approx(adjusted[4])
@@ -141,13 +165,35 @@ def test_board_writes_rebuild_every_row_from_the_kept_scores(tmp_path):
     from crl_bench.leaderboard import SCORES_FILE, Scores, build_rows, write
 
     def scores(task, method, values, setting="-", cpu=None):
-        return Scores(model="m", task=task, method=method, setting=setting, seed=0, metric="acc", filter="none",
-                      doc_ids=list(range(len(values))), values=values, run_dir=f"runs/{task}/{method}",
-                      processor={"cpu": cpu} if cpu else None)
+        return Scores(
+            model="m",
+            task=task,
+            method=method,
+            setting=setting,
+            seed=0,
+            metric="acc",
+            filter="none",
+            doc_ids=list(range(len(values))),
+            values=values,
+            run_dir=f"runs/{task}/{method}",
+            processor={"cpu": cpu} if cpu else None,
+        )
 
-    legacy = {"model": "m", "task": "old", "method": "crl", "setting": "one-token", "seed": 0, "metric": "acc",
-              "filter": "none", "value": 0.5, "ci95": [0.4, 0.6], "n": 10, "delta_vs_base": 0.1, "p_vs_base": 0.2,
-              "run_dir": "gone"}
+    legacy = {
+        "model": "m",
+        "task": "old",
+        "method": "crl",
+        "setting": "one-token",
+        "seed": 0,
+        "metric": "acc",
+        "filter": "none",
+        "value": 0.5,
+        "ci95": [0.4, 0.6],
+        "n": 10,
+        "delta_vs_base": 0.1,
+        "p_vs_base": 0.2,
+        "run_dir": "gone",
+    }
     (tmp_path / "leaderboard.json").write_text(json.dumps({"rows": [legacy]}))
     base_a, crl_a = [0] * 20 + [1] * 20, [1] * 18 + [0] * 2 + [1] * 20
     write(tmp_path, [scores("a", "base", base_a, cpu="A"), scores("a", "crl", crl_a, "one-token", cpu="A")])
@@ -158,10 +204,17 @@ def test_board_writes_rebuild_every_row_from_the_kept_scores(tmp_path):
 
     rows = {(r["task"], r["method"]): r for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
     assert rows[("a", "crl")]["delta_vs_base"] == pytest.approx((38 - 30) / 40)  # against the new base, not the first
-    expected = {(r.task, r.method): r for r in build_rows([scores("a", "base", new_base_a),
-                                                           scores("a", "crl", crl_a, "one-token"),
-                                                           scores("b", "base", base_b),
-                                                           scores("b", "crl", crl_b, "one-token")])}
+    expected = {
+        (r.task, r.method): r
+        for r in build_rows(
+            [
+                scores("a", "base", new_base_a),
+                scores("a", "crl", crl_a, "one-token"),
+                scores("b", "base", base_b),
+                scores("b", "crl", crl_b, "one-token"),
+            ]
+        )
+    }
     for key in (("a", "crl"), ("b", "crl")):
         assert rows[key]["p_vs_base"] == pytest.approx(expected[key].p_vs_base)  # one family over both writes
         assert rows[key]["holm_family"] == 2
@@ -190,8 +243,18 @@ def test_an_undetectable_gain_is_said_so(tmp_path):
 
     from crl_bench.leaderboard import Scores, write
 
-    base = Scores(model="m", task="t", method="base", setting="-", seed=0, metric="acc", filter="none",
-                  doc_ids=[0, 1, 2], values=[1.0, 1.0, 0.0], run_dir="runs/base")
+    base = Scores(
+        model="m",
+        task="t",
+        method="base",
+        setting="-",
+        seed=0,
+        metric="acc",
+        filter="none",
+        doc_ids=[0, 1, 2],
+        values=[1.0, 1.0, 0.0],
+        run_dir="runs/base",
+    )
     write(tmp_path, [base])
     row = json.loads((tmp_path / "leaderboard.json").read_text(), parse_constant=lambda c: pytest.fail(c))["rows"][0]
     assert row["mdd80"] is None

@@ -45,7 +45,9 @@ def test_position_selection_last_and_generated(tiny_model):
     seen = []
 
     def policy(hidden, ctx):
-        seen.append((ctx.select("last").clone(), ctx.select("generated").clone(), ctx.positions.clone(), ctx.mask.clone()))
+        seen.append(
+            (ctx.select("last").clone(), ctx.select("generated").clone(), ctx.positions.clone(), ctx.mask.clone())
+        )
         return None
 
     with torch.no_grad(), steer(model, [PolicyIntervention(policy, layers=[1])]):
@@ -96,8 +98,9 @@ def test_kv_cache_steers_each_token_once_and_matches_no_cache(tiny_model):
     for use_cache in (True, False):
         counts.clear()
         with torch.no_grad(), steer(model, [PolicyIntervention(policy, layers=[1])]):
-            outputs[use_cache] = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=use_cache,
-                                                pad_token_id=tokenizer.pad_token_id)
+            outputs[use_cache] = model.generate(
+                **batch, max_new_tokens=6, do_sample=False, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id
+            )
         if use_cache:
             cached_counts = list(counts)
     assert torch.equal(outputs[True], outputs[False])

@@ -6,8 +6,8 @@ import lm_eval
 import pytest
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from harness.tasks import check_tasks, load_task, task_manager
 from harness.task_paths import tasks_root
+from harness.tasks import check_tasks, load_task, task_manager
 from tests.conftest import needs_data
 
 GENERATED = {"toy_sentiment": "review", "arith_mc": "expression", "arith_gen": "question"}
@@ -38,15 +38,31 @@ def test_toy_sentiment_pairs_differ_only_in_sentiment_words():
     for pair in by_pair.values():
         assert sorted(d["label"] for d in pair) == [0, 1]
         a, b = pair
-        assert a["review"].replace(a["adjective"], "").replace(a["verb"], "") == \
-            b["review"].replace(b["adjective"], "").replace(b["verb"], "")
-        assert a["review"][a["adjective_start"]:].startswith(a["adjective"])
+        assert a["review"].replace(a["adjective"], "").replace(a["verb"], "") == b["review"].replace(
+            b["adjective"], ""
+        ).replace(b["verb"], "")
+        assert a["review"][a["adjective_start"] :].startswith(a["adjective"])
 
 
-BUILTIN = {"gsm8k": "gsm8k/gsm8k.yaml", "arc_easy": "arc/arc_easy.yaml", "boolq": "super_glue/boolq/default.yaml",
-           "sst2": "glue/sst2/default.yaml"}
-SCORING_FIELDS = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "target_delimiter",
-                  "fewshot_delimiter", "num_fewshot", "metric_list", "filter_list", "generation_kwargs", "repeats")
+BUILTIN = {
+    "gsm8k": "gsm8k/gsm8k.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "boolq": "super_glue/boolq/default.yaml",
+    "sst2": "glue/sst2/default.yaml",
+}
+SCORING_FIELDS = (
+    "output_type",
+    "doc_to_text",
+    "doc_to_target",
+    "doc_to_choice",
+    "target_delimiter",
+    "fewshot_delimiter",
+    "num_fewshot",
+    "metric_list",
+    "filter_list",
+    "generation_kwargs",
+    "repeats",
+)
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))

@@ -112,8 +112,8 @@ def test_task_scorer_matches_lm_eval(tiny_dir, manager, name):
     same few-shot examples, same metric)."""
     from lm_eval import simple_evaluate
 
-    from harness.scoring import TaskScorer
     from harness.lm_models import LeanHFLM
+    from harness.scoring import TaskScorer
 
     lm = LeanHFLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=4)
     task = _task(name, manager)
@@ -124,9 +124,18 @@ def test_task_scorer_matches_lm_eval(tiny_dir, manager, name):
     for i in range(len(docs)):  # one document at a time: per-document scores
         scorer = TaskScorer(lm, _task(name, manager), docs[: i + 1], seed=0)
         ours.append(scorer([]) * (i + 1) - sum(ours))
-    output = simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=6, log_samples=True,
-                             random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
-                             bootstrap_iters=0)
+    output = simple_evaluate(
+        model=lm,
+        tasks=[name],
+        task_manager=manager,
+        limit=6,
+        log_samples=True,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+        bootstrap_iters=0,
+    )
     samples = sorted(output["samples"][name], key=lambda s: s["doc_id"])
     theirs = [float(s[metric]) for s in samples]
     assert ours == pytest.approx(theirs)
@@ -141,9 +150,21 @@ def test_task_scorer_matches_lm_eval(tiny_dir, manager, name):
 def _tiny_sweep(tiny_dir, tmp_path, **overrides):
     from baselines.train import VectorTrainConfig
 
-    options = dict(model=tiny_dir, task="toy_sentiment", methods=["mean_diff", "probe", "das"], layers=[1, 2],
-                   coefs=[-1.0, 2.0], train_limit=40, val_limit=8, das_steps=2, das_batch=4, dtype="float32",
-                   device="cpu", results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"))
+    options = dict(
+        model=tiny_dir,
+        task="toy_sentiment",
+        methods=["mean_diff", "probe", "das"],
+        layers=[1, 2],
+        coefs=[-1.0, 2.0],
+        train_limit=40,
+        val_limit=8,
+        das_steps=2,
+        das_batch=4,
+        dtype="float32",
+        device="cpu",
+        results_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
     return VectorTrainConfig(**{**options, **overrides})
 
 
@@ -218,12 +239,19 @@ def test_fitted_vector_scores_the_same_in_lm_eval_steered(tiny_dir, tmp_path):
     record = train.run(_tiny_sweep(tiny_dir, tmp_path, methods=["mean_diff"], layers=[2], coefs=[4.0]))
     artifact = record["artifacts"]["mean_diff"]
     exported = SteeringVectors.load(artifact).export_lmeval_steered(tmp_path / "steer.pt")
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate([
-        ("Review: I thought this movie was dull, I hated it.\nSentiment:", " negative"),
-        ("Review: I thought this movie was great, I loved it.\nSentiment:", " positive"),
-        ("12+5=", "7"),
-    ])]
+    requests = [
+        Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
+        for i, pair in enumerate(
+            [
+                ("Review: I thought this movie was dull, I hated it.\nSentiment:", " negative"),
+                ("Review: I thought this movie was great, I loved it.\nSentiment:", " positive"),
+                ("12+5=", "7"),
+            ]
+        )
+    ]
     common = {"device": "cpu", "dtype": "float32", "batch_size": 2}
     ours = VectorSteeredLM(pretrained=tiny_dir, steer=artifact, **common).loglikelihood(requests, disable_tqdm=True)
-    theirs = SteeredModel(pretrained=tiny_dir, steer_path=str(exported), **common).loglikelihood(requests, disable_tqdm=True)
+    theirs = SteeredModel(pretrained=tiny_dir, steer_path=str(exported), **common).loglikelihood(
+        requests, disable_tqdm=True
+    )
     torch.testing.assert_close([ll for ll, _ in ours], [ll for ll, _ in theirs], rtol=1e-5, atol=1e-4)

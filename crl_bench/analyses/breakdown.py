@@ -64,23 +64,34 @@ class Evaluated:
     completions: dict[int, str]
 
 
-def read_evaluated(label: str, run_dir: str | Path, exclude: frozenset[int] = frozenset(),
-                   metric: str | None = None, filter_name: str | None = None) -> Evaluated:
+def read_evaluated(
+    label: str,
+    run_dir: str | Path,
+    exclude: frozenset[int] = frozenset(),
+    metric: str | None = None,
+    filter_name: str | None = None,
+) -> Evaluated:
     """A run directory's `samples.jsonl` (the first metric and filter found unless named)."""
     from crl_bench.analyses.similarity import scored_samples
 
     samples = Path(run_dir) / "samples.jsonl"
     if not samples.exists():
-        raise FileNotFoundError(f"{label}: no samples.jsonl in {run_dir} (the run's cache is not on this machine: "
-                                f"rerun `crl-bench bench` for it, or name its directory with --run {label}=DIR)")
+        raise FileNotFoundError(
+            f"{label}: no samples.jsonl in {run_dir} (the run's cache is not on this machine: "
+            f"rerun `crl-bench bench` for it, or name its directory with --run {label}=DIR)"
+        )
     docs, correct, completions = {}, {}, {}
     for doc, sample, value in scored_samples(samples, metric, filter_name, exclude):
         if value not in (0.0, 1.0):
-            raise ValueError(f"{label}: {metric or sample['metrics'][0]} is not a 0/1 score ({value}); a breakdown needs "
-                             f"per-item correctness")
+            raise ValueError(
+                f"{label}: {metric or sample['metrics'][0]} is not a 0/1 score ({value}); a breakdown needs "
+                f"per-item correctness"
+            )
         docs[doc], correct[doc] = sample["doc"], value
         response = sample["resps"][0] if sample.get("resps") else None
-        completions[doc] = response[0] if isinstance(response, list) and response and isinstance(response[0], str) else ""
+        completions[doc] = (
+            response[0] if isinstance(response, list) and response and isinstance(response[0], str) else ""
+        )
     if not correct:
         raise ValueError(f"{label}: {samples} has no scored items")
     return Evaluated(label, samples, docs, correct, completions)
@@ -93,8 +104,11 @@ def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None 
     path = Path(leaderboard)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `crl-bench bench` first, or pass --leaderboard")
-    rows = [r for r in json.loads(path.read_text())["rows"]
-            if r["task"] == task and r["seed"] != "all" and r.get("run_dir") and (model is None or r["model"] == model)]
+    rows = [
+        r
+        for r in json.loads(path.read_text())["rows"]
+        if r["task"] == task and r["seed"] != "all" and r.get("run_dir") and (model is None or r["model"] == model)
+    ]
     models = sorted({r["model"] for r in rows})
     if len(models) > 1:
         raise ValueError(f"{path} has {task} rows for several models ({', '.join(models)}): name one with --model")
@@ -108,8 +122,10 @@ def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None 
             label += f" seed {r['seed']}"
         runs.setdefault(label, Path(r["run_dir"]))
     if "base" not in runs:
-        raise ValueError(f"{path} has no base row for {task}{f' ({model})' if model else ''}: "
-                         f"a breakdown compares each method with base")
+        raise ValueError(
+            f"{path} has no base row for {task}{f' ({model})' if model else ''}: "
+            f"a breakdown compares each method with base"
+        )
     return list(runs.items())
 
 
@@ -124,8 +140,10 @@ def breakdown(task: str, evaluated: list[Evaluated], grouping: Grouping) -> dict
     items = sorted(base.correct)
     for run in evaluated:
         if set(run.correct) != set(items):
-            raise ValueError(f"{run.label} ({run.source}) scored {len(run.correct)} items, base {len(items)}; "
-                             f"they must be the same items (same task, split and limit)")
+            raise ValueError(
+                f"{run.label} ({run.source}) scored {len(run.correct)} items, base {len(items)}; "
+                f"they must be the same items (same task, split and limit)"
+            )
     missing = [i for i in items if grouping.field not in base.docs[i]]
     if missing:
         fields = ", ".join(sorted(base.docs[missing[0]])) if isinstance(base.docs[missing[0]], dict) else "none"
@@ -140,9 +158,17 @@ def breakdown(task: str, evaluated: list[Evaluated], grouping: Grouping) -> dict
         name = "all items" if key == "all" else grouping.name(key)
         for run in evaluated:
             mine, ref = [run.correct[i] for i in ids], [base.correct[i] for i in ids]
-            table.append({"group": name, "method": run.label, "n": len(ids), "accuracy": sum(mine) / len(ids),
-                          "fixed": sum(m > r for m, r in zip(mine, ref)), "broken": sum(m < r for m, r in zip(mine, ref)),
-                          "p_vs_base": None if run is base else mcnemar_exact(mine, ref)})
+            table.append(
+                {
+                    "group": name,
+                    "method": run.label,
+                    "n": len(ids),
+                    "accuracy": sum(mine) / len(ids),
+                    "fixed": sum(m > r for m, r in zip(mine, ref)),
+                    "broken": sum(m < r for m, r in zip(mine, ref)),
+                    "p_vs_base": None if run is base else mcnemar_exact(mine, ref),
+                }
+            )
             if check:
                 counts: dict[str, int] = defaultdict(int)
                 for i in ids:
@@ -154,34 +180,58 @@ def breakdown(task: str, evaluated: list[Evaluated], grouping: Grouping) -> dict
         row["p_vs_base_holm"] = p
     for row in table:
         row.setdefault("p_vs_base_holm", row["p_vs_base"])  # the whole task: one test per method, as on the leaderboard
-    return {"schema": SCHEMA, "task": task, "by": grouping.field, "runs": {e.label: str(e.source) for e in evaluated},
-            "groups": table, "steps": steps}
+    return {
+        "schema": SCHEMA,
+        "task": task,
+        "by": grouping.field,
+        "runs": {e.label: str(e.source) for e in evaluated},
+        "groups": table,
+        "steps": steps,
+    }
 
 
 def render(result: dict[str, Any]) -> str:
     """The breakdown as Markdown."""
+
     def p(value: float | None) -> str:
         return "" if value is None else f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
 
-    lines = [f"# Breakdown of {result['task']} by `{result['by']}`", "",
-             "Generated by `crl-bench breakdown` from the runs' per-item logs; do not edit by hand.", "",
-             "Fixed / broken: items the method gets right and base wrong / the reverse. p: exact McNemar against "
-             "base on the group's items, Holm-corrected over every (group, method) row; on all items, uncorrected "
-             "(the leaderboard corrects it across tasks).", "",
-             "| group | method | n | accuracy | fixed | broken | p vs base |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Breakdown of {result['task']} by `{result['by']}`",
+        "",
+        "Generated by `crl-bench breakdown` from the runs' per-item logs; do not edit by hand.",
+        "",
+        "Fixed / broken: items the method gets right and base wrong / the reverse. p: exact McNemar against "
+        "base on the group's items, Holm-corrected over every (group, method) row; on all items, uncorrected "
+        "(the leaderboard corrects it across tasks).",
+        "",
+        "| group | method | n | accuracy | fixed | broken | p vs base |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in result["groups"]:
-        lines.append(f"| {r['group']} | {r['method']} | {r['n']} | {r['accuracy']:.3f} | "
-                     f"{'' if r['method'] == 'base' else r['fixed']} | {'' if r['method'] == 'base' else r['broken']} | "
-                     f"{p(r['p_vs_base_holm'])} |")
+        lines.append(
+            f"| {r['group']} | {r['method']} | {r['n']} | {r['accuracy']:.3f} | "
+            f"{'' if r['method'] == 'base' else r['fixed']} | {'' if r['method'] == 'base' else r['broken']} | "
+            f"{p(r['p_vs_base_holm'])} |"
+        )
     if result["steps"]:
         names = list(result["steps"][0]["right"])
-        lines += ["", "## Steps of the worked solution", "",
-                  "Completions that get each step right, out of n, each step judged on its own: a sum is right if it "
-                  "is the sum of the operands and operator the completion wrote, whether or not those were right.", "",
-                  "| group | method | n | " + " | ".join(names) + " |", "|---|---|---:|" + "---:|" * len(names)]
+        lines += [
+            "",
+            "## Steps of the worked solution",
+            "",
+            "Completions that get each step right, out of n, each step judged on its own: a sum is right if it "
+            "is the sum of the operands and operator the completion wrote, whether or not those were right.",
+            "",
+            "| group | method | n | " + " | ".join(names) + " |",
+            "|---|---|---:|" + "---:|" * len(names),
+        ]
         for s in result["steps"]:
-            lines.append(f"| {s['group']} | {s['method']} | {s['n']} | "
-                         + " | ".join(str(s["right"].get(k, 0)) for k in names) + " |")
+            lines.append(
+                f"| {s['group']} | {s['method']} | {s['n']} | "
+                + " | ".join(str(s["right"].get(k, 0)) for k in names)
+                + " |"
+            )
     lines += ["", "Runs:", ""] + [f"- {label}: `{source}`" for label, source in result["runs"].items()]
     return "\n".join(lines) + "\n"
 
@@ -198,8 +248,13 @@ def figure(result: dict[str, Any], path: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(min(9.0, max(4.0, 0.22 * len(groups) * len(methods) + 1)), 3.6))
     for k, method in enumerate(methods):
         xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [value[(g, method)] for g in groups], width, label=method,
-               color="tab:gray" if method == "base" else None)
+        ax.bar(
+            xs,
+            [value[(g, method)] for g in groups],
+            width,
+            label=method,
+            color="tab:gray" if method == "base" else None,
+        )
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("accuracy")
     ax.set_title(f"{result['task']} by {result['by']}", fontsize=9)
@@ -208,9 +263,15 @@ def figure(result: dict[str, Any], path: Path) -> list[Path]:
     return _save(fig, path)
 
 
-def run(task: str, results_dir: str | Path = "results", by: str | None = None,
-        runs: list[tuple[str, Path]] | None = None, leaderboard: str | Path | None = None,
-        model: str | None = None, exclude: frozenset[int] | None = None) -> Path:
+def run(
+    task: str,
+    results_dir: str | Path = "results",
+    by: str | None = None,
+    runs: list[tuple[str, Path]] | None = None,
+    leaderboard: str | Path | None = None,
+    model: str | None = None,
+    exclude: frozenset[int] | None = None,
+) -> Path:
     """Break `task` down: the leaderboard's runs plus `runs` ((label, directory) pairs), or `runs`
     alone when they include base; documents reserved for training (`harness.splits`) are left
     out, as on the leaderboard. Returns the Markdown path."""

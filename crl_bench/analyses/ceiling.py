@@ -36,29 +36,50 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from harness.models import DEFAULT_MODEL
+from harness.config import Dtype, ModelConfig
 from rl.crl.controller import COEFS
 
 
 @dataclass
-class CeilingConfig:
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
-    task: str = field(default="arith_gen", metadata={"help": "a generation task whose target is the solution to follow (arith_gen, gsm8k)"})
+class CeilingConfig(ModelConfig):
+    task: str = field(
+        default="arith_gen",
+        metadata={"help": "a generation task whose target is the solution to follow (arith_gen, gsm8k)"},
+    )
     sae: str = field(default="auto", metadata={"help": "SAE (as bench's --sae)"})
     sae_corpus: str = field(default="builtin", metadata={"help": "corpus for an auto SAE that has to be trained"})
     layer: int | None = field(default=None, metadata={"help": "controlled layer (default: the SAE's, as CRL)"})
-    split: Literal["validation", "test"] = field(default="validation", metadata={"help": "documents to decode (harness.splits: the methods' validation split, or the evaluated one)"})
+    split: Literal["validation", "test"] = field(
+        default="validation",
+        metadata={"help": "documents to decode (harness.splits: the methods' validation split, or the evaluated one)"},
+    )
     limit: int | None = field(default=None, metadata={"help": "first N documents of the split"})
-    top: int = field(default=8, metadata={"help": "features tried at each deviation (the first-order best), each at every coefficient"})
-    only: str | None = field(default=None, metadata={"help": "fix only the deviations whose gold token matches this regular expression (e.g. '^ [+-]$': arith_gen's operators); the others are left to the model"})
+    top: int = field(
+        default=8,
+        metadata={"help": "features tried at each deviation (the first-order best), each at every coefficient"},
+    )
+    only: str | None = field(
+        default=None,
+        metadata={
+            "help": "fix only the deviations whose gold token matches this regular expression (e.g. '^ [+-]$': "
+            "arith_gen's operators); the others are left to the model"
+        },
+    )
     max_new_tokens: int | None = field(default=None, metadata={"help": "default: the task's max_gen_toks"})
-    bank_prompts: int = field(default=64, metadata={"help": "training prompts the features' typical activations are measured on (CRL measures them on 64)"})
+    bank_prompts: int = field(
+        default=64,
+        metadata={
+            "help": "training prompts the features' typical activations are measured on (CRL measures them on 64)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "few-shot seed of the prompts"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype (auto: bf16 on a CPU with native bf16, else fp32)"})
+    dtype: Dtype = field(
+        default="auto", metadata={"help": "model dtype (auto: bf16 on a CPU with native bf16, else fp32)"}
+    )
     out: str = field(default="results/ceiling", metadata={"help": "where <task>/ceiling.{json,md} go"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.top < 1:
             raise ValueError(f"--top must be at least 1, got {self.top}")
         if self.limit is not None and self.limit < 1:
@@ -101,14 +122,26 @@ def _forward(model: Any, token: Tensor, cache: Any) -> Tensor:
     """Float[B, V]: logits after feeding `token` (Long[B, 1]) on top of `cache` (updated)."""
     past = cache.get_seq_length()
     mask = torch.ones(token.shape[0], past + 1, dtype=torch.long, device=token.device)
-    return model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True,
-                 logits_to_keep=1).logits[:, -1].float()
+    return (
+        model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    )
 
 
-def oracle_decode(model: Any, tokenizer: Any, layer: int, directions: Tensor, scales: Tensor, prompt: str,
-                  gold: list[int], max_new_tokens: int, until: list[str], top: int = 8,
-                  coefs: tuple[float, ...] | None = None, steer_on: bool = True,
-                  only: str | None = None) -> tuple[str, list[dict]]:
+def oracle_decode(
+    model: Any,
+    tokenizer: Any,
+    layer: int,
+    directions: Tensor,
+    scales: Tensor,
+    prompt: str,
+    gold: list[int],
+    max_new_tokens: int,
+    until: list[str],
+    top: int = 8,
+    coefs: tuple[float, ...] | None = None,
+    steer_on: bool = True,
+    only: str | None = None,
+) -> tuple[str, list[dict]]:
     """Greedy completion of `prompt` with the oracle's interventions (`steer_on=False`: none),
     and one record per deviation from `gold` (token ids of the target, with its delimiter) met
     on the gold path: step, gold and model token, and the (feature, coef) that fixed it or None.
@@ -139,15 +172,28 @@ def oracle_decode(model: Any, tokenizer: Any, layer: int, directions: Tensor, sc
             with torch.no_grad():
                 logits = _forward(model, token, cache)
             nxt = int(logits[0].argmax())
-            if before is not None and nxt != gold[step] and (only is None or re.search(only, tokenizer.decode([gold[step]]))):
+            if (
+                before is not None
+                and nxt != gold[step]
+                and (only is None or re.search(only, tokenizer.decode([gold[step]])))
+            ):
                 fix = _fix(model, pending, before, token, gold[step], nxt, directions, scales, top, coefs)
-                events.append({"step": step, "gold": gold[step], "model": nxt,
-                               "feature": None if fix is None else fix[0], "coef": None if fix is None else fix[1]})
+                events.append(
+                    {
+                        "step": step,
+                        "gold": gold[step],
+                        "model": nxt,
+                        "feature": None if fix is None else fix[0],
+                        "coef": None if fix is None else fix[1],
+                    }
+                )
                 if fix is not None:
                     cache, nxt = fix[2], gold[step]
             on_path = on_path and step < len(gold) and nxt == gold[step]
             out.append(nxt)
-            if nxt == tokenizer.eos_token_id or any(u in tokenizer.decode(out, skip_special_tokens=True) for u in until):
+            if nxt == tokenizer.eos_token_id or any(
+                u in tokenizer.decode(out, skip_special_tokens=True) for u in until
+            ):
                 break
             token = torch.tensor([[nxt]], device=device)
     n = _stop_length(tokenizer, out, until, tokenizer.eos_token_id)
@@ -157,8 +203,18 @@ def oracle_decode(model: Any, tokenizer: Any, layer: int, directions: Tensor, sc
     return text, events
 
 
-def _fix(model, pending: _Pending, before, token: Tensor, want: int, got: int, directions: Tensor, scales: Tensor,
-         top: int, coefs: tuple[float, ...]):
+def _fix(
+    model,
+    pending: _Pending,
+    before,
+    token: Tensor,
+    want: int,
+    got: int,
+    directions: Tensor,
+    scales: Tensor,
+    top: int,
+    coefs: tuple[float, ...],
+):
     """(feature, coef, cache after the steered forward) for the first of the `top` first-order
     best features, weakest coefficient first, whose addition at `token` puts `want` on top; None
     if none does. `before`: the cache without `token`."""
@@ -194,21 +250,22 @@ def run(config: CeilingConfig) -> Path:
     from tqdm.auto import tqdm
 
     from harness.manifest import build_manifest, write_json, write_text
-    from harness.models import model_slug
+    from harness.models import default_device, load_causal_lm, model_info, model_slug, resolve_dtype
     from harness.paths import cache_root
-    from harness.models import default_device, load_causal_lm, model_info, resolve_dtype
+    from harness.prompts import task_prompts
     from harness.rewards import task_reward
     from harness.sae import load_sae
     from harness.splits import method_splits
     from harness.stats import mcnemar_exact, mean_ci95
     from harness.tasks import load_task
     from rl.crl.trainer import measure_bank
-    from harness.prompts import task_prompts
 
     task = load_task(config.task)
     if task.OUTPUT_TYPE != "generate_until":
-        raise ValueError(f"the ceiling follows a generated solution; {config.task} is {task.OUTPUT_TYPE} "
-                         "(pass a generation task such as arith_gen or gsm8k)")
+        raise ValueError(
+            f"the ceiling follows a generated solution; {config.task} is {task.OUTPUT_TYPE} "
+            "(pass a generation task such as arith_gen or gsm8k)"
+        )
     device = config.device or default_device()
     dtype = str(resolve_dtype(config.dtype, device)).replace("torch.", "")
     model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
@@ -218,7 +275,9 @@ def run(config: CeilingConfig) -> Path:
     docs = getattr(splits, config.split)[: config.limit] if config.limit else getattr(splits, config.split)
     prompts = task_prompts(task, docs, seed=config.seed)
     # typical activations measured as CRL measures them, on the training prompts
-    scales, _, _ = measure_bank(model, tokenizer, {layer: loaded}, task_prompts(task, splits.train[: config.bank_prompts], config.seed), 8)
+    scales, _, _ = measure_bank(
+        model, tokenizer, {layer: loaded}, task_prompts(task, splits.train[: config.bank_prompts], config.seed), 8
+    )
     directions = loaded.directions().float()
     kwargs = task.config.generation_kwargs or {}
     until = [u for u in kwargs.get("until", []) if u]
@@ -240,30 +299,60 @@ def run(config: CeilingConfig) -> Path:
         with partial.open("a") as handle:
             for i in tqdm(todo, desc=f"ceiling {label}", initial=len(docs) - len(todo), total=len(docs)):
                 gold = tokenizer(delimiter + str(task.doc_to_target(docs[i])), add_special_tokens=False)["input_ids"]
-                text, evs = oracle_decode(model, tokenizer, layer, directions, scales[layer], prompts[i], gold, max_new,
-                                          until, config.top, steer_on=steer_on, only=config.only)
+                text, evs = oracle_decode(
+                    model,
+                    tokenizer,
+                    layer,
+                    directions,
+                    scales[layer],
+                    prompts[i],
+                    gold,
+                    max_new,
+                    until,
+                    config.top,
+                    steer_on=steer_on,
+                    only=config.only,
+                )
                 done[(label, i)] = (text, evs)
-                handle.write(json.dumps({"run": identities[label], "label": label, "doc": i, "text": text, "events": evs}) + "\n")
+                handle.write(
+                    json.dumps({"run": identities[label], "label": label, "doc": i, "text": text, "events": evs}) + "\n"
+                )
                 handle.flush()
         texts = [done[(label, i)][0] for i in range(len(docs))]
-        found[label] = {"scores": reward(prompts, texts, **fields), "completions": texts,
-                        "deviations": [done[(label, i)][1] for i in range(len(docs))]}
+        found[label] = {
+            "scores": reward(prompts, texts, **fields),
+            "completions": texts,
+            "deviations": [done[(label, i)][1] for i in range(len(docs))],
+        }
     base, oracle = found["greedy"]["scores"], found["oracle"]["scores"]
     deviations = [e for row in found["oracle"]["deviations"] for e in row]
     (greedy_low, greedy_high), (oracle_low, oracle_high) = mean_ci95(base), mean_ci95(oracle)
     summary = {
-        "n": len(docs), "layer": layer, "sae": loaded.name, "top": config.top, "split": config.split,
-        "greedy": sum(base) / len(base), "oracle": sum(oracle) / len(oracle),
-        "greedy_ci95": [greedy_low, greedy_high], "oracle_ci95": [oracle_low, oracle_high],
-        "fixed": sum(o > b for b, o in zip(base, oracle)), "broken": sum(o < b for b, o in zip(base, oracle)),
+        "n": len(docs),
+        "layer": layer,
+        "sae": loaded.name,
+        "top": config.top,
+        "split": config.split,
+        "greedy": sum(base) / len(base),
+        "oracle": sum(oracle) / len(oracle),
+        "greedy_ci95": [greedy_low, greedy_high],
+        "oracle_ci95": [oracle_low, oracle_high],
+        "fixed": sum(o > b for b, o in zip(base, oracle)),
+        "broken": sum(o < b for b, o in zip(base, oracle)),
         "p_mcnemar": mcnemar_exact(oracle, base),
-        "deviations": len(deviations), "deviations_fixed": sum(e["feature"] is not None for e in deviations),
+        "deviations": len(deviations),
+        "deviations_fixed": sum(e["feature"] is not None for e in deviations),
         "items_steered": sum(any(e["feature"] is not None for e in row) for row in found["oracle"]["deviations"]),
-        "coefs_used": {str(c): sum(e["coef"] == c for e in deviations) for c in sorted({e["coef"] for e in deviations if e["coef"]})},
+        "coefs_used": {
+            str(c): sum(e["coef"] == c for e in deviations)
+            for c in sorted({e["coef"] for e in deviations if e["coef"]})
+        },
     }
     path = directory / "ceiling.json"
-    write_json(path, {"manifest": build_manifest(kind="ceiling", config=asdict(config), dtype=dtype),
-                      "summary": summary, **found})
+    write_json(
+        path,
+        {"manifest": build_manifest(kind="ceiling", config=asdict(config), dtype=dtype), "summary": summary, **found},
+    )
     write_text(directory / "ceiling.md", render(config, summary, tokenizer, deviations))
     return path
 
@@ -287,20 +376,29 @@ def render(config: CeilingConfig, s: dict[str, Any], tokenizer: Any, deviations:
     def tok(i: int) -> str:
         return repr(tokenizer.decode([i]))
 
-    lines = [f"# Single-feature steering ceiling: {config.task}, {config.model}", "",
-             "Generated by `crl-bench ceiling` (rl/ceiling.py) from ceiling.json; do not edit by hand.", "",
-             f"An oracle with CRL setting 3's action space (one SAE feature per token at layer {s['layer']}, "
-             f"coefficients {', '.join(str(c) for c in COEFS)} x its typical activation) that reads the gold "
-             f"solution: wherever the greedy completion would leave it, it adds the first of the {s['top']} "
-             "first-order best features that puts the gold token back on top. Not a method: an upper bound on what "
-             f"a controller could reach here. {s['n']} documents of the {s['split']} split; SAE {s['sae']}.", "",
-             "| decoding | accuracy | 95% CI | fixed / broken vs greedy | exact McNemar p |", "|---|---:|---|---:|---:|",
-             f"| greedy, unsteered | {s['greedy']:.3f} | [{s['greedy_ci95'][0]:.3f}, {s['greedy_ci95'][1]:.3f}] | | |",
-             f"| oracle | {s['oracle']:.3f} | [{s['oracle_ci95'][0]:.3f}, {s['oracle_ci95'][1]:.3f}] | "
-             f"{s['fixed']} / {s['broken']} | {s['p_mcnemar']:.2g} |", "",
-             f"Deviations from the gold solution met on its path: {s['deviations']}; fixed by one feature: "
-             f"{s['deviations_fixed']} (on {s['items_steered']} items); coefficients of the fixes: "
-             + (", ".join(f"{c}: {n}" for c, n in s["coefs_used"].items()) or "none") + ".", ""]
+    lines = [
+        f"# Single-feature steering ceiling: {config.task}, {config.model}",
+        "",
+        "Generated by `crl-bench ceiling` (rl/ceiling.py) from ceiling.json; do not edit by hand.",
+        "",
+        f"An oracle with CRL setting 3's action space (one SAE feature per token at layer {s['layer']}, "
+        f"coefficients {', '.join(str(c) for c in COEFS)} x its typical activation) that reads the gold "
+        f"solution: wherever the greedy completion would leave it, it adds the first of the {s['top']} "
+        "first-order best features that puts the gold token back on top. Not a method: an upper bound on what "
+        f"a controller could reach here. {s['n']} documents of the {s['split']} split; SAE {s['sae']}.",
+        "",
+        "| decoding | accuracy | 95% CI | fixed / broken vs greedy | exact McNemar p |",
+        "|---|---:|---|---:|---:|",
+        f"| greedy, unsteered | {s['greedy']:.3f} | [{s['greedy_ci95'][0]:.3f}, {s['greedy_ci95'][1]:.3f}] | | |",
+        f"| oracle | {s['oracle']:.3f} | [{s['oracle_ci95'][0]:.3f}, {s['oracle_ci95'][1]:.3f}] | "
+        f"{s['fixed']} / {s['broken']} | {s['p_mcnemar']:.2g} |",
+        "",
+        f"Deviations from the gold solution met on its path: {s['deviations']}; fixed by one feature: "
+        f"{s['deviations_fixed']} (on {s['items_steered']} items); coefficients of the fixes: "
+        + (", ".join(f"{c}: {n}" for c, n in s["coefs_used"].items()) or "none")
+        + ".",
+        "",
+    ]
     if deviations:
         lines += ["| gold token | model's token | deviations | fixed |", "|---|---|---:|---:|"]
         pairs: dict[tuple[int, int], list[int]] = {}

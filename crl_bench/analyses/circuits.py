@@ -49,8 +49,10 @@ def make_batches(tokenizer: Any, problem: Any, batch_size: int, device: Any) -> 
     from harness.padding import batch
 
     if problem.kind != "one-token-choices":
-        raise ValueError("circuits are measured on one-token multiple-choice tasks (the logit difference of the "
-                         f"correct answer); this task's choices are {problem.kind}")
+        raise ValueError(
+            "circuits are measured on one-token multiple-choice tasks (the logit difference of the "
+            f"correct answer); this task's choices are {problem.kind}"
+        )
     out = []
     for start in range(0, len(problem.prompts), batch_size):
         rows = list(range(start, min(start + batch_size, len(problem.prompts))))
@@ -77,7 +79,9 @@ class Recorder:
     n_heads: int
     sae_layer: int | None = None
     keep_grad: bool = False
-    patch: dict[tuple, Tensor] = field(default_factory=dict)  # ("head", l, h) / ("mlp", l) -> value; ("resid", l) -> delta
+    patch: dict[tuple, Tensor] = field(
+        default_factory=dict
+    )  # ("head", l, h) / ("mlp", l) -> value; ("resid", l) -> delta
     seen: dict[tuple, Tensor] = field(default_factory=dict)
 
     @contextmanager
@@ -93,6 +97,7 @@ class Recorder:
             self.seen[key] = value
 
         for l, block in enumerate(blocks):
+
             def pre_o(module, args, l=l):
                 z = args[0]
                 b, t, width = z.shape
@@ -114,6 +119,7 @@ class Recorder:
             handles.append(block.self_attn.o_proj.register_forward_pre_hook(pre_o))
             handles.append(block.mlp.register_forward_hook(post_mlp))
             if l == self.sae_layer:
+
                 def post_block(module, args, output, l=l):
                     hidden = output[0] if isinstance(output, tuple) else output
                     if ("resid", l) in self.patch:
@@ -129,8 +135,15 @@ class Recorder:
                 handle.remove()
 
 
-def _run(model: Any, b: Batch, n_heads: int, sae_layer: int | None, interventions: Any = (),
-         grad: bool = False, patch: dict | None = None) -> tuple[Tensor, dict[tuple, Tensor]]:
+def _run(
+    model: Any,
+    b: Batch,
+    n_heads: int,
+    sae_layer: int | None,
+    interventions: Any = (),
+    grad: bool = False,
+    patch: dict | None = None,
+) -> tuple[Tensor, dict[tuple, Tensor]]:
     from harness.sparse_logits import logits_at
     from harness.steering import steer
 
@@ -148,8 +161,9 @@ def _run(model: Any, b: Batch, n_heads: int, sae_layer: int | None, intervention
     return metric(logits, b), recorder.seen
 
 
-def attribution(base_model: Any, method_model: Any, batches: list[Batch], n_heads: int, sae: Any = None,
-                interventions: Any = ()) -> tuple[dict[Node, float], dict[str, float]]:
+def attribution(
+    base_model: Any, method_model: Any, batches: list[Batch], n_heads: int, sae: Any = None, interventions: Any = ()
+) -> tuple[dict[Node, float], dict[str, float]]:
     """Attribution-patching scores of every node for one method (mean over items), and the
     base and method metrics. `method_model` may be `base_model` with `interventions` (a list,
     or a function of the batch returning one)."""
@@ -168,7 +182,7 @@ def attribution(base_model: Any, method_model: Any, batches: list[Batch], n_head
         for key, a_base in base_acts.items():
             if a_base.grad is None:
                 continue
-            diff = (method_acts[key].float() - a_base.detach().float())
+            diff = method_acts[key].float() - a_base.detach().float()
             grad = a_base.grad.float()
             kind, l = key
             if kind == "z":  # [B, T, H, hd]
@@ -176,7 +190,9 @@ def attribution(base_model: Any, method_model: Any, batches: list[Batch], n_head
                 for h in range(effect.shape[0]):
                     scores[("head", l, h)] = scores.get(("head", l, h), 0.0) + float(effect[h])
             elif kind == "mlp":
-                scores[("mlp", l, 0)] = scores.get(("mlp", l, 0), 0.0) + float(((diff * grad).sum(-1) * real[..., 0]).sum())
+                scores[("mlp", l, 0)] = scores.get(("mlp", l, 0), 0.0) + float(
+                    ((diff * grad).sum(-1) * real[..., 0]).sum()
+                )
             elif kind == "resid" and sae is not None:
                 f_base = sae.encode(a_base.detach()[real[..., 0]]).float()
                 f_method = sae.encode(method_acts[key][real[..., 0]]).float()
@@ -196,8 +212,15 @@ def top_nodes(scores: dict[Node, float], k: int, kinds: tuple[str, ...]) -> list
 
 
 @torch.no_grad()
-def patched_metric(base_model: Any, method_model: Any, batches: list[Batch], n_heads: int, nodes: list[Node],
-                   sae: Any = None, interventions: Any = ()) -> float:
+def patched_metric(
+    base_model: Any,
+    method_model: Any,
+    batches: list[Batch],
+    n_heads: int,
+    nodes: list[Node],
+    sae: Any = None,
+    interventions: Any = (),
+) -> float:
     """Mean metric of the base model with the method's activations written in at `nodes`."""
     layer = sae.layer if sae is not None else None
     total, count = 0.0, 0
@@ -236,8 +259,9 @@ def recovered(patched: float, base: float, method: float, min_change: float = MI
     return None if abs(change) < min_change else (patched - base) / change
 
 
-def node_overlap(a: list[Node], b: list[Node], universe: list[Node], n_permutations: int = 2000,
-                 seed: int = 20261124) -> dict[str, float]:
+def node_overlap(
+    a: list[Node], b: list[Node], universe: list[Node], n_permutations: int = 2000, seed: int = 20261124
+) -> dict[str, float]:
     """Jaccard of two node sets with a permutation p-value (b replaced by random sets of the same
     size from `universe`)."""
     from crl_bench.analyses.overlap import jaccard
@@ -246,6 +270,8 @@ def node_overlap(a: list[Node], b: list[Node], universe: list[Node], n_permutati
     rng = np.random.default_rng(seed)
     index = {n: i for i, n in enumerate(universe)}
     ai = [index[n] for n in a if n in index]
-    hits = sum(jaccard(ai, list(rng.choice(len(universe), size=len(b), replace=False))) >= observed
-               for _ in range(n_permutations))
+    hits = sum(
+        jaccard(ai, list(rng.choice(len(universe), size=len(b), replace=False))) >= observed
+        for _ in range(n_permutations)
+    )
     return {"jaccard": observed, "p": (1 + hits) / (1 + n_permutations)}

@@ -68,8 +68,9 @@ def _decide(mode: str, seed: int) -> dict[str, Any]:
     return {"mode": mode, "common_random": seed if mode == "sample" else None}
 
 
-def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int], mode: str = "greedy",
-                seed: int = 0) -> dict[str, Any]:
+def multi_layer(
+    rollouts: Any, items: list[int], noop: tuple[int, int], mode: str = "greedy", seed: int = 0
+) -> dict[str, Any]:
     """The multi-layer analysis on `items` (documents of `rollouts.problem`)."""
     decide = _decide(mode, seed)
     rewards, records, _, _ = rollouts.run(items, keep_residuals=False, **decide)
@@ -83,7 +84,7 @@ def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int], mode: st
         sae_id[(r["row"], r["layer"])] = r["feature"]
     pairs = []
     for a, i in enumerate(layers):
-        for j in layers[a + 1:]:
+        for j in layers[a + 1 :]:
             steered = [row for row in range(len(items)) if actions[row][i][0] != noop[0]]
             # re-decision at j with i's choice removed
             forced = {row: {(position[row], i): noop} for row in range(len(items))}
@@ -93,28 +94,47 @@ def multi_layer(rollouts: Any, items: list[int], noop: tuple[int, int], mode: st
             moves = Counter((sae_id[(row, i)], sae_id[(row, j)], now[row]) for row in changed)
 
             def replay(keep_i: bool, keep_j: bool) -> list[float]:
-                row_actions = {row: {**actions[row], **({} if keep_i else {i: noop}), **({} if keep_j else {j: noop})}
-                               for row in range(len(items))}
+                row_actions = {
+                    row: {**actions[row], **({} if keep_i else {i: noop}), **({} if keep_j else {j: noop})}
+                    for row in range(len(items))
+                }
                 r, _, _, _ = rollouts.run(items, "replay", keep_residuals=False, row_actions=row_actions)
                 return _metric(rollouts, r, items)
 
             only_i, only_j, neither = replay(True, False), replay(False, True), replay(False, False)
             interaction = [b - oi - oj + n for b, oi, oj, n in zip(base_metric, only_i, only_j, neither)]
             low, high = _interval(interaction)
-            pairs.append({
-                "earlier": i, "later": j, "items": len(items), "earlier_steered": len(steered),
-                "later_changed": len(changed), "later_changed_share": len(changed) / len(steered) if steered else None,
-                "moves": [{"earlier_feature": e, "later_before": lb, "later_after": la, "count": c}
-                          for (e, lb, la), c in moves.most_common(10)],
-                "metric_both": float(np.mean(base_metric)), "metric_earlier_only": float(np.mean(only_i)),
-                "metric_later_only": float(np.mean(only_j)), "metric_neither": float(np.mean(neither)),
-                "interaction": float(np.mean(interaction)), "interaction_ci": [low, high],
-            })
+            pairs.append(
+                {
+                    "earlier": i,
+                    "later": j,
+                    "items": len(items),
+                    "earlier_steered": len(steered),
+                    "later_changed": len(changed),
+                    "later_changed_share": len(changed) / len(steered) if steered else None,
+                    "moves": [
+                        {"earlier_feature": e, "later_before": lb, "later_after": la, "count": c}
+                        for (e, lb, la), c in moves.most_common(10)
+                    ],
+                    "metric_both": float(np.mean(base_metric)),
+                    "metric_earlier_only": float(np.mean(only_i)),
+                    "metric_later_only": float(np.mean(only_j)),
+                    "metric_neither": float(np.mean(neither)),
+                    "interaction": float(np.mean(interaction)),
+                    "interaction_ci": [low, high],
+                }
+            )
     return {"setting": "multi-layer", "mode": mode, "layers": layers, "pairs": pairs}
 
 
-def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablations: int = MAX_ABLATIONS,
-               mode: str = "greedy", seed: int = 0) -> dict[str, Any]:
+def generation(
+    rollouts: Any,
+    items: list[int],
+    noop: tuple[int, int],
+    max_ablations: int = MAX_ABLATIONS,
+    mode: str = "greedy",
+    seed: int = 0,
+) -> dict[str, Any]:
     """The generation analysis on `items` (documents of `rollouts.problem`)."""
     decide = _decide(mode, seed)
     rewards, records, _, completions = rollouts.run(items, keep_residuals=False, **decide)
@@ -126,10 +146,16 @@ def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablat
             steered[r["row"]].append(r)
     ablations = [(row, r) for row in range(len(items)) for r in steered[row][:max_ablations]]
     decisions = len(records)
-    out: dict[str, Any] = {"setting": "generation", "mode": mode, "items": len(items), "decisions": decisions,
-                           "steered_decisions": sum(len(v) for v in steered.values()),
-                           "items_steered": sum(1 for v in steered.values() if v), "ablations": len(ablations),
-                           "reward": float(np.mean(rewards))}
+    out: dict[str, Any] = {
+        "setting": "generation",
+        "mode": mode,
+        "items": len(items),
+        "decisions": decisions,
+        "steered_decisions": sum(len(v) for v in steered.values()),
+        "items_steered": sum(1 for v in steered.values() if v),
+        "ablations": len(ablations),
+        "reward": float(np.mean(rewards)),
+    }
     if not ablations:
         out["note"] = f"the controller ({mode}) steered no token of these items: nothing to ablate"
         return out
@@ -150,32 +176,57 @@ def generation(rollouts: Any, items: list[int], noop: tuple[int, int], max_ablat
         for p in later_steered:
             if after_later.get(p, "absent") != before_later[p]:
                 lost_pairs[(record["feature"], before_later[p])] += 1
-        entry = {"later_decisions": len(positions), "later_changed": len(differ),
-                 "later_changed_share": len(differ) / len(positions) if positions else 0.0,
-                 "completion_changed": new_completions[k] != completions[row],
-                 "reward_effect": rewards[row] - new_rewards[k]}
+        entry = {
+            "later_decisions": len(positions),
+            "later_changed": len(differ),
+            "later_changed_share": len(differ) / len(positions) if positions else 0.0,
+            "completion_changed": new_completions[k] != completions[row],
+            "reward_effect": rewards[row] - new_rewards[k],
+        }
         entries.append(entry)
         per_feature[record["feature"]].append(entry)
     shares = [e["later_changed_share"] for e in entries]
     effects = [e["reward_effect"] for e in entries]
-    out.update({
-        "later_changed_share": float(np.mean(shares)), "later_changed_share_ci": list(_interval(shares)),
-        "completion_changed_share": float(np.mean([e["completion_changed"] for e in entries])),
-        "reward_effect": float(np.mean(effects)), "reward_effect_ci": list(_interval(effects)),
-        "by_feature": sorted(({"feature": f, "ablations": len(v),
-                               "later_changed_share": float(np.mean([e["later_changed_share"] for e in v])),
-                               "completion_changed_share": float(np.mean([e["completion_changed"] for e in v])),
-                               "reward_effect": float(np.mean([e["reward_effect"] for e in v]))}
-                              for f, v in per_feature.items()), key=lambda e: -e["ablations"])[:15],
-        "lost_later_choices": [{"earlier_feature": a, "later_feature": b, "count": c}
-                               for (a, b), c in lost_pairs.most_common(10)],
-    })
+    out.update(
+        {
+            "later_changed_share": float(np.mean(shares)),
+            "later_changed_share_ci": list(_interval(shares)),
+            "completion_changed_share": float(np.mean([e["completion_changed"] for e in entries])),
+            "reward_effect": float(np.mean(effects)),
+            "reward_effect_ci": list(_interval(effects)),
+            "by_feature": sorted(
+                (
+                    {
+                        "feature": f,
+                        "ablations": len(v),
+                        "later_changed_share": float(np.mean([e["later_changed_share"] for e in v])),
+                        "completion_changed_share": float(np.mean([e["completion_changed"] for e in v])),
+                        "reward_effect": float(np.mean([e["reward_effect"] for e in v])),
+                    }
+                    for f, v in per_feature.items()
+                ),
+                key=lambda e: -e["ablations"],
+            )[:15],
+            "lost_later_choices": [
+                {"earlier_feature": a, "later_feature": b, "count": c} for (a, b), c in lost_pairs.most_common(10)
+            ],
+        }
+    )
     return out
 
 
-def analyse(stage_controller: Any, setting: str, task: Any, model: Any, tokenizer: Any, seed: int,
-            items: int = ITEMS, batch_size: int = 8, max_ablations: int = MAX_ABLATIONS,
-            mode: str = "greedy") -> dict[str, Any]:
+def analyse(
+    stage_controller: Any,
+    setting: str,
+    task: Any,
+    model: Any,
+    tokenizer: Any,
+    seed: int,
+    items: int = ITEMS,
+    batch_size: int = 8,
+    max_ablations: int = MAX_ABLATIONS,
+    mode: str = "greedy",
+) -> dict[str, Any]:
     """The interaction analysis of one trained CRL controller (a run directory) on the first
     `items` validation documents of `task` (an lm-eval task object). `mode` greedy analyses
     the controller as it is evaluated; sample analyses the stochastic policy it was trained
@@ -210,22 +261,28 @@ def steered_nothing(entry: dict[str, Any]) -> bool:
 
 def render(tasks: dict[str, dict[str, Any]]) -> str:
     """Markdown for `results/interactions.md` from {task: {method label: analysis}}."""
+
     def f(x, d=3):
         return "" if x is None else f"{x:.{d}f}"
 
-    lines = ["# CRL interactions across layers and tokens", "",
-             "Generated from `interactions.json` by bench's analysis stage (`crl_bench.analyses.interactions`), on validation "
-             "items, with the controller greedy as it is evaluated, and, where the greedy controller steers nothing, "
-             "also sampling as it was trained ('(sampled)': common random numbers per document, position and layer, "
-             "so an ablated run draws a different action only where the controller reads a different residual). "
-             "Multi-layer: the earlier layer's choice is replaced by 'no "
-             "intervention' and the later layer decides again (re-decision), and the interaction on the metric "
-             "(logit of the correct choice minus the mean of the others; the 0/1 reward where the choices are "
-             "several tokens long, as arc_easy's) is m(both) − m(earlier only) − m(later "
-             "only) + m(neither), choices replayed, with a 95% bootstrap interval over items. Generation: each "
-             "steered token's choice is removed and the completion regenerated with the controller deciding "
-             "afterwards; 'later choices changed' is the share of later positions whose choice differs, 'reward "
-             "effect' is the original reward minus the ablated one (positive: the removed choice helped).", ""]
+    lines = [
+        "# CRL interactions across layers and tokens",
+        "",
+        "Generated from `interactions.json` by bench's analysis stage (`crl_bench.analyses.interactions`), on "
+        "validation "
+        "items, with the controller greedy as it is evaluated, and, where the greedy controller steers nothing, "
+        "also sampling as it was trained ('(sampled)': common random numbers per document, position and layer, "
+        "so an ablated run draws a different action only where the controller reads a different residual). "
+        "Multi-layer: the earlier layer's choice is replaced by 'no "
+        "intervention' and the later layer decides again (re-decision), and the interaction on the metric "
+        "(logit of the correct choice minus the mean of the others; the 0/1 reward where the choices are "
+        "several tokens long, as arc_easy's) is m(both) − m(earlier only) − m(later "
+        "only) + m(neither), choices replayed, with a 95% bootstrap interval over items. Generation: each "
+        "steered token's choice is removed and the completion regenerated with the controller deciding "
+        "afterwards; 'later choices changed' is the share of later positions whose choice differs, 'reward "
+        "effect' is the original reward minus the ablated one (positive: the removed choice helped).",
+        "",
+    ]
     for task, methods in tasks.items():
         for label, entry in methods.items():
             lines += [f"## {task}: {label}", ""]
@@ -233,39 +290,58 @@ def render(tasks: dict[str, dict[str, Any]]) -> str:
                 lines += [entry["skipped"], ""]
                 continue
             if entry["setting"] == "generation":
-                lines += [f"{entry['items']} items, {entry['decisions']} decisions, {entry['steered_decisions']} of "
-                          f"them steered ({entry['items_steered']} items steered at least once); reward "
-                          f"{f(entry['reward'])}; {entry['ablations']} ablations.", ""]
+                lines += [
+                    f"{entry['items']} items, {entry['decisions']} decisions, {entry['steered_decisions']} of "
+                    f"them steered ({entry['items_steered']} items steered at least once); reward "
+                    f"{f(entry['reward'])}; {entry['ablations']} ablations.",
+                    "",
+                ]
                 if "note" in entry:
                     lines += [entry["note"], ""]
                     continue
                 lo, hi = entry["later_changed_share_ci"]
                 rlo, rhi = entry["reward_effect_ci"]
-                lines += [f"- later choices changed: {f(entry['later_changed_share'])} [{f(lo)}, {f(hi)}]",
-                          f"- completion changed: {f(entry['completion_changed_share'])}",
-                          f"- reward effect of a choice: {f(entry['reward_effect'])} [{f(rlo)}, {f(rhi)}]", "",
-                          "| ablated feature | ablations | later choices changed | completion changed | reward effect |",
-                          "|---:|---:|---:|---:|---:|"]
+                lines += [
+                    f"- later choices changed: {f(entry['later_changed_share'])} [{f(lo)}, {f(hi)}]",
+                    f"- completion changed: {f(entry['completion_changed_share'])}",
+                    f"- reward effect of a choice: {f(entry['reward_effect'])} [{f(rlo)}, {f(rhi)}]",
+                    "",
+                    "| ablated feature | ablations | later choices changed | completion changed | reward effect |",
+                    "|---:|---:|---:|---:|---:|",
+                ]
                 for e in entry["by_feature"]:
-                    lines.append(f"| {e['feature']} | {e['ablations']} | {f(e['later_changed_share'])} | "
-                                 f"{f(e['completion_changed_share'])} | {f(e['reward_effect'])} |")
+                    lines.append(
+                        f"| {e['feature']} | {e['ablations']} | {f(e['later_changed_share'])} | "
+                        f"{f(e['completion_changed_share'])} | {f(e['reward_effect'])} |"
+                    )
                 if entry["lost_later_choices"]:
-                    lines += ["", "Later choices that disappear when an earlier one is removed (earlier → later: count): " +
-                              ", ".join(f"{e['earlier_feature']} → {e['later_feature']}: {e['count']}"
-                                        for e in entry["lost_later_choices"])]
+                    lines += [
+                        "",
+                        "Later choices that disappear when an earlier one is removed (earlier → later: count): "
+                        + ", ".join(
+                            f"{e['earlier_feature']} → {e['later_feature']}: {e['count']}"
+                            for e in entry["lost_later_choices"]
+                        ),
+                    ]
                 lines.append("")
                 continue
-            lines += ["| earlier → later layer | earlier steered | later re-decided differently | m(both) | "
-                      "m(earlier only) | m(later only) | m(neither) | interaction [95% CI] |",
-                      "|---|---:|---:|---:|---:|---:|---:|---|"]
+            lines += [
+                "| earlier → later layer | earlier steered | later re-decided differently | m(both) | "
+                "m(earlier only) | m(later only) | m(neither) | interaction [95% CI] |",
+                "|---|---:|---:|---:|---:|---:|---:|---|",
+            ]
             for p in entry["pairs"]:
                 lo, hi = p["interaction_ci"]
-                lines.append(f"| {p['earlier']} → {p['later']} | {p['earlier_steered']} / {p['items']} | "
-                             f"{p['later_changed']} ({f(p['later_changed_share'], 2)}) | {f(p['metric_both'], 2)} | "
-                             f"{f(p['metric_earlier_only'], 2)} | {f(p['metric_later_only'], 2)} | "
-                             f"{f(p['metric_neither'], 2)} | {f(p['interaction'], 2)} [{f(lo, 2)}, {f(hi, 2)}] |")
+                lines.append(
+                    f"| {p['earlier']} → {p['later']} | {p['earlier_steered']} / {p['items']} | "
+                    f"{p['later_changed']} ({f(p['later_changed_share'], 2)}) | {f(p['metric_both'], 2)} | "
+                    f"{f(p['metric_earlier_only'], 2)} | {f(p['metric_later_only'], 2)} | "
+                    f"{f(p['metric_neither'], 2)} | {f(p['interaction'], 2)} [{f(lo, 2)}, {f(hi, 2)}] |"
+                )
                 for m in p["moves"][:5]:
-                    lines.append(f"|  | feature {m['earlier_feature']} removed: later {m['later_before']} → "
-                                 f"{m['later_after']} ({m['count']}) | | | | | | |")
+                    lines.append(
+                        f"|  | feature {m['earlier_feature']} removed: later {m['later_before']} → "
+                        f"{m['later_after']} ({m['count']}) | | | | | | |"
+                    )
             lines.append("")
     return "\n".join(lines) + "\n"

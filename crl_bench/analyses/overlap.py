@@ -81,13 +81,14 @@ def rbo(a: list[int], b: list[int], p: float = 0.9) -> float:
     # X_d: the overlap of the two prefixes of depth d (the short list stays whole past its end)
     x = [len(set(short[:d]) & set(long_[:d])) for d in range(1, l + 1)]
     x_s, x_l = x[s - 1], x[l - 1]
-    total = sum(x[d - 1] / d * p ** d for d in range(1, l + 1))
-    total += sum(x_s * (d - s) / (s * d) * p ** d for d in range(s + 1, l + 1))
-    return float((1 - p) / p * total + ((x_l - x_s) / l + x_s / s) * p ** l)
+    total = sum(x[d - 1] / d * p**d for d in range(1, l + 1))
+    total += sum(x_s * (d - s) / (s * d) * p**d for d in range(s + 1, l + 1))
+    return float((1 - p) / p * total + ((x_l - x_s) / l + x_s / s) * p**l)
 
 
-def frequency_matched_null(a: list[int], b: list[int], frequency: np.ndarray, n_permutations: int = 2000,
-                           bins: int = 10, seed: int = SEED) -> dict[str, float]:
+def frequency_matched_null(
+    a: list[int], b: list[int], frequency: np.ndarray, n_permutations: int = 2000, bins: int = 10, seed: int = SEED
+) -> dict[str, float]:
     """Jaccard and RBO of (a, b) with permutation p-values: b replaced by random sets whose
     features come from the same firing-frequency deciles as b's (order kept by decile draw)."""
     rng = np.random.default_rng(seed)
@@ -106,21 +107,27 @@ def frequency_matched_null(a: list[int], b: list[int], frequency: np.ndarray, n_
             drawn.append(choice)
         hits_j += jaccard(a, drawn) >= observed_j
         hits_r += rbo(a, drawn) >= observed_r
-    return {"jaccard": observed_j, "jaccard_p": (1 + hits_j) / (1 + n_permutations),
-            "rbo": observed_r, "rbo_p": (1 + hits_r) / (1 + n_permutations)}
+    return {
+        "jaccard": observed_j,
+        "jaccard_p": (1 + hits_j) / (1 + n_permutations),
+        "rbo": observed_r,
+        "rbo_p": (1 + hits_r) / (1 + n_permutations),
+    }
 
 
-def overlap_table(weights: dict[str, np.ndarray], frequency: np.ndarray, k: int = 20,
-                  n_permutations: int = 2000) -> list[dict[str, Any]]:
+def overlap_table(
+    weights: dict[str, np.ndarray], frequency: np.ndarray, k: int = 20, n_permutations: int = 2000
+) -> list[dict[str, Any]]:
     """Pairwise overlap of every two methods' top-k features, with the frequency-matched null."""
     names = sorted(weights)
     tops = {name: top_k(weights[name], k) for name in names}
     rows = []
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             if not tops[first] or not tops[second]:
                 continue
             stats = frequency_matched_null(tops[first], tops[second], frequency, n_permutations)
-            rows.append({"a": first, "b": second, "k": k, "shared": sorted(set(tops[first]) & set(tops[second])),
-                         **stats})
+            rows.append(
+                {"a": first, "b": second, "k": k, "shared": sorted(set(tops[first]) & set(tops[second])), **stats}
+            )
     return rows

@@ -58,16 +58,16 @@ def _frequency(sae: Any, model: Any, tokenizer: Any, prompts: list[str]) -> np.n
 
 
 def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_size: int = 8) -> np.ndarray:
-    from harness.padding import batch
-    from harness.activations import residuals
-
     import torch
+
+    from harness.activations import residuals
+    from harness.padding import batch
 
     device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
+            ids, mask = batch(tokenizer, prompts[start : start + batch_size], device)
             real = mask.bool().clone()
             real[torch.arange(len(ids)), mask.shape[1] - mask.sum(-1)] = False  # BOS
             acts = residuals(model, ids, mask, layers=[sae.layer])[sae.layer][real]
@@ -75,8 +75,9 @@ def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_siz
     return torch.cat(out).numpy()
 
 
-def feature_weights(config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any,
-                    prompts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def feature_weights(
+    config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any, prompts: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Per method, its weighting over the SAE's features at the SAE layer (and why any is missing)."""
     from baselines.train import fit_at_layer, fitted_directions
     from crl_bench.analyses.overlap import activation_shift, crl_weights, vector_weights
@@ -132,7 +133,14 @@ def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tok
     top components and SAE features, the share of the method's own change they recover when
     patched, their overlap between methods, and the share of RLVR's change each method's
     nodes recover."""
-    from crl_bench.analyses.circuits import attribution, make_batches, node_overlap, patched_metric, recovered, top_nodes
+    from crl_bench.analyses.circuits import (
+        attribution,
+        make_batches,
+        node_overlap,
+        patched_metric,
+        recovered,
+        top_nodes,
+    )
     from harness.models import load_causal_lm
     from harness.splits import method_splits
     from harness.tasks import load_task
@@ -144,7 +152,9 @@ def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tok
     docs = method_splits(task_obj).validation[:CIRCUIT_ITEMS]
     problem = build_problem(task_obj, docs, tokenizer, config.seed)
     if problem.kind != "one-token-choices":
-        return {"skipped": f"circuits need one-token choices (logit difference at the answer); {task} has {problem.kind}"}
+        return {
+            "skipped": f"circuits need one-token choices (logit difference at the answer); {task} has {problem.kind}"
+        }
     device = next(model.parameters()).device
     batches = make_batches(tokenizer, problem, 8, device)
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -158,8 +168,11 @@ def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tok
             controller, bank = load_controller(stage.controller, device=device)
 
             def decide(b, controller=controller, bank=bank):
-                return [ControllerRun(controller, bank, at_decision(b.mask.sum(-1) - 1), mode="greedy",
-                                      keep_residuals=False).intervention()]
+                return [
+                    ControllerRun(
+                        controller, bank, at_decision(b.mask.sum(-1) - 1), mode="greedy", keep_residuals=False
+                    ).intervention()
+                ]
 
             methods[_label(stage)] = (model, decide)
         elif stage.method == "rlvr" and rlvr_model is None:
@@ -168,50 +181,68 @@ def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tok
             copy, _ = load_causal_lm(config.model, dtype="float32", device=device)
             rlvr_model = PeftModel.from_pretrained(copy, str(stage.adapter)).eval()
             methods["rlvr"] = (rlvr_model, [])
-    universe = [("head", l, h) for l in range(text_config.num_hidden_layers) for h in range(n_heads)] + \
-               [("mlp", l, 0) for l in range(text_config.num_hidden_layers)]
+    universe = [("head", l, h) for l in range(text_config.num_hidden_layers) for h in range(n_heads)] + [
+        ("mlp", l, 0) for l in range(text_config.num_hidden_layers)
+    ]
     found: dict[str, dict[str, Any]] = {}
     for name, (method_model, interventions) in methods.items():
         scores, metrics = attribution(model, method_model, batches, n_heads, sae, interventions)
         components = top_nodes(scores, K_COMPONENTS, ("head", "mlp"))
         features = top_nodes(scores, K_FEATURES, ("sae",))
         patched = patched_metric(model, method_model, batches, n_heads, components + features, sae, interventions)
-        found[name] = {"metric_base": metrics["base"], "metric_method": metrics["method"],
-                       "components": [list(n) for n in components], "features": [n[2] for n in features],
-                       "scores": {f"{k}:{l}:{i}": scores[(k, l, i)] for k, l, i in components + features},
-                       "recovered_by_own_nodes": recovered(patched, metrics["base"], metrics["method"])}
+        found[name] = {
+            "metric_base": metrics["base"],
+            "metric_method": metrics["method"],
+            "components": [list(n) for n in components],
+            "features": [n[2] for n in features],
+            "scores": {f"{k}:{l}:{i}": scores[(k, l, i)] for k, l, i in components + features},
+            "recovered_by_own_nodes": recovered(patched, metrics["base"], metrics["method"]),
+        }
         if rlvr_model is not None and name != "rlvr":
-            found[name]["_rlvr_patched"] = patched_metric(model, rlvr_model, batches, n_heads, components + features,
-                                                          sae, [])
+            found[name]["_rlvr_patched"] = patched_metric(
+                model, rlvr_model, batches, n_heads, components + features, sae, []
+            )
     if "rlvr" in found:
         for name, entry in found.items():
             if "_rlvr_patched" in entry:
-                entry["rlvr_change_recovered"] = recovered(entry.pop("_rlvr_patched"), found["rlvr"]["metric_base"],
-                                                           found["rlvr"]["metric_method"])
+                entry["rlvr_change_recovered"] = recovered(
+                    entry.pop("_rlvr_patched"), found["rlvr"]["metric_base"], found["rlvr"]["metric_method"]
+                )
     pairs = []
     names = sorted(found)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            comp = node_overlap([tuple(n) for n in found[a]["components"]], [tuple(n) for n in found[b]["components"]],
-                                universe)
-            feats = node_overlap([("sae", sae.layer, f) for f in found[a]["features"]],
-                                 [("sae", sae.layer, f) for f in found[b]["features"]],
-                                 [("sae", sae.layer, f) for f in range(sae.d_sae)])
-            pairs.append({"a": a, "b": b, "components_jaccard": comp["jaccard"], "components_p": comp["p"],
-                          "features_jaccard": feats["jaccard"], "features_p": feats["p"]})
+        for b in names[i + 1 :]:
+            comp = node_overlap(
+                [tuple(n) for n in found[a]["components"]], [tuple(n) for n in found[b]["components"]], universe
+            )
+            feats = node_overlap(
+                [("sae", sae.layer, f) for f in found[a]["features"]],
+                [("sae", sae.layer, f) for f in found[b]["features"]],
+                [("sae", sae.layer, f) for f in range(sae.d_sae)],
+            )
+            pairs.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "components_jaccard": comp["jaccard"],
+                    "components_p": comp["p"],
+                    "features_jaccard": feats["jaccard"],
+                    "features_p": feats["p"],
+                }
+            )
     if rlvr_model is not None:
         rlvr_model.unload()
     return {"items": len(problem.prompts), "methods": found, "pairs": pairs}
 
 
 def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
+    from crl_bench.analyses.overlap import overlap_table, top_k
     from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm, model_info
-    from crl_bench.analyses.overlap import overlap_table, top_k
+    from harness.prompts import task_prompts
     from harness.sae import load_sae
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from harness.prompts import task_prompts
 
     results = Path(config.results_dir)
     tasks = {s.task for s in stages}
@@ -232,15 +263,22 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
         prompts = task_prompts(load_task(task), docs, seed=config.seed)
         weights, missing = feature_weights(config, task, stages, sae, model, tokenizer, prompts)
         frequency = _frequency(sae, model, tokenizer, prompts)
-        overlap[task] = {"layer": sae.layer, "sae": sae.name, "k": TOP_K, "missing": missing,
-                         "top": {name: top_k(w, TOP_K) for name, w in weights.items()},
-                         "pairs": overlap_table(weights, frequency, k=TOP_K)}
+        overlap[task] = {
+            "layer": sae.layer,
+            "sae": sae.name,
+            "k": TOP_K,
+            "missing": missing,
+            "top": {name: top_k(w, TOP_K) for name, w in weights.items()},
+            "pairs": overlap_table(weights, frequency, k=TOP_K),
+        }
     overlap = {**_existing(results / "overlap.json", "tasks", {}), **overlap}
     write_json(results / "overlap.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": overlap})
     (results / "overlap.md").write_text(render_overlap(overlap))
     console.print(f"analysis: {results / 'overlap.md'}")
-    circuits = {**_existing(results / "circuits.json", "tasks", {}),
-                **{task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)}}
+    circuits = {
+        **_existing(results / "circuits.json", "tasks", {}),
+        **{task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)},
+    }
     write_json(results / "circuits.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": circuits})
     (results / "circuits.md").write_text(render_circuits(circuits, sae.layer))
     console.print(f"analysis: {results / 'circuits.md'}")
@@ -285,18 +323,24 @@ def rerender(results_dir: str | Path) -> None:
 
     results = Path(results_dir)
     if (results / "similarity.json").exists():
-        (results / "similarity.md").write_text(render_similarity(json.loads((results / "similarity.json").read_text())["rows"]))
+        (results / "similarity.md").write_text(
+            render_similarity(json.loads((results / "similarity.json").read_text())["rows"])
+        )
     if (results / "overlap.json").exists():
         (results / "overlap.md").write_text(render_overlap(json.loads((results / "overlap.json").read_text())["tasks"]))
     if (results / "circuits.json").exists():
         circuits = json.loads((results / "circuits.json").read_text())["tasks"]
-        layer = json.loads((results / "overlap.json").read_text())["tasks"] if (results / "overlap.json").exists() else {}
+        layer = (
+            json.loads((results / "overlap.json").read_text())["tasks"] if (results / "overlap.json").exists() else {}
+        )
         sae_layer = next((e["layer"] for e in layer.values()), "?")
         (results / "circuits.md").write_text(render_circuits(circuits, sae_layer))
     if (results / "interactions.json").exists():
         from crl_bench.analyses.interactions import render
 
-        (results / "interactions.md").write_text(render(json.loads((results / "interactions.json").read_text())["tasks"]))
+        (results / "interactions.md").write_text(
+            render(json.loads((results / "interactions.json").read_text())["tasks"])
+        )
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -304,35 +348,52 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def render_similarity(rows: list[dict[str, Any]]) -> str:
-    lines = ["# Behavioural similarity to RLVR", "",
-             "Generated from `similarity.json` by bench's analysis stage (`crl_bench.analyses.similarity`). Agreement: same "
-             "answer as RLVR; κ: Cohen's kappa of per-item correctness with RLVR; fixed: items base gets wrong that "
-             "RLVR / the method / both get right, their Jaccard index and hypergeometric p; KL(RLVR‖m) and JS "
-             "distance to RLVR on the answer distribution, with base's beside it (gap closed = 1 − JS(m) / JS(base)); "
-             "KL(m‖base): how far the method moved the model.", "",
-             "| task | method | n | agreement | κ | fixed RLVR / m / both | Jaccard | p | KL(RLVR‖m) | JS | JS base | "
-             "gap closed | KL(m‖base) |", "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Behavioural similarity to RLVR",
+        "",
+        "Generated from `similarity.json` by bench's analysis stage (`crl_bench.analyses.similarity`). Agreement: same "
+        "answer as RLVR; κ: Cohen's kappa of per-item correctness with RLVR; fixed: items base gets wrong that "
+        "RLVR / the method / both get right, their Jaccard index and hypergeometric p; KL(RLVR‖m) and JS "
+        "distance to RLVR on the answer distribution, with base's beside it (gap closed = 1 − JS(m) / JS(base)); "
+        "KL(m‖base): how far the method moved the model.",
+        "",
+        "| task | method | n | agreement | κ | fixed RLVR / m / both | Jaccard | p | KL(RLVR‖m) | JS | JS base | "
+        "gap closed | KL(m‖base) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['method']} | {r['n']} | {_f(r['answer_agreement'])} | {_f(r['kappa'])} | "
-                     f"{r['fixed_by_rlvr']} / {r['fixed_by_method']} / {r['fixed_both']} | {_f(r['fixed_jaccard'])} | "
-                     f"{_f(r['fixed_overlap_p'], 4)} | {_f(r['kl_from_rlvr'])} | {_f(r['js_to_rlvr'])} | "
-                     f"{_f(r['base_js_to_rlvr'])} | {_f(r['gap_closed'])} | {_f(r['kl_from_base'])} |")
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['n']} | {_f(r['answer_agreement'])} | {_f(r['kappa'])} | "
+            f"{r['fixed_by_rlvr']} / {r['fixed_by_method']} / {r['fixed_both']} | {_f(r['fixed_jaccard'])} | "
+            f"{_f(r['fixed_overlap_p'], 4)} | {_f(r['kl_from_rlvr'])} | {_f(r['js_to_rlvr'])} | "
+            f"{_f(r['base_js_to_rlvr'])} | {_f(r['gap_closed'])} | {_f(r['kl_from_base'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def render_overlap(tasks: dict[str, Any]) -> str:
-    lines = ["# SAE-feature overlap between methods", "",
-             "Generated from `overlap.json` by bench's analysis stage (`crl_bench.analyses.overlap`). Top-k features each "
-             "method implicates at the SAE layer (CRL: chosen, by frequency; vectors: orthogonal matching pursuit "
-             "of the direction fitted at the SAE layer; RLVR: mean |activation change| LoRA vs base on validation "
-             "prompts); Jaccard and rank-biased overlap (p = 0.9) with permutation p-values against random sets "
-             "matched for firing frequency.", ""]
+    lines = [
+        "# SAE-feature overlap between methods",
+        "",
+        "Generated from `overlap.json` by bench's analysis stage (`crl_bench.analyses.overlap`). Top-k features each "
+        "method implicates at the SAE layer (CRL: chosen, by frequency; vectors: orthogonal matching pursuit "
+        "of the direction fitted at the SAE layer; RLVR: mean |activation change| LoRA vs base on validation "
+        "prompts); Jaccard and rank-biased overlap (p = 0.9) with permutation p-values against random sets "
+        "matched for firing frequency.",
+        "",
+    ]
     for task, entry in tasks.items():
-        lines += [f"## {task} (layer {entry['layer']}, top {entry['k']})", "",
-                  "| a | b | Jaccard | p | RBO | p | shared |", "|---|---|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {task} (layer {entry['layer']}, top {entry['k']})",
+            "",
+            "| a | b | Jaccard | p | RBO | p | shared |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
         for pair in entry["pairs"]:
-            lines.append(f"| {pair['a']} | {pair['b']} | {_f(pair['jaccard'])} | {_f(pair['jaccard_p'], 4)} | "
-                         f"{_f(pair['rbo'])} | {_f(pair['rbo_p'], 4)} | {', '.join(map(str, pair['shared'][:10]))} |")
+            lines.append(
+                f"| {pair['a']} | {pair['b']} | {_f(pair['jaccard'])} | {_f(pair['jaccard_p'], 4)} | "
+                f"{_f(pair['rbo'])} | {_f(pair['rbo_p'], 4)} | {', '.join(map(str, pair['shared'][:10]))} |"
+            )
         for name, why in entry["missing"].items():
             lines.append(f"\n{name}: no features ({why}).")
         lines.append("")
@@ -342,29 +403,40 @@ def render_overlap(tasks: dict[str, Any]) -> str:
 def render_circuits(tasks: dict[str, Any], layer: int) -> str:
     from crl_bench.analyses.circuits import MIN_CHANGE
 
-    lines = ["# Circuit overlap between methods", "",
-             "Generated from `circuits.json` by bench's analysis stage (`crl_bench.analyses.circuits`). Metric: logit of the "
-             "correct choice minus the mean of the others at the answer position, on validation items. Nodes: "
-             f"attention heads, MLP outputs, and SAE features at layer {layer}; scored by attribution patching "
-             f"(activation difference method vs base times the base gradient); top {K_COMPONENTS} components and top "
-             f"{K_FEATURES} features per method. 'Own nodes recover': share of the method's metric change restored "
-             "by patching only those nodes into the base run (real activation patching). 'RLVR change recovered': "
-             "the same with RLVR's activations at the method's nodes. A share is left blank when the method (or "
-             f"RLVR) moves the mean logit difference by less than {MIN_CHANGE} (a ratio of two near-zero numbers).", ""]
+    lines = [
+        "# Circuit overlap between methods",
+        "",
+        "Generated from `circuits.json` by bench's analysis stage (`crl_bench.analyses.circuits`). Metric: logit of "
+        "the "
+        "correct choice minus the mean of the others at the answer position, on validation items. Nodes: "
+        f"attention heads, MLP outputs, and SAE features at layer {layer}; scored by attribution patching "
+        f"(activation difference method vs base times the base gradient); top {K_COMPONENTS} components and top "
+        f"{K_FEATURES} features per method. 'Own nodes recover': share of the method's metric change restored "
+        "by patching only those nodes into the base run (real activation patching). 'RLVR change recovered': "
+        "the same with RLVR's activations at the method's nodes. A share is left blank when the method (or "
+        f"RLVR) moves the mean logit difference by less than {MIN_CHANGE} (a ratio of two near-zero numbers).",
+        "",
+    ]
     for task, entry in tasks.items():
         lines += [f"## {task}", ""]
         if "skipped" in entry:
             lines += [entry["skipped"], ""]
             continue
-        lines += ["| method | metric base → method | own nodes recover | RLVR change recovered | top components |",
-                  "|---|---|---:|---:|---|"]
+        lines += [
+            "| method | metric base → method | own nodes recover | RLVR change recovered | top components |",
+            "|---|---|---:|---:|---|",
+        ]
         for name, m in entry["methods"].items():
             comps = ", ".join(f"{k[0]}{k[1]}" + (f".{k[2]}" if k[0] == "head" else "") for k in m["components"][:5])
-            lines.append(f"| {name} | {_f(m['metric_base'], 2)} → {_f(m['metric_method'], 2)} | "
-                         f"{_f(m['recovered_by_own_nodes'], 2)} | {_f(m.get('rlvr_change_recovered'), 2)} | {comps} |")
+            lines.append(
+                f"| {name} | {_f(m['metric_base'], 2)} → {_f(m['metric_method'], 2)} | "
+                f"{_f(m['recovered_by_own_nodes'], 2)} | {_f(m.get('rlvr_change_recovered'), 2)} | {comps} |"
+            )
         lines += ["", "| a | b | components Jaccard | p | features Jaccard | p |", "|---|---|---:|---:|---:|---:|"]
         for p in entry["pairs"]:
-            lines.append(f"| {p['a']} | {p['b']} | {_f(p['components_jaccard'])} | {_f(p['components_p'], 4)} | "
-                         f"{_f(p['features_jaccard'])} | {_f(p['features_p'], 4)} |")
+            lines.append(
+                f"| {p['a']} | {p['b']} | {_f(p['components_jaccard'])} | {_f(p['components_p'], 4)} | "
+                f"{_f(p['features_jaccard'])} | {_f(p['features_p'], 4)} |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -41,8 +41,12 @@ class Behaviour:
     distributions: dict[int, np.ndarray]  # choice: doc id -> probabilities over the choices
 
 
-def scored_samples(samples: str | Path, metric: str | None = None, filter_name: str | None = None,
-                   exclude: frozenset[int] = frozenset()) -> Iterator[tuple[int, dict, float]]:
+def scored_samples(
+    samples: str | Path,
+    metric: str | None = None,
+    filter_name: str | None = None,
+    exclude: frozenset[int] = frozenset(),
+) -> Iterator[tuple[int, dict, float]]:
     """(doc id, logged sample, score) for each document of a `samples.jsonl`, for one metric and
     filter (the first found unless named); documents in `exclude` are left out."""
     with open(samples) as handle:
@@ -57,8 +61,12 @@ def scored_samples(samples: str | Path, metric: str | None = None, filter_name: 
                 yield doc, sample, float(sample[metric])
 
 
-def read_behaviour(samples: str | Path, metric: str | None = None, filter_name: str | None = None,
-                   exclude: frozenset[int] = frozenset()) -> Behaviour:
+def read_behaviour(
+    samples: str | Path,
+    metric: str | None = None,
+    filter_name: str | None = None,
+    exclude: frozenset[int] = frozenset(),
+) -> Behaviour:
     """Per-item answers, correctness and choice distributions from a `samples.jsonl`
     (the first metric and filter found unless named)."""
     answers, correct, distributions, kind = {}, {}, {}, None
@@ -95,8 +103,11 @@ def _js(p: np.ndarray, q: np.ndarray) -> float:
 def _distances(a: Behaviour, b: Behaviour, items: list[int]) -> tuple[float, float]:
     """(KL(a || b), Jensen-Shannon distance) over the shared items."""
     if a.kind == "choice":
-        pairs = [(a.distributions[d], b.distributions[d]) for d in items
-                 if d in a.distributions and d in b.distributions and len(a.distributions[d]) == len(b.distributions[d])]
+        pairs = [
+            (a.distributions[d], b.distributions[d])
+            for d in items
+            if d in a.distributions and d in b.distributions and len(a.distributions[d]) == len(b.distributions[d])
+        ]
         if not pairs:
             return float("nan"), float("nan")
         return float(np.mean([_kl(p, q) for p, q in pairs])), float(np.mean([_js(p, q) for p, q in pairs]))
@@ -152,5 +163,19 @@ def similarity(method: Behaviour, rlvr: Behaviour, base: Behaviour) -> Similarit
     base_kl, base_js = _distances(rlvr, base, items)
     kl_base, _ = _distances(method, base, items)
     gap = None if not base_js or np.isnan(base_js) else 1 - js_rlvr / base_js
-    return Similarity(len(items), agreement, kappa, len(fixed_rlvr), len(fixed_method), len(both), jaccard, p,
-                      kl_rlvr, js_rlvr, base_kl, base_js, gap, kl_base)
+    return Similarity(
+        len(items),
+        agreement,
+        kappa,
+        len(fixed_rlvr),
+        len(fixed_method),
+        len(both),
+        jaccard,
+        p,
+        kl_rlvr,
+        js_rlvr,
+        base_kl,
+        base_js,
+        gap,
+        kl_base,
+    )

@@ -35,8 +35,13 @@ def _training(loaded: LoadedSAE) -> dict[str, Any]:
     if loaded.source != "trained" or not manifest.exists():
         return {}
     m = json.loads(manifest.read_text())
-    return {"tokens": m.get("training_tokens"), "wall_s": m.get("train_wall_s"), "corpus": m.get("corpus"),
-            "device": m.get("device"), "git_commit": m.get("git_commit")}
+    return {
+        "tokens": m.get("training_tokens"),
+        "wall_s": m.get("train_wall_s"),
+        "corpus": m.get("corpus"),
+        "device": m.get("device"),
+        "git_commit": m.get("git_commit"),
+    }
 
 
 def meets_targets(metrics: dict[str, float]) -> dict[str, bool]:
@@ -90,7 +95,9 @@ def assess(loaded: LoadedSAE, config: SAEEvalConfig, model=None, tokenizer=None)
     return record
 
 
-def showcase(cards: list[dict[str, Any]], n_frequent: int = 8, n_sampled: int = 24, seed: int = 0) -> list[dict[str, Any]]:
+def showcase(
+    cards: list[dict[str, Any]], n_frequent: int = 8, n_sampled: int = 24, seed: int = 0
+) -> list[dict[str, Any]]:
     """Cards worth reading: the most frequent features, then a seeded random sample of
     features firing on 0.01%-1% of tokens (dense features are rarely interpretable;
     the mid-frequency ones usually are)."""
@@ -112,11 +119,15 @@ def publish(record: dict[str, Any], loaded: LoadedSAE, results_dir: str | Path) 
     write_json(out / f"{name}.json", public)
     cards = json.loads((loaded.directory / CARDS).read_text())["cards"]
     chosen = showcase(cards)
-    text = [f"# Feature cards: {loaded.name} on {record['model']} (layer {loaded.layer})", "",
-            f"Held-out text: {record['heldout_corpus']['spec']}. The 8 most frequent features, then a "
-            f"random sample (seed 0) of features firing on 0.01%-1% of tokens; all {len(cards)} cards are "
-            f"in `{CARDS}` next to the SAE (`crl-bench sae card --feature N` prints one). "
-            f"Activating token in **bold**; ⏎ is a newline.", ""]
+    text = [
+        f"# Feature cards: {loaded.name} on {record['model']} (layer {loaded.layer})",
+        "",
+        f"Held-out text: {record['heldout_corpus']['spec']}. The 8 most frequent features, then a "
+        f"random sample (seed 0) of features firing on 0.01%-1% of tokens; all {len(cards)} cards are "
+        f"in `{CARDS}` next to the SAE (`crl-bench sae card --feature N` prints one). "
+        f"Activating token in **bold**; ⏎ is a newline.",
+        "",
+    ]
     for card in chosen:
         text += [render_card(card), ""]
     (out / f"{name}.cards.md").write_text("\n".join(text))
@@ -142,11 +153,13 @@ def render_table(folder: Path) -> None:
         )
     targets = ", ".join(f"{k} {op} {v}" for k, (op, v) in TARGETS.items())
     header = [
-        "# SAE quality", "",
+        "# SAE quality",
+        "",
         "Measured on held-out text (documents never used in training) by `crl-bench sae eval`; "
         "generated from the JSON records in this folder. CE loss: clean / SAE spliced in / layer "
         f"zero-ablated, nats per token. Targets for the embedded model's default SAE: {targets} "
-        "(✗ marks a miss).", "",
+        "(✗ marks a miss).",
+        "",
         "| model | SAE | layer | width | L0 | FVU | CE recovered | CE clean / SAE / zero | dead | "
         "train tokens | train s | eval tokens | cards |",
         "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",

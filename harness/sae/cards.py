@@ -71,8 +71,13 @@ class FeatureScan:
 def final_norm(model: nn.Module) -> nn.Module | None:
     """The norm applied before the unembedding (Gemma/Llama `model.norm`, GPT-2 `transformer.ln_f`)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm",
-                 "model.decoder.final_layer_norm"):
+    for path in (
+        "model.norm",
+        "model.final_layernorm",
+        "transformer.ln_f",
+        "gpt_neox.final_layer_norm",
+        "model.decoder.final_layer_norm",
+    ):
         module = base
         for part in path.split("."):
             module = getattr(module, part, None)
@@ -84,13 +89,16 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 
 
 @torch.no_grad()
-def logit_effects(model: nn.Module, directions: Tensor, top: int = 10, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For Float[F, d_model] directions: (promoted ids, promoted logits, suppressed ids, suppressed logits), each [F, top]."""
+def logit_effects(
+    model: nn.Module, directions: Tensor, top: int = 10, chunk: int = 256
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For Float[F, d_model] directions: (promoted ids, promoted logits, suppressed ids,
+    suppressed logits), each [F, top]."""
     norm = final_norm(model)
     head = model.get_output_embeddings()
     outs = [[], [], [], []]
     for start in range(0, directions.shape[0], chunk):
-        d = directions[start:start + chunk].to(head.weight.dtype)
+        d = directions[start : start + chunk].to(head.weight.dtype)
         if norm is not None:
             d = norm(d)
         logits = head(d).float()
@@ -107,7 +115,7 @@ def neighbours(directions: Tensor, top: int = 5, chunk: int = 1024) -> tuple[Ten
     unit = torch.nn.functional.normalize(directions.float(), dim=-1)
     ids, cos = [], []
     for start in range(0, unit.shape[0], chunk):
-        sims = unit[start:start + chunk] @ unit.T
+        sims = unit[start : start + chunk] @ unit.T
         rows = torch.arange(start, min(start + chunk, unit.shape[0]))
         sims[torch.arange(len(rows)), rows] = -2.0  # not yourself
         best = sims.topk(top, dim=-1)
@@ -120,8 +128,15 @@ def _token(tokenizer, token_id: int) -> str:
     return tokenizer.decode([int(token_id)])
 
 
-def build_cards(model: nn.Module, tokenizer, directions: Tensor, scan: FeatureScan, blocks: Tensor,
-                window: tuple[int, int] = (12, 3), top_tokens: int = 10) -> list[dict[str, Any]]:
+def build_cards(
+    model: nn.Module,
+    tokenizer,
+    directions: Tensor,
+    scan: FeatureScan,
+    blocks: Tensor,
+    window: tuple[int, int] = (12, 3),
+    top_tokens: int = 10,
+) -> list[dict[str, Any]]:
     """One card per feature (see the module docstring). `blocks`: the Long[N, T] token blocks scanned."""
     n_blocks, T = blocks.shape
     up_ids, up_val, down_ids, down_val = logit_effects(model, directions, top=top_tokens)
@@ -145,15 +160,17 @@ def build_cards(model: nn.Module, tokenizer, directions: Tensor, scan: FeatureSc
             lo, hi = max(1, pos - window[0]), min(T, pos + window[1] + 1)  # skip BOS
             ids = blocks[block, lo:hi].tolist()
             contexts.append({"tokens": [tok(i) for i in ids], "mark": pos - lo, "activation": round(value, 4)})
-        cards.append({
-            "feature": f,
-            "frequency": round(float(freq[f]), 6),
-            "mean_activation": round(float(mean_act[f]), 4),
-            "contexts": contexts,
-            "promoted": [[tok(i), round(v, 3)] for i, v in zip(up_ids[f].tolist(), up_val[f].tolist())],
-            "suppressed": [[tok(i), round(v, 3)] for i, v in zip(down_ids[f].tolist(), down_val[f].tolist())],
-            "neighbours": [[i, round(c, 4)] for i, c in zip(nb_ids[f].tolist(), nb_cos[f].tolist())],
-        })
+        cards.append(
+            {
+                "feature": f,
+                "frequency": round(float(freq[f]), 6),
+                "mean_activation": round(float(mean_act[f]), 4),
+                "contexts": contexts,
+                "promoted": [[tok(i), round(v, 3)] for i, v in zip(up_ids[f].tolist(), up_val[f].tolist())],
+                "suppressed": [[tok(i), round(v, 3)] for i, v in zip(down_ids[f].tolist(), down_val[f].tolist())],
+                "neighbours": [[i, round(c, 4)] for i, c in zip(nb_ids[f].tolist(), nb_cos[f].tolist())],
+            }
+        )
     return cards
 
 
@@ -172,8 +189,10 @@ def read_cards(directory: Path) -> dict[str, Any]:
 
 def render_card(card: dict[str, Any], contexts: int = 3) -> str:
     """A card as a few lines of Markdown: contexts with the activating token in **bold**."""
-    lines = [f"**feature {card['feature']}** (fires on {card['frequency']:.2%} of tokens, "
-             f"mean activation {card['mean_activation']:.3g})"]
+    lines = [
+        f"**feature {card['feature']}** (fires on {card['frequency']:.2%} of tokens, "
+        f"mean activation {card['mean_activation']:.3g})"
+    ]
     for ctx in card["contexts"][:contexts]:
         toks = [t.replace("\n", "⏎").replace("|", "\\|") for t in ctx["tokens"]]
         toks[ctx["mark"]] = f"**{toks[ctx['mark']]}**"

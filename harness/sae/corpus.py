@@ -60,8 +60,7 @@ class Corpus:
         keep = {d.id for d in heldout}
         return [d for d in self.documents if d.id not in keep]
 
-    def chunks(self, split: Split, chunk_chars: int = 2000, max_chars: int | None = None,
-               seed: int = 0) -> list[str]:
+    def chunks(self, split: Split, chunk_chars: int = 2000, max_chars: int | None = None, seed: int = 0) -> list[str]:
         """Chunks of the split, shuffled with `seed`, stopping once `max_chars` are reached.
 
         Shuffling chunks (not documents) mixes many sources into a short training run.
@@ -167,12 +166,17 @@ def _read_file(path: Path) -> list[Document]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i + 1} is not valid JSON ({err}); corpus .jsonl files "
-                                 f"need one JSON object per line with a 'text' field") from err
+                raise ValueError(
+                    f"{path}:{i + 1} is not valid JSON ({err}); corpus .jsonl files "
+                    f"need one JSON object per line with a 'text' field"
+                ) from err
             text = row.get("text") if isinstance(row, dict) else row
             if not isinstance(text, str):
-                text = next((v for v in row.values() if isinstance(v, str) and len(v) > 20), None) \
-                    if isinstance(row, dict) else None
+                text = (
+                    next((v for v in row.values() if isinstance(v, str) and len(v) > 20), None)
+                    if isinstance(row, dict)
+                    else None
+                )
             if text is None:
                 raise ValueError(f"{path}:{i + 1} has no 'text' field (or any string field)")
             doc_id = str(row.get("id", i)) if isinstance(row, dict) else str(i)
@@ -212,8 +216,11 @@ def builtin_documents() -> list[Document]:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
-        strings = [ast.get_docstring(node, clean=True) for node in ast.walk(tree)
-                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        strings = [
+            ast.get_docstring(node, clean=True)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
         text = "\n\n".join(s for s in strings if s and len(s) > 40)
         if text:
             docs.append(Document(f"stdlib:{rel.as_posix()}", text))
@@ -228,5 +235,5 @@ def _generated_task_documents() -> list[Document]:
     for task, prompts in generated_examples(split="train").items():
         # Several documents per task, so both splits see every task's format.
         for i in range(0, len(prompts), 100):
-            docs.append(Document(f"task:{task}#{i // 100}", "\n\n".join(prompts[i:i + 100])))
+            docs.append(Document(f"task:{task}#{i // 100}", "\n\n".join(prompts[i : i + 100])))
     return docs

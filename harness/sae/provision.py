@@ -121,8 +121,9 @@ def hook_layer(hook_name: str | None, layers_path: str) -> int:
     )
 
 
-def check_sae_matches(sae: "SAE", info: ModelInfo, layer: int | None = None,
-                      activation_dtype: "torch.dtype | None" = None) -> int:
+def check_sae_matches(
+    sae: "SAE", info: ModelInfo, layer: int | None = None, activation_dtype: "torch.dtype | None" = None
+) -> int:
     """Validate an SAE against a model; return the layer it reads. Errors name the fix."""
     d_in = int(sae.cfg.d_in)
     hook_name = sae.cfg.metadata.hook_name
@@ -202,8 +203,14 @@ def pretrained_dir(release: str, sae_id: str) -> Path:
     return cache_root() / "saes" / "pretrained" / release / sae_id.replace("/", "__")
 
 
-def load_sae(spec: str, info: ModelInfo, layer: int | None = None, dtype: str = "float32",
-             device: str = "cpu", **train_options: Any) -> LoadedSAE:
+def load_sae(
+    spec: str,
+    info: ModelInfo,
+    layer: int | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    **train_options: Any,
+) -> LoadedSAE:
     """Provision the SAE named by `spec` for `info` (see the module docstring).
 
     `train_options` are `SAETrainConfig` fields used when `auto` has to train.

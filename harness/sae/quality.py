@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.models import DEFAULT_MODEL
 from harness.activations import residuals, token_blocks
+from harness.config import Dtype, check_choices
+from harness.models import DEFAULT_MODEL
 from harness.sae.cards import FeatureScan
 from harness.sae.provision import LoadedSAE
 from harness.steering import PolicyIntervention, StepContext, steer
@@ -35,19 +37,37 @@ from harness.steering import PolicyIntervention, StepContext, steer
 class SAEEvalConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
     sae: str = field(default="auto", metadata={"help": "sae-lens <release>/<id>, a local sae-lens directory, or auto"})
-    layer: int | None = field(default=None, metadata={"help": "layer the SAE reads (default: the SAE's own, or the middle layer for auto)"})
-    sae_dtype: str = field(default="float32", metadata={"help": "dtype the SAE is loaded and run in"})
-    eval_corpus: str | None = field(default=None, metadata={"help": "held-out text: default the SAE's training corpus if known, else builtin (an auto SAE that must be trained trains on this corpus)"})
-    sequences: int = field(default=512, metadata={"help": "held-out sequences scanned for L0, FVU, dead features and cards"})
-    ce_sequences: int = field(default=64, metadata={"help": "held-out sequences for the cross-entropy metrics (3 full forwards each)"})
+    layer: int | None = field(
+        default=None, metadata={"help": "layer the SAE reads (default: the SAE's own, or the middle layer for auto)"}
+    )
+    sae_dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32", metadata={"help": "dtype the SAE is loaded and run in"}
+    )
+    eval_corpus: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out text: default the SAE's training corpus if known, else builtin (an auto SAE that must "
+            "be trained trains on this corpus)"
+        },
+    )
+    sequences: int = field(
+        default=512, metadata={"help": "held-out sequences scanned for L0, FVU, dead features and cards"}
+    )
+    ce_sequences: int = field(
+        default=64, metadata={"help": "held-out sequences for the cross-entropy metrics (3 full forwards each)"}
+    )
     context_size: int = field(default=128, metadata={"help": "tokens per held-out sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"})
+    dtype: Dtype = field(
+        default="auto",
+        metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"},
+    )
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     force: bool = field(default=False, metadata={"help": "recompute quality and cards even if present"})
     results_dir: str = field(default="results", metadata={"help": "where the quality table goes"})
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.ce_sequences > self.sequences:
             raise ValueError(f"--ce-sequences ({self.ce_sequences}) cannot exceed --sequences ({self.sequences})")
         if min(self.sequences, self.ce_sequences, self.context_size, self.batch_size) < 1:
@@ -75,8 +95,9 @@ def _next_token_loss(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def measure(model: nn.Module, tokenizer, loaded: LoadedSAE, texts: list[str], config: SAEEvalConfig,
-            scan_top: int = 8) -> tuple[dict, FeatureScan, Tensor]:
+def measure(
+    model: nn.Module, tokenizer, loaded: LoadedSAE, texts: list[str], config: SAEEvalConfig, scan_top: int = 8
+) -> tuple[dict, FeatureScan, Tensor]:
     """(metrics, the feature scan for cards, the Long[N, T] held-out blocks)."""
     device = next(model.parameters()).device
     blocks = token_blocks(tokenizer, texts, config.context_size, config.sequences, min_blocks=config.ce_sequences)
@@ -88,7 +109,7 @@ def measure(model: nn.Module, tokenizer, loaded: LoadedSAE, texts: list[str], co
     n_tokens = 0
     layer = loaded.layer
     for start in tqdm(range(0, len(blocks), config.batch_size), desc="SAE quality: scan", unit="batch"):
-        ids = blocks[start:start + config.batch_size].to(device)
+        ids = blocks[start : start + config.batch_size].to(device)
         x = residuals(model, ids, layers=[layer])[layer].float()
         feats = loaded.encode(x).float()
         recon = loaded.decode(feats).float()
@@ -101,7 +122,7 @@ def measure(model: nn.Module, tokenizer, loaded: LoadedSAE, texts: list[str], co
         l0_total += float((feats[:, 1:] > 0).sum())
         n_tokens += xs.shape[0]
         scan.update(feats.cpu(), start, mask)
-    sst = sum_sq - float((sum_x ** 2).sum()) / n_tokens
+    sst = sum_sq - float((sum_x**2).sum()) / n_tokens
     fvu = sse / sst
 
     clean = spliced = zero = 0.0
@@ -110,7 +131,7 @@ def measure(model: nn.Module, tokenizer, loaded: LoadedSAE, texts: list[str], co
     splice = PolicyIntervention(_replace(lambda h: loaded.decode(loaded.encode(h), dtype=h.dtype)), [layer])
     ablate = PolicyIntervention(_replace(torch.zeros_like), [layer])
     for start in tqdm(range(0, len(ce_blocks), config.batch_size), desc="SAE quality: CE loss", unit="batch"):
-        ids = ce_blocks[start:start + config.batch_size].to(device)
+        ids = ce_blocks[start : start + config.batch_size].to(device)
         clean += float(_next_token_loss(model, ids))
         with steer(model, [splice]):
             spliced += float(_next_token_loss(model, ids))

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from harness.config import Dtype, ModelConfig
 from harness.manifest import build_manifest, write_json
-from harness.models import DEFAULT_MODEL, model_slug
+from harness.models import model_slug
 from harness.paths import cache_root
 
 CONFIG = "config.json"
@@ -38,10 +39,13 @@ PROGRESS = "progress.json"
 
 
 @dataclass
-class SAETrainConfig:
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local directory, or gemma-3-270m (embedded)"})
-    layer: int | None = field(default=None, metadata={"help": "decoder layer whose output the SAE reads (default: the middle layer)"})
-    corpus: str = field(default="builtin", metadata={"help": "builtin, a .txt/.jsonl/.jsonl.gz file or folder, or a HF dataset id"})
+class SAETrainConfig(ModelConfig):
+    layer: int | None = field(
+        default=None, metadata={"help": "decoder layer whose output the SAE reads (default: the middle layer)"}
+    )
+    corpus: str = field(
+        default="builtin", metadata={"help": "builtin, a .txt/.jsonl/.jsonl.gz file or folder, or a HF dataset id"}
+    )
     width: int = field(default=2048, metadata={"help": "number of SAE features (d_sae)"})
     k: int = field(default=32, metadata={"help": "active features per token (TopK SAE), i.e. the L0"})
     tokens: int = field(default=600_000, metadata={"help": "training tokens"})
@@ -49,16 +53,26 @@ class SAETrainConfig:
     batch_tokens: int = field(default=2048, metadata={"help": "tokens per SAE optimisation step"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     seed: int = field(default=0, metadata={"help": "seed for sae-lens, initialisation and corpus shuffling"})
-    dtype: str = field(default="auto", metadata={"help": "LLM dtype for activations; auto = bf16 on a CPU with native bf16, else fp32"})
-    autocast: bool = field(default=True, metadata={"help": "bf16 autocast for the SAE's matmuls (fp32 weights), where the device runs bf16 natively (a GPU, or a CPU with AVX512-BF16/AMX)"})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
+    dtype: Dtype = field(
+        default="auto", metadata={"help": "LLM dtype for activations; auto = bf16 on a CPU with native bf16, else fp32"}
+    )
+    autocast: bool = field(
+        default=True,
+        metadata={
+            "help": "bf16 autocast for the SAE's matmuls (fp32 weights), where the device runs bf16 natively (a GPU, "
+            "or a CPU with AVX512-BF16/AMX)"
+        },
+    )
     checkpoints: int = field(default=4, metadata={"help": "checkpoints during training, for resume"})
     force: bool = field(default=False, metadata={"help": "retrain even if a finished SAE with these settings exists"})
-    out_dir: str | None = field(default=None, metadata={"help": "where the SAE goes (default: <cache>/saes/<model>/...)"})
+    out_dir: str | None = field(
+        default=None, metadata={"help": "where the SAE goes (default: <cache>/saes/<model>/...)"}
+    )
     results_dir: str = field(default="results", metadata={"help": "where the quality record goes after training"})
     architecture: Literal["topk"] = field(default="topk", metadata={"help": "SAE architecture (sae-lens TopK)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if Path(self.corpus).expanduser().exists():  # one cache entry however the path is written
             self.corpus = str(Path(self.corpus).expanduser().resolve())
         for name in ("width", "k", "tokens", "context_size", "batch_tokens"):
@@ -73,7 +87,11 @@ class SAETrainConfig:
 
     def identity(self) -> dict:
         """The settings that define the SAE (not where it goes or whether to redo it)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("force", "out_dir", "device", "checkpoints", "results_dir")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("force", "out_dir", "device", "checkpoints", "results_dir")
+        }
 
     def directory(self) -> Path:
         if self.out_dir:
@@ -148,24 +166,43 @@ def train_sae(config: SAETrainConfig) -> Path:
 
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(
-            d_in=info.d_model, d_sae=config.width, k=config.k, dtype="float32", device=device,
+            d_in=info.d_model,
+            d_sae=config.width,
+            k=config.k,
+            dtype="float32",
+            device=device,
             normalize_activations="expected_average_only_in",
         ),
-        model_name=str(info.path), model_class_name="AutoModelForCausalLM", hook_name=hook,
-        dataset_path=f"crl-bench:{corpus.spec}", is_dataset_tokenized=False, streaming=False,
-        context_size=config.context_size, prepend_bos=True, exclude_special_tokens=True,
-        training_tokens=config.tokens, train_batch_size_tokens=config.batch_tokens,
+        model_name=str(info.path),
+        model_class_name="AutoModelForCausalLM",
+        hook_name=hook,
+        dataset_path=f"crl-bench:{corpus.spec}",
+        is_dataset_tokenized=False,
+        streaming=False,
+        context_size=config.context_size,
+        prepend_bos=True,
+        exclude_special_tokens=True,
+        training_tokens=config.tokens,
+        train_batch_size_tokens=config.batch_tokens,
         store_batch_size_prompts=max(1, config.batch_tokens // config.context_size),
         # the mixing buffer holds n_batches_in_buffer * context_size activations
         n_batches_in_buffer=max(32, 4 * config.batch_tokens // config.context_size),
-        lr=config.lr, lr_warm_up_steps=min(50, config.tokens // config.batch_tokens // 10),
-        seed=config.seed, device=device, dtype="float32", autocast=autocast,
+        lr=config.lr,
+        lr_warm_up_steps=min(50, config.tokens // config.batch_tokens // 10),
+        seed=config.seed,
+        device=device,
+        dtype="float32",
+        autocast=autocast,
         n_batches_for_norm_estimate=20,
         # A feature silent for ~50k tokens counts as dead and gets the TopK auxiliary loss;
         # sae-lens's default (1000 steps) exceeds a whole CPU-budget run, so AuxK never acted.
-        dead_feature_window=max(10, 50_000 // config.batch_tokens), feature_sampling_window=200,
-        n_checkpoints=config.checkpoints, checkpoint_path=str(partial / "checkpoints"),
-        output_path=str(partial), save_final_checkpoint=False, verbose=False,
+        dead_feature_window=max(10, 50_000 // config.batch_tokens),
+        feature_sampling_window=200,
+        n_checkpoints=config.checkpoints,
+        checkpoint_path=str(partial / "checkpoints"),
+        output_path=str(partial),
+        save_final_checkpoint=False,
+        verbose=False,
         logger=LoggingConfig(log_to_wandb=False),
     )
     torch.manual_seed(config.seed)
@@ -190,21 +227,24 @@ def train_sae(config: SAETrainConfig) -> Path:
             write_json(partial / PROGRESS, progress)
 
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
-    write_json(partial / MANIFEST, build_manifest(
-        kind="sae",
-        model=config.model,
-        model_path=str(info.path),
-        layer=config.layer,
-        hook_name=hook,
-        corpus=corpus.describe(),
-        training_tokens=config.tokens,
-        training_steps=config.tokens // config.batch_tokens,
-        train_wall_s=round(progress["wall_s"], 1),
-        device=device,
-        llm_dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-        autocast=autocast,
-        seed=config.seed,
-    ))
+    write_json(
+        partial / MANIFEST,
+        build_manifest(
+            kind="sae",
+            model=config.model,
+            model_path=str(info.path),
+            layer=config.layer,
+            hook_name=hook,
+            corpus=corpus.describe(),
+            training_tokens=config.tokens,
+            training_steps=config.tokens // config.batch_tokens,
+            train_wall_s=round(progress["wall_s"], 1),
+            device=device,
+            llm_dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+            autocast=autocast,
+            seed=config.seed,
+        ),
+    )
     (partial / PROGRESS).unlink(missing_ok=True)
     if target.exists():
         shutil.rmtree(target)

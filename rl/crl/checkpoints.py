@@ -28,8 +28,11 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     state = optimizer.state_dict()
-    tensors = {f"{index}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
-               for index, entry in state["state"].items() for name, value in entry.items()}
+    tensors = {
+        f"{index}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
+        for index, entry in state["state"].items()
+        for name, value in entry.items()
+    }
     return tensors, state["param_groups"]
 
 
@@ -41,8 +44,9 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(directory: Path, controller: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
+def save_checkpoint(
+    directory: Path, controller: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_tensors(tmp / CONTROLLER_FILE, controller.state_dict())
@@ -56,8 +60,14 @@ def save_checkpoint(directory: Path, controller: torch.nn.Module, optimizer: tor
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = sorted((p for p in checkpoints.glob("step-*") if (p / STATE_FILE).exists()),
-                   key=lambda p: int(p.name.split("-")[1])) if checkpoints.is_dir() else []
+    found = (
+        sorted(
+            (p for p in checkpoints.glob("step-*") if (p / STATE_FILE).exists()),
+            key=lambda p: int(p.name.split("-")[1]),
+        )
+        if checkpoints.is_dir()
+        else []
+    )
     return found[-1] if found else None
 
 

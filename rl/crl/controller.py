@@ -26,11 +26,10 @@ through the one steering mechanism (`harness.steering`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -72,8 +71,16 @@ class FeatureBank:
 
 
 class Controller(nn.Module):
-    def __init__(self, d_model: int, d_sae: int, n_layers: int, hidden: int = 256, n_coefs: int = len(COEFS),
-                 noop_prior: float = 0.5, policy: str = "flat"):
+    def __init__(
+        self,
+        d_model: int,
+        d_sae: int,
+        n_layers: int,
+        hidden: int = 256,
+        n_coefs: int = len(COEFS),
+        noop_prior: float = 0.5,
+        policy: str = "flat",
+    ):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -106,7 +113,9 @@ class Controller(nn.Module):
         logits = self.feature_head(z)
         if self.gate_head is not None:
             gate = self.gate_head(z)
-            logits = torch.cat([nn.functional.logsigmoid(gate) + logits.log_softmax(-1), nn.functional.logsigmoid(-gate)], -1)
+            logits = torch.cat(
+                [nn.functional.logsigmoid(gate) + logits.log_softmax(-1), nn.functional.logsigmoid(-gate)], -1
+            )
         return logits, self.coef_head(z), self.value_head(z).squeeze(-1)
 
     def most_probable(self, feature_probs: Tensor) -> Tensor:
@@ -116,7 +125,9 @@ class Controller(nn.Module):
         if self.policy == "flat":
             return feature_probs.argmax(-1)
         intervene = feature_probs[:, :-1].sum(-1) > feature_probs[:, -1]
-        return torch.where(intervene, feature_probs[:, :-1].argmax(-1), torch.full_like(intervene, self.d_sae, dtype=torch.long))
+        return torch.where(
+            intervene, feature_probs[:, :-1].argmax(-1), torch.full_like(intervene, self.d_sae, dtype=torch.long)
+        )
 
     @torch.no_grad()
     def standardise_from(self, samples: dict[int, Tensor]) -> None:
@@ -209,12 +220,21 @@ class ControllerRun:
         positions = ctx.positions[rows, cols]
         tokens = ctx.input_ids[rows, cols] if ctx.input_ids is not None else torch.full_like(rows, -1)
         for i in range(len(rows)):
-            self.records.append({
-                "row": int(rows[i]), "position": int(positions[i]), "token": int(tokens[i]), "layer": ctx.layer,
-                "feature": self.bank.sae_id(ctx.layer, int(features[i])),
-                "coef": float(COEFS[int(coefs[i])]), "feature_index": int(features[i]), "coef_index": int(coefs[i]),
-                "logp": float(logp[i]), "value": float(value[i]), "layer_index": layer_index,
-            })
+            self.records.append(
+                {
+                    "row": int(rows[i]),
+                    "position": int(positions[i]),
+                    "token": int(tokens[i]),
+                    "layer": ctx.layer,
+                    "feature": self.bank.sae_id(ctx.layer, int(features[i])),
+                    "coef": float(COEFS[int(coefs[i])]),
+                    "feature_index": int(features[i]),
+                    "coef_index": int(coefs[i]),
+                    "logp": float(logp[i]),
+                    "value": float(value[i]),
+                    "layer_index": layer_index,
+                }
+            )
             if self.keep_residuals:
                 self.residuals.append(h[i].cpu())
         delta = torch.zeros_like(hidden)
@@ -231,8 +251,11 @@ def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Per row, the first index whose cumulative probability exceeds u (a draw from probs)."""
     cdf = probs.float().cumsum(-1)
-    return torch.searchsorted(cdf, (u.float() * cdf[:, -1])[:, None].contiguous(), right=True).squeeze(-1) \
+    return (
+        torch.searchsorted(cdf, (u.float() * cdf[:, -1])[:, None].contiguous(), right=True)
+        .squeeze(-1)
         .clamp(max=probs.shape[-1] - 1)
+    )
 
 
 def common_uniforms(seed: int, docs: list[int]) -> Callable[[Tensor, Tensor, int], Tensor]:
@@ -240,8 +263,14 @@ def common_uniforms(seed: int, docs: list[int]) -> Callable[[Tensor, Tensor, int
     import numpy as np
 
     def uniforms(rows: Tensor, positions: Tensor, layer: int) -> Tensor:
-        return torch.tensor(np.array([np.random.default_rng([seed, docs[r], p, layer]).random(2)
-                                      for r, p in zip(rows.tolist(), positions.tolist())]))
+        return torch.tensor(
+            np.array(
+                [
+                    np.random.default_rng([seed, docs[r], p, layer]).random(2)
+                    for r, p in zip(rows.tolist(), positions.tolist())
+                ]
+            )
+        )
 
     return uniforms
 
@@ -271,10 +300,18 @@ def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBa
     config = json.loads((run_dir / "config.json").read_text())
     layers = list(config["layers_resolved"])
     tensors = load_file(str(run_dir / "bank.safetensors"))
-    bank = FeatureBank(layers, {l: tensors[f"directions.{l}"].to(device) for l in layers},
-                       {l: tensors[f"scales.{l}"].to(device) for l in layers},
-                       {l: tensors[f"ids.{l}"].to(device) for l in layers} if f"ids.{layers[0]}" in tensors else None)
-    controller = Controller(config["d_model"], config["d_sae"], len(layers), config["hidden"],
-                            policy={v: k for k, v in CONTROLLER_TYPES.items()}[config["controller"]])
+    bank = FeatureBank(
+        layers,
+        {l: tensors[f"directions.{l}"].to(device) for l in layers},
+        {l: tensors[f"scales.{l}"].to(device) for l in layers},
+        {l: tensors[f"ids.{l}"].to(device) for l in layers} if f"ids.{layers[0]}" in tensors else None,
+    )
+    controller = Controller(
+        config["d_model"],
+        config["d_sae"],
+        len(layers),
+        config["hidden"],
+        policy={v: k for k, v in CONTROLLER_TYPES.items()}[config["controller"]],
+    )
     controller.load_state_dict(load_file(str(run_dir / "controller.safetensors")))
     return controller.to(device).eval(), bank

@@ -58,4 +58,3 @@ class FeatureMask:
     def load(self, state: dict[str, Any]) -> None:
         self.recent.extend(state["recent"])
         self.until = {int(k): v for k, v in state["until"].items()}
-

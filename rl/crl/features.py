@@ -20,21 +20,35 @@ def write_interventions(path: Path, decisions: list[dict], rewards: list[float],
     with open(path, "w") as handle:
         for record in decisions:
             doc_index = record["row"]
-            handle.write(json.dumps({"split": "validation", "item": doc_index, "position": record["position"],
-                                     "token": tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
-                                     "layer": record["layer"], "feature": record["feature"], "coef": record["coef"],
-                                     "reward": rewards[doc_index]}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "split": "validation",
+                        "item": doc_index,
+                        "position": record["position"],
+                        "token": tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
+                        "layer": record["layer"],
+                        "feature": record["feature"],
+                        "coef": record["coef"],
+                        "reward": rewards[doc_index],
+                    }
+                )
+                + "\n"
+            )
 
 
 def choices_summary(chosen_counts: Counter, decisions: list[dict]) -> dict[str, Any]:
     """`choices.json`: training's sampled features and validation's greedy choices."""
     return {
         "training": [{"feature": f, "count": c} for f, c in chosen_counts.most_common(50)],
-        "validation": [{"feature": f, "count": c} for f, c in
-                       Counter(r["feature"] for r in decisions if r["feature"] is not None).most_common(50)],
+        "validation": [
+            {"feature": f, "count": c}
+            for f, c in Counter(r["feature"] for r in decisions if r["feature"] is not None).most_common(50)
+        ],
         "validation_by_layer": _by_layer(decisions),
         "validation_decisions": len(decisions),
-        "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions))}
+        "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions)),
+    }
 
 
 def _by_layer(decisions: list[dict]) -> list[dict[str, Any]]:
@@ -44,8 +58,9 @@ def _by_layer(decisions: list[dict]) -> list[dict[str, Any]]:
     for r in decisions:
         if r["feature"] is not None:
             coefs.setdefault((r["layer"], r["feature"]), set()).add(r["coef"])
-    return [{"layer": l, "feature": f, "count": c, "coefs": sorted(coefs[(l, f)])}
-            for (l, f), c in counts.most_common(50)]
+    return [
+        {"layer": l, "feature": f, "count": c, "coefs": sorted(coefs[(l, f)])} for (l, f), c in counts.most_common(50)
+    ]
 
 
 def write_features(path: Path, run_dir: Path, saes: dict[int, Any], title: str, top: int = 10) -> None:
@@ -62,19 +77,30 @@ def write_features(path: Path, run_dir: Path, saes: dict[int, Any], title: str, 
         except FileNotFoundError:
             cards[layer] = {}
     decisions = choices["validation_decisions"]
-    lines = [f"# {title}: the most chosen features", "",
-             f"Greedy controller on the validation split: {decisions} decisions, "
-             f"{choices['validation_noop_share']:.1%} of them 'no intervention'. Training: the features sampled "
-             "most often during training, in `choices.json`.", "",
-             "| layer | feature | share of decisions | coefficients |", "|---:|---:|---:|---|"]
+    lines = [
+        f"# {title}: the most chosen features",
+        "",
+        f"Greedy controller on the validation split: {decisions} decisions, "
+        f"{choices['validation_noop_share']:.1%} of them 'no intervention'. Training: the features sampled "
+        "most often during training, in `choices.json`.",
+        "",
+        "| layer | feature | share of decisions | coefficients |",
+        "|---:|---:|---:|---|",
+    ]
     chosen = choices["validation_by_layer"]
     for entry in chosen[:top]:
-        lines.append(f"| {entry['layer']} | {entry['feature']} | {entry['count'] / max(1, decisions):.1%} | "
-                     f"{', '.join(f'{c:g}' for c in entry['coefs'])} |")
+        lines.append(
+            f"| {entry['layer']} | {entry['feature']} | {entry['count'] / max(1, decisions):.1%} | "
+            f"{', '.join(f'{c:g}' for c in entry['coefs'])} |"
+        )
     lines += ["", "## Feature cards", ""]
     for entry in chosen[:top]:
         card = cards.get(entry["layer"], {}).get(entry["feature"])
-        lines += [f"### layer {entry['layer']}, feature {entry['feature']}", "",
-                  render_card(card) if card else "(no card: run `crl-bench sae eval` for this SAE)", ""]
+        lines += [
+            f"### layer {entry['layer']}, feature {entry['feature']}",
+            "",
+            render_card(card) if card else "(no card: run `crl-bench sae eval` for this SAE)",
+            "",
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

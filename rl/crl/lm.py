@@ -25,8 +25,15 @@ class CRLSteeredLM(LeanHFLM):
     (item, token position, token, layer, feature, coefficient).
     """
 
-    def __init__(self, pretrained: str = "gemma-3-270m", controller: str | None = None, sample: bool = False,
-                 log_interventions: str | None = None, seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        pretrained: str = "gemma-3-270m",
+        controller: str | None = None,
+        sample: bool = False,
+        log_interventions: str | None = None,
+        seed: int = 0,
+        **kwargs,
+    ):
         how = "train one with `crl-bench train crl --model M --task T`"
         if controller is None:
             raise ValueError(f"crl_steered needs controller=<run dir>; {how}")
@@ -39,8 +46,10 @@ class CRLSteeredLM(LeanHFLM):
             )
         super().__init__(pretrained=pretrained, **kwargs)
         if config["d_model"] != self.info.d_model:
-            raise ValueError(f"{run_dir} was trained on a model with d_model {config['d_model']}; "
-                             f"{pretrained} has {self.info.d_model}. Pass the model it was trained on ({config['model']})")
+            raise ValueError(
+                f"{run_dir} was trained on a model with d_model {config['d_model']}; "
+                f"{pretrained} has {self.info.d_model}. Pass the model it was trained on ({config['model']})"
+            )
         for layer in config["layers_resolved"]:
             self.info.check_layer(layer)
         self.controller, self.bank = load_controller(run_dir, device=self.device)
@@ -57,8 +66,9 @@ class CRLSteeredLM(LeanHFLM):
         return from_last_prompt_token(ctx)
 
     def interventions(self) -> list[Intervention]:
-        run = ControllerRun(self.controller, self.bank, self._where, mode=self.mode, generator=self.generator,
-                            keep_residuals=False)
+        run = ControllerRun(
+            self.controller, self.bank, self._where, mode=self.mode, generator=self.generator, keep_residuals=False
+        )
         if self.log_path:
             # the rows of this forward or generation batch, captured now: the next batch replaces them
             contexts = self.batch_contexts if self.batch_contexts is not None else self.generation_contexts
@@ -95,8 +105,16 @@ class CRLSteeredLM(LeanHFLM):
             for run, contexts in self._runs:
                 for record in run.records:
                     context = contexts[record["row"]] if record["row"] < len(contexts) else None
-                    handle.write(json.dumps({
-                        "item": self.items.get(context), "position": record["position"],
-                        "token": self.tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
-                        "layer": record["layer"], "feature": record["feature"], "coef": record["coef"],
-                    }) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {
+                                "item": self.items.get(context),
+                                "position": record["position"],
+                                "token": self.tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
+                                "layer": record["layer"],
+                                "feature": record["feature"],
+                                "coef": record["coef"],
+                            }
+                        )
+                        + "\n"
+                    )

@@ -26,8 +26,9 @@ def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: An
         logp = features_d.log_prob(batch["feature"]) + coefs_d.log_prob(batch["coef"])
         surrogate = clipped(torch.exp(logp - batch["logp"]), advantage, config.clip)
         if config.setting == "generation":
-            given_steering, _ = distributions(feature_logits[:, :-1], coef_logits,
-                                              None if batch["masked"] is None else batch["masked"][:-1])
+            given_steering, _ = distributions(
+                feature_logits[:, :-1], coef_logits, None if batch["masked"] is None else batch["masked"][:-1]
+            )
             entropy = given_steering.entropy() + coefs_d.entropy()
         else:
             entropy = features_d.entropy() + coefs_d.entropy()
@@ -55,15 +56,17 @@ def clipped(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.
     return torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
 
 
-def advantages(config: Any, rewards: list[float], records: list[dict], rows_per_group: int,
-                unsteered: list[float] | None = None) -> tuple[list[float], list[float]]:
+def advantages(
+    config: Any, rewards: list[float], records: list[dict], rows_per_group: int, unsteered: list[float] | None = None
+) -> tuple[list[float], list[float]]:
     """Per decision: (advantage, return). value: R - V(h); group: R normalised in its prompt's
     group; unsteered: R - `unsteered[row]` (the row's prompt scored with no intervention) for
     the decisions that intervened, 0 for the no-op ones."""
     if config.resolved_baseline == "unsteered":
         # a no-op decision is what the baseline itself does: only the interventions take the credit
-        return [0.0 if r["feature"] is None else rewards[r["row"]] - unsteered[r["row"]] for r in records], \
-            [rewards[r["row"]] for r in records]
+        return [0.0 if r["feature"] is None else rewards[r["row"]] - unsteered[r["row"]] for r in records], [
+            rewards[r["row"]] for r in records
+        ]
     if config.resolved_baseline == "group":
         normalised = group_normalised(rewards, rows_per_group).tolist()
         return [normalised[r["row"]] for r in records], [rewards[r["row"]] for r in records]

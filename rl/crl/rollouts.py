@@ -39,8 +39,10 @@ def build_problem(task: Any, docs: list[dict], tokenizer: Any, seed: int) -> Pro
     if task.OUTPUT_TYPE == "generate_until":
         return Problem(task, docs, prompts, "generation")
     if task.OUTPUT_TYPE != "multiple_choice":
-        raise ValueError(f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; CRL needs a "
-                         "multiple_choice or generate_until task")
+        raise ValueError(
+            f"task {task.config.task!r} has output_type {task.OUTPUT_TYPE!r}; CRL needs a "
+            "multiple_choice or generate_until task"
+        )
     delimiter = task.config.target_delimiter
     gold, tokens, one_token = [], [], True
     for doc in docs:
@@ -50,15 +52,24 @@ def build_problem(task: Any, docs: list[dict], tokenizer: Any, seed: int) -> Pro
         ids = [tokenizer(delimiter + c, add_special_tokens=False)["input_ids"] for c in choices]
         one_token &= all(len(i) == 1 for i in ids)
         tokens.append([i[0] for i in ids])
-    return Problem(task, docs, prompts, "one-token-choices" if one_token else "choices",
-                   tokens if one_token else None, gold)
+    return Problem(
+        task, docs, prompts, "one-token-choices" if one_token else "choices", tokens if one_token else None, gold
+    )
 
 
 class Rollouts:
     """Runs the frozen model under the controller for a batch of (document, sample) rows."""
 
-    def __init__(self, model: Any, tokenizer: Any, controller: Any, bank: Any, problem: Problem,
-                 max_new_tokens: int, batch_size: int):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        controller: Any,
+        bank: Any,
+        problem: Problem,
+        max_new_tokens: int,
+        batch_size: int,
+    ):
         self.model, self.tokenizer, self.controller, self.bank = model, tokenizer, controller, bank
         self.problem, self.max_new_tokens, self.batch_size = problem, max_new_tokens, batch_size
         self.device = next(model.parameters()).device
@@ -67,11 +78,17 @@ class Rollouts:
         # the chunk being run: its rows' replayed actions, forced decisions and common uniforms
         self._replay = self._overrides = self._uniforms = None
 
-    def run(self, indices: list[int], mode: str, masked: torch.Tensor | None = None,
-            generator: torch.Generator | None = None, keep_residuals: bool = True,
-            row_actions: dict[int, dict[int, tuple[int, int]]] | None = None,
-            overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None,
-            common_random: int | None = None):
+    def run(
+        self,
+        indices: list[int],
+        mode: str,
+        masked: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        keep_residuals: bool = True,
+        row_actions: dict[int, dict[int, tuple[int, int]]] | None = None,
+        overrides: dict[int, dict[tuple[int, int], tuple[int, int]]] | None = None,
+        common_random: int | None = None,
+    ):
         """Rewards per row and the decisions (records + residuals), rows in `indices` order.
         `row_actions` (mode `replay`): row -> {layer: (feature index, coef index)}; `overrides`
         (any mode): row -> {(position, layer): (feature index, coef index)} forced there;
@@ -88,7 +105,7 @@ class Rollouts:
         if self.problem.kind == "one-token-choices":  # rows share prompts: batch_size distinct prompts per chunk
             size *= max(1, len(indices) // max(1, len(set(indices))))
         for start in range(0, len(indices), size):
-            chunk = indices[start:start + size]
+            chunk = indices[start : start + size]
             self._replay = _rows_of_chunk(row_actions, start, len(chunk))
             self._overrides = _rows_of_chunk(overrides, start, len(chunk))
             self._uniforms = None if common_random is None else common_uniforms(common_random, list(chunk))
@@ -114,9 +131,18 @@ class Rollouts:
         overrides = self._overrides if row_actions is None else None
         if row_actions is None and mode == "replay":
             row_actions = self._replay
-        return ControllerRun(self.controller, self.bank, where, mode=mode, masked=masked, generator=generator,
-                             row_actions=row_actions, keep_residuals=keep_residuals, overrides=overrides,
-                             uniforms=self._uniforms)
+        return ControllerRun(
+            self.controller,
+            self.bank,
+            where,
+            mode=mode,
+            masked=masked,
+            generator=generator,
+            row_actions=row_actions,
+            keep_residuals=keep_residuals,
+            overrides=overrides,
+            uniforms=self._uniforms,
+        )
 
     def _choose(self, chunk, mode, masked, generator, keep_residuals):
         problem = self.problem
@@ -142,8 +168,9 @@ class Rollouts:
         ids, mask = ids[select], mask[select]
         run = self._controller_run(at_decision(mask.sum(-1) - 1), mode, masked, generator, keep_residuals)
         with torch.no_grad(), steer(body, [run.intervention()]):
-            hidden = body(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache,
-                          use_cache=True).last_hidden_state[:, -1]
+            hidden = body(
+                input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache, use_cache=True
+            ).last_hidden_state[:, -1]
         unembed = self.model.get_output_embeddings().weight.detach()
         # the model's head restricted to the choices (a final soft-cap is monotone: same argmax)
         logits = [hidden[row].float() @ unembed[problem.choice_tokens[doc]].float().T for row, doc in enumerate(chunk)]
@@ -168,14 +195,17 @@ class Rollouts:
         with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, last):
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].float()
         if problem.kind == "one-token-choices":
-            return self._one_token_rewards(chunk, [logits[row, problem.choice_tokens[doc]]
-                                                   for row, doc in enumerate(chunk)]), run
+            return self._one_token_rewards(
+                chunk, [logits[row, problem.choice_tokens[doc]] for row, doc in enumerate(chunk)]
+            ), run
         # multi-token choices: score every choice with the same actions (replayed per row)
         actions: dict[int, dict[int, tuple[int, int]]] = {}
         for record in run.records:
             actions.setdefault(record["row"], {})[record["layer"]] = (record["feature_index"], record["coef_index"])
-        rewards = [float(self._best_choice(doc_index, actions[row]) == problem.gold[doc_index])
-                   for row, doc_index in enumerate(chunk)]
+        rewards = [
+            float(self._best_choice(doc_index, actions[row]) == problem.gold[doc_index])
+            for row, doc_index in enumerate(chunk)
+        ]
         return rewards, run
 
     def _best_choice(self, doc_index: int, actions: dict[int, tuple[int, int]]) -> int:
@@ -198,17 +228,27 @@ class Rollouts:
         cont = lengths - prompt_len
         width = int(cont.max())
         pad = ids.shape[1] - lengths  # left padding
-        index = torch.stack([torch.clamp(pad[r] + prompt_len - 1 + torch.arange(width, device=self.device),
-                                         max=ids.shape[1] - 2) for r in range(len(texts))])
-        run = self._controller_run(at_decision(torch.full((len(texts),), prompt_len - 1)), "replay", None, None, False,
-                                   row_actions={r: actions for r in range(len(texts))})
+        index = torch.stack(
+            [
+                torch.clamp(pad[r] + prompt_len - 1 + torch.arange(width, device=self.device), max=ids.shape[1] - 2)
+                for r in range(len(texts))
+            ]
+        )
+        run = self._controller_run(
+            at_decision(torch.full((len(texts),), prompt_len - 1)),
+            "replay",
+            None,
+            None,
+            False,
+            row_actions={r: actions for r in range(len(texts))},
+        )
         with torch.no_grad(), steer(self.model, [run.intervention()]), logits_at(self.model, index):
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
         logprobs = F.log_softmax(logits, -1)
         scores = []
         for r in range(len(texts)):
             n = int(cont[r])
-            targets = ids[r, pad[r] + prompt_len: pad[r] + prompt_len + n]
+            targets = ids[r, pad[r] + prompt_len : pad[r] + prompt_len + n]
             scores.append(float(logprobs[r, :n].gather(-1, targets[:, None]).sum()))
         return int(torch.tensor(scores).argmax())
 
@@ -222,9 +262,14 @@ class Rollouts:
         ids, mask = batch(self.tokenizer, [problem.prompts[i] for i in chunk], self.device)
         run = self._controller_run(from_last_prompt_token, mode, masked, generator, keep_residuals)
         with torch.no_grad(), steer(self.model, [run.intervention()]):
-            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id, do_sample=False)
-        new = out[:, ids.shape[1]:]
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                do_sample=False,
+            )
+        new = out[:, ids.shape[1] :]
         until = [u for u in (problem.task.config.generation_kwargs or {}).get("until", []) if u]
         texts, alive_until, tokens = [], [], 0
         for row in range(len(chunk)):

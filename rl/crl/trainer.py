@@ -74,8 +74,20 @@ from rl.crl.ppo import advantages, ppo_update
 from rl.crl.rollouts import Rollouts, build_problem
 from rl.runs import frozen_fingerprint, run_dir_for, write_curve
 
-CURVE_FIELDS = ("step", "rollouts", "reward", "validation", "entropy", "steered_share", "distinct_features", "masked",
-                "newly_masked", "fixed", "broken", "top_share")
+CURVE_FIELDS = (
+    "step",
+    "rollouts",
+    "reward",
+    "validation",
+    "entropy",
+    "steered_share",
+    "distinct_features",
+    "masked",
+    "newly_masked",
+    "fixed",
+    "broken",
+    "top_share",
+)
 BANK_FILE = "bank.safetensors"
 
 
@@ -91,8 +103,8 @@ def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> 
 def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list[str], batch_size: int):
     """Typical activation of every feature (mean where it fires, over the prompts' tokens, BOS
     excluded) and residual samples at the prompts' last token for the controller's inputs."""
-    from harness.padding import batch
     from harness.activations import residuals
+    from harness.padding import batch
 
     device = next(model.parameters()).device
     layers = sorted(saes)
@@ -101,7 +113,7 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
     last = {l: [] for l in layers}
     # counts: how often each feature fires on these prompts (the candidate score of generation tasks)
     for start in range(0, len(prompts), batch_size):
-        ids, mask = batch(tokenizer, prompts[start:start + batch_size], device)
+        ids, mask = batch(tokenizer, prompts[start : start + batch_size], device)
         acts = residuals(model, ids, mask, layers=layers)
         real = mask.bool().clone()
         real[torch.arange(len(ids)), (mask.shape[1] - mask.sum(-1))] = False  # BOS
@@ -119,19 +131,32 @@ def measure_bank(model: Any, tokenizer: Any, saes: dict[int, Any], prompts: list
     return scales, {l: torch.cat(last[l]) for l in layers}, counts
 
 
-def _sampled_update(config: CRLConfig, controller, optimizer, rewards: list[float], records: list[dict],
-                    residuals: list[torch.Tensor], masked, rows: list[int], group_size: int,
-                    unsteered: dict[int, float] | None, device) -> dict[str, float]:
+def _sampled_update(
+    config: CRLConfig,
+    controller,
+    optimizer,
+    rewards: list[float],
+    records: list[dict],
+    residuals: list[torch.Tensor],
+    masked,
+    rows: list[int],
+    group_size: int,
+    unsteered: dict[int, float] | None,
+    device,
+) -> dict[str, float]:
     """ppo / grpo: the clipped surrogate over the step's sampled decisions (`rl.crl.ppo`)."""
-    step_advantages, returns = advantages(config, rewards, records, group_size,
-                                          [unsteered[doc] for doc in rows] if unsteered is not None else None)
+    step_advantages, returns = advantages(
+        config, rewards, records, group_size, [unsteered[doc] for doc in rows] if unsteered is not None else None
+    )
     batch = {
-        "h": torch.stack(residuals).to(device), "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
+        "h": torch.stack(residuals).to(device),
+        "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
         "feature": torch.tensor([r["feature_index"] for r in records], device=device),
         "coef": torch.tensor([r["coef_index"] for r in records], device=device),
         "logp": torch.tensor([r["logp"] for r in records], device=device),
         "advantage": torch.tensor(step_advantages, device=device, dtype=torch.float32),
-        "returns": torch.tensor(returns, device=device, dtype=torch.float32), "masked": masked,
+        "returns": torch.tensor(returns, device=device, dtype=torch.float32),
+        "masked": masked,
     }
     return ppo_update(controller, optimizer, batch, config)
 
@@ -153,16 +178,23 @@ def train(config: CRLConfig) -> Path:
     task = load_task(config.task)
     budget = config.task_budget(task)
     if config.setting == "generation" and task.OUTPUT_TYPE != "generate_until":
-        raise ValueError(f"the generation setting needs a generation task; {config.task} is {task.OUTPUT_TYPE} "
-                         "(use --setting one-token or multi-layer)")
+        raise ValueError(
+            f"the generation setting needs a generation task; {config.task} is {task.OUTPUT_TYPE} "
+            "(use --setting one-token or multi-layer)"
+        )
     if config.setting != "generation" and task.OUTPUT_TYPE != "multiple_choice":
-        raise ValueError(f"the {config.setting} setting needs a multiple-choice task; {config.task} is "
-                         f"{task.OUTPUT_TYPE} (use --setting generation)")
+        raise ValueError(
+            f"the {config.setting} setting needs a multiple-choice task; {config.task} is "
+            f"{task.OUTPUT_TYPE} (use --setting generation)"
+        )
     splits = method_splits(task)
     device = config.device or default_device()
-    dtype = resolve_dtype("auto" if config.dtype == "auto" else config.dtype, device)  # forward only: bf16 on a CPU with native bf16
+    dtype = resolve_dtype(
+        "auto" if config.dtype == "auto" else config.dtype, device
+    )  # forward only: bf16 on a CPU with native bf16
     model, tokenizer = load_causal_lm(config.model, dtype=str(dtype).replace("torch.", ""), device=device)
     info = model_info(config.model)  # as bench names it: an auto SAE is found in the same cache entry
+
     def sae_for(layer):
         spec = config.sae.format(layer=layer) if "{layer}" in config.sae else config.sae
         return load_sae(spec, info, layer, device=device, corpus=config.sae_corpus)
@@ -188,15 +220,27 @@ def train(config: CRLConfig) -> Path:
     problem = build_problem(task, docs, tokenizer, config.seed)
     val_problem = build_problem(task, val_docs, tokenizer, config.seed)
     scales, samples, counts = measure_bank(model, tokenizer, saes, problem.prompts[:64], config.batch_size)
-    ids = {l: choose_candidates(model, tokenizer, saes[l], problem, scales[l], counts[l], config.candidates,
-                               config.candidate_rule) for l in layers}
-    bank = FeatureBank(layers, {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
-                       {l: scales[l][ids[l]].to(device) for l in layers}, {l: ids[l].to(device) for l in layers})
+    ids = {
+        l: choose_candidates(
+            model, tokenizer, saes[l], problem, scales[l], counts[l], config.candidates, config.candidate_rule
+        )
+        for l in layers
+    }
+    bank = FeatureBank(
+        layers,
+        {l: saes[l].directions().float()[ids[l]].to(device) for l in layers},
+        {l: scales[l][ids[l]].to(device) for l in layers},
+        {l: ids[l].to(device) for l in layers},
+    )
     torch.manual_seed(config.seed)
-    noop_prior = config.noop_prior if config.noop_prior is not None else \
-        (1 - 2 / max(4, budget.max_new_tokens) if config.setting == "generation" else 0.5)
-    controller = Controller(info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=noop_prior,
-                            policy=config.resolved_policy).to(device)
+    noop_prior = (
+        config.noop_prior
+        if config.noop_prior is not None
+        else (1 - 2 / max(4, budget.max_new_tokens) if config.setting == "generation" else 0.5)
+    )
+    controller = Controller(
+        info.d_model, bank.d_sae, len(layers), config.hidden, noop_prior=noop_prior, policy=config.resolved_policy
+    ).to(device)
     controller.standardise_from({i: samples[l] for i, l in enumerate(layers)})
     optimizer = torch.optim.Adam([p for p in controller.parameters() if p.requires_grad], lr=config.learning_rate)
     mask = FeatureMask(bank.d_sae, config.mask_share, config.mask_steps, config.mask_window)
@@ -210,7 +254,10 @@ def train(config: CRLConfig) -> Path:
     unsteered_baseline = config.resolved_baseline == "unsteered"
     unsteered: dict[int, float] = {}  # training doc -> its reward with no intervention (that baseline)
     latest = latest_checkpoint(checkpoints) if config.resume else None
-    if latest is not None and json.loads((latest / "state.json").read_text()).get("fingerprint") != config.fingerprint():
+    if (
+        latest is not None
+        and json.loads((latest / "state.json").read_text()).get("fingerprint") != config.fingerprint()
+    ):
         console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
         import shutil
 
@@ -233,9 +280,11 @@ def train(config: CRLConfig) -> Path:
 
     if not curve:
         curve.append({"step": 0, "rollouts": 0, "reward": None, "validation": validate()[0]})
-    console.print(f"[bold]CRL[/] {config.setting} on {config.task}: layers {layers}, {bank.d_sae} features + no-op, "
-                  f"{budget.steps} steps x {budget.prompts_per_step} prompts x {budget.samples_per_prompt} samples, "
-                  f"{config.algorithm}, {spent.trainable_parameters:,} trainable parameters, LLM in {dtype} on {device}")
+    console.print(
+        f"[bold]CRL[/] {config.setting} on {config.task}: layers {layers}, {bank.d_sae} features + no-op, "
+        f"{budget.steps} steps x {budget.prompts_per_step} prompts x {budget.samples_per_prompt} samples, "
+        f"{config.algorithm}, {spent.trainable_parameters:,} trainable parameters, LLM in {dtype} on {device}"
+    )
     wall_before = spent.wall_s
     bar = tqdm(total=budget.steps, initial=start_step, desc=f"CRL {config.setting} {config.task}", unit="step")
     for step in range(start_step, budget.steps):
@@ -250,24 +299,45 @@ def train(config: CRLConfig) -> Path:
             spent.rollouts += len(new)
         rewards, records, residuals, _ = rollouts.run(rows, "sample", masked, generator)
         spent.rollouts += len(rows)
-        spent.generated_tokens += (rollouts.generated_tokens - tokens_before) \
-            if problem.kind == "generation" else len(rows)
-        stats = _sampled_update(config, controller, optimizer, rewards, records, residuals, masked, rows,
-                                budget.samples_per_prompt, unsteered if unsteered_baseline else None, device)
+        spent.generated_tokens += (
+            (rollouts.generated_tokens - tokens_before) if problem.kind == "generation" else len(rows)
+        )
+        stats = _sampled_update(
+            config,
+            controller,
+            optimizer,
+            rewards,
+            records,
+            residuals,
+            masked,
+            rows,
+            budget.samples_per_prompt,
+            unsteered if unsteered_baseline else None,
+            device,
+        )
         spent.train_s += time.time() - step_started
         chosen = [r["feature_index"] for r in records]
         steered = [(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae]
-        chosen_counts.update(bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae)
+        chosen_counts.update(
+            bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae
+        )
         # masking keeps sampled actions off a dominant feature
         newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
         spent.steps = step + 1
         spent.wall_s = wall_before + time.time() - started
-        row = {"step": step + 1, "rollouts": spent.rollouts, "reward": sum(rewards) / len(rewards), "validation": None,
-               "entropy": stats["entropy"], "steered_share": sum(r["feature"] is not None for r in records) / max(1, len(records)),
-               "distinct_features": len(chosen_counts), "masked": int(masked.sum()),
-               "newly_masked": len(newly_masked),
-               # of the step's interventions, the share its most chosen feature took: 1 is collapse
-               "top_share": max(Counter(steered).values()) / len(steered) if steered else None}
+        row = {
+            "step": step + 1,
+            "rollouts": spent.rollouts,
+            "reward": sum(rewards) / len(rewards),
+            "validation": None,
+            "entropy": stats["entropy"],
+            "steered_share": sum(r["feature"] is not None for r in records) / max(1, len(records)),
+            "distinct_features": len(chosen_counts),
+            "masked": int(masked.sum()),
+            "newly_masked": len(newly_masked),
+            # of the step's interventions, the share its most chosen feature took: 1 is collapse
+            "top_share": max(Counter(steered).values()) / len(steered) if steered else None,
+        }
         if unsteered_baseline:  # the step's rollouts that the interventions fixed / broke
             row["fixed"] = sum(r > unsteered[doc] for r, doc in zip(rewards, rows))
             row["broken"] = sum(r < unsteered[doc] for r, doc in zip(rewards, rows))
@@ -277,43 +347,94 @@ def train(config: CRLConfig) -> Path:
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.2f}", features=len(chosen_counts))
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < budget.steps:
-            save_checkpoint(checkpoints / f"step-{step + 1}", controller, optimizer, {
-                "step": step + 1, "fingerprint": config.fingerprint(), "spent": spent.to_dict(), "curve": curve,
-                "mask": mask.state(),
-                "chosen": {str(k): v for k, v in chosen_counts.items()}, "generator": generator.get_state().tolist(),
-                "unsteered": {str(k): v for k, v in unsteered.items()}})
+            save_checkpoint(
+                checkpoints / f"step-{step + 1}",
+                controller,
+                optimizer,
+                {
+                    "step": step + 1,
+                    "fingerprint": config.fingerprint(),
+                    "spent": spent.to_dict(),
+                    "curve": curve,
+                    "mask": mask.state(),
+                    "chosen": {str(k): v for k, v in chosen_counts.items()},
+                    "generator": generator.get_state().tolist(),
+                    "unsteered": {str(k): v for k, v in unsteered.items()},
+                },
+            )
     bar.close()
 
     frozen_after = frozen_fingerprint(model) + sum(float(d.double().abs().sum()) for d in bank.directions.values())
     if frozen_after != frozen_before:
-        raise RuntimeError("the LLM or SAE weights changed during CRL training; only the controller may train. "
-                           "This is a bug: please report it")
+        raise RuntimeError(
+            "the LLM or SAE weights changed during CRL training; only the controller may train. "
+            "This is a bug: please report it"
+        )
     score, decisions, val_rewards = validate()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(run_dir / CONTROLLER_FILE, controller.state_dict())
-    save_tensors(run_dir / BANK_FILE, {**{f"directions.{l}": bank.directions[l] for l in layers},
-                                        **{f"scales.{l}": bank.scales[l] for l in layers},
-                                        **{f"ids.{l}": bank.ids[l] for l in layers}})
+    save_tensors(
+        run_dir / BANK_FILE,
+        {
+            **{f"directions.{l}": bank.directions[l] for l in layers},
+            **{f"scales.{l}": bank.scales[l] for l in layers},
+            **{f"ids.{l}": bank.ids[l] for l in layers},
+        },
+    )
     write_interventions(run_dir / "interventions.jsonl", decisions, val_rewards, tokenizer)
     write_json(run_dir / "choices.json", choices_summary(chosen_counts, decisions))
-    write_features(Path(config.results_dir) / config.method / config.task / "features.md", run_dir, saes,
-                   f"CRL ({config.setting}) on {config.task}, {config.model}")
-    write_json(run_dir / "config.json", {
-        "method": config.method, "controller": CONTROLLER_TYPES[config.resolved_policy],
-        **asdict(config), "layers_resolved": layers, "policy_resolved": config.resolved_policy,
-        "noop_prior_resolved": noop_prior, "baseline_resolved": config.resolved_baseline,
-        "d_model": info.d_model, "d_sae": bank.d_sae, "sae_width": saes[layers[0]].d_sae, "coefs": list(COEFS), "hidden": config.hidden,
-        "saes": {str(l): saes[l].describe() for l in layers}, "budget_resolved": budget.to_dict(),
-        "fingerprint": config.fingerprint()})
-    write_json(run_dir / "manifest.json", build_manifest(
-        kind="crl", config=asdict(config), budget=budget.to_dict(), spent=spent.to_dict(), splits=splits.sizes(),
-        curve=curve, frozen_weights_checksum=frozen_after, resumed_from=str(latest) if latest else None))
-    write_curve(curve, run_dir, Path(config.results_dir) / config.method / config.task,
-                f"CRL ({config.setting}, {config.algorithm}): {config.task}, {config.model}", "score",
-                fields=CURVE_FIELDS)
+    write_features(
+        Path(config.results_dir) / config.method / config.task / "features.md",
+        run_dir,
+        saes,
+        f"CRL ({config.setting}) on {config.task}, {config.model}",
+    )
+    write_json(
+        run_dir / "config.json",
+        {
+            "method": config.method,
+            "controller": CONTROLLER_TYPES[config.resolved_policy],
+            **asdict(config),
+            "layers_resolved": layers,
+            "policy_resolved": config.resolved_policy,
+            "noop_prior_resolved": noop_prior,
+            "baseline_resolved": config.resolved_baseline,
+            "d_model": info.d_model,
+            "d_sae": bank.d_sae,
+            "sae_width": saes[layers[0]].d_sae,
+            "coefs": list(COEFS),
+            "hidden": config.hidden,
+            "saes": {str(l): saes[l].describe() for l in layers},
+            "budget_resolved": budget.to_dict(),
+            "fingerprint": config.fingerprint(),
+        },
+    )
+    write_json(
+        run_dir / "manifest.json",
+        build_manifest(
+            kind="crl",
+            config=asdict(config),
+            budget=budget.to_dict(),
+            spent=spent.to_dict(),
+            splits=splits.sizes(),
+            curve=curve,
+            frozen_weights_checksum=frozen_after,
+            resumed_from=str(latest) if latest else None,
+        ),
+    )
+    write_curve(
+        curve,
+        run_dir,
+        Path(config.results_dir) / config.method / config.task,
+        f"CRL ({config.setting}, {config.algorithm}): {config.task}, {config.model}",
+        "score",
+        fields=CURVE_FIELDS,
+    )
     import shutil
 
     shutil.rmtree(checkpoints, ignore_errors=True)
-    console.print(f"CRL done: {spent.rollouts} rollouts, {spent.wall_s:.0f} s; validation "
-                  f"{curve[0]['validation']:.3f} -> {score:.3f}; {len(chosen_counts)} features tried; {run_dir}")
+    console.print(
+        f"CRL done: {spent.rollouts} rollouts, {spent.wall_s:.0f} s; validation "
+        f"{curve[0]['validation']:.3f} -> {score:.3f}; {len(chosen_counts)} features tried; {run_dir}"
+    )
     return run_dir

@@ -82,7 +82,8 @@ def check_one_token_choices(task: Any, docs: list[dict], tokenizer: Any) -> list
                 raise ValueError(
                     f"task {task.config.task!r} has the choice {choice!r}, which is more than one token for this "
                     "tokenizer; the one-token regime needs one-token choices (train on a task whose answers are "
-                    "single tokens, e.g. arith_mc, boolq, toy_sentiment)")
+                    "single tokens, e.g. arith_mc, boolq, toy_sentiment)"
+                )
             tokens.add(ids[0])
     return sorted(tokens)
 
@@ -96,7 +97,9 @@ class RewardMeter:
         self.last_mean: float | None = None
         self.__name__ = getattr(reward, "__name__", "task_reward")
 
-    def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list[float]:
+    def __call__(
+        self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
+    ) -> list[float]:
         values = self.reward(prompts, completions, **{k: kwargs[k] for k in self.doc_keys})
         self.spent.rollouts += len(completions)
         if completion_ids is not None:
@@ -109,8 +112,15 @@ class TrainingFailed(RuntimeError):
     pass
 
 
-def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: list[dict], validate: Any,
-               run_started: float, wall_before: float):
+def _callbacks(
+    config: RLTrainConfig,
+    meter: RewardMeter,
+    spent: Spent,
+    curve: list[dict],
+    validate: Any,
+    run_started: float,
+    wall_before: float,
+):
     from transformers import TrainerCallback
 
     class Guard(TrainerCallback):
@@ -153,8 +163,9 @@ def _callbacks(config: RLTrainConfig, meter: RewardMeter, spent: Spent, curve: l
         def on_save(self, args, state, control, **kwargs):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                (checkpoint / STATE_FILE).write_text(json.dumps({"spent": spent.to_dict(), "curve": curve,
-                                                                  "fingerprint": config.fingerprint()}))
+                (checkpoint / STATE_FILE).write_text(
+                    json.dumps({"spent": spent.to_dict(), "curve": curve, "fingerprint": config.fingerprint()})
+                )
             return control
 
     return Guard, Curve
@@ -169,8 +180,11 @@ def _stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
     if not short:
         return
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    decoded = {i: tokenizer.convert_tokens_to_string([p]) for i, p in enumerate(pieces)
-               if p is not None and any(u in p or u.replace("\n", "Ċ") in p for u in short)}
+    decoded = {
+        i: tokenizer.convert_tokens_to_string([p])
+        for i, p in enumerate(pieces)
+        if p is not None and any(u in p or u.replace("\n", "Ċ") in p for u in short)
+    }
     stops = sorted(i for i, text in decoded.items() if any(u in text for u in short))
     current = model.generation_config.eos_token_id
     current = [] if current is None else [current] if isinstance(current, int) else list(current)
@@ -179,8 +193,8 @@ def _stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
 
 def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: RLTrainConfig, device: str):
     """Validation score of the model being trained, with lm-eval's requests (`TaskScorer`)."""
-    from harness.scoring import TaskScorer
     from harness.lm_models import LeanHFLM
+    from harness.scoring import TaskScorer
 
     lm = LeanHFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=device)
     scorer = TaskScorer(lm, task, docs, seed=config.seed)
@@ -216,10 +230,10 @@ def train(config: RLVRConfig) -> Path:
 
     from harness.manifest import build_manifest, write_json
     from harness.models import default_device, load_causal_lm
+    from harness.prompts import doc_columns, task_prompts
     from harness.rewards import task_reward
     from harness.splits import method_splits
     from harness.tasks import load_task
-    from harness.prompts import doc_columns, task_prompts
 
     console = Console(stderr=True, soft_wrap=True)
     task = load_task(config.task)
@@ -247,8 +261,11 @@ def train(config: RLVRConfig) -> Path:
 
     resume_from = _latest_checkpoint(checkpoints) if config.resume else None
     spent, curve = Spent(), []
-    if resume_from is not None and (resume_from / STATE_FILE).exists() and \
-            json.loads((resume_from / STATE_FILE).read_text()).get("fingerprint") != config.fingerprint():
+    if (
+        resume_from is not None
+        and (resume_from / STATE_FILE).exists()
+        and json.loads((resume_from / STATE_FILE).read_text()).get("fingerprint") != config.fingerprint()
+    ):
         console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
         shutil.rmtree(checkpoints)
         resume_from = None
@@ -261,51 +278,105 @@ def train(config: RLVRConfig) -> Path:
 
     meter = RewardMeter(task_reward(task), list(docs[0]), spent)
     args = GRPOConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=budget.prompts_per_step * budget.samples_per_prompt,
-        gradient_accumulation_steps=1, num_generations=budget.samples_per_prompt,
-        max_completion_length=budget.max_new_tokens, max_steps=budget.steps, learning_rate=config.learning_rate,
-        temperature=config.temperature, beta=config.beta, seed=config.seed, data_seed=config.seed,
-        logging_steps=1, save_steps=config.checkpoint_every, save_total_limit=2, report_to="none",
-        bf16=dtype == "bfloat16", use_cpu=device == "cpu", remove_unused_columns=False, disable_tqdm=False,
-        generation_kwargs=generation_kwargs, dataloader_num_workers=0, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=budget.prompts_per_step * budget.samples_per_prompt,
+        gradient_accumulation_steps=1,
+        num_generations=budget.samples_per_prompt,
+        max_completion_length=budget.max_new_tokens,
+        max_steps=budget.steps,
+        learning_rate=config.learning_rate,
+        temperature=config.temperature,
+        beta=config.beta,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=1,
+        save_steps=config.checkpoint_every,
+        save_total_limit=2,
+        report_to="none",
+        bf16=dtype == "bfloat16",
+        use_cpu=device == "cpu",
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        generation_kwargs=generation_kwargs,
+        dataloader_num_workers=0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        gradient_checkpointing=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
     )
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules=config.lora_targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=config.lora_targets,
+        task_type="CAUSAL_LM",
+    )
     started = time.time()
     validate_holder: dict[str, Any] = {}
     Guard, Curve = _callbacks(config, meter, spent, curve, lambda: validate_holder["fn"](), started, spent.wall_s)
-    trainer = GRPOTrainer(model=model, reward_funcs=[meter], args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=lora, callbacks=[Guard(), Curve()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[meter],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[Guard(), Curve()],
+    )
     spent.trainable_parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     frozen_before = frozen_fingerprint(trainer.model)
     validate_holder["fn"] = _validator(trainer.model, tokenizer, task, val_docs, config, device)
-    console.print(f"[bold]RLVR[/] {config.model} on {config.task}: {budget.steps} steps x {budget.prompts_per_step} "
-                  f"prompts x {budget.samples_per_prompt} samples (max {budget.max_new_tokens} new tokens), "
-                  f"{len(docs)} distinct prompts, LoRA r={config.lora_r} ({spent.trainable_parameters:,} trainable "
-                  f"parameters), {dtype} on {device}")
+    console.print(
+        f"[bold]RLVR[/] {config.model} on {config.task}: {budget.steps} steps x {budget.prompts_per_step} "
+        f"prompts x {budget.samples_per_prompt} samples (max {budget.max_new_tokens} new tokens), "
+        f"{len(docs)} distinct prompts, LoRA r={config.lora_r} ({spent.trainable_parameters:,} trainable "
+        f"parameters), {dtype} on {device}"
+    )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if Guard.failure is not None:
         good = _latest_checkpoint(checkpoints)
         kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
-        raise TrainingFailed(f"RLVR training stopped: {Guard.failure}; {kept}. Lower --learning-rate "
-                             f"(now {config.learning_rate}) and rerun: it resumes from that checkpoint.")
+        raise TrainingFailed(
+            f"RLVR training stopped: {Guard.failure}; {kept}. Lower --learning-rate "
+            f"(now {config.learning_rate}) and rerun: it resumes from that checkpoint."
+        )
 
     frozen_after = frozen_fingerprint(trainer.model)
     if frozen_after != frozen_before:
-        raise TrainingFailed(f"the base model's weights changed during RLVR training ({frozen_before} -> "
-                             f"{frozen_after}); only the LoRA adapter may train. This is a bug: please report it")
+        raise TrainingFailed(
+            f"the base model's weights changed during RLVR training ({frozen_before} -> "
+            f"{frozen_after}); only the LoRA adapter may train. This is a bug: please report it"
+        )
     trainer.model.save_pretrained(str(run_dir))
     spent.steps = trainer.state.global_step
-    write_json(run_dir / "config.json", {"method": "rlvr", **asdict(config), "budget_resolved": budget.to_dict(),
-                                         "fingerprint": config.fingerprint()})
-    write_json(run_dir / "manifest.json", build_manifest(
-        kind="rlvr", config=asdict(config), budget=budget.to_dict(), spent=spent.to_dict(), splits=splits.sizes(),
-        curve=curve, torch_threads=torch.get_num_threads(), frozen_weights_checksum=frozen_after,
-        resumed_from=str(resume_from) if resume_from else None))
-    write_curve(curve, run_dir, Path(config.results_dir) / "rlvr" / config.task,
-                f"RLVR (LoRA, GRPO): {config.task}, {config.model}", validate_holder["fn"].metric)
+    write_json(
+        run_dir / "config.json",
+        {"method": "rlvr", **asdict(config), "budget_resolved": budget.to_dict(), "fingerprint": config.fingerprint()},
+    )
+    write_json(
+        run_dir / "manifest.json",
+        build_manifest(
+            kind="rlvr",
+            config=asdict(config),
+            budget=budget.to_dict(),
+            spent=spent.to_dict(),
+            splits=splits.sizes(),
+            curve=curve,
+            torch_threads=torch.get_num_threads(),
+            frozen_weights_checksum=frozen_after,
+            resumed_from=str(resume_from) if resume_from else None,
+        ),
+    )
+    write_curve(
+        curve,
+        run_dir,
+        Path(config.results_dir) / "rlvr" / config.task,
+        f"RLVR (LoRA, GRPO): {config.task}, {config.model}",
+        validate_holder["fn"].metric,
+    )
     final = curve[-1]["validation"] if curve and curve[-1].get("validation") is not None else float("nan")
-    console.print(f"RLVR done: {spent.rollouts} rollouts, {spent.generated_tokens} generated tokens, "
-                  f"{spent.wall_s:.0f} s; validation {curve[0]['validation']:.3f} -> {final:.3f}; adapter in {run_dir}")
+    console.print(
+        f"RLVR done: {spent.rollouts} rollouts, {spent.generated_tokens} generated tokens, "
+        f"{spent.wall_s:.0f} s; validation {curve[0]['validation']:.3f} -> {final:.3f}; adapter in {run_dir}"
+    )
     return run_dir

@@ -19,10 +19,38 @@ import datasets
 SEED = 20261123
 SPLIT_SIZES = {"toy_sentiment": (1200, 200, 400), "arith_mc": (500, 150, 350), "arith_gen": (1500, 200, 400)}
 
-POSITIVE_ADJ = ["great", "wonderful", "excellent", "amazing", "fantastic", "brilliant", "delightful",
-                "superb", "charming", "beautiful", "moving", "hilarious", "gripping", "lovely"]
-NEGATIVE_ADJ = ["terrible", "awful", "boring", "dreadful", "horrible", "dull", "tedious",
-                "bad", "disappointing", "painful", "mediocre", "clumsy", "forgettable", "annoying"]
+POSITIVE_ADJ = [
+    "great",
+    "wonderful",
+    "excellent",
+    "amazing",
+    "fantastic",
+    "brilliant",
+    "delightful",
+    "superb",
+    "charming",
+    "beautiful",
+    "moving",
+    "hilarious",
+    "gripping",
+    "lovely",
+]
+NEGATIVE_ADJ = [
+    "terrible",
+    "awful",
+    "boring",
+    "dreadful",
+    "horrible",
+    "dull",
+    "tedious",
+    "bad",
+    "disappointing",
+    "painful",
+    "mediocre",
+    "clumsy",
+    "forgettable",
+    "annoying",
+]
 POSITIVE_VERB = ["loved", "enjoyed", "adored", "liked", "admired", "cherished", "relished"]
 NEGATIVE_VERB = ["hated", "disliked", "loathed", "despised", "regretted", "resented", "detested"]
 NAMES = ["Anna", "Ben", "Carla", "David", "Elena", "Farid", "Grace", "Hugo", "Ines", "James"]
@@ -54,8 +82,13 @@ def toy_sentiment_rows(seed=SEED):
     frames = set()
     pairs = []
     while len(pairs) < sum(SPLIT_SIZES["toy_sentiment"]) // 2:
-        frame = (rng.randrange(len(TEMPLATES)), rng.choice(NAMES), rng.choice(NOUNS),
-                 rng.randrange(len(POSITIVE_ADJ)), rng.randrange(len(POSITIVE_VERB)))
+        frame = (
+            rng.randrange(len(TEMPLATES)),
+            rng.choice(NAMES),
+            rng.choice(NOUNS),
+            rng.randrange(len(POSITIVE_ADJ)),
+            rng.randrange(len(POSITIVE_VERB)),
+        )
         template, name, noun, adj_i, verb_i = frame
         # dedupe on the text: templates without {name} render the same for every name
         text = TEMPLATES[template].format(name=name, noun=noun, adj=POSITIVE_ADJ[adj_i], verb=POSITIVE_VERB[verb_i])
@@ -65,16 +98,18 @@ def toy_sentiment_rows(seed=SEED):
         pair = []
         for label, adjs, verbs in ((1, POSITIVE_ADJ, POSITIVE_VERB), (0, NEGATIVE_ADJ, NEGATIVE_VERB)):
             review = TEMPLATES[template].format(name=name, noun=noun, adj=adjs[adj_i], verb=verbs[verb_i])
-            pair.append({
-                "review": review,
-                "label": label,
-                "adjective": adjs[adj_i],
-                "verb": verbs[verb_i],
-                # character offset of the sentiment adjective: the token to read for probes
-                "adjective_start": review.index(" " + adjs[adj_i]) + 1,
-                "template": template,
-                "pair_id": len(pairs),
-            })
+            pair.append(
+                {
+                    "review": review,
+                    "label": label,
+                    "adjective": adjs[adj_i],
+                    "verb": verbs[verb_i],
+                    # character offset of the sentiment adjective: the token to read for probes
+                    "adjective_start": review.index(" " + adjs[adj_i]) + 1,
+                    "template": template,
+                    "pair_id": len(pairs),
+                }
+            )
         rng.shuffle(pair)
         pairs.append(pair)
     # pairs stay inside one split: shuffle pairs, then flatten
@@ -100,8 +135,11 @@ def arith_mc(**kwargs):
 
 # (question template, first operation, second operation); answers are worked out step by step
 WORD_PROBLEMS = [
-    ("{name} has {a} {item}. {pron} buys {b} more and then gives away {c}. How many {item} does {name} have now?",
-     "+", "-"),
+    (
+        "{name} has {a} {item}. {pron} buys {b} more and then gives away {c}. How many {item} does {name} have now?",
+        "+",
+        "-",
+    ),
     ("A box holds {a} {item}. {name} takes out {b} and puts in {c}. How many {item} are in the box?", "-", "+"),
     ("{name} picks {a} {item} on Monday and {b} on Tuesday, then eats {c}. How many {item} are left?", "+", "-"),
     ("{name} has {a} {item}, finds {b} more and then finds {c} more. How many {item} does {name} have?", "+", "+"),
@@ -141,8 +179,17 @@ def arith_gen(**kwargs):
 
 # "a op b = s, s op c = t. The answer is t", the format of the worked solutions above
 _SOLUTION = re.compile(r"\s*(-?\d+) ([+-]) (-?\d+) = (-?\d+), (-?\d+) ([+-]) (-?\d+) = (-?\d+)\. The answer is (-?\d+)")
-ARITH_GEN_STEPS = ("follows the format", "first operands", "first operator", "first sum", "carries the sum",
-                   "second operator", "second operand", "second sum", "answers its own result")
+ARITH_GEN_STEPS = (
+    "follows the format",
+    "first operands",
+    "first operator",
+    "first sum",
+    "carries the sum",
+    "second operator",
+    "second operand",
+    "second sum",
+    "answers its own result",
+)
 
 
 def arith_gen_kind(kind: int) -> str:
