@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from crl_bench.headline import update_readme
 from harness.manifest import build_manifest, write_json, write_text
 from harness.stats import holm, mcnemar_exact, mean_ci95
 
@@ -398,3 +399,4 @@ def render(results_dir: Path) -> None:
             lines += ["", sentence]
         lines.append("")
     (results_dir / "leaderboard.md").write_text("\n".join(lines))
+    update_readme(results_dir, rows)

@@ -40,3 +40,17 @@ def test_literal_choices_are_listed_by_help_and_checked_everywhere(tmp_path):
     with pytest.raises(ValueError, match="--dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"):
         CRLConfig(dtype="fp8")
     assert CRLConfig(task="arith_gen", setting="generation", policy="gated").resolved_policy == "gated"
+
+
+def test_cli_reference_in_docs_is_current():
+    """docs/cli.md is generated from the parser; regenerate it with
+    `python -m crl_bench.cli_reference > docs/cli.md` when a flag changes."""
+    from pathlib import Path
+
+    from crl_bench.cli_reference import reference
+
+    text = reference()
+    assert "## `crl-bench train crl`" in text and "`--setting` {one-token,multi-layer,generation}" in text
+    assert "--explore-floor" not in text and "pathwise" not in text  # retired experiments are gone
+    docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert docs.read_text() == text, "docs/cli.md is stale: python -m crl_bench.cli_reference > docs/cli.md"

@@ -149,7 +149,7 @@ def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, plan
     }
     rewards, records, _, _ = rollouts.run(list(range(len(problem.docs))), "replay", row_actions=actions)
     assert rewards == [e["reward"] for e in sorted(log, key=lambda e: e["item"])]
-    assert [(r["feature"], r["coef"], r["position"]) for r in records] == [
+    assert [(r.feature, r.coef, r.position) for r in records] == [
         (e["feature"], e["coef"], e["position"]) for e in sorted(log, key=lambda e: e["item"])
     ]
     # and the replay is not vacuous: without the interventions the outputs differ
@@ -187,7 +187,7 @@ def test_shared_prefix_rollouts_match_full_forwards(tiny_dir, planted):
     full = rollouts.choice_logits
     assert len(cached) == len(rows) == len(full)
     assert torch.allclose(torch.stack(cached), torch.stack(full), atol=1e-4)
-    assert {r["feature_index"] for r in records} == {a[LAYER][0] for a in actions.values()}
+    assert {r.feature_index for r in records} == {a[LAYER][0] for a in actions.values()}
 
 
 def test_killed_run_resumes(tiny_dir, planted, planted_splits, tmp_path, monkeypatch):

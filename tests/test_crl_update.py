@@ -28,14 +28,18 @@ def test_adaptive_mask_masks_dominant_unhelpful_features_only():
 
 def test_advantage_baselines():
     from rl.crl.config import CRLConfig
+    from rl.crl.controller import Decision
     from rl.crl.ppo import advantages
 
+    def decision(row: int, value: float, feature: int | None) -> Decision:
+        return Decision(row, 0, -1, 2, feature, 1.0, feature if feature is not None else 16, 0, 0.0, value, 0)
+
     records = [
-        {"row": 0, "value": 0.25, "feature": 7},
-        {"row": 0, "value": 0.5, "feature": 3},
-        {"row": 1, "value": 0.0, "feature": 7},
-        {"row": 2, "value": 0.0, "feature": 7},
-        {"row": 2, "value": 0.0, "feature": None},
+        decision(0, 0.25, 7),
+        decision(0, 0.5, 3),
+        decision(1, 0.0, 7),
+        decision(2, 0.0, 7),
+        decision(2, 0.0, None),
     ]
     rewards = [1.0, 0.0, 1.0, 0.0]
     generation = CRLConfig(setting="generation", task="arith_gen")

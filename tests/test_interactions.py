@@ -97,9 +97,9 @@ def test_multi_layer_finds_a_later_choice_that_depends_on_the_earlier_one(tiny_m
     noop = (D_SAE, 0)
     # the residual the later layer reads when the earlier choice is removed becomes its "mean"
     _, records, _, _ = rollouts.run([0], "greedy", keep_residuals=False)
-    position = records[0]["position"]
+    position = records[0].position
     _, records, residuals, _ = rollouts.run([0], "greedy", overrides={0: {(position, LAYERS[0]): noop}})
-    controller.mean[1] = next(h for r, h in zip(records, residuals) if r["layer"] == LAYERS[1])
+    controller.mean[1] = next(h for r, h in zip(records, residuals) if r.layer == LAYERS[1])
 
     result = multi_layer(rollouts, [0], noop)
     # sampling with common random numbers finds the same dependence (these logits are decisive)
@@ -164,7 +164,7 @@ def test_common_random_numbers_make_sampled_runs_repeatable_and_input_driven(tin
     rollouts = _rollouts(tiny_model, policy, bank, "arith_gen", 3, max_new=6)
     first = rollouts.run([0, 1, 2], "sample", keep_residuals=False, common_random=7)[1]
     again = rollouts.run([2, 1, 0, 1], "sample", keep_residuals=False, common_random=7)[1]  # other rows, same draws
-    key = lambda rows, records: sorted((rows[r["row"]], r["position"], r["feature"]) for r in records)  # noqa: E731
+    key = lambda rows, records: sorted((rows[r.row], r.position, r.feature) for r in records)  # noqa: E731
     assert key([0, 1, 2], first) == sorted(set(key([2, 1, 0, 1], again)))
     assert key([0, 1, 2], first) != key(
         [0, 1, 2], rollouts.run([0, 1, 2], "sample", keep_residuals=False, common_random=8)[1]

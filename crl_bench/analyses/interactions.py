@@ -75,13 +75,13 @@ def multi_layer(
     decide = _decide(mode, seed)
     rewards, records, _, _ = rollouts.run(items, keep_residuals=False, **decide)
     base_metric = _metric(rollouts, rewards, items)
-    layers = sorted({r["layer"] for r in records})
+    layers = sorted({r.layer for r in records})
     actions = defaultdict(dict)  # row -> layer -> (feature index, coef index)
     position, sae_id = {}, {}
     for r in records:
-        actions[r["row"]][r["layer"]] = (r["feature_index"], r["coef_index"])
-        position[r["row"]] = r["position"]
-        sae_id[(r["row"], r["layer"])] = r["feature"]
+        actions[r.row][r.layer] = (r.feature_index, r.coef_index)
+        position[r.row] = r.position
+        sae_id[(r.row, r.layer)] = r.feature
     pairs = []
     for a, i in enumerate(layers):
         for j in layers[a + 1 :]:
@@ -89,7 +89,7 @@ def multi_layer(
             # re-decision at j with i's choice removed
             forced = {row: {(position[row], i): noop} for row in range(len(items))}
             _, again, _, _ = rollouts.run(items, keep_residuals=False, overrides=forced, **decide)
-            now = {r["row"]: r["feature"] for r in again if r["layer"] == j}
+            now = {r.row: r.feature for r in again if r.layer == j}
             changed = [row for row in steered if now[row] != sae_id[(row, j)]]
             moves = Counter((sae_id[(row, i)], sae_id[(row, j)], now[row]) for row in changed)
 
@@ -141,9 +141,9 @@ def generation(
     by_row = defaultdict(dict)  # row -> position -> sae feature (None: no-op)
     steered = defaultdict(list)
     for r in records:
-        by_row[r["row"]][r["position"]] = r["feature"]
-        if r["feature_index"] != noop[0]:
-            steered[r["row"]].append(r)
+        by_row[r.row][r.position] = r.feature
+        if r.feature_index != noop[0]:
+            steered[r.row].append(r)
     ablations = [(row, r) for row in range(len(items)) for r in steered[row][:max_ablations]]
     decisions = len(records)
     out: dict[str, Any] = {
@@ -160,14 +160,14 @@ def generation(
         out["note"] = f"the controller ({mode}) steered no token of these items: nothing to ablate"
         return out
     rows = [items[row] for row, _ in ablations]
-    forced = {k: {(r["position"], r["layer"]): noop} for k, (_, r) in enumerate(ablations)}
+    forced = {k: {(r.position, r.layer): noop} for k, (_, r) in enumerate(ablations)}
     new_rewards, new_records, _, new_completions = rollouts.run(rows, keep_residuals=False, overrides=forced, **decide)
     after = defaultdict(dict)
     for r in new_records:
-        after[r["row"]][r["position"]] = r["feature"]
+        after[r.row][r.position] = r.feature
     entries, per_feature, lost_pairs = [], defaultdict(list), Counter()
     for k, (row, record) in enumerate(ablations):
-        t = record["position"]
+        t = record.position
         before_later = {p: f for p, f in by_row[row].items() if p > t}
         after_later = {p: f for p, f in after[k].items() if p > t}
         positions = set(before_later) | set(after_later)
@@ -175,7 +175,7 @@ def generation(
         later_steered = [p for p, f in before_later.items() if f is not None]
         for p in later_steered:
             if after_later.get(p, "absent") != before_later[p]:
-                lost_pairs[(record["feature"], before_later[p])] += 1
+                lost_pairs[(record.feature, before_later[p])] += 1
         entry = {
             "later_decisions": len(positions),
             "later_changed": len(differ),
@@ -184,7 +184,7 @@ def generation(
             "reward_effect": rewards[row] - new_rewards[k],
         }
         entries.append(entry)
-        per_feature[record["feature"]].append(entry)
+        per_feature[record.feature].append(entry)
     shares = [e["later_changed_share"] for e in entries]
     effects = [e["reward_effect"] for e in entries]
     out.update(

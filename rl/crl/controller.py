@@ -146,6 +146,26 @@ def distributions(feature_logits: Tensor, coef_logits: Tensor, masked: Tensor | 
 
 
 @dataclass
+class Decision:
+    """One decision of the controller at one (row, position, layer): what it chose and how
+    likely that was. `feature` is the SAE feature id (None: no intervention); `feature_index`
+    and `coef_index` index the controller's own action space (the bank's candidates, then the
+    no-op; `COEFS`); `logp` and `value` are the policy's log-probability and value at the time."""
+
+    row: int  # the row of the batch it was made in (`Rollouts.run` renumbers it to its rows)
+    position: int  # token index within the unpadded sequence
+    token: int  # the input token there (-1 when the forward was given embeddings)
+    layer: int
+    feature: int | None
+    coef: float  # multiple of the feature's typical activation
+    feature_index: int
+    coef_index: int
+    logp: float
+    value: float
+    layer_index: int  # the layer's index among the controlled layers
+
+
+@dataclass
 class ControllerRun:
     """A `PolicyIntervention` for one batch of forward passes (see the module docstring).
 
@@ -170,7 +190,7 @@ class ControllerRun:
     # same action wherever the controller sees the same residual (the interaction analysis)
     uniforms: Callable[[Tensor, Tensor, int], Tensor] | None = None
     keep_residuals: bool = True
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Decision] = field(default_factory=list)
     residuals: list[Tensor] = field(default_factory=list)
 
     def intervention(self) -> PolicyIntervention:
@@ -221,19 +241,19 @@ class ControllerRun:
         tokens = ctx.input_ids[rows, cols] if ctx.input_ids is not None else torch.full_like(rows, -1)
         for i in range(len(rows)):
             self.records.append(
-                {
-                    "row": int(rows[i]),
-                    "position": int(positions[i]),
-                    "token": int(tokens[i]),
-                    "layer": ctx.layer,
-                    "feature": self.bank.sae_id(ctx.layer, int(features[i])),
-                    "coef": float(COEFS[int(coefs[i])]),
-                    "feature_index": int(features[i]),
-                    "coef_index": int(coefs[i]),
-                    "logp": float(logp[i]),
-                    "value": float(value[i]),
-                    "layer_index": layer_index,
-                }
+                Decision(
+                    row=int(rows[i]),
+                    position=int(positions[i]),
+                    token=int(tokens[i]),
+                    layer=ctx.layer,
+                    feature=self.bank.sae_id(ctx.layer, int(features[i])),
+                    coef=float(COEFS[int(coefs[i])]),
+                    feature_index=int(features[i]),
+                    coef_index=int(coefs[i]),
+                    logp=float(logp[i]),
+                    value=float(value[i]),
+                    layer_index=layer_index,
+                )
             )
             if self.keep_residuals:
                 self.residuals.append(h[i].cpu())

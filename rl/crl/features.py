@@ -1,4 +1,4 @@
-"""What a trained CRL controller chose: the files `rl.crl.train` writes after training.
+"""What a trained CRL controller chose: the files `rl.crl.trainer.train` writes after training.
 
 - `interventions.jsonl`: every greedy validation decision (item, token position, token, layer,
   feature, coefficient) with the item's reward;
@@ -14,22 +14,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rl.crl.controller import Decision
 
-def write_interventions(path: Path, decisions: list[dict], rewards: list[float], tokenizer: Any) -> None:
+
+def write_interventions(path: Path, decisions: list[Decision], rewards: list[float], tokenizer: Any) -> None:
     """One JSON line per validation decision; `rewards[i]` is validation item i's reward."""
     with open(path, "w") as handle:
         for record in decisions:
-            doc_index = record["row"]
+            doc_index = record.row
             handle.write(
                 json.dumps(
                     {
                         "split": "validation",
                         "item": doc_index,
-                        "position": record["position"],
-                        "token": tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
-                        "layer": record["layer"],
-                        "feature": record["feature"],
-                        "coef": record["coef"],
+                        "position": record.position,
+                        "token": tokenizer.decode([record.token]) if record.token >= 0 else None,
+                        "layer": record.layer,
+                        "feature": record.feature,
+                        "coef": record.coef,
                         "reward": rewards[doc_index],
                     }
                 )
@@ -37,27 +39,27 @@ def write_interventions(path: Path, decisions: list[dict], rewards: list[float],
             )
 
 
-def choices_summary(chosen_counts: Counter, decisions: list[dict]) -> dict[str, Any]:
+def choices_summary(chosen_counts: Counter, decisions: list[Decision]) -> dict[str, Any]:
     """`choices.json`: training's sampled features and validation's greedy choices."""
     return {
         "training": [{"feature": f, "count": c} for f, c in chosen_counts.most_common(50)],
         "validation": [
             {"feature": f, "count": c}
-            for f, c in Counter(r["feature"] for r in decisions if r["feature"] is not None).most_common(50)
+            for f, c in Counter(r.feature for r in decisions if r.feature is not None).most_common(50)
         ],
         "validation_by_layer": _by_layer(decisions),
         "validation_decisions": len(decisions),
-        "validation_noop_share": sum(r["feature"] is None for r in decisions) / max(1, len(decisions)),
+        "validation_noop_share": sum(r.feature is None for r in decisions) / max(1, len(decisions)),
     }
 
 
-def _by_layer(decisions: list[dict]) -> list[dict[str, Any]]:
+def _by_layer(decisions: list[Decision]) -> list[dict[str, Any]]:
     """(layer, feature) pairs chosen at validation, most frequent first, with their coefficients."""
-    counts = Counter((r["layer"], r["feature"]) for r in decisions if r["feature"] is not None)
+    counts = Counter((r.layer, r.feature) for r in decisions if r.feature is not None)
     coefs: dict[tuple, set] = {}
     for r in decisions:
-        if r["feature"] is not None:
-            coefs.setdefault((r["layer"], r["feature"]), set()).add(r["coef"])
+        if r.feature is not None:
+            coefs.setdefault((r.layer, r.feature), set()).add(r.coef)
     return [
         {"layer": l, "feature": f, "count": c, "coefs": sorted(coefs[(l, f)])} for (l, f), c in counts.most_common(50)
     ]

@@ -104,16 +104,16 @@ class CRLSteeredLM(LeanHFLM):
         with open(path, "a") as handle:
             for run, contexts in self._runs:
                 for record in run.records:
-                    context = contexts[record["row"]] if record["row"] < len(contexts) else None
+                    context = contexts[record.row] if record.row < len(contexts) else None
                     handle.write(
                         json.dumps(
                             {
                                 "item": self.items.get(context),
-                                "position": record["position"],
-                                "token": self.tokenizer.decode([record["token"]]) if record["token"] >= 0 else None,
-                                "layer": record["layer"],
-                                "feature": record["feature"],
-                                "coef": record["coef"],
+                                "position": record.position,
+                                "token": self.tokenizer.decode([record.token]) if record.token >= 0 else None,
+                                "layer": record.layer,
+                                "feature": record.feature,
+                                "coef": record.coef,
                             }
                         )
                         + "\n"

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from rl.crl.controller import Decision
+
 
 def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: Any) -> dict[str, float]:
     """`ppo_epochs` full-batch passes of the clipped surrogate (+ value loss when the value head
@@ -57,20 +59,24 @@ def clipped(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.
 
 
 def advantages(
-    config: Any, rewards: list[float], records: list[dict], rows_per_group: int, unsteered: list[float] | None = None
+    config: Any,
+    rewards: list[float],
+    records: list[Decision],
+    rows_per_group: int,
+    unsteered: list[float] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per decision: (advantage, return). value: R - V(h); group: R normalised in its prompt's
     group; unsteered: R - `unsteered[row]` (the row's prompt scored with no intervention) for
     the decisions that intervened, 0 for the no-op ones."""
     if config.resolved_baseline == "unsteered":
         # a no-op decision is what the baseline itself does: only the interventions take the credit
-        return [0.0 if r["feature"] is None else rewards[r["row"]] - unsteered[r["row"]] for r in records], [
-            rewards[r["row"]] for r in records
+        return [0.0 if r.feature is None else rewards[r.row] - unsteered[r.row] for r in records], [
+            rewards[r.row] for r in records
         ]
     if config.resolved_baseline == "group":
         normalised = group_normalised(rewards, rows_per_group).tolist()
-        return [normalised[r["row"]] for r in records], [rewards[r["row"]] for r in records]
-    return [rewards[r["row"]] - r["value"] for r in records], [rewards[r["row"]] for r in records]
+        return [normalised[r.row] for r in records], [rewards[r.row] for r in records]
+    return [rewards[r.row] - r.value for r in records], [rewards[r.row] for r in records]
 
 
 def group_normalised(rewards: list[float], group_size: int) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from rl.crl.controller import Decision
+
 
 @dataclass
 class Problem:
@@ -97,7 +99,7 @@ class Rollouts:
         from rl.crl.controller import common_uniforms
 
         rewards: list[float] = []
-        records: list[dict] = []
+        records: list[Decision] = []
         residuals: list[torch.Tensor] = []
         completions: list[str] = []
         self.choice_logits = []
@@ -116,7 +118,7 @@ class Rollouts:
                 r, run = self._choose(chunk, mode, masked, generator, keep_residuals)
                 tokens = None
             for record in run.records:
-                record["row"] += start
+                record.row += start
             records += run.records
             residuals += run.residuals
             rewards += r
@@ -201,7 +203,7 @@ class Rollouts:
         # multi-token choices: score every choice with the same actions (replayed per row)
         actions: dict[int, dict[int, tuple[int, int]]] = {}
         for record in run.records:
-            actions.setdefault(record["row"], {})[record["layer"]] = (record["feature_index"], record["coef_index"])
+            actions.setdefault(record.row, {})[record.layer] = (record.feature_index, record.coef_index)
         rewards = [
             float(self._best_choice(doc_index, actions[row]) == problem.gold[doc_index])
             for row, doc_index in enumerate(chunk)
@@ -286,8 +288,8 @@ class Rollouts:
         prompt_lengths = mask.sum(-1).tolist()
         kept_records, kept_residuals = [], []
         for i, record in enumerate(run.records):
-            step = record["position"] - (prompt_lengths[record["row"]] - 1)
-            if step < alive_until[record["row"]]:
+            step = record.position - (prompt_lengths[record.row] - 1)
+            if step < alive_until[record.row]:
                 kept_records.append(record)
                 if keep_residuals:
                     kept_residuals.append(run.residuals[i])

@@ -68,6 +68,7 @@ from rl.budget import Spent
 from rl.crl.candidates import choose_candidates
 from rl.crl.checkpoints import CONTROLLER_FILE, latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
 from rl.crl.config import CRLConfig
+from rl.crl.controller import Decision
 from rl.crl.exploration import FeatureMask
 from rl.crl.features import choices_summary, write_features, write_interventions
 from rl.crl.ppo import advantages, ppo_update
@@ -136,7 +137,7 @@ def _sampled_update(
     controller,
     optimizer,
     rewards: list[float],
-    records: list[dict],
+    records: list[Decision],
     residuals: list[torch.Tensor],
     masked,
     rows: list[int],
@@ -150,10 +151,10 @@ def _sampled_update(
     )
     batch = {
         "h": torch.stack(residuals).to(device),
-        "layer_index": torch.tensor([r["layer_index"] for r in records], device=device),
-        "feature": torch.tensor([r["feature_index"] for r in records], device=device),
-        "coef": torch.tensor([r["coef_index"] for r in records], device=device),
-        "logp": torch.tensor([r["logp"] for r in records], device=device),
+        "layer_index": torch.tensor([r.layer_index for r in records], device=device),
+        "feature": torch.tensor([r.feature_index for r in records], device=device),
+        "coef": torch.tensor([r.coef_index for r in records], device=device),
+        "logp": torch.tensor([r.logp for r in records], device=device),
         "advantage": torch.tensor(step_advantages, device=device, dtype=torch.float32),
         "returns": torch.tensor(returns, device=device, dtype=torch.float32),
         "masked": masked,
@@ -316,13 +317,11 @@ def train(config: CRLConfig) -> Path:
             device,
         )
         spent.train_s += time.time() - step_started
-        chosen = [r["feature_index"] for r in records]
-        steered = [(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae]
-        chosen_counts.update(
-            bank.sae_id(r["layer"], r["feature_index"]) for r in records if r["feature_index"] < bank.d_sae
-        )
+        chosen = [r.feature_index for r in records]
+        steered = [(r.layer, r.feature_index) for r in records if r.feature_index < bank.d_sae]
+        chosen_counts.update(bank.sae_id(r.layer, r.feature_index) for r in records if r.feature_index < bank.d_sae)
         # masking keeps sampled actions off a dominant feature
-        newly_masked = mask.update(step, chosen, [rewards[r["row"]] for r in records])
+        newly_masked = mask.update(step, chosen, [rewards[r.row] for r in records])
         spent.steps = step + 1
         spent.wall_s = wall_before + time.time() - started
         row = {
@@ -331,7 +330,7 @@ def train(config: CRLConfig) -> Path:
             "reward": sum(rewards) / len(rewards),
             "validation": None,
             "entropy": stats["entropy"],
-            "steered_share": sum(r["feature"] is not None for r in records) / max(1, len(records)),
+            "steered_share": sum(r.feature is not None for r in records) / max(1, len(records)),
             "distinct_features": len(chosen_counts),
             "masked": int(masked.sum()),
             "newly_masked": len(newly_masked),
