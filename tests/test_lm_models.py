@@ -95,18 +95,19 @@ def test_generation_through_wrapper_matches_hf(tiny_dir):
 @pytest.mark.parametrize(
     ("cls", "kwargs", "error", "match"),
     [
-        ("VectorSteeredLM", {"steer": "/no/such/run"}, FileNotFoundError, "does not exist"),
-        ("VectorSteeredLM", {}, ValueError, "needs steer="),
-        ("VectorSteeredLM", {"steer": "x.pt"}, ValueError, "never loads pickles"),
-        ("RLVRLoraLM", {"adapter": "/no/such/adapter"}, FileNotFoundError, "crl-bench train rlvr"),
-        ("CRLSteeredLM", {"controller": "/no/such/controller"}, FileNotFoundError, "crl-bench train crl"),
+        ("harness.lm_models:VectorSteeredLM", {"steer": "/no/such/run"}, FileNotFoundError, "does not exist"),
+        ("harness.lm_models:VectorSteeredLM", {}, ValueError, "needs steer="),
+        ("harness.lm_models:VectorSteeredLM", {"steer": "x.pt"}, ValueError, "never loads pickles"),
+        ("harness.lm_models:RLVRLoraLM", {"adapter": "/no/such/adapter"}, FileNotFoundError, "crl-bench train rlvr"),
+        ("rl.crl.lm:CRLSteeredLM", {"controller": "/no/such/controller"}, FileNotFoundError, "crl-bench train crl"),
     ],
 )
 def test_missing_artifacts_fail_before_loading(cls, kwargs, error, match):
-    from harness import lm_models
+    import importlib
 
+    module, name = cls.split(":")  # as lm-eval's registry names them
     with pytest.raises(error, match=match):
-        getattr(lm_models, cls)(pretrained="/never/loaded", **kwargs)
+        getattr(importlib.import_module(module), name)(pretrained="/never/loaded", **kwargs)
 
 
 def test_steering_vector_of_wrong_size_or_layer(tiny_dir, tmp_path):
