@@ -60,7 +60,7 @@ def _summary(curve: list[dict], run_dir: Any) -> dict[str, Any]:
     }
 
 
-def compare(config: Any, variants: list[str] | None = None, out: str = "results/exploration") -> Path:
+def compare(config: CRLConfig, variants: list[str] | None = None, out: str = "results/exploration") -> Path:
     """Train one CRL controller per exploration variant (`VARIANTS`: entropy bonus and adaptive
     masking on or off; the rest of `config` as given) and write `<out>/<task>/exploration.{md,json,png}`
     comparing collapse (the share of a step's interventions its most chosen feature takes),
@@ -109,11 +109,11 @@ def compare(config: Any, variants: list[str] | None = None, out: str = "results/
     return directory
 
 
-def _plain(config: Any) -> dict[str, Any]:
+def _plain(config: CRLConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k not in ("results_dir", "runs_dir")}
 
 
-def render(config: Any, found: dict[str, dict[str, Any]]) -> str:
+def render(config: CRLConfig, found: dict[str, dict[str, Any]]) -> str:
     def fmt(value: Any, digits: int = 3) -> str:
         return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 

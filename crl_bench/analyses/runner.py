@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from crl_bench.bench_config import BenchConfig
+
 TOP_K = 20
 SHIFT_PROMPTS = 64
 
@@ -76,7 +78,7 @@ def _encoded(model: Any, tokenizer: Any, sae: Any, prompts: list[str], batch_siz
 
 
 def feature_weights(
-    config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any, prompts: list[str]
+    config: BenchConfig, task: str, stages: list, sae: Any, model: Any, tokenizer: Any, prompts: list[str]
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Per method, its weighting over the SAE's features at the SAE layer (and why any is missing)."""
     from baselines.train import fit_at_layer, fitted_directions
@@ -128,7 +130,7 @@ K_COMPONENTS = 10
 K_FEATURES = 20
 
 
-def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
+def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
     """Attribution-patching circuits of each method on one one-token task (`crl_bench.analyses.circuits`):
     top components and SAE features, the share of the method's own change they recover when
     patched, their overlap between methods, and the share of RLVR's change each method's
@@ -235,7 +237,7 @@ def circuit_rows(config: Any, task: str, stages: list, sae: Any, model: Any, tok
     return {"items": len(problem.prompts), "methods": found, "pairs": pairs}
 
 
-def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
+def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
     from crl_bench.analyses.overlap import overlap_table, top_k
     from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm, model_info
@@ -286,7 +288,7 @@ def run(config: Any, stages: list, reserved: dict[str, frozenset[int]], console:
     interaction_rows(config, stages, results, console)
 
 
-def interaction_rows(config: Any, stages: list, results: Path, console: Any) -> None:
+def interaction_rows(config: BenchConfig, stages: list, results: Path, console: Any) -> None:
     """`results/interactions.{json,md}` for every CRL stage of the multi-layer and generation
     settings, with the model in the dtype the controllers were trained and evaluated in."""
     from crl_bench.analyses.interactions import analyse, render, steered_nothing

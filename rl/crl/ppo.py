@@ -5,14 +5,13 @@ LLM forward."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from rl.crl.config import CRLConfig
 from rl.crl.controller import Decision
 
 
-def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: Any) -> dict[str, float]:
+def ppo_update(controller, optimizer, batch: dict[str, torch.Tensor], config: CRLConfig) -> dict[str, float]:
     """`ppo_epochs` full-batch passes of the clipped surrogate (+ value loss when the value head
     is the baseline, + entropy bonus). In the generation setting the bonus is the entropy of
     the choice among features given that the controller intervenes: it keeps the dictionary
@@ -59,7 +58,7 @@ def clipped(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.
 
 
 def advantages(
-    config: Any,
+    config: CRLConfig,
     rewards: list[float],
     records: list[Decision],
     rows_per_group: int,
