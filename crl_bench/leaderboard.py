@@ -16,6 +16,7 @@ left out of the Holm family.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from crl_bench.headline import update_readme
-from harness.manifest import build_manifest, write_json, write_text
+from harness.manifest import build_manifest, results_lock, write_json, write_text
 from harness.stats import holm, mcnemar_exact, mean_ci95
 
 KEY = ("model", "task", "method", "setting", "seed", "metric")
@@ -246,6 +247,11 @@ def write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
     and the Holm family over the whole board), keep legacy rows (those with no stored scores)
     as they were, and regenerate the md and csv tables."""
     results_dir = Path(results_dir)
+    with results_lock(results_dir):  # another run may be merging into the same folder
+        return _write(results_dir, scores, **provenance)
+
+
+def _write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
     path = results_dir / "leaderboard.json"
     merged_scores = merge_scores(read_stored_scores(results_dir), scores)
     rows = [asdict(r) for r in build_rows(merged_scores)]
@@ -345,15 +351,16 @@ def render(results_dir: Path) -> None:
     results_dir = Path(results_dir)
     document = json.loads((results_dir / "leaderboard.json").read_text())
     rows = document["rows"]
-    with open(results_dir / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            flat = {k: row.get(k) for k in CSV_COLUMNS if k in row}
-            flat["legacy"] = is_legacy(row)
-            for name in ("ci95", "delta_vs_base_ci95", "delta_vs_rlvr_ci95"):
-                flat[f"{name}_low"], flat[f"{name}_high"] = row.get(name) or (None, None)
-            writer.writerow(flat)
+    handle = io.StringIO()  # written in one piece below, atomically, as every results file
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        flat = {k: row.get(k) for k in CSV_COLUMNS if k in row}
+        flat["legacy"] = is_legacy(row)
+        for name in ("ci95", "delta_vs_base_ci95", "delta_vs_rlvr_ci95"):
+            flat[f"{name}_low"], flat[f"{name}_high"] = row.get(name) or (None, None)
+        writer.writerow(flat)
+    write_text(results_dir / "leaderboard.csv", handle.getvalue())
     lines = [
         "# Leaderboard",
         "",
@@ -398,5 +405,5 @@ def render(results_dir: Path) -> None:
         if sentence:
             lines += ["", sentence]
         lines.append("")
-    (results_dir / "leaderboard.md").write_text("\n".join(lines))
+    write_text(results_dir / "leaderboard.md", "\n".join(lines))
     update_readme(results_dir, rows)

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.manifest import write_text
+
 TRACE_ITEMS = 4
 
 TEMPLATE = """<!doctype html>
@@ -577,5 +579,5 @@ def build(results_dir: str | Path) -> Path:
         sections=[{"id": i, "title": t, "body": b} for i, t, b in sections],
     )
     path = results / "report.html"
-    path.write_text(page)
+    write_text(path, page)
     return path

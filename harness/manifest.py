@@ -98,12 +98,34 @@ def build_manifest(**extra: Any) -> dict[str, Any]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file + rename), so a crash never leaves half a file."""
+    """Write a text file atomically (a temporary file of its own + rename), so a crash never
+    leaves half a file and two processes writing the same file never share a temporary one."""
+    import os
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+RESULTS_LOCK = ".results.lock"
+
+
+def results_lock(results_dir: Path | str):
+    """A lock on a results folder (a file lock, so it holds across processes): every
+    read-merge-write of a shared results file (leaderboard, per-item scores, analyses) runs
+    under it, so two runs writing one folder at once keep both runs' results."""
+    from filelock import FileLock
+
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(results_dir) / RESULTS_LOCK))
 
 
 def write_json(path: Path, obj: Any) -> None:

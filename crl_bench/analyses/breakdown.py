@@ -276,7 +276,7 @@ def run(
     alone when they include base; documents reserved for training (`harness.splits`) are left
     out, as on the leaderboard. Returns the Markdown path."""
     from crl_bench.bench_config import reserved_documents
-    from harness.manifest import build_manifest, write_json
+    from harness.manifest import build_manifest, write_json, write_text
 
     results = Path(results_dir)
     grouping = default_grouping(task)
@@ -295,6 +295,6 @@ def run(
     result["manifest"] = build_manifest(kind="breakdown")
     out = results / "breakdown"
     write_json(out / f"{task}.json", result)
-    (out / f"{task}.md").write_text(render(result))
+    write_text(out / f"{task}.md", render(result))
     figure(result, results / "figures" / f"breakdown-{task}")
     return out / f"{task}.md"

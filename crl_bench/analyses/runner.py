@@ -239,7 +239,6 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
 
 def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
     from crl_bench.analyses.overlap import overlap_table, top_k
-    from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm, model_info
     from harness.prompts import task_prompts
     from harness.sae import load_sae
@@ -250,9 +249,14 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
     tasks = {s.task for s in stages}
     sim = similarity_rows(stages, reserved)
     # like the leaderboard, results of tasks this run did not cover are kept
-    sim = [r for r in _existing(results / "similarity.json", "rows", []) if r["task"] not in tasks] + sim
-    write_json(results / "similarity.json", {"manifest": build_manifest(bench_config=vars(config)), "rows": sim})
-    (results / "similarity.md").write_text(render_similarity(sim))
+    sim = _publish(
+        results,
+        "similarity",
+        "rows",
+        config,
+        lambda old: [r for r in old if r["task"] not in tasks] + sim,
+        render_similarity,
+    )
     console.print(f"analysis: {results / 'similarity.md'} ({len(sim)} rows)")
     if config.sae == "none":
         return
@@ -273,16 +277,17 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
             "top": {name: top_k(w, TOP_K) for name, w in weights.items()},
             "pairs": overlap_table(weights, frequency, k=TOP_K),
         }
-    overlap = {**_existing(results / "overlap.json", "tasks", {}), **overlap}
-    write_json(results / "overlap.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": overlap})
-    (results / "overlap.md").write_text(render_overlap(overlap))
+    _publish(results, "overlap", "tasks", config, lambda old: {**old, **overlap}, render_overlap)
     console.print(f"analysis: {results / 'overlap.md'}")
-    circuits = {
-        **_existing(results / "circuits.json", "tasks", {}),
-        **{task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)},
-    }
-    write_json(results / "circuits.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": circuits})
-    (results / "circuits.md").write_text(render_circuits(circuits, sae.layer))
+    circuits = {task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)}
+    _publish(
+        results,
+        "circuits",
+        "tasks",
+        config,
+        lambda old: {**old, **circuits},
+        lambda merged: render_circuits(merged, sae.layer),
+    )
     console.print(f"analysis: {results / 'circuits.md'}")
     del model
     interaction_rows(config, stages, results, console)
@@ -292,7 +297,6 @@ def interaction_rows(config: BenchConfig, stages: list, results: Path, console: 
     """`results/interactions.{json,md}` for every CRL stage of the multi-layer and generation
     settings, with the model in the dtype the controllers were trained and evaluated in."""
     from crl_bench.analyses.interactions import analyse, render, steered_nothing
-    from harness.manifest import build_manifest, write_json
     from harness.models import load_causal_lm
     from harness.tasks import load_task
 
@@ -307,9 +311,7 @@ def interaction_rows(config: BenchConfig, stages: list, results: Path, console: 
         entry[_label(stage)] = analyse(*args)
         if steered_nothing(entry[_label(stage)]):  # then the policy it was trained as, sampling
             entry[f"{_label(stage)} (sampled)"] = analyse(*args, mode="sample")
-    tasks = {**_existing(results / "interactions.json", "tasks", {}), **found}
-    write_json(results / "interactions.json", {"manifest": build_manifest(bench_config=vars(config)), "tasks": tasks})
-    (results / "interactions.md").write_text(render(tasks))
+    _publish(results, "interactions", "tasks", config, lambda old: {**old, **found}, render)
     console.print(f"analysis: {results / 'interactions.md'}")
 
 
@@ -317,6 +319,19 @@ def _existing(path: Path, key: str, empty: Any) -> Any:
     import json
 
     return json.loads(path.read_text())[key] if path.exists() else empty
+
+
+def _publish(results: Path, name: str, key: str, config: BenchConfig, merge: Any, render_md: Any) -> Any:
+    """Merge this run's entries into `<name>.json` (entries of tasks it did not cover are kept,
+    as the leaderboard keeps rows) and rewrite `<name>.md`, under the results folder's lock so
+    that runs writing one folder at once keep each other's entries. Returns the merged entries."""
+    from harness.manifest import build_manifest, results_lock, write_json, write_text
+
+    with results_lock(results):
+        merged = merge(_existing(results / f"{name}.json", key, [] if key == "rows" else {}))
+        write_json(results / f"{name}.json", {"manifest": build_manifest(bench_config=vars(config)), key: merged})
+        write_text(results / f"{name}.md", render_md(merged))
+    return merged
 
 
 def rerender(results_dir: str | Path) -> None:
