@@ -90,9 +90,11 @@ class VectorTrainConfig(RunConfig):
 
     def fingerprint(self) -> str:
         """What decides the sweep's numbers (not where files go, batch sizes or --force)."""
+        from harness.identity import inputs
         from harness.manifest import fingerprint
 
-        return fingerprint(asdict(self), {"results_dir", "runs_dir", "force", "batch_size", "device"})
+        settings = {**asdict(self), "inputs": inputs(self.model, self.task)}
+        return fingerprint(settings, {"results_dir", "runs_dir", "force", "batch_size", "device"})
 
 
 def default_layers(n_layers: int, fractions: tuple[float, ...] = (1 / 6, 1 / 3, 1 / 2, 2 / 3)) -> list[int]:

@@ -54,7 +54,7 @@ class Stage:
     method: str
     task: str
     settings: dict[str, Any]
-    run_dir: Path
+    home: Path  # where this method's evaluations of the task live, one folder per settings
     artifact: Path | None = None  # the steering artifact a vector stage evaluates
     adapter: Path | None = None  # the LoRA adapter an rlvr stage evaluates
     controller: Path | None = None  # the CRL run a crl stage evaluates
@@ -62,6 +62,34 @@ class Stage:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.settings)
+
+    @property
+    def run_dir(self) -> Path:
+        """`<home>/<fingerprint>`: runs with other settings (another seed, limit, dtype, artifact)
+        evaluate into folders of their own, so concurrent runs never share one."""
+        return self.home / self.fingerprint
+
+    def lock(self):
+        """Held while the stage is checked and evaluated: a concurrent run with the same
+        settings waits, then reuses the result."""
+        from filelock import FileLock
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.home / f"{self.fingerprint}.lock"))
+
+    def why_not_reused(self) -> str | None:
+        """When an earlier evaluation of this method on this task exists with other settings:
+        which settings changed (what a re-evaluation is for)."""
+        from harness.identity import changed
+
+        earlier = sorted(self.home.glob(f"*/{STAGE}"), key=lambda p: p.stat().st_mtime)
+        if not earlier or (self.home / self.fingerprint / STAGE) in earlier:
+            return None
+        before = json.loads(earlier[-1].read_text()).get("settings", {})
+        keys = changed(before, self.settings)
+        return f"{self.method} on {self.task}: evaluating again, since {earlier[-1].parent} " + (
+            f"these changed: {', '.join(keys)}" if keys else "the settings changed"
+        )
 
     def done(self) -> bool:
         marker = self.run_dir / STAGE
@@ -81,10 +109,17 @@ def _output_types(tasks: list[str], manager: Any) -> dict[str, str]:
     return {task: load_task(task, manager).OUTPUT_TYPE for task in tasks}
 
 
-def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> list[Stage]:
-    """Evaluation stages; a vector or RLVR stage is planned once its artifact exists."""
+def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manager: Any = None) -> list[Stage]:
+    """Evaluation stages; a vector or RLVR stage is planned once its artifact exists. A stage's
+    settings include what it reads, by content (`harness.identity`): the model's files and the
+    task's definition and data, so a change to either re-evaluates instead of reusing."""
     from baselines.train import vectors_dir
+    from harness.identity import model_identity, task_identity
+    from harness.tasks import task_manager
     from harness.vectors import VECTORS_FILE
+
+    manager = manager or task_manager(names=config.tasks)
+    model_files = model_identity(config.model)
 
     root = Path(config.runs_dir) if config.runs_dir else runs_root()
     slug = model_slug(config.model)
@@ -96,6 +131,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None) -> lis
             "limit": config.limit,
             "seed": config.seed,
             "dtype": config.dtype,
+            "inputs": {"model": model_files, "task": task_identity(task, manager)},
         }
         stages.append(Stage("base", task, {**common, "method": "base"}, root / slug / "base" / task))
         for method in config.vectors:
@@ -230,7 +266,7 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
     from harness.models import resolve_model
     from harness.tasks import load_task
     from rl.rlvr import trainer as rlvr
-    from rl.runs import run_done
+    from rl.runs import run_done, run_lock, why_retrain
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     for task in config.tasks:
@@ -240,14 +276,18 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
             continue
         for rl_config in rlvr_configs(config, task):
             if config.force or not run_done(rl_config, "rlvr"):
-                console.rule(f"RLVR on {task} (seed {rl_config.seed})")
-                rlvr.train(rl_config)
+                with run_lock(rl_config, "rlvr"):
+                    if config.force or not run_done(rl_config, "rlvr"):  # not finished by another run meanwhile
+                        console.rule(f"RLVR on {task} (seed {rl_config.seed})")
+                        if why_retrain(rl_config, "rlvr"):
+                            console.print(why_retrain(rl_config, "rlvr"))
+                        rlvr.train(rl_config)
 
 
 def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) -> None:
     """Train CRL in each setting on the tasks of its kind (reusing finished runs; resuming killed ones)."""
     from rl.crl import trainer as crl
-    from rl.runs import run_done
+    from rl.runs import run_done, run_lock, why_retrain
 
     if config.sae == "none":
         console.print("CRL skipped: --sae none (CRL steers with SAE features)")
@@ -255,8 +295,12 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
     for task in config.tasks:
         for crl_config in crl_configs(config, task, output_types[task]):
             if config.force or not run_done(crl_config, crl_config.method):
-                console.rule(f"CRL {crl_config.setting} on {task} (seed {crl_config.seed})")
-                crl.train(crl_config)
+                with run_lock(crl_config, crl_config.method):
+                    if config.force or not run_done(crl_config, crl_config.method):  # not finished meanwhile
+                        console.rule(f"CRL {crl_config.setting} on {task} (seed {crl_config.seed})")
+                        if why_retrain(crl_config, crl_config.method):
+                            console.print(why_retrain(crl_config, crl_config.method))
+                        crl.train(crl_config)
 
 
 def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], console: Any) -> None:
@@ -351,48 +395,23 @@ def run(config: BenchConfig) -> Path:
         _rlvr_stage(config, console)
     if config.crl:
         _crl_stage(config, console, output_types)
-    stages = plan(config, output_types)
+    stages = plan(config, output_types, manager)
     todo = [s for s in stages if config.force or not s.done()]
+    for stage in todo:
+        why = stage.why_not_reused()
+        if why:
+            console.print(why)
     console.print(
         f"[bold]crl-bench[/] {config.model}: {len(stages)} evaluation stages, {len(stages) - len(todo)} reused"
     )
     for number, stage in enumerate(todo, 1):
         label = stage.method + (f" {stage.settings['setting']}" if "setting" in stage.settings else "")
         console.rule(f"stage {number}/{len(todo)}: {label} on {stage.task}")
-        if stage.controller is not None:
-            from rl.crl.lm import CRLSteeredLM
-
-            steered = CRLSteeredLM(
-                pretrained=config.model,
-                controller=str(stage.controller),
-                batch_size=config.batch_size,
-                device=config.device,
-                dtype=config.dtype,
-                log_interventions=str(stage.run_dir / "interventions.jsonl"),
-            )
-            (stage.run_dir / "interventions.jsonl").unlink(missing_ok=True)
-            _evaluate(steered, stage, config, manager)
-            del steered
-            continue
-        if stage.adapter is not None:
-            from harness.lm_models import RLVRLoraLM
-
-            adapted = RLVRLoraLM(
-                pretrained=config.model,
-                adapter=str(stage.adapter),
-                batch_size=config.batch_size,
-                device=config.device,
-                dtype=config.dtype,
-            )
-            _evaluate(adapted, stage, config, manager)
-            del adapted
-            continue
-        model = shared_lm()
-        model.active = interventions(stage)
-        try:
-            _evaluate(model, stage, config, manager)
-        finally:
-            model.active = []
+        with stage.lock():
+            if not config.force and stage.done():  # a concurrent run with these settings finished it meanwhile
+                console.print(f"{stage.run_dir}: finished by another run; reused")
+                continue
+            _run_stage(stage, config, manager, shared_lm)
     reserved = reserved_documents(config.tasks, manager)
     scores = [s for stage in stages for s in read_scores(stage, config.model, reserved.get(stage.task, frozenset()))]
     path = write(Path(config.results_dir), scores, bench_config=asdict(config))
@@ -410,3 +429,41 @@ def run(config: BenchConfig) -> Path:
     console.print(f"figures: {', '.join(sorted({f.stem for f in figures}))} in {Path(config.results_dir) / 'figures'}")
     console.print(f"report: {build(config.results_dir)}")
     return path
+
+
+def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) -> None:
+    """Evaluate one stage with the lm-eval model its method needs."""
+    if stage.controller is not None:
+        from rl.crl.lm import CRLSteeredLM
+
+        steered = CRLSteeredLM(
+            pretrained=config.model,
+            controller=str(stage.controller),
+            batch_size=config.batch_size,
+            device=config.device,
+            dtype=config.dtype,
+            log_interventions=str(stage.run_dir / "interventions.jsonl"),
+        )
+        (stage.run_dir / "interventions.jsonl").unlink(missing_ok=True)
+        _evaluate(steered, stage, config, manager)
+        del steered
+        return
+    if stage.adapter is not None:
+        from harness.lm_models import RLVRLoraLM
+
+        adapted = RLVRLoraLM(
+            pretrained=config.model,
+            adapter=str(stage.adapter),
+            batch_size=config.batch_size,
+            device=config.device,
+            dtype=config.dtype,
+        )
+        _evaluate(adapted, stage, config, manager)
+        del adapted
+        return
+    model = shared_lm()
+    model.active = interventions(stage)
+    try:
+        _evaluate(model, stage, config, manager)
+    finally:
+        model.active = []

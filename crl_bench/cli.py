@@ -171,7 +171,9 @@ def _report(args: argparse.Namespace) -> None:
 def _labelled_dir(value: str) -> tuple[str, Path]:
     label, sep, path = value.partition("=")
     if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected LABEL=DIR, e.g. rlvr-long=.cache/runs/.../eval")
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected LABEL=DIR, e.g. rlvr-long=.cache/runs/.../eval/<settings>"
+        )
     return label, Path(path)
 
 

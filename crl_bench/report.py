@@ -140,12 +140,14 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
 
 
 def _trained_runs(rows: list[dict[str, Any]]) -> list[tuple[dict, Path]]:
-    """(row, training run directory) for rows evaluated from a trained run (`<run>/eval`)."""
+    """(row, training run directory) for rows evaluated from a trained run (`<run>/eval/<settings>`,
+    or `<run>/eval` in boards written before each settings had its own folder)."""
     found = []
     for r in rows:
         run_dir = Path(r["run_dir"].split(";")[0])
-        if run_dir.name == "eval" and (run_dir.parent / "manifest.json").exists():
-            found.append((r, run_dir.parent))
+        run = run_dir.parent if run_dir.name == "eval" else run_dir.parent.parent
+        if "eval" in (run_dir.name, run_dir.parent.name) and (run / "manifest.json").exists():
+            found.append((r, run))
     return found
 
 

@@ -59,14 +59,24 @@ class RLTrainConfig(RunConfig):
             prompts=self.prompts,
         )
 
-    def fingerprint(self) -> str:
-        """What decides the trained weights (not where files go, resuming, or eval batch size)."""
-        from harness.manifest import fingerprint
+    def identity(self) -> dict[str, Any]:
+        """What decides the trained weights: the settings (not where files go, resuming, or the
+        eval batch size), a budget file's content, and what the run reads, by content (the
+        model's files, the task's definition and data: `harness.identity`)."""
+        from harness.identity import inputs
 
         settings = self.fingerprint_settings()
+        for name in ("results_dir", "runs_dir", "resume", "batch_size", "device"):
+            settings.pop(name, None)
         if Path(self.budget).is_file():  # a budget file: what it says, not only its name
             settings["budget"] = {"file": self.budget, "content": Path(self.budget).read_text()}
-        return fingerprint(settings, {"results_dir", "runs_dir", "resume", "batch_size", "device"})
+        settings["inputs"] = inputs(self.model, self.task)
+        return settings
+
+    def fingerprint(self) -> str:
+        from harness.manifest import fingerprint
+
+        return fingerprint(self.identity())
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """The settings the fingerprint hashes (subclasses drop what old runs did not have)."""

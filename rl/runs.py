@@ -21,6 +21,32 @@ def run_dir_for(config: RLTrainConfig, method: str) -> Path:
     return root / model_slug(config.model) / method / config.task / f"seed{config.seed}"
 
 
+def run_lock(config: RLTrainConfig, method: str):
+    """A file lock on one training run's directory: two processes asked to train the same run
+    (two benches on one cache) take turns, and the second finds the first's finished run."""
+    from filelock import FileLock
+
+    run_dir = run_dir_for(config, method)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(run_dir.parent / f"{run_dir.name}.lock"))
+
+
+def why_retrain(config: RLTrainConfig, method: str) -> str | None:
+    """When a finished run of other settings sits where this one goes: what changed."""
+    from harness.identity import changed
+
+    path = run_dir_for(config, method) / "config.json"
+    if not path.exists():
+        return None
+    before = json.loads(path.read_text())
+    if before.get("fingerprint") == config.fingerprint():
+        return None
+    keys = changed(before["identity"], config.identity()) if "identity" in before else []
+    return f"{path.parent}: training again, since " + (
+        f"these changed: {', '.join(keys)}" if keys else "its settings differ (a run from an older version)"
+    )
+
+
 def run_done(config: RLTrainConfig, method: str) -> bool:
     """Whether a finished run with these settings is on disk."""
     run_dir = run_dir_for(config, method)

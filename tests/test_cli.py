@@ -214,7 +214,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("crl", "one-token", 3),
     }
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
-    assert Path(rlvr_row["run_dir"]).parent.joinpath("adapter_model.safetensors").exists()
+    assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
     assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.csv").exists()
     crl_row = next(r for r in rows if r["method"] == "crl")
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
@@ -226,7 +226,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
             str(BIN / "crl-bench"),
             "interactions",
             "--controller",
-            str(Path(crl_row["run_dir"]).parent),  # <controller>/eval
+            str(Path(crl_row["run_dir"]).parent.parent),  # <controller>/eval/<settings>
             "--model",
             tiny_dir,
             "--items",

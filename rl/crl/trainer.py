@@ -405,6 +405,7 @@ def train(config: CRLConfig) -> Path:
             "hidden": config.hidden,
             "saes": {str(l): saes[l].describe() for l in layers},
             "budget_resolved": budget.to_dict(),
+            "identity": config.identity(),
             "fingerprint": config.fingerprint(),
         },
     )

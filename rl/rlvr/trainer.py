@@ -351,7 +351,13 @@ def train(config: RLVRConfig) -> Path:
     spent.steps = trainer.state.global_step
     write_json(
         run_dir / "config.json",
-        {"method": "rlvr", **asdict(config), "budget_resolved": budget.to_dict(), "fingerprint": config.fingerprint()},
+        {
+            "method": "rlvr",
+            **asdict(config),
+            "budget_resolved": budget.to_dict(),
+            "identity": config.identity(),
+            "fingerprint": config.fingerprint(),
+        },
     )
     write_json(
         run_dir / "manifest.json",
