@@ -78,22 +78,36 @@ class Stage:
         return FileLock(str(self.home / f"{self.fingerprint}.lock"))
 
     def why_not_reused(self) -> str | None:
-        """When an earlier evaluation of this method on this task exists with other settings:
-        which settings changed (what a re-evaluation is for)."""
+        """Why this stage is evaluated although an earlier evaluation of this method on this task
+        exists: its own record is unreadable, or the earlier one had other settings (which)."""
         from harness.identity import changed
 
+        mine = self.run_dir / STAGE
+        if mine.exists():
+            return None if self._record() is not None else f"{mine} is truncated or corrupt: evaluating again"
         earlier = sorted(self.home.glob(f"*/{STAGE}"), key=lambda p: p.stat().st_mtime)
-        if not earlier or (self.home / self.fingerprint / STAGE) in earlier:
+        records = [r for r in (_read_record(p) for p in reversed(earlier)) if r is not None]
+        if not records:
             return None
-        before = json.loads(earlier[-1].read_text()).get("settings", {})
-        keys = changed(before, self.settings)
-        return f"{self.method} on {self.task}: evaluating again, since {earlier[-1].parent} " + (
+        keys = changed(records[0].get("settings", {}), self.settings)
+        return f"{self.method} on {self.task}: evaluating again, since an earlier evaluation " + (
             f"these changed: {', '.join(keys)}" if keys else "the settings changed"
         )
 
+    def _record(self) -> dict[str, Any] | None:
+        return _read_record(self.run_dir / STAGE)
+
     def done(self) -> bool:
-        marker = self.run_dir / STAGE
-        return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == self.fingerprint
+        record = self._record()
+        return record is not None and record.get("fingerprint") == self.fingerprint
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A stage's `stage.json` (None when missing, truncated or corrupt: the stage is then redone)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _file_digest(*paths: Path) -> str:

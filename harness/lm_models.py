@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
-from harness.artifacts import require_run_dir
+from harness.artifacts import CONFIG, check_model, read_config, read_json, read_tensors, require_run_dir
 from harness.models import contiguous_head, default_device, describe, resolve_dtype, resolve_model
 from harness.sparse_logits import logits_at
 from harness.steering import Intervention, steer
@@ -151,12 +151,15 @@ class VectorSteeredLM(LeanHFLM):
         steer: str | None = None,
         coef: float | None = None,
         positions: str | None = None,
+        allow_other_model: bool = False,
         **kwargs,
     ):
         if steer is None:
             raise ValueError(f"vector_steered needs steer=<path>; {HOW_TO_MAKE}")
         # Load the artifact before the model so a bad path fails in a second, not after a load.
         vectors = SteeringVectors.load(steer)
+        if not allow_other_model:
+            check_model(vectors.model, pretrained, f"steering artifact {steer}", "allow_other_model=True")
         if coef is not None:
             vectors.coefficient = float(coef)
         if positions is not None:
@@ -172,11 +175,20 @@ class VectorSteeredLM(LeanHFLM):
 class RLVRLoraLM(LeanHFLM):
     """The base model with an RLVR-trained LoRA adapter: `adapter=<run dir>` (PEFT files)."""
 
-    def __init__(self, pretrained: str = "gemma-3-270m", adapter: str | None = None, **kwargs):
+    def __init__(
+        self, pretrained: str = "gemma-3-270m", adapter: str | None = None, allow_other_model: bool = False, **kwargs
+    ):
         how = "train one with `crl-bench train rlvr --model M --task T`, or pass a PEFT adapter directory"
         if adapter is None:
             raise ValueError(f"rlvr_lora needs adapter=<run dir>; {how}")
         run_dir = require_run_dir(adapter, "LoRA adapter", ("adapter_config.json",), how)
         if kwargs.get("peft"):
             raise ValueError("rlvr_lora takes adapter=<run dir>; drop peft=")
+        rebuild = "retrain it with `crl-bench train rlvr` (or `crl-bench bench --force`)"
+        read_json(run_dir / "adapter_config.json", rebuild)
+        for weights in run_dir.glob("adapter_model*.safetensors"):
+            read_tensors(weights, rebuild)
+        if (run_dir / CONFIG).exists() and not allow_other_model:
+            made_for = read_config(run_dir, rebuild).get("model")
+            check_model(made_for, pretrained, f"LoRA adapter {run_dir}", "allow_other_model=True")
         super().__init__(pretrained=pretrained, peft=str(run_dir), **kwargs)

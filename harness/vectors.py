@@ -8,18 +8,19 @@ model reads, so lm-eval's built-in model can evaluate them too.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from harness.artifacts import CONFIG, MANIFEST, read_config, require_run_dir
+from harness.artifacts import CONFIG, MANIFEST, check_keys, read_config, read_tensors, require_run_dir
 from harness.manifest import build_manifest, write_json
 from harness.steering import POSITIONS, AddVectors, Positions
 
 VECTORS_FILE = "vectors.safetensors"
+HOW_TO_REBUILD = "rebuild it with `crl-bench train vectors` (or `crl-bench bench --force`)"
 HOW_TO_MAKE = (
     "pass steer=<run dir written by `crl-bench train vectors`> or a .safetensors file whose tensors are named layer.<i>"
 )
@@ -64,9 +65,16 @@ class SteeringVectors:
                 f".safetensors file with tensors named layer.<i>, or {HOW_TO_MAKE}"
             )
         run_dir = require_run_dir(path, "steering artifact", (CONFIG, VECTORS_FILE), HOW_TO_MAKE)
-        config = read_config(run_dir)
-        config.pop("layers", None)
-        return cls(vectors=_read_vectors(run_dir / VECTORS_FILE), **config)
+        config = read_config(run_dir, HOW_TO_REBUILD)
+        check_keys(config, {f.name for f in fields(cls)} - {"vectors"} | {"layers"}, run_dir / CONFIG, HOW_TO_REBUILD)
+        layers = config.pop("layers", None)
+        vectors = _read_vectors(run_dir / VECTORS_FILE)
+        if layers is not None and sorted(vectors) != sorted(layers):
+            raise ValueError(
+                f"{run_dir}: config.json names layers {sorted(layers)} but {VECTORS_FILE} holds {sorted(vectors)}; "
+                f"{HOW_TO_REBUILD}"
+            )
+        return cls(vectors=vectors, **config)
 
     def export_lmeval_steered(self, path: str | Path, layers_path: str = "model.layers") -> Path:
         """Write the `.pt` file that lm-eval's `steered` model loads (`steer_path=`).
@@ -97,7 +105,7 @@ class SteeringVectors:
 
 
 def _read_vectors(path: Path) -> dict[int, torch.Tensor]:
-    tensors = load_file(str(path))
+    tensors = read_tensors(path, HOW_TO_REBUILD)
     vectors: dict[int, torch.Tensor] = {}
     for name, tensor in tensors.items():
         prefix, _, layer = name.partition(".")

@@ -311,15 +311,18 @@ def from_last_prompt_token(ctx: StepContext) -> Tensor:
 
 def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBank]:
     """The controller and feature bank saved in a CRL run directory (safetensors only)."""
-    import json
     from pathlib import Path
 
-    from safetensors.torch import load_file
+    from harness.artifacts import read_config, read_tensors
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    rebuild = "retrain it with `crl-bench train crl` (or `crl-bench bench --force`)"
+    config = read_config(run_dir, rebuild)
     layers = list(config["layers_resolved"])
-    tensors = load_file(str(run_dir / "bank.safetensors"))
+    names = {f"{kind}.{l}" for kind in ("directions", "scales", "ids") for l in layers}
+    tensors = read_tensors(run_dir / "bank.safetensors", rebuild)
+    if not {f"directions.{l}" for l in layers} | {f"scales.{l}" for l in layers} <= set(tensors) <= names:
+        raise ValueError(f"{run_dir / 'bank.safetensors'} does not hold the feature bank of layers {layers}; {rebuild}")
     bank = FeatureBank(
         layers,
         {l: tensors[f"directions.{l}"].to(device) for l in layers},
@@ -333,5 +336,6 @@ def load_controller(run_dir, device: Any = "cpu") -> tuple[Controller, FeatureBa
         config["hidden"],
         policy={v: k for k, v in CONTROLLER_TYPES.items()}[config["controller"]],
     )
-    controller.load_state_dict(load_file(str(run_dir / "controller.safetensors")))
+    expected = set(controller.state_dict())
+    controller.load_state_dict(read_tensors(run_dir / "controller.safetensors", rebuild, expected))
     return controller.to(device).eval(), bank

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from harness.artifacts import read_config, require_run_dir
+from harness.artifacts import check_model, read_config, require_run_dir
 from harness.lm_models import LeanHFLM
 from harness.steering import Intervention
 from rl.crl.controller import CONTROLLER_TYPES, ControllerRun, at_decision, from_last_prompt_token, load_controller
@@ -32,13 +32,16 @@ class CRLSteeredLM(LeanHFLM):
         sample: bool = False,
         log_interventions: str | None = None,
         seed: int = 0,
+        allow_other_model: bool = False,
         **kwargs,
     ):
         how = "train one with `crl-bench train crl --model M --task T`"
         if controller is None:
             raise ValueError(f"crl_steered needs controller=<run dir>; {how}")
         run_dir = require_run_dir(controller, "CRL controller run", ("config.json", "*.safetensors"), how)
-        config = read_config(run_dir)
+        config = read_config(run_dir, f"retrain it: {how}")
+        if not allow_other_model:
+            check_model(config.get("model"), pretrained, f"CRL controller {run_dir}", "allow_other_model=True")
         if config.get("controller") not in CONTROLLER_TYPES.values():
             raise ValueError(
                 f"{run_dir}: controller type {config.get('controller')!r} is not one this version of "
