@@ -374,11 +374,13 @@ def run(config: BenchConfig) -> Path:
     from rich.console import Console
 
     from harness.lmeval_plugin import register_models
+    from harness.models import load_config
     from harness.tasks import check_tasks, task_manager
 
     console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (greppable)
     manager = task_manager(names=config.tasks)
     check_tasks(config.tasks, manager)  # before any model load: a typo costs a second
+    load_config(config.model)  # a model that cannot be found fails now, with the fix, not mid-run
     register_models()
     if config.sae != "none":
         _sae_stage(config, console)

@@ -112,10 +112,22 @@ class BenchConfig(RunConfig):
         if self.budget == "auto":
             budget = defaults["budget"]
             self.budget = budget[device] if isinstance(budget, dict) else budget
+        from rl.budget import Budget
+
+        Budget.resolve(self.budget)  # a bad preset or budget file fails here, before anything runs
         if isinstance(self.tasks, str):
             self.tasks = [t for t in self.tasks.split(",") if t]
         if not self.tasks:
             raise ValueError("no tasks given; pass --tasks toy_sentiment,arith_mc (comma-separated)")
+        paths = [
+            t for t in self.tasks if any(c in t for c in "/\\") or t.endswith((".yaml", ".yml")) or t.startswith(".")
+        ]
+        if paths:  # a name becomes a folder name under the runs directory: it must be a name
+            raise ValueError(
+                f"--tasks takes task names (e.g. arith_gen), not paths: {', '.join(paths)}. To evaluate a task "
+                "file of your own, pass its folder to lm-eval: `lm_eval --include_path FOLDER --tasks NAME "
+                "--model crl_steered --model_args ...` (NAME: the file's `task:` field)"
+            )
         if isinstance(self.vectors, str):
             self.vectors = [v for v in self.vectors.split(",") if v]
         if self.vectors in (["none"], []):
@@ -140,8 +152,16 @@ class BenchConfig(RunConfig):
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.rl_settings is not None:
             from crl_bench.rl_settings import read_rl_settings
+            from rl.crl.config import CRLConfig
+            from rl.rlvr.config import RLVRConfig
 
-            read_rl_settings(self.rl_settings)  # a bad file fails here, before anything runs
+            # a bad file fails here, before anything runs: its keys, and every value as the runs will get it
+            for task, methods in read_rl_settings(self.rl_settings).items():
+                for method, cls in (("rlvr", RLVRConfig), ("crl", CRLConfig)):
+                    try:
+                        cls(**{"budget": self.budget, **methods[method]}, task=task)
+                    except (ValueError, TypeError) as err:
+                        raise ValueError(f"--rl-settings {self.rl_settings}: {task}: {method}: {err}") from None
 
 
 def vector_config(config: BenchConfig, task: str, output_type: str | None = None) -> Any:

@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # expected failures: one line, exit 2 (a traceback is a bug)
         print(f"crl-bench: error: {err}", file=sys.stderr)
         return 2
     return 0

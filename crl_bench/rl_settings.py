@@ -27,22 +27,26 @@ RL_SETTINGS_FIXED = (
 def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
     """`--rl-settings`: {task: {"rlvr": {...}, "crl": {...}}}, each the settings that task's runs
     of that method get (the shared ones copied into both), checked against the configs' fields."""
-    import yaml
-
+    from harness.config import read_yaml
     from rl.crl.config import CRLConfig
     from rl.rlvr.config import RLVRConfig
 
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"--rl-settings {path}: no such file (a YAML mapping of task -> settings)")
-    data = yaml.safe_load(file.read_text()) or {}
+    data = read_yaml(file, "--rl-settings") or {}
     if not isinstance(data, dict):
         raise ValueError(f"--rl-settings {path}: expected a mapping of task -> settings, got {type(data).__name__}")
     classes = {"rlvr": RLVRConfig, "crl": CRLConfig}
     allowed = {method: {f.name for f in fields(cls)} for method, cls in classes.items()}
     shared = allowed["rlvr"] & allowed["crl"]
     resolved = {}
+    _check_task_names(path, list(data))
     for task, entry in data.items():
+        if not isinstance(entry or {}, dict) or not all(isinstance(entry.get(m) or {}, dict) for m in allowed):
+            raise ValueError(
+                f"--rl-settings {path}: {task}: expected a mapping of setting -> value (e.g. steps: 100), got {entry!r}"
+            )
         entry = dict(entry or {})
         own = {method: dict(entry.pop(method, None) or {}) for method in allowed}
         for scope, names, keys in [("", shared, entry), *((f"{m}: ", allowed[m], own[m]) for m in allowed)]:
@@ -53,22 +57,21 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
                     f"the fields of `crl-bench train {scope[:-2] or 'rlvr'} --help` (e.g. steps, "
                     f"temperature), not {', '.join(RL_SETTINGS_FIXED)}, which bench sets"
                 )
-        resolved[task] = {
-            method: {k: _as_field_type(classes[method], k, v) for k, v in {**entry, **own[method]}.items()}
-            for method in allowed
-        }
+        resolved[task] = {method: {**entry, **own[method]} for method in allowed}
     return resolved
 
 
-def _as_field_type(cls: type, name: str, value: Any) -> Any:
-    """YAML reads 1e-4 as a string (no dot): numbers for the numeric fields."""
-    import typing
+def _check_task_names(path: str, names: list[str]) -> None:
+    """Every key names a task lm-eval knows (a typo would otherwise be ignored silently)."""
+    import difflib
 
-    hint = typing.get_type_hints(cls)[name]
-    kinds = set(typing.get_args(hint)) | {hint}
-    if isinstance(value, str) and (float in kinds or int in kinds):
-        try:
-            return int(value) if int in kinds and float not in kinds else float(value)
-        except ValueError:
-            raise ValueError(f"--rl-settings: {name} must be a number, got {value!r}") from None
-    return value
+    from harness.tasks import task_manager
+
+    manager = task_manager(names=[str(n) for n in names])
+    unknown = [str(n) for n in names if str(n) not in manager.all_tasks]
+    if unknown:
+        hints = [
+            f"{n} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(n, manager.all_tasks, 1)) else n
+            for n in unknown
+        ]
+        raise ValueError(f"--rl-settings {path}: unknown tasks {', '.join(hints)}; keys are lm-eval task names")

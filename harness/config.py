@@ -23,18 +23,78 @@ from harness.models import DEFAULT_MODEL
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-def check_choices(config: Any) -> None:
-    """Raise a ValueError naming the valid values for every `Literal` field set to another."""
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content; a missing file or a syntax error names the file (and line)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{what} {path}{where}: not valid YAML ({problem}); fix the file") from None
+
+
+def _convert(value: Any, kind: Any, flag: str) -> Any:
+    """`value` as a field of scalar type `kind`: numbers from strings (YAML reads 1e-4 as a
+    string), otherwise the type it must already have."""
+    if get_origin(kind) is typing.Literal:
+        if value not in get_args(kind):
+            raise ValueError(f"{flag} must be one of {', '.join(map(str, get_args(kind)))}, got {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be true or false, got {value!r}")
+        return value
+    if kind in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if kind is float else int(value)
+            except ValueError:
+                raise ValueError(
+                    f"{flag} must be {'a number' if kind is float else 'an integer'}, got {value!r}"
+                ) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ValueError(f"{flag} must be {'a number' if kind is float else 'an integer'}, got {value!r}")
+        return kind(value)
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{flag} must be text, got {value!r}")
+    return value
+
+
+def check_fields(config: Any) -> None:
+    """Check (and normalise) every field against its annotation, whatever set it (a flag, a
+    YAML file or Python): `Literal` choices, numbers, booleans, text, and lists (a comma-
+    separated string counts as a list). A wrong value is a ValueError that names the flag."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        kind, is_list = _base_type(hints[f.name])
-        if get_origin(kind) is not typing.Literal:
-            continue
+        annotation = hints[f.name]
         value = getattr(config, f.name)
-        for item in (value or []) if is_list else [] if value is None else [value]:
-            if item not in get_args(kind):
-                flag = "--" + f.name.replace("_", "-")
-                raise ValueError(f"{flag} must be one of {', '.join(map(str, get_args(kind)))}, got {item!r}")
+        optional = type(None) in get_args(annotation)
+        if value is None:
+            if not optional and f.default is not None and f.default is not dataclasses.MISSING:
+                raise ValueError(f"--{f.name.replace('_', '-')} cannot be empty")
+            continue
+        kind, is_list = _base_type(annotation)
+        flag = "--" + f.name.replace("_", "-")
+        if is_list:
+            if isinstance(value, str):
+                value = [x for x in value.split(",") if x]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{flag} must be a list (or comma-separated), got {value!r}")
+            value = [_convert(v, kind, flag) for v in value]
+        elif kind in (int, float, bool, str) or get_origin(kind) is typing.Literal:
+            value = _convert(value, kind, flag)
+        setattr(config, f.name, value)
+
+
+def check_choices(config: Any) -> None:
+    """Raise a ValueError naming the valid values for every `Literal` field set to another."""
+    check_fields(config)
 
 
 @dataclasses.dataclass
@@ -52,7 +112,7 @@ class ModelConfig:
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
 
 
 @dataclasses.dataclass
@@ -104,13 +164,22 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build `cls` from a YAML file (if given) overridden by the flags actually passed."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        import yaml
+        import difflib
 
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        loaded = read_yaml(args.config, "--config") or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"--config {args.config}: expected a mapping of setting -> value, got {type(loaded).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(loaded) - known)
         if unknown:
-            raise ValueError(f"{args.config}: unknown settings {unknown}; known: {sorted(known)}")
+            hints = [
+                f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown
+            ]
+            raise ValueError(
+                f"--config {args.config}: unknown settings {', '.join(hints)}; known: {', '.join(sorted(known))}"
+            )
         values.update(loaded)
     for f in dataclasses.fields(cls):
         given = getattr(args, f.name, None)

@@ -21,9 +21,10 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
-from harness.task_paths import merge_include_paths
+from harness.task_paths import check_yaml_folder, merge_include_paths
 
 MODELS = {
     "hf_lean": "harness.lm_models:LeanHFLM",
@@ -63,7 +64,11 @@ def patch_task_manager(cls: type) -> None:
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
-        bound.arguments["include_path"] = merge_include_paths(bound.arguments.get("include_path"))
+        user = bound.arguments.get("include_path")
+        for folder in [] if user is None else user if isinstance(user, (list, tuple)) else [user]:
+            if Path(folder).is_dir():  # lm-eval skips a YAML file it cannot parse, then says "Tasks not found"
+                check_yaml_folder(Path(folder))
+        bound.arguments["include_path"] = merge_include_paths(user)
         original(*bound.args, **bound.kwargs)
 
     __init__._crl_bench = True

@@ -40,3 +40,15 @@ def merge_include_paths(user: str | Path | list | tuple | None) -> list[str]:
         if resolved not in merged:
             merged.append(resolved)
     return merged
+
+
+def check_yaml_folder(folder: Path) -> None:
+    """lm-eval silently skips YAML files it cannot parse; we name them instead."""
+    import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(Path(folder).glob("**/*.yaml")):
+        try:
+            load_yaml(path, resolve_func=False, recursive=True)
+        except yaml.YAMLError as err:
+            raise ValueError(f"task file {path} is not valid YAML ({err}); fix or remove it") from err

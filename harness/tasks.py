@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.lmeval_plugin import patch_task_manager
-from harness.task_paths import DATA_ENV, data_dir, merge_include_paths, tasks_root
+from harness.task_paths import DATA_ENV, check_yaml_folder, data_dir, merge_include_paths, tasks_root
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -37,18 +37,6 @@ def cluster_of(doc: Any) -> str | None:
         if isinstance(doc.get(name), str):
             return doc[name]
     return None
-
-
-def check_yaml_folder(folder: Path) -> None:
-    """lm-eval silently skips YAML files it cannot parse; we name them instead."""
-    import yaml
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    for path in sorted(Path(folder).glob("**/*.yaml")):
-        try:
-            load_yaml(path, resolve_func=False, recursive=True)
-        except yaml.YAMLError as err:
-            raise ValueError(f"task file {path} is not valid YAML ({err}); fix or remove it") from err
 
 
 _MANAGERS: dict[tuple, "TaskManager"] = {}

@@ -62,6 +62,9 @@ class Budget:
     seeds: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self) -> None:
+        from harness.config import check_fields
+
+        check_fields(self)
         for name in ("steps", "prompts_per_step", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"budget {name} must be at least 1, got {getattr(self, name)}")
@@ -82,9 +85,13 @@ class Budget:
         if name in PRESETS:
             values = dict(PRESETS[name])
         elif Path(name).is_file():
-            import yaml
+            from harness.config import read_yaml
 
-            values = yaml.safe_load(Path(name).read_text()) or {}
+            values = read_yaml(name, "budget file") or {}
+            if not isinstance(values, dict):
+                raise ValueError(
+                    f"budget file {name}: expected a mapping of field -> value, got {type(values).__name__}"
+                )
             known = {f.name for f in fields(cls)} | {"generation"}
             unknown = sorted(set(values) - known)
             if unknown:

@@ -162,6 +162,7 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
         (["--model", "./no/such/model"], "does not exist"),
         (["--limit", "0"], "--limit must be a positive"),
         (["--rl-settings", "no-such.yaml"], "--rl-settings no-such.yaml: no such file"),
+        (["--model", "nobody/no-such-model", "--tasks", "arith_mc"], "unknown model 'nobody/no-such-model'"),
     ],
 )
 def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, message):

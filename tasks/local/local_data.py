@@ -29,8 +29,18 @@ def _read(name, splits, transform=None):
                 f"{path} does not exist; {DATA_ENV}={root} must hold {name}/{filename} "
                 f"(the layout described in ../shared/data/README.md)"
             )
+        rows = []
         with open(path, encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{path}, line {number}: not a JSON record ({err}); the file is truncated or "
+                        f"corrupt: restore it from the dataset's source"
+                    ) from None
         out[split] = datasets.Dataset.from_list([transform(r) for r in rows] if transform else rows)
     return datasets.DatasetDict(out)
 
