@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from crl_bench.bench_config import BenchConfig, crl_configs, reserved_documents, rlvr_configs, vector_config
+from crl_bench.budgets import budget_label
 from crl_bench.leaderboard import Scores, write
 from harness.manifest import build_manifest, fingerprint, write_json
 from harness.models import model_slug
@@ -243,6 +244,9 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
 
     manifest = stage.run_dir / "manifest.json"
     where = json.loads(manifest.read_text()).get("processor") if manifest.exists() else None
+    trained = stage.adapter or stage.controller  # the training run behind the stage, if any
+    rl_budget = json.loads((trained / "manifest.json").read_text()).get("budget") if trained else None
+    budget = budget_label(rl_budget, stage.settings.get("limit"))
     grouped: dict[tuple[str, str], tuple[list[int], list[float], list]] = {}
     with open(stage.run_dir / "samples.jsonl") as handle:
         for line in handle:
@@ -268,6 +272,7 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
             run_dir=str(stage.run_dir),
             clusters=None if None in clusters else clusters,
             processor=where,
+            budget=budget,
         )
         for (filter_name, metric), (ids, values, clusters) in sorted(grouped.items())
     ]

@@ -19,15 +19,16 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from crl_bench.budgets import budget_of, default_budget, limit_of, rollouts
 from crl_bench.headline import update_readme
 from harness.manifest import build_manifest, results_lock, write_json, write_text
 from harness.stats import holm, mcnemar_exact, mean_ci95
 
-KEY = ("model", "task", "method", "setting", "seed", "metric")
+KEY = ("model", "task", "method", "setting", "seed", "metric", "budget")
 SCORES_FILE = "leaderboard_scores.jsonl"
 
 
@@ -42,6 +43,10 @@ class Identity:
     seed: int
     metric: str
     filter: str
+    # what made it beyond the settings above: the RL budget (steps x prompts x samples) of a
+    # trained method and the --limit of a partial evaluation ("-": none). Rows of different
+    # budgets sit side by side: a smaller run never replaces a larger one's row
+    budget: str = field(default="-", kw_only=True)
 
     def identity(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(Identity)}
@@ -123,15 +128,32 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     def group(s: Scores) -> tuple:
         return (s.model, s.task, s.metric, s.filter)
 
-    base = {group(s): s for s in all_scores if s.method == "base"}
-    rlvr: dict[tuple, dict[int, Scores]] = {}
+    bases: dict[tuple, dict[str, Scores]] = {}
+    rlvr: dict[tuple, dict[str, dict[int, Scores]]] = {}  # group -> budget -> seed -> scores
     for s in all_scores:
+        if s.method == "base":
+            bases.setdefault(group(s), {})[limit_of(s.budget)] = s
         if s.method == "rlvr":
-            rlvr.setdefault(group(s), {})[s.seed] = s
+            rlvr.setdefault(group(s), {}).setdefault(s.budget, {})[s.seed] = s
+
+    def base_for(s: Scores) -> Scores | None:
+        """The base run evaluated like `s` (the same --limit), else any base run of its group."""
+        found = bases.get(group(s), {})
+        return found.get(limit_of(s.budget)) or (found[sorted(found)[0]] if found else None)
+
+    def rlvr_for(s: Scores) -> dict[int, Scores]:
+        """RLVR at the same budget (matched runs); for rows without one, the largest budget's."""
+        budgets = rlvr.get(group(s), {})
+        if s.budget in budgets:
+            return budgets[s.budget]
+        if not budgets or s.method in ("crl",):
+            return {}
+        return budgets[max(budgets, key=lambda b: (rollouts(b), b))]
+
     rows, raw = [], []  # raw: per row, (p vs base, p vs rlvr) before correction
     for s in all_scores:
         value = sum(s.values) / len(s.values)
-        reference = base.get(group(s))
+        reference = base_for(s)
         row = Row(
             **s.identity(),
             value=value,
@@ -152,7 +174,7 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
                 row.side_effects = side_effect_ratio(a, b)
                 if _other_processor(s, reference):
                     row.other_processor = ["base"]
-        seeds = rlvr.get(group(s), {})
+        seeds = rlvr_for(s)
         if seeds and s.method != "rlvr":
             ref_rlvr = seeds.get(s.seed, seeds[min(seeds)])
             row.delta_vs_rlvr, row.delta_vs_rlvr_ci95, p_rlvr, how, _, _ = _compare(s, ref_rlvr)
@@ -174,8 +196,8 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     # several seeds of one method: one more row over seeds and items
     by_method: dict[tuple, list[Scores]] = {}
     for s in all_scores:
-        by_method.setdefault((*group(s), s.method, s.setting), []).append(s)
-    for (model, task, metric, filter_name, method, setting), runs in by_method.items():
+        by_method.setdefault((*group(s), s.method, s.setting, s.budget), []).append(s)
+    for (model, task, metric, filter_name, method, setting, budget), runs in by_method.items():
         if len(runs) < 2:
             continue
         shared = sorted(set.intersection(*(set(r.doc_ids) for r in runs)))
@@ -183,8 +205,8 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
         members = [
             r
             for r in rows
-            if (r.model, r.task, r.metric, r.filter, r.method, r.setting)
-            == (model, task, metric, filter_name, method, setting)
+            if (r.model, r.task, r.metric, r.filter, r.method, r.setting, r.budget)
+            == (model, task, metric, filter_name, method, setting, budget)
         ]
 
         def mean_of(name: str, members: list = members) -> float | None:
@@ -200,6 +222,7 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
                 seed="all",
                 metric=metric,
                 filter=filter_name,
+                budget=budget,
                 value=sum(map(sum, matrix)) / (len(matrix) * len(shared)),
                 ci95=seeds_items_interval(matrix),
                 n=len(shared),
@@ -215,6 +238,10 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     return rows
 
 
+def row_key(row: dict[str, Any]) -> tuple:
+    return tuple(budget_of(row) if k == "budget" else row[k] for k in KEY)
+
+
 def read_stored_scores(results_dir: Path) -> list[Scores]:
     """The per-item scores kept beside the leaderboard (none before the first write)."""
     path = Path(results_dir) / SCORES_FILE
@@ -225,7 +252,9 @@ def read_stored_scores(results_dir: Path) -> list[Scores]:
         if not line.strip():
             continue
         try:
-            stored.append(Scores(**json.loads(line)))
+            record = json.loads(line)
+            record.setdefault("budget", default_budget(record))
+            stored.append(Scores(**record))
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"{path}, line {number}: not a per-item scores record ({error}). The file is written "
@@ -255,11 +284,11 @@ def _write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
     path = results_dir / "leaderboard.json"
     merged_scores = merge_scores(read_stored_scores(results_dir), scores)
     rows = [asdict(r) for r in build_rows(merged_scores)]
-    rebuilt = {tuple(r[k] for k in KEY) for r in rows}
+    rebuilt = {row_key(r) for r in rows}
     existing = json.loads(path.read_text())["rows"] if path.exists() else []
     # a row the stored scores cannot rebuild (written before they were kept) stays as it was, marked
-    legacy = [{**r, "legacy": True} for r in existing if tuple(r[k] for k in KEY) not in rebuilt]
-    merged = sorted(legacy + rows, key=lambda r: tuple(str(r[k]) for k in KEY))
+    legacy = [{**r, "budget": row_key(r)[-1], "legacy": True} for r in existing if row_key(r) not in rebuilt]
+    merged = sorted(legacy + rows, key=lambda r: tuple(str(v) for v in row_key(r)))
     write_text(
         results_dir / SCORES_FILE, "".join(json.dumps(asdict(s), separators=(",", ":")) + "\n" for s in merged_scores)
     )
@@ -357,6 +386,7 @@ def render(results_dir: Path) -> None:
     for row in rows:
         flat = {k: row.get(k) for k in CSV_COLUMNS if k in row}
         flat["legacy"] = is_legacy(row)
+        flat["budget"] = row_key(row)[-1]
         for name in ("ci95", "delta_vs_base_ci95", "delta_vs_rlvr_ci95"):
             flat[f"{name}_low"], flat[f"{name}_high"] = row.get(name) or (None, None)
         writer.writerow(flat)
@@ -377,15 +407,16 @@ def render(results_dir: Path) -> None:
         lines += [
             f"## {model}",
             "",
-            "| task | method | setting | seed | metric | value | 95% CI | n | Δ vs base | 95% CI | p vs base "
-            "| side effects | Δ vs RLVR | p vs RLVR |",
-            "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
+            "| task | method | setting | seed | budget | metric | value | 95% CI | n | Δ vs base | 95% CI "
+            "| p vs base | side effects | Δ vs RLVR | p vs RLVR |",
+            "|---|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
         ]
         mine = [r for r in rows if r["model"] == model]
         for r in mine:
             metric = r["metric"] if r["filter"] in ("none", "-") else f"{r['metric']} ({r['filter']})"
             lines.append(
-                f"| {r['task']} | {method_label(r)} | {r['setting']} | {r['seed']} | {metric} | {_fmt(r['value'])} | "
+                f"| {r['task']} | {method_label(r)} | {r['setting']} | {r['seed']} | {row_key(r)[-1]} | {metric} | "
+                f"{_fmt(r['value'])} | "
                 f"{_interval(r['ci95'])} | {r['n']} | {_fmt(r['delta_vs_base'])} | "
                 f"{_interval(r.get('delta_vs_base_ci95'))} | {_fmt(r['p_vs_base'], 4)} | "
                 f"{_fmt(r.get('side_effects'), 2)} | {_fmt(r.get('delta_vs_rlvr'))} | {_fmt(r.get('p_vs_rlvr'), 4)} |"

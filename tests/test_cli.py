@@ -181,6 +181,9 @@ def test_bench_bad_input_gives_one_clear_error_and_no_results(tmp_path, args, me
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
+SMOKE = "3x2x4, limit 3"  # rl.budget's smoke preset (3 steps x 2 prompts x 4 samples) and the --limit
+
+
 def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_path):
     cmd = [
         str(BIN / "crl-bench"),
@@ -215,6 +218,8 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("crl", "one-token", 3),
     }
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
+    # each row carries the budget that made it: the smoke budget's steps x prompts x samples and the --limit
+    assert {r["method"]: r["budget"] for r in rows} == {"base": "limit 3", "rlvr": SMOKE, "crl": SMOKE}
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
     assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.csv").exists()
     crl_row = next(r for r in rows if r["method"] == "crl")

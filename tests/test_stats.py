@@ -259,3 +259,42 @@ def test_an_undetectable_gain_is_said_so(tmp_path):
     row = json.loads((tmp_path / "leaderboard.json").read_text(), parse_constant=lambda c: pytest.fail(c))["rows"][0]
     assert row["mdd80"] is None
     assert "t acc: not detectable (n = 3)" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_a_smaller_budget_never_replaces_a_larger_budgets_row(tmp_path):
+    """Issue 24, item 7: a row's identity includes the budget that made it. A cold `make bench`
+    (laptop budget) on a board holding larger-budget rows adds its rows beside them; rows from
+    before budgets were recorded (and legacy rows) stay; CRL is compared with RLVR at its own budget."""
+    import json
+
+    from crl_bench.leaderboard import Scores, write
+
+    docs = list(range(60))
+
+    def scores(method, setting, budget, hits, **extra):
+        values = [float(d < hits) for d in docs]
+        return Scores("m", "t", method, setting, 0, "acc", "none", docs, values, "r", budget=budget, **extra)
+
+    big = [scores("base", "-", "-", 20), scores("rlvr", "-", "45x4x8", 40), scores("crl", "one-token", "45x4x8", 30)]
+    write(tmp_path, big)
+    small = [scores("base", "-", "-", 20), scores("rlvr", "-", "20x4x8", 22), scores("crl", "one-token", "20x4x8", 21)]
+    write(tmp_path, small)
+    rows = {(r["method"], r["budget"]): r for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
+    assert set(rows) == {("base", "-"), ("rlvr", "45x4x8"), ("crl", "45x4x8"), ("rlvr", "20x4x8"), ("crl", "20x4x8")}
+    assert rows["rlvr", "45x4x8"]["value"] == 40 / 60 and rows["rlvr", "20x4x8"]["value"] == 22 / 60
+    # CRL against RLVR of its own budget; base against the largest budget's RLVR
+    assert rows["crl", "45x4x8"]["delta_vs_rlvr"] == pytest.approx(-10 / 60)
+    assert rows["crl", "20x4x8"]["delta_vs_rlvr"] == pytest.approx(-1 / 60)
+    assert rows["base", "-"]["delta_vs_rlvr"] == pytest.approx(-20 / 60)
+    table = (tmp_path / "leaderboard.md").read_text()
+    assert "| t | rlvr | - | 0 | 45x4x8 | acc |" in table and "| t | rlvr | - | 0 | 20x4x8 | acc |" in table
+    # scores stored before budgets were recorded: RL ones are "unrecorded" and survive any new run
+    stored = (tmp_path / "leaderboard_scores.jsonl").read_text().splitlines()
+    old = [json.loads(line) for line in stored]
+    for record in old:
+        if record["budget"] == "45x4x8":
+            del record["budget"]
+    (tmp_path / "leaderboard_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    write(tmp_path, small)
+    rows = {(r["method"], r["budget"]) for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
+    assert ("rlvr", "unrecorded") in rows and ("rlvr", "20x4x8") in rows and ("crl", "unrecorded") in rows
