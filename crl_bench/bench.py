@@ -243,7 +243,8 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
     from harness.tasks import cluster_of
 
     manifest = stage.run_dir / "manifest.json"
-    where = json.loads(manifest.read_text()).get("processor") if manifest.exists() else None
+    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
+    where, libraries = recorded.get("processor"), recorded.get("libraries")
     trained = stage.adapter or stage.controller  # the training run behind the stage, if any
     rl_budget = json.loads((trained / "manifest.json").read_text()).get("budget") if trained else None
     budget = budget_label(rl_budget, stage.settings.get("limit"))
@@ -272,6 +273,7 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
             run_dir=str(stage.run_dir),
             clusters=None if None in clusters else clusters,
             processor=where,
+            libraries=libraries,
             budget=budget,
         )
         for (filter_name, metric), (ids, values, clusters) in sorted(grouped.items())

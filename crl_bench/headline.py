@@ -47,7 +47,8 @@ def _cell(row: dict[str, Any] | None, with_setting: bool = False) -> str:
         text += f" [{budget_of(row)}]"
     # the leaderboard's marks: † a row from before per-item scores were kept, ‡ compared across processors
     legacy = bool(row.get("legacy")) or "holm_family" not in row
-    return text + (" †" if legacy else "") + (" ‡" if row.get("other_processor") else "")
+    marks = (" †" if legacy else "") + (" ‡" if row.get("other_processor") else "")
+    return text + marks + (" §" if row.get("other_stack") else "")
 
 
 def _seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -64,7 +65,8 @@ def headline(rows: list[dict[str, Any]]) -> str:
         lines += [
             f"**{model}**: accuracy on each task's test split (Δ vs base; * exact McNemar p < {ALPHA}, "
             "Holm-corrected; best vector: the best of the five direction finders on test, named; [budget]: RL "
-            "steps x prompts x samples where recorded; † and ‡ as in [results/leaderboard.md](results/leaderboard.md))",
+            "steps x prompts x samples where recorded; †, ‡ and § as in "
+            "[results/leaderboard.md](results/leaderboard.md))",
             "",
             "| task | metric | " + " | ".join(h for _, h in COLUMNS) + " |",
             "|---|---|" + "---:|" * len(COLUMNS),

@@ -25,7 +25,7 @@ from typing import Any
 
 from crl_bench.budgets import budget_of, default_budget, limit_of, rollouts
 from crl_bench.headline import update_readme
-from harness.manifest import build_manifest, results_lock, write_json, write_text
+from harness.manifest import build_manifest, off_pin, pinned_versions, results_lock, write_json, write_text
 from harness.stats import holm, mcnemar_exact, mean_ci95
 
 KEY = ("model", "task", "method", "setting", "seed", "metric", "budget")
@@ -71,6 +71,8 @@ class Row(Identity):
     holm_family: int | None = None  # how many comparisons of this model the Holm correction covered
     # the references (base, rlvr) this row is compared with that were evaluated on another processor
     other_processor: list[str] | None = None
+    # the libraries of this row's evaluation whose versions are not the pinned ones (constraints.txt)
+    other_stack: list[str] | None = None
 
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY)
@@ -86,6 +88,7 @@ class Scores(Identity):
     run_dir: str
     clusters: list[str] | None = None
     processor: dict[str, Any] | None = None  # where it was evaluated (the run's manifest)
+    libraries: dict[str, str | None] | None = None  # with which library versions (the run's manifest)
 
 
 def _other_processor(mine: Scores, reference: Scores) -> bool:
@@ -125,6 +128,8 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     several seeds, a `seed="all"` row whose interval resamples seeds and items."""
     from harness.stats import min_detectable_difference, seeds_items_interval, side_effect_ratio
 
+    pins = pinned_versions()
+
     def group(s: Scores) -> tuple:
         return (s.model, s.task, s.metric, s.filter)
 
@@ -162,6 +167,7 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
             delta_vs_base=None,
             p_vs_base=None,
             run_dir=s.run_dir,
+            other_stack=off_pin(s.libraries, pins) or None,
         )
         p_base = p_rlvr = None
         if reference is not None:
@@ -305,7 +311,12 @@ def is_legacy(row: dict[str, Any]) -> bool:
 
 def method_label(row: dict[str, Any]) -> str:
     """The row's method with its marks: † legacy, ‡ compared with a run on another processor."""
-    return row["method"] + (" †" if is_legacy(row) else "") + (" ‡" if row.get("other_processor") else "")
+    return (
+        row["method"]
+        + (" †" if is_legacy(row) else "")
+        + (" ‡" if row.get("other_processor") else "")
+        + (" §" if row.get("other_stack") else "")
+    )
 
 
 def mdd_sentence(rows: list[dict[str, Any]]) -> str | None:
@@ -360,6 +371,7 @@ CSV_COLUMNS = [
     "holm_family",
     "legacy",
     "other_processor",
+    "other_stack",
     "run_dir",
 ]
 LEGACY_NOTE = (
@@ -372,6 +384,11 @@ OTHER_PROCESSOR_NOTE = (
     "‡ compared with a base or RLVR run evaluated on another processor (`other_processor` names "
     "which): bf16 greedy generations near a tie can differ between processors, so part of such a "
     "difference may be the machine's. Evaluate both on one machine to compare them cleanly."
+)
+OTHER_STACK_NOTE = (
+    "§ evaluated with library versions other than the ones `constraints.txt` pins (`other_stack` names "
+    "them): a fresh install may not reproduce its number exactly. Rerun `crl-bench bench` on its task to "
+    "rebuild it on the pinned stack. Rows stored before stacks were recorded carry no mark."
 )
 
 
@@ -432,6 +449,8 @@ def render(results_dir: Path) -> None:
             lines += ["", LEGACY_NOTE]
         if any(r.get("other_processor") for r in mine):
             lines += ["", OTHER_PROCESSOR_NOTE]
+        if any(r.get("other_stack") for r in mine):
+            lines += ["", OTHER_STACK_NOTE]
         sentence = mdd_sentence(mine)
         if sentence:
             lines += ["", sentence]

@@ -52,6 +52,33 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def pinned_versions(constraints: Path | None = None) -> dict[str, str]:
+    """The library versions `constraints.txt` pins (every install goes through it), by the
+    names `library_versions` uses; empty where the file is not beside the code (a wheel)."""
+    import re
+
+    path = constraints or Path(__file__).resolve().parent.parent / "constraints.txt"
+    if not path.is_file():
+        return {}
+    pins = {}
+    for line in path.read_text().splitlines():
+        found = re.match(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s#;]+)", line)
+        if found:
+            pins[found[1].lower().replace("_", "-")] = found[2]
+    return {name: pins[name] for name in LIBRARIES if name in pins}
+
+
+def off_pin(libraries: dict[str, str | None] | None, pins: dict[str, str] | None = None) -> list[str]:
+    """The libraries of a recorded stack whose versions differ from the pinned ones, as
+    `name version (pinned version)`."""
+    pins = pinned_versions() if pins is None else pins
+    return [
+        f"{name} {version} (pinned {pins[name]})"
+        for name, version in sorted((libraries or {}).items())
+        if name in pins and version is not None and version != pins[name]
+    ]
+
+
 def processor() -> dict[str, Any]:
     """The CPU (and GPU) a result was computed on. bf16 kernels differ between processors, so
     greedy generations near a tie can differ between machines with the same code, weights and

@@ -298,3 +298,31 @@ def test_a_smaller_budget_never_replaces_a_larger_budgets_row(tmp_path):
     write(tmp_path, small)
     rows = {(r["method"], r["budget"]) for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
     assert ("rlvr", "unrecorded") in rows and ("rlvr", "20x4x8") in rows and ("crl", "unrecorded") in rows
+
+
+def test_rows_evaluated_off_the_pinned_stack_are_marked(tmp_path):
+    """Issue 24, item 8: a row whose evaluation used library versions other than constraints.txt's
+    pins is marked § in every table, naming the libraries."""
+    import json
+
+    from crl_bench.leaderboard import Scores, write
+    from harness.manifest import pinned_versions
+
+    pins = pinned_versions()
+    assert pins["transformers"] and pins["torch"] == "2.13.0"
+    docs = list(range(20))
+    pinned = dict(pins)
+    older = {**pins, "transformers": "5.23.0"}
+    write(
+        tmp_path,
+        [
+            Scores("m", "t", "base", "-", 0, "acc", "none", docs, [1.0] * 10 + [0.0] * 10, "r", libraries=pinned),
+            Scores("m", "t", "rlvr", "-", 0, "acc", "none", docs, [1.0] * 12 + [0.0] * 8, "r", libraries=older),
+        ],
+    )
+    rows = {r["method"]: r for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
+    assert rows["base"]["other_stack"] is None
+    assert rows["rlvr"]["other_stack"] == [f"transformers 5.23.0 (pinned {pins['transformers']})"]
+    table = (tmp_path / "leaderboard.md").read_text()
+    assert "| t | rlvr § |" in table and "| t | base |" in table and "§ evaluated with library versions" in table
+    assert "other_stack" in (tmp_path / "leaderboard.csv").read_text().splitlines()[0]
