@@ -10,7 +10,7 @@
 4. At the chosen layer: the pairwise cosine matrix, directional (mean) ablation vs a random
    direction, and activation addition with negative and positive coefficients.
 
-Writes `results/vectors/<task>/checks.{json,md}`, `patching.png`, `cosine.png`, and one
+Writes `results/<model>/vectors/<task>/checks.{json,md}`, `patching.png`, `cosine.png`, and one
 steering artifact per method (run dir: config.json, vectors.safetensors, manifest.json)
 under `<runs>/<model>/vector-checks/<task>/<method>/` (the leaderboard vectors, chosen by a
 validation sweep, are `crl-bench train vectors`, in `baselines.train`).
@@ -185,7 +185,7 @@ def run(config: ChecksConfig) -> Path:
         artifacts=artifacts,
         wall_s=round(time.time() - started, 1),
     )
-    out = Path(config.results_dir) / "vectors" / config.task
+    out = config.model_results / "vectors" / config.task
     write_json(out / "checks.json", {k: v for k, v in record.items() if k != "platform"})
     _plots(record, out)
     (out / "checks.md").write_text(render(record))

@@ -17,7 +17,7 @@ validation split, the layer and coefficient each is evaluated with.
    never touched.
 4. One artifact per method, `<runs>/<model>/vectors/<task>/<method>/` (config.json,
    vectors.safetensors, manifest.json) with the chosen layer and coefficient: what
-   `vector_steered` evaluates. The sweep is kept in `results/vectors/<task>/sweep.{json,md,png}`.
+   `vector_steered` evaluates. The sweep is kept in `results/<model>/vectors/<task>/sweep.{json,md,png}`.
 
 Finished sweep points are saved as they come (`sweep.partial.json` in the run directory), so
 a crashed run resumes where it stopped.
@@ -360,13 +360,13 @@ def run(config: VectorTrainConfig, lm: Any = None) -> dict[str, Any]:
 
 
 def publish(config: VectorTrainConfig, record: dict[str, Any] | None = None) -> Path:
-    """Write the sweep's table, plot and JSON to `results/vectors/<task>/` (from the finished
+    """Write the sweep's table, plot and JSON to `results/<model>/vectors/<task>/` (from the finished
     sweep on disk when `record` is not given: a reused sweep is published too)."""
     from harness.manifest import write_json
 
     if record is None:
         record = json.loads((vectors_dir(config) / SWEEP_FILE).read_text())
-    results = Path(config.results_dir) / "vectors" / config.task
+    results = config.model_results / "vectors" / config.task
     results.mkdir(parents=True, exist_ok=True)
     write_json(results / SWEEP_FILE, {k: v for k, v in record.items() if k not in {"platform", "artifacts"}})
     _plot(record, results / "sweep.png")

@@ -325,7 +325,7 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
 
 
 def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], console: Any) -> None:
-    """`results/breakdown/<task>.md` for the tasks with a default grouping (`crl_bench.analyses.breakdown`),
+    """`results/<model>/breakdown/<task>.md` for the tasks with a default grouping (`crl_bench.analyses.breakdown`),
     from the leaderboard's runs; a task whose older runs are not on this machine is skipped."""
     from crl_bench.analyses import breakdown
 

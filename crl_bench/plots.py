@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.models import model_results
+
 
 def _pyplot():
     import matplotlib
@@ -37,10 +39,15 @@ def row_label(row: dict[str, Any]) -> str:
     return row["method"] if row["setting"] in ("-", None) else f"{row['method']}:{row['setting']}"
 
 
-def accuracy_figure(results_dir: Path) -> list[Path]:
-    """One panel per task: each method's score with its 95% interval, base as a dashed line."""
+def accuracy_figure(results_dir: Path, model: str) -> list[Path]:
+    """One panel per task of `model`: each method's score with its 95% interval, base as a
+    dashed line; in the model's own folder."""
     plt = _pyplot()
-    rows = [r for r in json.loads((results_dir / "leaderboard.json").read_text())["rows"] if r["seed"] != "all"]
+    rows = [
+        r
+        for r in json.loads((results_dir / "leaderboard.json").read_text())["rows"]
+        if r["seed"] != "all" and r["model"] == model
+    ]
     tasks = sorted({(r["model"], r["task"], r["metric"], r["filter"]) for r in rows})
     if not tasks:
         return []
@@ -72,7 +79,7 @@ def accuracy_figure(results_dir: Path) -> list[Path]:
         ax.set_title(f"{task} ({metric})", fontsize=9)
     axes[0][0].set_ylabel("score (95% CI)")
     fig.tight_layout()
-    return _save(fig, results_dir / "figures" / "accuracy")
+    return _save(fig, model_results(results_dir, model) / "figures" / "accuracy")
 
 
 def similarity_figure(results_dir: Path) -> list[Path]:
@@ -138,5 +145,16 @@ def overlap_figure(results_dir: Path) -> list[Path]:
 
 
 def all_figures(results_dir: str | Path) -> list[Path]:
+    """Every model's figures, each in its own folder (`results/<model>/figures/`)."""
     results_dir = Path(results_dir)
-    return [*accuracy_figure(results_dir), *similarity_figure(results_dir), *overlap_figure(results_dir)]
+    figures = []
+    for model in board_models(results_dir):
+        folder = model_results(results_dir, model)
+        figures += [*accuracy_figure(results_dir, model), *similarity_figure(folder), *overlap_figure(folder)]
+    return figures
+
+
+def board_models(results_dir: Path) -> list[str]:
+    """The models on the leaderboard of `results_dir`."""
+    path = Path(results_dir) / "leaderboard.json"
+    return sorted({r["model"] for r in json.loads(path.read_text())["rows"]}) if path.exists() else []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.manifest import write_text
+from harness.models import model_results
 
 TRACE_ITEMS = 4
 
@@ -545,33 +546,55 @@ def build(results_dir: str | Path) -> Path:
     results = Path(results_dir)
     board = json.loads((results / "leaderboard.json").read_text())
     rows = board["rows"]
-    figures = sorted((results / "figures").glob("*.png")) if (results / "figures").is_dir() else []
-    curves = sorted(results.glob("rlvr/*/curve.png")) + sorted(results.glob("crl-*/*/curve.png"))
-    curves += sorted(set(results.glob("*/*/curve.png")) - set(curves))  # then the rest: results/experiments/*
+    folders = [(model, model_results(results, model)) for model in sorted({r["model"] for r in rows})]
+
+    def per_model(body: Any) -> str:
+        """A section's body for each model, from the model's own folder (`results/<model>/`)."""
+        if len(folders) == 1:
+            return body(folders[0][1])
+        return "".join(f"<h3>{html.escape(model)}</h3>" + body(folder) for model, folder in folders)
+
+    def figures(folder: Path) -> str:
+        found = sorted((folder / "figures").glob("*.png"))
+        return "".join(_image(p, results) for p in found) or "<p>No figures.</p>"
+
+    def curves(folder: Path) -> str:
+        found = sorted(folder.glob("rlvr/*/curve.png")) + sorted(folder.glob("crl-*/*/curve.png"))
+        found += sorted(set(folder.glob("*/*/curve.png")) - set(found))  # then the rest: experiments/*
+        return "".join(_image(p, results) for p in found) or "<p>No training runs.</p>"
+
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard(rows)),
         ("budget", "Training budget spent", _budget(rows)),
-        ("figures", "Figures", "".join(_image(p, results) for p in figures) or "<p>No figures.</p>"),
-        ("similarity", "Behavioural similarity to RLVR", _similarity(results)),
+        ("figures", "Figures", per_model(figures)),
+        ("similarity", "Behavioural similarity to RLVR", per_model(_similarity)),
         (
             "overlap",
             "SAE-feature overlap",
-            _per_task(
-                results / "overlap.json", "No feature overlap computed (no SAE, or no analyses).", _overlap_entry
+            per_model(
+                lambda f: _per_task(
+                    f / "overlap.json", "No feature overlap computed (no SAE, or no analyses).", _overlap_entry
+                )
             ),
         ),
-        ("circuits", "Circuit overlap", _per_task(results / "circuits.json", "No circuits computed.", _circuit_entry)),
+        (
+            "circuits",
+            "Circuit overlap",
+            per_model(lambda f: _per_task(f / "circuits.json", "No circuits computed.", _circuit_entry)),
+        ),
         (
             "interactions",
             "CRL interactions across layers and tokens",
-            _per_task(
-                results / "interactions.json",
-                "No CRL controller with several layers or generated tokens.",
-                _interaction_entry,
+            per_model(
+                lambda f: _per_task(
+                    f / "interactions.json",
+                    "No CRL controller with several layers or generated tokens.",
+                    _interaction_entry,
+                )
             ),
         ),
-        ("breakdown", "Where methods gain and lose: accuracy per group of items", _breakdowns(results)),
-        ("curves", "Learning curves", "".join(_image(p, results) for p in curves) or "<p>No training runs.</p>"),
+        ("breakdown", "Where methods gain and lose: accuracy per group of items", per_model(_breakdowns)),
+        ("curves", "Learning curves", per_model(curves)),
         ("traces", "CRL intervention traces", _traces(rows)),
         ("provenance", "Provenance", _provenance(rows)),
     ]

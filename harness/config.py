@@ -124,6 +124,13 @@ class RunConfig(ModelConfig):
         default=None, metadata={"help": "run directories (default: $CRL_BENCH_RUNS or <cache>/runs)"}
     )
 
+    @property
+    def model_results(self) -> Path:
+        """This model's folder under `results_dir` (`harness.models.model_results`)."""
+        from harness.models import model_results
+
+        return model_results(self.results_dir, self.model)
+
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
     """(scalar type, is_list) of a field annotation such as `int | None` or `list[str]`."""

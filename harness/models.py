@@ -43,6 +43,12 @@ def model_slug(model: str) -> str:
     return Path(model).name if Path(model).exists() else model.replace("/", "__")
 
 
+def model_results(results_dir: str | Path, model: str) -> Path:
+    """A model's own folder of results, `<results>/<model slug>/`: curves, sweeps, analyses and
+    figures of several models live side by side (the leaderboard and report stay shared)."""
+    return Path(results_dir) / model_slug(model)
+
+
 def embedded_model_dir(name: str) -> Path:
     return cache_root() / "models" / name
 

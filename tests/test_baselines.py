@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from baselines.das import fit_das, interchange
 from baselines.fitters import FITTERS, class_gap
+from harness.models import model_results
 
 
 def planted(n: int = 400, d: int = 48, separation: float = 8.0, seed: int = 0):
@@ -167,7 +168,7 @@ def test_vector_checks_cli_writes_tables_plots_and_artifacts(tmp_path, tiny_dir)
         )
         == 0
     )
-    out = results / "vectors" / "toy_sentiment"
+    out = model_results(results, tiny_dir) / "vectors" / "toy_sentiment"
     record = json.loads((out / "checks.json").read_text())
     assert record["chosen_layer"] in (1, 2)
     assert set(record["patching"]["test"]) == {"mean_diff", "kmeans", "probe", "pca", "das", "random"}

@@ -125,7 +125,7 @@ def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
         )
         == 0
     )
-    result = json.loads((results / "breakdown" / "arith_gen.json").read_text())
+    result = json.loads((results / "gemma-3-270m" / "breakdown" / "arith_gen.json").read_text())
     rows = {(r["group"], r["method"]): r for r in result["groups"]}
     assert rows[("0: buys b, gives away c (a + b - c)", "tuned")]["fixed"] == 3
     assert rows[("1: takes out b, puts in c (a - b + c)", "tuned")]["fixed"] == 0
@@ -136,8 +136,8 @@ def test_breakdown_command_writes_tables_and_figure(tmp_path, capsys):
     assert steps["tuned"]["first operator"] == 3 and steps["tuned"]["first sum"] == 6
     assert steps["oracle"]["second sum"] == 6
     assert result["manifest"]["kind"] == "breakdown"
-    assert (results / "figures" / "breakdown-arith_gen.png").exists()
-    assert "| tuned |" in (results / "breakdown" / "arith_gen.md").read_text()
+    assert (results / "gemma-3-270m" / "figures" / "breakdown-arith_gen.png").exists()
+    assert "| tuned |" in (results / "gemma-3-270m" / "breakdown" / "arith_gen.md").read_text()
     # no base among the runs and no leaderboard: says what to run
     assert (
         main(["breakdown", "--task", "arith_gen", "--results-dir", str(tmp_path / "empty"), "--run", f"tuned={tuned}"])

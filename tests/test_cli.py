@@ -96,6 +96,9 @@ def _bench(tmp_path, *extra, sae="none"):
 
 
 def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
+    from harness.models import model_results
+
+    mine = model_results(tmp_path / "results", tiny_dir)  # the model's own folder of results
     first = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     # the SAE stage wrote the SAE's quality record and cards
@@ -120,35 +123,32 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
             assert row["delta_vs_base"] == 0.0
         else:
             assert row["p_vs_base"] is not None
-    sweep = json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())
+    sweep = json.loads((mine / "vectors" / "arith_mc" / "sweep.json").read_text())
     assert "das" in sweep["skipped"] and sweep["n"]["validation_documents"] == 4
-    assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.png").exists()
+    assert (mine / "vectors" / "toy_sentiment" / "sweep.png").exists()
     assert (tmp_path / "results" / "leaderboard.md").exists() and (tmp_path / "results" / "leaderboard.csv").exists()
     # analyses: no RLVR here, so no similarity rows; the vectors' features at the SAE layer
-    assert json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"] == []
-    overlap = json.loads((tmp_path / "results" / "overlap.json").read_text())["tasks"]
+    assert json.loads((mine / "similarity.json").read_text())["rows"] == []
+    overlap = json.loads((mine / "overlap.json").read_text())["tasks"]
     assert overlap["arith_mc"]["layer"] == 2 and len(overlap["arith_mc"]["top"]["vector:mean_diff"]) == 20
-    circuits = json.loads((tmp_path / "results" / "circuits.json").read_text())["tasks"]
+    circuits = json.loads((mine / "circuits.json").read_text())["tasks"]
     assert set(circuits["toy_sentiment"]["methods"]) == {"vector:mean_diff", "vector:das"}
     assert circuits["toy_sentiment"]["pairs"][0]["components_p"] <= 1
-    parts = json.loads((tmp_path / "results" / "breakdown" / "arith_mc.json").read_text())  # per group of items
+    parts = json.loads((mine / "breakdown" / "arith_mc.json").read_text())  # per group of items
     assert parts["by"] == "op" and {r["method"] for r in parts["groups"]} == {"base", "vector:mean_diff"}
     assert sum(r["n"] for r in parts["groups"] if r["method"] == "base" and r["group"] != "all items") == 3
-    assert "breakdown: " in first.stderr and (tmp_path / "results" / "figures" / "breakdown-toy_sentiment.png").exists()
+    assert "breakdown: " in first.stderr and (mine / "figures" / "breakdown-toy_sentiment.png").exists()
     samples = Path(rows[("arith_mc", "vector", "mean_diff")]["run_dir"], "samples.jsonl")
     stamp = samples.stat().st_mtime_ns
     quality_stamp = (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns
     import shutil
 
-    shutil.rmtree(tmp_path / "results" / "vectors")
+    shutil.rmtree(mine / "vectors")
     again = _bench(tmp_path, "--model", tiny_dir, sae=tiny_sae_dir)
     assert "5 evaluation stages, 5 reused" in again.stderr and "vectors:" not in again.stderr
     # a reused sweep still publishes its table and plot into the results
-    assert (
-        json.loads((tmp_path / "results" / "vectors" / "arith_mc" / "sweep.json").read_text())["points"]
-        == sweep["points"]
-    )
-    assert (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.md").exists()
+    assert json.loads((mine / "vectors" / "arith_mc" / "sweep.json").read_text())["points"] == sweep["points"]
+    assert (mine / "vectors" / "toy_sentiment" / "sweep.md").exists()
     assert samples.stat().st_mtime_ns == stamp
     assert (Path(tiny_sae_dir) / "quality.json").stat().st_mtime_ns == quality_stamp
     forced = _bench(tmp_path, "--model", tiny_dir, "--force")
@@ -185,6 +185,9 @@ SMOKE = "3x2x4, limit 3"  # rl.budget's smoke preset (3 steps x 2 prompts x 4 sa
 
 
 def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_path):
+    from harness.models import model_results
+
+    mine = model_results(tmp_path / "results", tiny_dir)
     cmd = [
         str(BIN / "crl-bench"),
         "bench",
@@ -221,11 +224,11 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     # each row carries the budget that made it: the smoke budget's steps x prompts x samples and the --limit
     assert {r["method"]: r["budget"] for r in rows} == {"base": "limit 3", "rlvr": SMOKE, "crl": SMOKE}
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
-    assert (tmp_path / "results" / "rlvr" / "arith_mc" / "curve.csv").exists()
+    assert (mine / "rlvr" / "arith_mc" / "curve.csv").exists()
     crl_row = next(r for r in rows if r["method"] == "crl")
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
-    assert (tmp_path / "results" / "crl-one-token" / "arith_mc" / "curve.csv").exists()
+    assert (mine / "crl-one-token" / "arith_mc" / "curve.csv").exists()
     # the interaction analysis of any trained controller from the CLI (one layer: nothing to interact)
     inter = subprocess.run(
         [
@@ -260,25 +263,25 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     )
     assert wrong.returncode == 2 and "not a CRL run directory" in wrong.stderr and "Traceback" not in wrong.stderr
     # analyses: CRL and base against RLVR; the features RLVR and CRL implicate, and their overlap
-    similarity = json.loads((tmp_path / "results" / "similarity.json").read_text())["rows"]
+    similarity = json.loads((mine / "similarity.json").read_text())["rows"]
     assert {(r["method"], r["n"]) for r in similarity} == {("base", 3), ("crl:one-token", 3)}
     base_sim = next(r for r in similarity if r["method"] == "base")
     assert base_sim["gap_closed"] == pytest.approx(0.0) and 0 <= base_sim["answer_agreement"] <= 1
-    overlap = json.loads((tmp_path / "results" / "overlap.json").read_text())["tasks"]["arith_mc"]
+    overlap = json.loads((mine / "overlap.json").read_text())["tasks"]["arith_mc"]
     assert len(overlap["top"]["rlvr"]) == 20
     implicated = set(overlap["top"]) | set(overlap["missing"])
     assert "crl:one-token" in implicated
     if "crl:one-token" in overlap["top"]:
         assert any({p["a"], p["b"]} == {"crl:one-token", "rlvr"} for p in overlap["pairs"])
-    assert "| arith_mc | crl:one-token | 3 |" in (tmp_path / "results" / "similarity.md").read_text()
-    circuits = json.loads((tmp_path / "results" / "circuits.json").read_text())["tasks"]["arith_mc"]
+    assert "| arith_mc | crl:one-token | 3 |" in (mine / "similarity.md").read_text()
+    circuits = json.loads((mine / "circuits.json").read_text())["tasks"]["arith_mc"]
     assert {"rlvr", "crl:one-token"} == set(circuits["methods"])
     rlvr_circuit = circuits["methods"]["rlvr"]
     assert rlvr_circuit["metric_method"] != rlvr_circuit["metric_base"] and len(rlvr_circuit["components"]) == 10
     assert "rlvr_change_recovered" in circuits["methods"]["crl:one-token"]
     assert {(p["a"], p["b"]) for p in circuits["pairs"]} == {("crl:one-token", "rlvr")}
     # figures and the self-contained report
-    assert (tmp_path / "results" / "figures" / "accuracy.pdf").exists()
+    assert (mine / "figures" / "accuracy.pdf").exists()
     page = (tmp_path / "results" / "report.html").read_text()
     for heading in (
         "Leaderboard",

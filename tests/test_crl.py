@@ -109,7 +109,7 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
         "feature": GOOD,
         **{k: choices["validation_by_layer"][0][k] for k in ("count", "coefs")},
     }
-    features = (tmp_path / "results" / "crl-one-token" / "arith_mc" / "features.md").read_text()
+    features = (config.model_results / "crl-one-token" / "arith_mc" / "features.md").read_text()
     assert f"| {LAYER} | {GOOD} |" in features and "no card" in features  # the planted SAE has no cards
     spent = manifest["spent"]
     assert spent["rollouts"] == 12 * 4 * 8 and spent["generated_tokens"] == spent["rollouts"]
@@ -119,10 +119,8 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
     trained = load_file(str(run_dir / crl.CONTROLLER_FILE))
     assert any(not torch.equal(start[k], trained[k]) for k in start if "mean" not in k and "scale" not in k)
     assert manifest["frozen_weights_checksum"] is not None
-    assert (Path(config.results_dir) / "crl-one-token" / "arith_mc" / "curve.png").exists()
-    assert (
-        json.loads((Path(config.results_dir) / "crl-one-token" / "arith_mc" / "manifest.json").read_text()) == manifest
-    )
+    assert (config.model_results / "crl-one-token" / "arith_mc" / "curve.png").exists()
+    assert json.loads((config.model_results / "crl-one-token" / "arith_mc" / "manifest.json").read_text()) == manifest
 
 
 def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, planted_splits, tmp_path):

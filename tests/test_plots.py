@@ -32,7 +32,8 @@ def test_figures_from_results_files(tmp_path):
             }
         )
     )
-    (tmp_path / "similarity.json").write_text(
+    (tmp_path / "m").mkdir()  # the model's own folder: its analyses and figures
+    (tmp_path / "m" / "similarity.json").write_text(
         json.dumps(
             {
                 "rows": [
@@ -42,7 +43,7 @@ def test_figures_from_results_files(tmp_path):
             }
         )
     )
-    (tmp_path / "overlap.json").write_text(
+    (tmp_path / "m" / "overlap.json").write_text(
         json.dumps(
             {
                 "tasks": {
@@ -61,5 +62,6 @@ def test_figures_from_results_files(tmp_path):
     assert all(p.stat().st_size > 1000 for p in written)
     first = {p.name: p.read_bytes() for p in written}
     assert {p.name: p.read_bytes() for p in all_figures(tmp_path)} == first  # regenerating changes no byte
-    (tmp_path / "similarity.json").unlink()
+    assert all(p.parent == tmp_path / "m" / "figures" for p in written)
+    (tmp_path / "m" / "similarity.json").unlink()
     assert "similarity.png" not in {p.name for p in all_figures(tmp_path)}

@@ -106,9 +106,10 @@ def test_analysis_keeps_the_results_of_tasks_it_did_not_run(tmp_path):
         "gap_closed": 0.5,
         "kl_from_base": 0.1,
     }
-    (tmp_path / "similarity.json").write_text(json.dumps({"rows": [old]}))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "similarity.json").write_text(json.dumps({"rows": [old]}))
     config = SimpleNamespace(results_dir=str(tmp_path), sae="none", model="m", seed=0)
     analysis.run(config, [], {}, console=SimpleNamespace(print=lambda *a, **k: None))
-    rows = json.loads((tmp_path / "similarity.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "m" / "similarity.json").read_text())["rows"]  # the model's own folder
     assert rows == [old]
-    assert "| old_task | crl:one-token | 4 |" in (tmp_path / "similarity.md").read_text()
+    assert "| old_task | crl:one-token | 4 |" in (tmp_path / "m" / "similarity.md").read_text()

@@ -195,9 +195,9 @@ def test_sweep_chooses_the_best_validation_point_and_writes_artifacts(tiny_dir, 
     vector = SteeringVectors.load(record["artifacts"]["mean_diff"]).vectors[chosen["layer"]]
     unit = train.fitted_directions(config, chosen["layer"])["mean_diff"]
     assert torch.nn.functional.cosine_similarity(vector, unit, dim=0).item() == pytest.approx(1.0, abs=1e-5)
-    written = json.loads((tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.json").read_text())
+    written = json.loads((config.model_results / "vectors" / "toy_sentiment" / "sweep.json").read_text())
     assert written["points"] == points
-    assert "| mean_diff |" in (tmp_path / "results" / "vectors" / "toy_sentiment" / "sweep.md").read_text()
+    assert "| mean_diff |" in (config.model_results / "vectors" / "toy_sentiment" / "sweep.md").read_text()
 
 
 def test_interrupted_sweep_resumes_from_its_scored_points(tiny_dir, tmp_path, monkeypatch):

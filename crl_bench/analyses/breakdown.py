@@ -4,8 +4,8 @@ worked solution.
 A leaderboard row says whether a method beats base on a task; it does not say *where*. Two
 methods can tie with base while one fixes the subtraction problems and breaks the addition
 ones. `crl-bench breakdown --task T` reads the per-item logs (`samples.jsonl`) of the runs
-behind the leaderboard's rows for T and writes, to `results/breakdown/<task>.{json,md}` and
-`results/figures/breakdown-<task>.{png,pdf}`:
+behind the leaderboard's rows for T and writes, to `results/<model>/breakdown/<task>.{json,md}` and
+`results/<model>/figures/breakdown-<task>.{png,pdf}`:
 
 - per group of items (a document field: arith_gen's problem `kind`, toy_sentiment's
   `template`, arith_mc's `op`; any field with `--by`): each method's accuracy, the items it
@@ -25,6 +25,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from crl_bench.budgets import budget_of
 
 SCHEMA = 1
 
@@ -97,6 +99,16 @@ def read_evaluated(
     return Evaluated(label, samples, docs, correct, completions)
 
 
+def board_model(leaderboard: str | Path, task: str) -> str:
+    """The model of a leaderboard's rows of `task` (the default model when it has none)."""
+    from harness.models import DEFAULT_MODEL
+
+    path = Path(leaderboard)
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    models = sorted({r["model"] for r in rows if r["task"] == task})
+    return models[0] if len(models) == 1 else DEFAULT_MODEL
+
+
 def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None = None) -> list[tuple[str, Path]]:
     """(label, run directory) of every row of `task` in a leaderboard.json, base first."""
     from crl_bench.plots import row_label
@@ -112,14 +124,17 @@ def runs_from_leaderboard(leaderboard: str | Path, task: str, model: str | None 
     models = sorted({r["model"] for r in rows})
     if len(models) > 1:
         raise ValueError(f"{path} has {task} rows for several models ({', '.join(models)}): name one with --model")
-    seeds = defaultdict(set)
+    seeds, budgets = defaultdict(set), defaultdict(set)
     for r in rows:
         seeds[(r["method"], r["setting"])].add(r["seed"])
+        budgets[(r["method"], r["setting"])].add(budget_of(r))
     runs: dict[str, Path] = {}
     for r in sorted(rows, key=lambda r: (r["method"] != "base", r["method"], str(r["setting"]), str(r["seed"]))):
         label = row_label(r)
         if len(seeds[(r["method"], r["setting"])]) > 1:
             label += f" seed {r['seed']}"
+        if len(budgets[(r["method"], r["setting"])]) > 1:
+            label += f" [{budget_of(r)}]"
         runs.setdefault(label, Path(r["run_dir"]))
     if "base" not in runs:
         raise ValueError(
@@ -277,6 +292,7 @@ def run(
     out, as on the leaderboard. Returns the Markdown path."""
     from crl_bench.bench_config import reserved_documents
     from harness.manifest import build_manifest, write_json, write_text
+    from harness.models import model_results
 
     results = Path(results_dir)
     grouping = default_grouping(task)
@@ -293,8 +309,9 @@ def run(
     evaluated = [read_evaluated(label, path, exclude) for label, path in chosen.items()]
     result = breakdown(task, evaluated, grouping)
     result["manifest"] = build_manifest(kind="breakdown")
-    out = results / "breakdown"
+    folder = model_results(results, model or board_model(leaderboard or results / "leaderboard.json", task))
+    out = folder / "breakdown"
     write_json(out / f"{task}.json", result)
     write_text(out / f"{task}.md", render(result))
-    figure(result, results / "figures" / f"breakdown-{task}")
+    figure(result, folder / "figures" / f"breakdown-{task}")
     return out / f"{task}.md"

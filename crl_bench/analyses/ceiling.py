@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from harness.config import Dtype, ModelConfig
+from harness.models import model_results
 from rl.crl.controller import COEFS
 
 
@@ -76,7 +77,9 @@ class CeilingConfig(ModelConfig):
     dtype: Dtype = field(
         default="auto", metadata={"help": "model dtype (auto: bf16 on a CPU with native bf16, else fp32)"}
     )
-    out: str = field(default="results/ceiling", metadata={"help": "where <task>/ceiling.{json,md} go"})
+    out: str | None = field(
+        default=None, metadata={"help": "where <task>/ceiling.{json,md} go (default: results/<model>/ceiling)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -285,7 +288,7 @@ def run(config: CeilingConfig) -> Path:
     delimiter = task.config.target_delimiter
     reward = task_reward(task)
     fields = {k: [d[k] for d in docs] for k in docs[0]}
-    directory = Path(config.out) / config.task
+    directory = Path(config.out or model_results("results", config.model) / "ceiling") / config.task
     directory.mkdir(parents=True, exist_ok=True)
     # every decoded document is appended to a cache file as it comes, so a killed run resumes where it
     # stopped and a run with other oracle settings (or more documents) reuses the greedy decodes

@@ -32,7 +32,10 @@ class ExplorationConfig(CRLConfig):
     variants: list[str] | None = field(
         default=None, metadata={"help": f"which of {', '.join(VARIANTS)} (default: all)"}
     )
-    out: str = field(default="results/exploration", metadata={"help": "where <task>/exploration.{md,json,png,pdf} go"})
+    out: str | None = field(
+        default=None,
+        metadata={"help": "where <task>/exploration.{md,json,png,pdf} go (default: results/<model>/exploration)"},
+    )
 
     def crl(self) -> CRLConfig:
         return CRLConfig(**{f.name: getattr(self, f.name) for f in fields(CRLConfig)})
@@ -60,7 +63,7 @@ def _summary(curve: list[dict], run_dir: Any) -> dict[str, Any]:
     }
 
 
-def compare(config: CRLConfig, variants: list[str] | None = None, out: str = "results/exploration") -> Path:
+def compare(config: CRLConfig, variants: list[str] | None = None, out: str | None = None) -> Path:
     """Train one CRL controller per exploration variant (`VARIANTS`: entropy bonus and adaptive
     masking on or off; the rest of `config` as given) and write `<out>/<task>/exploration.{md,json,png}`
     comparing collapse (the share of a step's interventions its most chosen feature takes),
@@ -94,7 +97,7 @@ def compare(config: CRLConfig, variants: list[str] | None = None, out: str = "re
             "spent": manifest["spent"],
             **_summary(manifest["curve"], run_dir),
         }
-    directory = Path(out) / config.task
+    directory = Path(out or config.model_results / "exploration") / config.task
     directory.mkdir(parents=True, exist_ok=True)
     write_json(
         directory / "exploration.json",

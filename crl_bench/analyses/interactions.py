@@ -260,7 +260,7 @@ def steered_nothing(entry: dict[str, Any]) -> bool:
 
 
 def render(tasks: dict[str, dict[str, Any]]) -> str:
-    """Markdown for `results/interactions.md` from {task: {method label: analysis}}."""
+    """Markdown for `results/<model>/interactions.md` from {task: {method label: analysis}}."""
 
     def f(x, d=3):
         return "" if x is None else f"{x:.{d}f}"

@@ -3,12 +3,12 @@
 Reads the finished evaluation stages (their `samples.jsonl` and CRL intervention logs), the
 vector sweeps' fitted directions and the RLVR adapters, and writes
 
-- `results/similarity.{json,md}`: every method vs RLVR (`crl_bench.analyses.similarity`), with base vs
+- `results/<model>/similarity.{json,md}`: every method vs RLVR (`crl_bench.analyses.similarity`), with base vs
   RLVR beside it;
-- `results/overlap.{json,md}`: the features each method implicates at the SAE layer and their
+- `results/<model>/overlap.{json,md}`: the features each method implicates at the SAE layer and their
   pairwise top-k overlap with a frequency-matched permutation null (`crl_bench.analyses.overlap`);
-- `results/circuits.{json,md}`: attribution-patching circuits (`crl_bench.analyses.circuits`);
-- `results/interactions.{json,md}`: how the choices of CRL controllers with several layers or
+- `results/<model>/circuits.{json,md}`: attribution-patching circuits (`crl_bench.analyses.circuits`);
+- `results/<model>/interactions.{json,md}`: how the choices of CRL controllers with several layers or
   generated tokens depend on each other (`crl_bench.analyses.interactions`).
 
 Tasks without an RLVR run get no similarity rows; methods that implicate no features at the
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from crl_bench.bench_config import BenchConfig
+from harness.models import model_results
 
 TOP_K = 20
 SHIFT_PROMPTS = 64
@@ -245,7 +246,7 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
     from harness.splits import method_splits
     from harness.tasks import load_task
 
-    results = Path(config.results_dir)
+    results = model_results(config.results_dir, config.model)  # another model's analyses live beside it
     tasks = {s.task for s in stages}
     sim = similarity_rows(stages, reserved)
     # like the leaderboard, results of tasks this run did not cover are kept
@@ -294,7 +295,7 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
 
 
 def interaction_rows(config: BenchConfig, stages: list, results: Path, console: Any) -> None:
-    """`results/interactions.{json,md}` for every CRL stage of the multi-layer and generation
+    """`results/<model>/interactions.{json,md}` for every CRL stage of the multi-layer and generation
     settings, with the model in the dtype the controllers were trained and evaluated in."""
     from crl_bench.analyses.interactions import analyse, render, steered_nothing
     from harness.models import load_causal_lm

@@ -383,7 +383,7 @@ def train(config: CRLConfig) -> Path:
     write_interventions(run_dir / "interventions.jsonl", decisions, val_rewards, tokenizer)
     write_json(run_dir / "choices.json", choices_summary(chosen_counts, decisions))
     write_features(
-        Path(config.results_dir) / config.method / config.task / "features.md",
+        config.model_results / config.method / config.task / "features.md",
         run_dir,
         saes,
         f"CRL ({config.setting}) on {config.task}, {config.model}",
@@ -425,7 +425,7 @@ def train(config: CRLConfig) -> Path:
     write_curve(
         curve,
         run_dir,
-        Path(config.results_dir) / config.method / config.task,
+        config.model_results / config.method / config.task,
         f"CRL ({config.setting}, {config.algorithm}): {config.task}, {config.model}",
         "score",
         fields=CURVE_FIELDS,

@@ -26,7 +26,7 @@ module only assembles the pieces from the shared contracts:
 A run directory `<runs>/<model>/rlvr/<task>/seed<k>/` ends up with the PEFT adapter
 (`adapter_config.json`, `adapter_model.safetensors`: what `rlvr_lora` and lm-eval's `hf`
 with `peft=` load), `config.json`, `manifest.json` (budget and what was spent), and the
-learning curve `curve.csv` / `curve.png` (also copied to `results/rlvr/<task>/`).
+learning curve `curve.csv` / `curve.png` (also copied to `results/<model>/rlvr/<task>/`).
 Checkpoints go to `checkpoints/` every `checkpoint_every` steps; a rerun resumes from the
 newest one (`--no-resume` starts over). A NaN or exploding loss stops the run with the
 last good checkpoint kept.
@@ -376,7 +376,7 @@ def train(config: RLVRConfig) -> Path:
     write_curve(
         curve,
         run_dir,
-        Path(config.results_dir) / "rlvr" / config.task,
+        config.model_results / "rlvr" / config.task,
         f"RLVR (LoRA, GRPO): {config.task}, {config.model}",
         validate_holder["fn"].metric,
     )
