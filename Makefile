@@ -19,7 +19,12 @@ TEST_WORKERS ?= 2
 
 # Everything heavy stays inside the project: model cache, HF caches, pip cache, runs.
 export CRL_BENCH_CACHE ?= $(CURDIR)/.cache
-export HF_HOME ?= $(CRL_BENCH_CACHE)/huggingface
+# Hugging Face's cache folders, not HF_HOME: the token of `huggingface-cli login` stays readable
+export HF_HUB_CACHE ?= $(CRL_BENCH_CACHE)/huggingface/hub
+export HF_DATASETS_CACHE ?= $(CRL_BENCH_CACHE)/huggingface/datasets
+export HF_XET_CACHE ?= $(CRL_BENCH_CACHE)/huggingface/xet
+export HF_ASSETS_CACHE ?= $(CRL_BENCH_CACHE)/huggingface/assets
+export HF_MODULES_CACHE ?= $(CRL_BENCH_CACHE)/huggingface/modules
 export PIP_CACHE_DIR ?= $(CRL_BENCH_CACHE)/pip
 export MPLCONFIGDIR ?= $(CRL_BENCH_CACHE)/matplotlib
 export XDG_CACHE_HOME ?= $(CRL_BENCH_CACHE)/xdg

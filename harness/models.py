@@ -40,7 +40,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 def model_slug(model: str) -> str:
     """A folder name for a `--model` value: a local directory's name, or the id with `/` -> `__`."""
-    return Path(model).name if Path(model).exists() else model.replace("/", "__")
+    return Path(model).name if Path(model).exists() else hub_id(model).replace("/", "__")
 
 
 def model_results(results_dir: str | Path, model: str) -> Path:
@@ -104,13 +104,34 @@ def _convert_embedded(name: str, target: Path) -> None:
     gguf_path.unlink(missing_ok=True)
 
 
+# Short names of the hub models the harness knows, as users type them (`--model gemma-2-2b`).
+SHORT_NAMES = {
+    "gemma-2-2b": "google/gemma-2-2b",
+    "gemma-2-2b-it": "google/gemma-2-2b-it",
+    "gemma-2-9b": "google/gemma-2-9b",
+    "gemma-2-9b-it": "google/gemma-2-9b-it",
+    "gemma-3-1b": "google/gemma-3-1b-pt",
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+}
+
+
+def hub_id(spec: str) -> str:
+    """A short name's hub id (`gemma-2-2b` -> `google/gemma-2-2b`); anything else unchanged."""
+    return SHORT_NAMES.get(spec.lower(), spec) if not Path(spec).expanduser().exists() else spec
+
+
 def resolve_model(spec: str) -> str:
     """Turn a `--model` value into something `from_pretrained` accepts.
 
-    Returns the embedded model's cache directory, a local directory, or the hub id unchanged.
+    Returns the embedded model's cache directory, a local directory, or a hub id (short names
+    such as `gemma-2-2b` resolved through `SHORT_NAMES`).
     """
     if spec in EMBEDDED_MODELS:
         return str(_materialise_embedded(spec))
+    spec = hub_id(spec)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -136,12 +157,40 @@ def load_config(spec: str):
     try:
         config = AutoConfig.from_pretrained(resolved)
     except (OSError, ValueError) as err:
-        raise ValueError(
-            f"unknown model {spec!r}: it is not a local directory, not an embedded model "
-            f"({', '.join(EMBEDDED_MODELS)}), and Hugging Face could not provide it "
-            f"(offline, or a typo?). Original error: {err}"
-        ) from err
+        raise ValueError(hub_error(spec, resolved, err)) from err
     return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def hub_error(spec: str, resolved: str, err: BaseException) -> str:
+    """Why the hub could not provide a model, and what to do: gated (log in), not found (a typo?
+    close matches among the names the harness knows), or unreachable (offline)."""
+    import difflib
+
+    chain, cause = [], err
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = {type(c).__name__ for c in chain}
+    text = " ".join(str(c) for c in chain)
+    named = f"{spec!r}" + (f" ({resolved})" if resolved != spec else "")
+    if "GatedRepoError" in names or " 401" in text or " 403" in text or "gated" in text.lower():
+        return (
+            f"model {named} is gated on Hugging Face: accept its licence on the model page, then run "
+            "`huggingface-cli login` (or set HF_TOKEN) and retry"
+        )
+    if "RepositoryNotFoundError" in names or " 404" in text:
+        close = difflib.get_close_matches(spec.lower(), [*SHORT_NAMES, *EMBEDDED_MODELS], n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return (
+            f"model {named} was not found on Hugging Face (a typo?).{hint} Known short names: {', '.join(SHORT_NAMES)}"
+        )
+    close = difflib.get_close_matches(spec.lower(), [*SHORT_NAMES, *EMBEDDED_MODELS], n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close and spec not in SHORT_NAMES else ""
+    return (
+        f"unknown model {named}: it is not a local directory, not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+        f"and Hugging Face could not provide it: offline (no network, or HF_HUB_OFFLINE=1) and not in the local "
+        f"cache, or a typo.{hint} Download it where there is network, or pass a local directory."
+    )
 
 
 @dataclass(frozen=True)

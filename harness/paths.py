@@ -25,11 +25,31 @@ def runs_root() -> Path:
     return Path(root).expanduser().resolve() if root else cache_root() / "runs"
 
 
+# The Hugging Face *cache* variables, never HF_HOME: HF_HOME is also where `huggingface-cli login`
+# keeps the token, and moving it would hide the user's login (gated models such as gemma-2-2b).
+HF_CACHE_VARIABLES = ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE", "HF_MODULES_CACHE")
+
+
+def hf_cache_environment(root: Path | None = None) -> dict[str, str]:
+    """Hugging Face's cache folders under our cache root (the token stays where the login put it)."""
+    base = (root or cache_root()) / "huggingface"
+    names = {
+        "HF_HUB_CACHE": "hub",
+        "HF_DATASETS_CACHE": "datasets",
+        "HF_XET_CACHE": "xet",
+        "HF_ASSETS_CACHE": "assets",
+        "HF_MODULES_CACHE": "modules",
+    }
+    return {variable: str(base / names[variable]) for variable in HF_CACHE_VARIABLES}
+
+
 def use_cache_for_hf() -> None:
-    """Point Hugging Face caches (hub, datasets, lm-eval's) under our cache root.
+    """Point Hugging Face caches (hub, datasets, xet, lm-eval's) under our cache root.
 
     Called by the crl-bench CLI before anything imports `datasets` or `huggingface_hub`
-    (they read these variables at import). A user's own HF_HOME always wins.
+    (they read these variables at import). A user's own settings always win, and HF_HOME (with
+    the login token in it) is left alone.
     """
-    os.environ.setdefault("HF_HOME", str(cache_root() / "huggingface"))
+    for variable, value in hf_cache_environment().items():
+        os.environ.setdefault(variable, value)
     os.environ.setdefault("MPLCONFIGDIR", str(cache_root() / "matplotlib"))

@@ -9,7 +9,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CRL_BENCH_CACHE", str(ROOT / ".cache"))
-os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
+for _variable, _value in {
+    "HF_HUB_CACHE": "hub",
+    "HF_DATASETS_CACHE": "datasets",
+    "HF_XET_CACHE": "xet",
+    "HF_ASSETS_CACHE": "assets",
+    "HF_MODULES_CACHE": "modules",
+}.items():  # the caches in the project; HF_HOME (the login token) stays the user's
+    os.environ.setdefault(_variable, str(ROOT / ".cache" / "huggingface" / _value))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs pytest -n: share the cores, do not oversubscribe
     os.environ.setdefault(
