@@ -377,7 +377,7 @@ def _sae_stage(config: BenchConfig, console: Any) -> None:
     )
 
 
-def run(config: BenchConfig) -> Path:
+def run(config: BenchConfig) -> Path | None:
     from rich.console import Console
 
     from harness.lmeval_plugin import register_models
@@ -388,6 +388,11 @@ def run(config: BenchConfig) -> Path:
     manager = task_manager(names=config.tasks)
     check_tasks(config.tasks, manager)  # before any model load: a typo costs a second
     load_config(config.model)  # a model that cannot be found fails now, with the fix, not mid-run
+    if config.dry_run:
+        from crl_bench.dry_run import describe
+
+        print(describe(config))
+        return None
     register_models()
     if config.sae != "none":
         _sae_stage(config, console)

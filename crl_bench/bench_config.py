@@ -10,7 +10,8 @@ from typing import Any, Literal
 from harness.config import Dtype, RunConfig
 from harness.models import DEFAULT_MODEL
 
-DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "boolq")
+# the full profile: crl-bench's tasks and the public benchmarks users name (`--tasks gsm8k,arc`)
+DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "arc_challenge", "boolq", "gsm8k")
 
 
 # What a bench run does when its flags leave it open. `laptop` (the embedded model on a CPU:
@@ -98,6 +99,10 @@ class BenchConfig(RunConfig):
         },
     )
     force: bool = field(default=False, metadata={"help": "recompute stages that are already done"})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "print the plan (stages, what is reused, model, device, dtype, budgets, memory) and exit"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

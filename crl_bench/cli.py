@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     inter.add_argument("--items", type=int, default=32, help="validation items")
     inter.add_argument("--seed", type=int, default=0)
     inter.add_argument("--dtype", default="auto")
-    inter.add_argument("--device", default="cpu")
+    inter.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     inter.add_argument("--out", default=None, help="also write the analysis as JSON here")
     inter.set_defaults(func=_interactions)
     parts = commands.add_parser(

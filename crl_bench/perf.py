@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.manifest import build_manifest, write_json
-from harness.models import DEFAULT_MODEL, cpu_dtype
+from harness.models import DEFAULT_MODEL, cpu_dtype, default_device
 
 VARIANTS = ("hf", "hf_lean", "vector_steered")
 
@@ -39,6 +39,7 @@ class PerfConfig:
     batch_size: int = field(default=16, metadata={"help": "batch size for every variant"})
     layer: int | None = field(default=None, metadata={"help": "steered layer (default: middle)"})
     results_dir: str = field(default="results", metadata={"help": "where perf.json / perf.md go"})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     train_task: str = field(default="arith_mc", metadata={"help": "task of the training comparison"})
     train_steps: int = field(default=4, metadata={"help": "optimisation steps per trained method (0: skip training)"})
     train_prompts_per_step: int = field(default=4, metadata={"help": "prompts per step of the training comparison"})
@@ -76,7 +77,8 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
     from harness.models import resolve_model
     from harness.tasks import task_manager
 
-    common = {"batch_size": config.batch_size, "device": "cpu", "dtype": cpu_dtype()}
+    device = config.device or default_device()
+    common = {"batch_size": config.batch_size, "device": device, "dtype": cpu_dtype() if device == "cpu" else "auto"}
     started = time.time()
     if variant == "hf":
         lm = HFLM(pretrained=resolve_model(config.model), **common)

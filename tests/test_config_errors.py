@@ -90,3 +90,26 @@ def test_a_malformed_task_yaml_on_lm_evals_include_path_is_named(tmp_path):
     (folder / "mine.yaml").write_text("task: mine\ndataset_path: [unclosed\n")
     with pytest.raises(ValueError, match=r"task file .*mine.yaml is not valid YAML"):
         TaskManager(include_path=str(folder), include_defaults=False)
+
+
+def test_bench_dry_run_prints_the_plan_and_runs_nothing(tiny_dir, tmp_path, capsys):
+    args = [
+        "--model",
+        tiny_dir,
+        "--tasks",
+        "arith_mc,arith_gen",
+        "--budget",
+        "smoke",
+        "--sae",
+        "none",
+        "--dry-run",
+        "--device",
+        "cpu",
+    ]
+    assert _bench(tmp_path, *args) == 0
+    plan = capsys.readouterr().out
+    assert "4 layers, d_model 64" in plan and "device cpu" in plan
+    assert "RLVR on arith_mc seed 0: 3 steps x 2 prompts x 4 samples (24 rollouts, up to 1 new tokens); trains" in plan
+    assert "vectors (mean_diff, kmeans, probe, pca, das) on arith_gen: sweep runs" in plan
+    assert "CRL" not in plan.split("stages, in order:")[1].split("evaluation")[0]  # --sae none: no CRL stage
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

@@ -290,6 +290,26 @@ def test_crl_steered_in_lm_eval_steers_at_the_answer_and_logs(tiny_dir, planted,
     assert sum(e["feature"] == GOOD for e in entries) / len(entries) >= 0.9
     # one decision per forward row, at the answer position: the "=" that ends each prompt
     assert {e["token"] for e in entries} == {"="}
+    # a one-token controller on a generation task: refused, unless positions= says where to act
+    gen_task = load_task("arith_gen")
+    gen_docs = list(gen_task.validation_docs())[:2]
+    with pytest.raises(ValueError, match="one-token controller.*this task generates.*positions=generated"):
+        TaskScorer(steered, gen_task, gen_docs)([])
+    log.unlink()
+    answer_only = CRLSteeredLM(
+        pretrained=tiny_dir,
+        controller=str(run_dir),
+        positions="answer",
+        device="cpu",
+        dtype="float32",
+        batch_size=8,
+        log_interventions=str(log),
+    )
+    TaskScorer(answer_only, gen_task, gen_docs)([])
+    acted = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(acted) == len(gen_docs) and {e["item"] for e in acted} == set(range(len(gen_docs)))  # once per row
+    with pytest.raises(ValueError, match="positions= must be one of answer, generated"):
+        CRLSteeredLM(pretrained=tiny_dir, controller=str(run_dir), positions="everywhere", device="cpu")
 
 
 @pytest.fixture(scope="module")

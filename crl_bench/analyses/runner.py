@@ -240,7 +240,7 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
 
 def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
     from crl_bench.analyses.overlap import overlap_table, top_k
-    from harness.models import load_causal_lm, model_info
+    from harness.models import default_device, load_causal_lm, model_info
     from harness.prompts import task_prompts
     from harness.sae import load_sae
     from harness.splits import method_splits
@@ -262,8 +262,9 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
     if config.sae == "none":
         return
     info = model_info(config.model)
-    sae = load_sae(config.sae, info, config.sae_layer, device=config.device or "cpu", corpus=config.sae_corpus)
-    model, tokenizer = load_causal_lm(config.model, dtype="float32", device=config.device or "cpu")
+    device = config.device or default_device()  # the run's device: attribution patching on the GPU where there is one
+    sae = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
+    model, tokenizer = load_causal_lm(config.model, dtype="float32", device=device)
     overlap = {}
     for task in sorted({s.task for s in stages}):
         docs = method_splits(load_task(task)).validation[:SHIFT_PROMPTS]
@@ -298,13 +299,13 @@ def interaction_rows(config: BenchConfig, stages: list, results: Path, console: 
     """`results/<model>/interactions.{json,md}` for every CRL stage of the multi-layer and generation
     settings, with the model in the dtype the controllers were trained and evaluated in."""
     from crl_bench.analyses.interactions import analyse, render, steered_nothing
-    from harness.models import load_causal_lm
+    from harness.models import default_device, load_causal_lm
     from harness.tasks import load_task
 
     chosen = [s for s in stages if s.method == "crl" and s.settings.get("setting") in ("multi-layer", "generation")]
     if not chosen:
         return
-    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=config.device or "cpu")
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=config.device or default_device())
     found: dict[str, dict[str, Any]] = {}
     for stage in chosen:
         args = (stage.controller, stage.settings["setting"], load_task(stage.task), model, tokenizer, config.seed)

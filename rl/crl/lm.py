@@ -14,6 +14,8 @@ from harness.lm_models import LeanHFLM
 from harness.steering import Intervention
 from rl.crl.controller import CONTROLLER_TYPES, ControllerRun, at_decision, from_last_prompt_token, load_controller
 
+POSITIONS = ("answer", "generated")  # where a controller acts on a task of the other kind
+
 
 class CRLSteeredLM(LeanHFLM):
     """The frozen base model steered token by token by a CRL controller: `controller=<run dir>`.
@@ -23,6 +25,12 @@ class CRLSteeredLM(LeanHFLM):
     prompt's last token and every generated token. The controller takes its most probable
     action unless `sample=True`. `log_interventions=<file.jsonl>` appends every decision:
     (item, token position, token, layer, feature, coefficient).
+
+    A controller acts where its setting trained it to: one-token and multi-layer controllers at
+    the answer position of multiple-choice requests, generation controllers at every generated
+    token. A task of the other kind is refused unless `positions=` says where to act anyway:
+    `answer` (the context's last token only) or `generated` (the prompt's last token and every
+    generated token).
     """
 
     def __init__(
@@ -33,6 +41,7 @@ class CRLSteeredLM(LeanHFLM):
         log_interventions: str | None = None,
         seed: int = 0,
         allow_other_model: bool = False,
+        positions: str | None = None,
         **kwargs,
     ):
         how = "train one with `crl-bench train crl --model M --task T`"
@@ -56,6 +65,9 @@ class CRLSteeredLM(LeanHFLM):
         for layer in config["layers_resolved"]:
             self.info.check_layer(layer)
         self.controller, self.bank = load_controller(run_dir, device=self.device)
+        if positions not in (None, *POSITIONS):
+            raise ValueError(f"crl_steered positions= must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        self.positions, self.setting, self.run_dir = positions, config.get("setting"), run_dir
         self.mode = "sample" if sample else "greedy"
         self.generator = torch.Generator().manual_seed(int(seed))
         self.log_path = log_interventions
@@ -66,7 +78,27 @@ class CRLSteeredLM(LeanHFLM):
     def _where(self, ctx):
         if self.decision_positions is not None:
             return at_decision(self.decision_positions)(ctx)
+        if self.positions == "answer":  # generation, but act only where the prompt ends
+            return at_decision(ctx.prompt_lengths - 1)(ctx)
         return from_last_prompt_token(ctx)
+
+    def _check_kind(self, kind: str) -> None:
+        """Refuse a controller on requests of the other kind unless `positions=` was given."""
+        trained = "generation" if self.setting == "generation" else "one-token"
+        if self.positions is not None or self.setting is None or trained == kind:
+            return
+        if kind == "generation":
+            raise ValueError(
+                f"{self.run_dir} is a {self.setting} controller: it was trained to act once, at the answer "
+                "position of multiple-choice requests, but this task generates. Evaluate it on a multiple-choice "
+                "task, or pass positions=generated (every generated token) or positions=answer (the prompt's "
+                "last token only) to steer generation anyway"
+            )
+        raise ValueError(
+            f"{self.run_dir} is a generation controller: it was trained to act at every generated token, but this "
+            "task is scored by log-likelihood (multiple choice). Evaluate it on a generation task, or pass "
+            "positions=answer to let it act at the answer position"
+        )
 
     def interventions(self) -> list[Intervention]:
         run = ControllerRun(
@@ -79,10 +111,12 @@ class CRLSteeredLM(LeanHFLM):
         return [run.intervention()]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self._check_kind("one-token")
         self.items.update({r.args[0]: r.doc_id for r in requests})
         return self._logged(super().loglikelihood, requests, disable_tqdm=disable_tqdm)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
+        self._check_kind("generation")
         self.items.update({r.args[0]: r.doc_id for r in requests})
         return self._logged(super().generate_until, requests, disable_tqdm=disable_tqdm)
 
