@@ -38,7 +38,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from crl_bench.bench_config import BenchConfig, crl_configs, reserved_documents, rlvr_configs, vector_config
+from crl_bench.bench_config import (
+    BenchConfig,
+    crl_configs,
+    multi_layer_skipped,
+    reserved_documents,
+    rlvr_configs,
+    vector_config,
+)
 from crl_bench.budgets import budget_label
 from crl_bench.leaderboard import Scores, write
 from harness.manifest import build_manifest, fingerprint, write_json
@@ -313,6 +320,8 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
     if config.sae == "none":
         console.print("CRL skipped: --sae none (CRL steers with SAE features)")
         return
+    if multi_layer_skipped(config):
+        console.print(multi_layer_skipped(config))
     for task in config.tasks:
         for crl_config in crl_configs(config, task, output_types[task]):
             if config.force or not run_done(crl_config, crl_config.method):

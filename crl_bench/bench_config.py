@@ -229,6 +229,19 @@ def rl_settings(config: BenchConfig, task: str, method: str) -> dict[str, Any]:
     return read_rl_settings(config.rl_settings).get(task, {}).get(method, {}) if config.rl_settings else {}
 
 
+def multi_layer_skipped(config: BenchConfig) -> str | None:
+    """Why the multi-layer CRL setting cannot run with this --sae (None: it can). It needs an
+    SAE per controlled layer: `auto` trains (or finds) one per layer and a `{layer}` pattern names
+    one per layer; a single SAE reads one layer only."""
+    if "multi-layer" not in config.crl or config.sae == "none" or config.sae == "auto" or "{layer}" in config.sae:
+        return None
+    return (
+        f"CRL multi-layer skipped: --sae {config.sae} is one SAE for one layer, and the multi-layer setting "
+        "controls several; pass a `{layer}` pattern (e.g. --sae "
+        "gemma-scope-2b-pt-res-canonical/layer_{layer}/width_16k/canonical) or --sae auto"
+    )
+
+
 def crl_configs(config: BenchConfig, task: str, output_type: str) -> list[Any]:
     """One CRL run per (setting that fits the task's kind, seed of the budget)."""
     from rl.budget import Budget
@@ -237,6 +250,8 @@ def crl_configs(config: BenchConfig, task: str, output_type: str) -> list[Any]:
     if config.sae == "none":
         return []
     fits = [s for s in config.crl if (s == "generation") == (output_type == "generate_until")]
+    if multi_layer_skipped(config):
+        fits = [s for s in fits if s != "multi-layer"]
     settings = rl_settings(config, task, "crl")
     seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
     layers = [config.sae_layer] if config.sae_layer is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crl_bench.bench_config import BenchConfig, crl_configs, rlvr_configs, vector_config
+from crl_bench.bench_config import BenchConfig, crl_configs, multi_layer_skipped, rlvr_configs, vector_config
 
 GIB = 1024**3
 
@@ -58,6 +58,8 @@ def describe(config: BenchConfig) -> str:
         ),
     ]
     number = 2
+    if multi_layer_skipped(config):
+        lines.append(f"   ({multi_layer_skipped(config)})")
     for task in config.tasks:
         kind = load_task(task, manager).OUTPUT_TYPE
         if config.vectors:

@@ -99,7 +99,10 @@ def hook_layer(hook_name: str | None, layers_path: str) -> int:
     `blocks.7.hook_resid_pre` is the same point.
     """
     if not hook_name:
-        raise ValueError("the SAE's config names no hook point (metadata.hook_name); pass --layer explicitly")
+        raise ValueError(
+            "the SAE's config names no hook point (metadata.hook_name); name its layer (bench: --sae-layer N; "
+            "train crl: --layers N; sae eval: --layer N)"
+        )
     own = re.fullmatch(re.escape(layers_path) + r"\.(\d+)", hook_name)
     if own:
         return int(own.group(1))
@@ -136,8 +139,10 @@ def check_sae_matches(
     info.check_layer(sae_layer)
     if layer is not None and layer != sae_layer:
         raise ValueError(
-            f"the SAE reads layer {sae_layer} ({hook_name}) but layer {layer} was requested; pass "
-            f"--layer {sae_layer}, or an SAE for layer {layer}"
+            f"the SAE reads layer {sae_layer} ({hook_name}) but layer {layer} was requested; pass an SAE for "
+            f"layer {layer} (a `{{layer}}` pattern in --sae gives one per layer, e.g. "
+            f"gemma-scope-2b-pt-res-canonical/layer_{{layer}}/width_16k/canonical), or use layer {sae_layer} "
+            f"(bench: --sae-layer {sae_layer}; train crl: --layers {sae_layer})"
         )
     dtype = sae.W_dec.dtype
     if activation_dtype is not None and activation_dtype != dtype:
@@ -152,10 +157,21 @@ def check_sae_matches(
     return sae_layer
 
 
+def same_hub_model(a: str, b: str) -> bool:
+    """Whether two model names mean the same hub model (`gpt2`, `gpt2-small` and
+    `openai-community/gpt2`; `gemma-2-2b` and `google/gemma-2-2b`)."""
+    from harness.models import hub_id
+
+    def key(name: str) -> str:
+        return hub_id(name).lower()
+
+    return key(a) == key(b) or Path(key(a)).name == Path(key(b)).name
+
+
 def published_sae(info: ModelInfo, layer: int) -> str | None:
     """`release/id` of a published residual SAE for this model and layer, if sae-lens lists one."""
-    key = Path(info.name).name.lower()
-    if key not in PUBLISHED:
+    key = next((name for name in PUBLISHED if same_hub_model(name, info.name)), None)
+    if key is None:
         return None
     release, template = PUBLISHED[key]
     sae_id = template.format(layer=layer + 1 if "resid_pre" in template else layer)
@@ -190,8 +206,7 @@ def _parse_release(spec: str, info: ModelInfo) -> tuple[str, str]:
             f"release {release} has no SAE {sae_id!r}; close ids: {', '.join(close) or 'none'} "
             f"({len(entry.saes_map)} ids in all)"
         )
-    model_key = Path(info.name).name.lower()
-    if entry.model and not Path(info.name).exists() and entry.model.lower() != model_key:
+    if entry.model and not Path(info.name).exists() and not same_hub_model(entry.model, info.name):
         raise ValueError(
             f"release {release} was trained on {entry.model}, but the model is {info.name}; pass "
             f"--model {entry.model}, or an SAE for {info.name} (--sae auto trains one)"
@@ -219,6 +234,9 @@ def load_sae(
 
     if dtype == "float16" and device == "cpu":
         raise ValueError("float16 SAEs are slow and lossy on CPU; pass --sae-dtype float32 or bfloat16")
+    if "{layer}" in spec:  # one SAE per layer (e.g. Gemma Scope's layer_{layer}/width_16k/canonical)
+        layer = info.check_layer(layer if layer is not None else info.n_layers // 2)
+        spec = spec.format(layer=layer)
     path = Path(spec).expanduser()
     if spec == AUTO:
         chosen = info.check_layer(layer if layer is not None else info.n_layers // 2)

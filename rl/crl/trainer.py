@@ -200,8 +200,6 @@ def train(config: CRLConfig) -> Path:
         spec = config.sae.format(layer=layer) if "{layer}" in config.sae else config.sae
         return load_sae(spec, info, layer, device=device, corpus=config.sae_corpus)
 
-    if "{layer}" in config.sae and not config.layers and config.setting != "multi-layer":
-        raise ValueError(f"--sae {config.sae} names one SAE per layer; pass --layers")
     first = sae_for(config.layers[0]) if config.layers else sae_for(None)
     layers = _default_layers(config, info.n_layers, first.layer)
     saes = {first.layer: first} if first.layer in layers else {}
