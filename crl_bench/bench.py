@@ -463,7 +463,7 @@ def run(config: BenchConfig) -> Path | None:
     from crl_bench.report import build
 
     figures = all_figures(config.results_dir)
-    console.print(f"figures: {', '.join(sorted({f.stem for f in figures}))} in {Path(config.results_dir) / 'figures'}")
+    console.print(f"figures: {len(figures)} files in {Path(config.results_dir)}/<model>/figures")
     console.print(f"report: {build(config.results_dir)}")
     return path
 

@@ -196,9 +196,8 @@ def train(config: CRLConfig) -> Path:
     model, tokenizer = load_causal_lm(config.model, dtype=str(dtype).replace("torch.", ""), device=device)
     info = model_info(config.model)  # as bench names it: an auto SAE is found in the same cache entry
 
-    def sae_for(layer):
-        spec = config.sae.format(layer=layer) if "{layer}" in config.sae else config.sae
-        return load_sae(spec, info, layer, device=device, corpus=config.sae_corpus)
+    def sae_for(layer):  # a `{layer}` pattern is filled in by load_sae (the middle layer when none is named)
+        return load_sae(config.sae, info, layer, device=device, corpus=config.sae_corpus)
 
     first = sae_for(config.layers[0]) if config.layers else sae_for(None)
     layers = _default_layers(config, info.n_layers, first.layer)
