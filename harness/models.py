@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.paths import cache_root
 
@@ -41,6 +41,38 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 def model_slug(model: str) -> str:
     """A folder name for a `--model` value: a local directory's name, or the id with `/` -> `__`."""
     return Path(model).name if Path(model).exists() else hub_id(model).replace("/", "__")
+
+
+# Where each architecture keeps the projection from the heads' concatenated outputs back to the
+# residual stream (its input is one slice per head): Gemma, Llama, Qwen2, Mistral; GPT-2; Falcon,
+# GPT-NeoX; OPT, Phi.
+ATTENTION_OUTPUTS = ("self_attn.o_proj", "attn.c_proj", "self_attention.dense", "attention.dense", "self_attn.dense")
+MLPS = ("mlp", "feed_forward")
+
+
+def _submodule(block: Any, paths: tuple[str, ...], what: str) -> Any:
+    for path in paths:
+        found = block
+        for name in path.split("."):
+            found = getattr(found, name, None)
+            if found is None:
+                break
+        if found is not None:
+            return found
+    raise ValueError(
+        f"{type(block).__name__} has no {what} at any of {', '.join(paths)}: this architecture is not supported "
+        "by the circuit analysis yet (run bench with --no-analyses, or add its module names to harness.models)"
+    )
+
+
+def attention_output(block: Any) -> Any:
+    """A decoder block's attention output projection (`ATTENTION_OUTPUTS`)."""
+    return _submodule(block, ATTENTION_OUTPUTS, "attention output projection")
+
+
+def mlp_of(block: Any) -> Any:
+    """A decoder block's MLP (`MLPS`)."""
+    return _submodule(block, MLPS, "MLP")
 
 
 def model_results(results_dir: str | Path, model: str) -> Path:

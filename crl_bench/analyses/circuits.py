@@ -18,8 +18,9 @@ at those nodes are written into the base run, and the share of the method's metr
 they recover is measured. Patching one method's activations at another method's top nodes
 gives the share of, e.g., RLVR's gain the CRL circuit carries.
 
-Works for any Hugging Face decoder whose blocks have `self_attn.o_proj` and `mlp` (Gemma,
-Llama, Mistral, Qwen).
+Works for any Hugging Face decoder whose blocks have an attention output projection and an MLP
+that `harness.models` knows by name (`self_attn.o_proj` and `mlp` in Gemma, Llama, Mistral,
+Qwen; `attn.c_proj` and `mlp` in GPT-2).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Recorder:
 
     @contextmanager
     def active(self) -> Iterator["Recorder"]:
-        from harness.models import find_decoder_layers
+        from harness.models import attention_output, find_decoder_layers, mlp_of
 
         _, blocks = find_decoder_layers(self.model)
         handles = []
@@ -116,8 +117,8 @@ class Recorder:
                 keep(("mlp", l), output)
                 return output
 
-            handles.append(block.self_attn.o_proj.register_forward_pre_hook(pre_o))
-            handles.append(block.mlp.register_forward_hook(post_mlp))
+            handles.append(attention_output(block).register_forward_pre_hook(pre_o))
+            handles.append(mlp_of(block).register_forward_hook(post_mlp))
             if l == self.sae_layer:
 
                 def post_block(module, args, output, l=l):
