@@ -101,3 +101,20 @@ def test_a_hub_model_not_yet_downloaded_is_named_by_its_id():
     from harness.identity import model_identity
 
     assert model_identity("google/gemma-2-2b") == {"hub": "google/gemma-2-2b", "revision": None}
+
+
+def test_crl_runs_fingerprint_their_sae_files(tiny_dir, tiny_sae_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rl.crl.config import CRLConfig
+
+    sae = tmp_path / "sae"
+    shutil.copytree(tiny_sae_dir, sae)
+    config = CRLConfig(model=tiny_dir, task="arith_mc", sae=str(sae))
+    before = config.fingerprint()
+    assert config.identity()["inputs"]["sae"] == {"sae": config.identity()["inputs"]["sae"]["sae"]}
+    weights = sae / "sae_weights.safetensors"
+    tensors = {k: v + torch.ones_like(v) for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    assert config.fingerprint() != before

@@ -4,6 +4,7 @@ shared `rl.config.RLTrainConfig`'s; see `rl.crl.trainer` for what each setting d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from rl.config import RLTrainConfig
@@ -108,6 +109,20 @@ class CRLConfig(RLTrainConfig):
             settings.pop("policy")
         if self.candidate_rule == "auto":  # the rule of every run before there was a choice
             settings.pop("candidate_rule")
+        return settings
+
+    def identity(self) -> dict[str, Any]:
+        """RL's identity plus the SAE's files when `--sae` names local folders (one, or one per
+        layer through a `{layer}` pattern): replacing them retrains instead of reusing."""
+        import glob
+
+        from harness.identity import folder_digest
+
+        settings = super().identity()
+        folders = sorted(glob.glob(self.sae.replace("{layer}", "*"))) if "{layer}" in self.sae else [self.sae]
+        local = [Path(f) for f in folders if Path(f).expanduser().is_dir()]
+        if local:
+            settings["inputs"]["sae"] = {f.name: folder_digest(f.expanduser(), full=False) for f in local}
         return settings
 
     @property
