@@ -78,7 +78,11 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
     from harness.tasks import task_manager
 
     device = config.device or default_device()
-    common = {"batch_size": config.batch_size, "device": device, "dtype": cpu_dtype() if device == "cpu" else "auto"}
+    common = {
+        "batch_size": config.batch_size,
+        "device": device,
+        "dtype": cpu_dtype() if str(device).startswith("cpu") else "auto",
+    }
     started = time.time()
     if variant == "hf":
         lm = HFLM(pretrained=resolve_model(config.model), **common)

@@ -232,7 +232,7 @@ def load_sae(
     """
     from sae_lens import SAE
 
-    if dtype == "float16" and device == "cpu":
+    if dtype == "float16" and str(device).startswith("cpu"):
         raise ValueError("float16 SAEs are slow and lossy on CPU; pass --sae-dtype float32 or bfloat16")
     if "{layer}" in spec:  # one SAE per layer (e.g. Gemma Scope's layer_{layer}/width_16k/canonical)
         layer = info.check_layer(layer if layer is not None else info.n_layers // 2)

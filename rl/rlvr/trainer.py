@@ -54,7 +54,7 @@ CHOICE_BIAS = 100.0  # logit bias that restricts one-token sampling to the task'
 def train_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
-    return "float32" if device == "cpu" else "bfloat16"
+    return "float32" if str(device).startswith("cpu") else "bfloat16"
 
 
 def unsupported(task: Any, tokenizer: Any) -> str | None:
@@ -294,7 +294,7 @@ def train(config: RLVRConfig) -> Path:
         save_total_limit=2,
         report_to="none",
         bf16=dtype == "bfloat16",
-        use_cpu=device == "cpu",
+        use_cpu=str(device).startswith("cpu"),
         remove_unused_columns=False,
         disable_tqdm=False,
         generation_kwargs=generation_kwargs,
