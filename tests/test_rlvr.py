@@ -232,3 +232,18 @@ def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
         )
     finally:
         model.generation_config.eos_token_id = before
+
+
+def test_a_step_in_micro_batches_accumulates_gradients_and_spends_the_same_budget(tiny_dir, tmp_path, capfd):
+    """--micro-batch splits a step's prompts x samples into micro-batches (gradient accumulation),
+    with the memory estimate printed before training; the budget spent is the same."""
+    from rl.rlvr import trainer as rlvr
+    from rl.rlvr.config import RLVRConfig
+
+    assert RLVRConfig(micro_batch=3).micro_batches(8, "cpu") == (2, 4)  # whole micro-batches only
+    assert RLVRConfig().micro_batches(256, "cpu") == (256, 1) and RLVRConfig().micro_batches(256, "cuda") == (64, 4)
+    config = _config(tiny_dir, tmp_path, steps=2, micro_batch=4)
+    run_dir = rlvr.train(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["spent"]["rollouts"] == 2 * 2 * 4 and manifest["spent"]["steps"] == 2
+    assert "2 micro-batch(es) of 4 completions per step" in capfd.readouterr().err

@@ -13,3 +13,33 @@ class RLVRConfig(RLTrainConfig):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_targets: str = field(default="all-linear", metadata={"help": "modules LoRA adapts (peft target_modules)"})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient to the base model (0: no reference model)"})
+    micro_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "completions per forward/backward pass, the step's prompts x samples split into micro-batches "
+            "with gradient accumulation (default: all in one on CPU, 64 on a GPU)"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass (less memory, more time)"}
+    )
+    vllm: bool = field(
+        default=False, metadata={"help": "generate with TRL's vLLM integration (needs `pip install vllm` and a GPU)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"--micro-batch must be at least 1, got {self.micro_batch}")
+        if self.vllm:
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError("--vllm needs the vllm package: pip install vllm (on a machine with a GPU)")
+
+    def micro_batches(self, total: int, device: str) -> tuple[int, int]:
+        """(completions per micro-batch, micro-batches per step) for a step of `total` completions:
+        the largest divisor of `total` up to the micro-batch size (TRL needs whole micro-batches)."""
+        cap = self.micro_batch or (total if str(device).startswith("cpu") else 64)
+        size = max(d for d in range(1, total + 1) if total % d == 0 and d <= max(1, cap))
+        return size, total // size

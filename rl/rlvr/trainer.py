@@ -277,10 +277,12 @@ def train(config: RLVRConfig) -> Path:
         resume_from = None  # a checkpoint without our state is not one we wrote: start over
 
     meter = RewardMeter(task_reward(task), list(docs[0]), spent)
+    total = budget.prompts_per_step * budget.samples_per_prompt
+    micro, accumulation = config.micro_batches(total, device)
     args = GRPOConfig(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=budget.prompts_per_step * budget.samples_per_prompt,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         num_generations=budget.samples_per_prompt,
         max_completion_length=budget.max_new_tokens,
         max_steps=budget.steps,
@@ -301,7 +303,8 @@ def train(config: RLVRConfig) -> Path:
         dataloader_num_workers=0,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        gradient_checkpointing=False,
+        gradient_checkpointing=config.gradient_checkpointing,
+        use_vllm=config.vllm,
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
     )
     lora = LoraConfig(
@@ -331,6 +334,15 @@ def train(config: RLVRConfig) -> Path:
         f"prompts x {budget.samples_per_prompt} samples (max {budget.max_new_tokens} new tokens), "
         f"{len(docs)} distinct prompts, LoRA r={config.lora_r} ({spent.trainable_parameters:,} trainable "
         f"parameters), {dtype} on {device}"
+    )
+    # the largest tensor of a step: a micro-batch's full-vocabulary logits over prompt and completion
+    prompt_tokens = max(len(tokenizer(p)["input_ids"]) for p in prompts[: min(len(prompts), 64)])
+    vocabulary = trainer.model.get_output_embeddings().weight.shape[0]
+    logits = micro * (prompt_tokens + budget.max_new_tokens) * vocabulary * 4
+    console.print(
+        f"{accumulation} micro-batch(es) of {micro} completions per step; about {logits / 1024**3:.1f} GiB of fp32 "
+        f"logits per micro-batch ({prompt_tokens} prompt + {budget.max_new_tokens} new tokens x {vocabulary:,}); "
+        "lower --micro-batch (or pass --gradient-checkpointing) if that does not fit"
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if Guard.failure is not None:
