@@ -91,7 +91,9 @@ def test_mismatches_are_caught_at_load_time(tmp_path, tiny_dir):
         ValueError, match=r"d_in=32 but .* d_model=64; pass an SAE trained for this model, or --sae auto"
     ):
         check_sae_matches(orthonormal_sae(d_in=32), info)
-    with pytest.raises(ValueError, match="reads layer 2 .* pass --layer 2"):
+    with pytest.raises(
+        ValueError, match=r"reads layer 2 .* or use layer 2 \(bench: --sae-layer 2; train crl: --layers 2\)"
+    ):
         check_sae_matches(orthonormal_sae(), info, layer=1)
     with pytest.raises(ValueError, match="layer 9 does not exist"):
         check_sae_matches(orthonormal_sae(hook_name="model.layers.9"), info)
