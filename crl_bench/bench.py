@@ -307,8 +307,9 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
                 with run_lock(rl_config, "rlvr"):
                     if config.force or not run_done(rl_config, "rlvr"):  # not finished by another run meanwhile
                         console.rule(f"RLVR on {task} (seed {rl_config.seed})")
-                        if why_retrain(rl_config, "rlvr"):
-                            console.print(why_retrain(rl_config, "rlvr"))
+                        changed = why_retrain(rl_config, "rlvr")
+                        if changed:
+                            console.print(changed)
                         rlvr.train(rl_config)
 
 
@@ -320,16 +321,18 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
     if config.sae == "none":
         console.print("CRL skipped: --sae none (CRL steers with SAE features)")
         return
-    if multi_layer_skipped(config):
-        console.print(multi_layer_skipped(config))
+    skipped = multi_layer_skipped(config)
+    if skipped:
+        console.print(skipped)
     for task in config.tasks:
         for crl_config in crl_configs(config, task, output_types[task]):
             if config.force or not run_done(crl_config, crl_config.method):
                 with run_lock(crl_config, crl_config.method):
                     if config.force or not run_done(crl_config, crl_config.method):  # not finished meanwhile
                         console.rule(f"CRL {crl_config.setting} on {task} (seed {crl_config.seed})")
-                        if why_retrain(crl_config, crl_config.method):
-                            console.print(why_retrain(crl_config, crl_config.method))
+                        changed = why_retrain(crl_config, crl_config.method)
+                        if changed:
+                            console.print(changed)
                         crl.train(crl_config)
 
 

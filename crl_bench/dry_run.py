@@ -58,8 +58,9 @@ def describe(config: BenchConfig) -> str:
         ),
     ]
     number = 2
-    if multi_layer_skipped(config):
-        lines.append(f"   ({multi_layer_skipped(config)})")
+    skipped = multi_layer_skipped(config)
+    if skipped:
+        lines.append(f"   ({skipped})")
     for task in config.tasks:
         kind = load_task(task, manager).OUTPUT_TYPE
         if config.vectors:

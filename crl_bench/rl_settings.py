@@ -63,15 +63,13 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _check_task_names(path: str, names: list[str]) -> None:
     """Every key names a task lm-eval knows (a typo would otherwise be ignored silently)."""
-    import difflib
-
+    from harness.config import with_close_matches
     from harness.tasks import task_manager
 
     manager = task_manager(names=[str(n) for n in names])
     unknown = [str(n) for n in names if str(n) not in manager.all_tasks]
     if unknown:
-        hints = [
-            f"{n} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(n, manager.all_tasks, 1)) else n
-            for n in unknown
-        ]
-        raise ValueError(f"--rl-settings {path}: unknown tasks {', '.join(hints)}; keys are lm-eval task names")
+        raise ValueError(
+            f"--rl-settings {path}: unknown tasks {with_close_matches(unknown, manager.all_tasks)}; "
+            "keys are lm-eval task names"
+        )

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.config import with_close_matches
+
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 
@@ -97,11 +99,9 @@ def check_model(made_for: str | None, given: str, what: str, override: str) -> N
 
 
 def check_keys(config: dict[str, Any], known: set[str], path: Path, how_to_rebuild: str) -> None:
-    import difflib
-
     unknown = sorted(set(config) - known)
     if unknown:
-        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
         raise ValueError(
-            f"{path}: unknown keys {', '.join(hints)}; known: {', '.join(sorted(known))}. {how_to_rebuild}"
+            f"{path}: unknown keys {with_close_matches(unknown, known)}; known: {', '.join(sorted(known))}. "
+            f"{how_to_rebuild}"
         )

@@ -92,9 +92,15 @@ def check_fields(config: Any) -> None:
         setattr(config, f.name, value)
 
 
-def check_choices(config: Any) -> None:
-    """Raise a ValueError naming the valid values for every `Literal` field set to another."""
-    check_fields(config)
+def with_close_matches(unknown: list[str], known: Any) -> str:
+    """`a (did you mean b?), c`: unknown names, each with its closest known one where there is one."""
+    import difflib
+
+    known = list(known)
+    return ", ".join(
+        f"{name} (did you mean {match[0]}?)" if (match := difflib.get_close_matches(name, known, 1)) else name
+        for name in unknown
+    )
 
 
 @dataclasses.dataclass
@@ -171,8 +177,6 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build `cls` from a YAML file (if given) overridden by the flags actually passed."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        import difflib
-
         loaded = read_yaml(args.config, "--config") or {}
         if not isinstance(loaded, dict):
             raise ValueError(
@@ -181,11 +185,9 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(loaded) - known)
         if unknown:
-            hints = [
-                f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown
-            ]
             raise ValueError(
-                f"--config {args.config}: unknown settings {', '.join(hints)}; known: {', '.join(sorted(known))}"
+                f"--config {args.config}: unknown settings {with_close_matches(unknown, known)}; "
+                f"known: {', '.join(sorted(known))}"
             )
         values.update(loaded)
     for f in dataclasses.fields(cls):

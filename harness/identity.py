@@ -11,22 +11,18 @@ hashed in full (they are small), once per process for each (path, size, mtime).
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from harness.manifest import file_sha256, fingerprint
 from harness.task_paths import data_dir, tasks_root
 
 
 @cache
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(Path(path))[:16]
 
 
 def file_digest(path: Path) -> str:
@@ -57,7 +53,7 @@ def folder_digest(folder: Path, pattern: str = "*", full: bool = True) -> str:
             if path.suffix == ".safetensors":
                 entry.append(_safetensors_header(path))
             entries.append(entry)
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    return fingerprint({"files": entries})
 
 
 def model_identity(spec: str) -> dict[str, Any]:
@@ -98,9 +94,8 @@ def task_identity(name: str, manager: Any) -> dict[str, Any]:
     folder = yaml_path.parent
     if source.startswith("crl-bench") or source == "user folder":
         # the task's YAML, the files it includes and its Python (generators, loaders)
-        definition = hashlib.sha256(
-            "".join(file_digest(p) for p in sorted([*folder.glob("*.yaml"), *folder.glob("*.py")])).encode()
-        ).hexdigest()[:16]
+        files = sorted([*folder.glob("*.yaml"), *folder.glob("*.py")])
+        definition = fingerprint({p.name: file_digest(p) for p in files})
     else:
         definition = file_digest(yaml_path)
     identity: dict[str, Any] = {"source": source, "definition": definition}

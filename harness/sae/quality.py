@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from harness.activations import residuals, token_blocks
-from harness.config import Dtype, check_choices
+from harness.config import Dtype, check_fields
 from harness.models import DEFAULT_MODEL
 from harness.sae.cards import FeatureScan
 from harness.sae.provision import LoadedSAE
@@ -67,7 +67,7 @@ class SAEEvalConfig:
     results_dir: str = field(default="results", metadata={"help": "where the quality table goes"})
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
         if self.ce_sequences > self.sequences:
             raise ValueError(f"--ce-sequences ({self.ce_sequences}) cannot exceed --sequences ({self.sequences})")
         if min(self.sequences, self.ce_sequences, self.context_size, self.batch_size) < 1:
