@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def _train_rlvr(args: argparse.Namespace) -> None:
     from rl.rlvr import trainer as rlvr
     from rl.rlvr.config import RLVRConfig
 
-    print(f"RLVR adapter: {rlvr.train(from_args(RLVRConfig, args))}")
+    run_dir = rlvr.train(from_args(RLVRConfig, args))
+    if os.environ.get("RANK", "0") == "0":  # once, under `accelerate launch` / `torchrun`
+        print(f"RLVR adapter: {run_dir}")
 
 
 def _train_crl(args: argparse.Namespace) -> None:

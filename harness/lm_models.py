@@ -43,6 +43,11 @@ class LeanHFLM(HFLM):
             raise ValueError(f"{type(self).__name__} supports decoder-only causal LMs; got a {self.backend} model")
         self.info = describe(self.model)
         contiguous_head(self.model)
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and self.world_size == 1 and accelerator.num_processes > 1:
+            # `accelerate launch --cpu --num_processes N`: lm-eval's `hf` splits the requests across
+            # processes only on GPUs, so on CPUs every process would score every request; split them
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         # What every forward and generation runs under; none for the plain base model. Code
         # that evaluates many settings on one loaded model (the vector sweep, bench) swaps it.
         self.active: list[Intervention] = []

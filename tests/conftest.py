@@ -74,6 +74,68 @@ def tiny_model(tiny_dir):
     return model, AutoTokenizer.from_pretrained(tiny_dir)
 
 
+def save_model_dir(model, tokenizer, path) -> str:
+    """Save a tiny stand-in and its tokenizer as a Hugging Face folder (fp32); returns its path."""
+    model.float().eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def architecture_dirs(tmp_path_factory, embedded_dir) -> dict[str, str]:
+    """Tiny random stand-ins of the layouts users run (issue 23), 4 layers, d_model 64, the real
+    tokenizer: Gemma 2 (final-logit and attention soft-capping, a sliding window shorter than
+    the prompts), GPT-2 (`transformer.h`, `attn.c_proj`, learned positions, no pad token),
+    Qwen2 (`self_attn.o_proj` with biased q/k/v) and Llama (no pad token, as Llama 3)."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    root = tmp_path_factory.mktemp("architectures")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4)
+    heads = dict(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
+    models = {
+        "gemma2": Gemma2ForCausalLM(
+            Gemma2Config(
+                **shape,
+                **heads,
+                head_dim=32,
+                sliding_window=4,
+                final_logit_softcapping=30.0,
+                attn_logit_softcapping=50.0,
+                pad_token_id=tokenizer.pad_token_id,
+                **ids,
+            )
+        ),
+        "qwen2": Qwen2ForCausalLM(Qwen2Config(**shape, **heads, pad_token_id=tokenizer.pad_token_id, **ids)),
+    }
+    dirs = {
+        name: save_model_dir(model, tokenizer, root / f"{folder}-tiny")
+        for (name, folder), model in zip([("gemma2", "gemma-2"), ("qwen2", "qwen2")], models.values())
+    }
+    tokenizer.pad_token = None  # GPT-2's and Llama 3's tokenizers have none
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=4, n_head=2, n_positions=1024, **ids)
+    )
+    dirs["gpt2"] = save_model_dir(gpt2, tokenizer, root / "gpt2-tiny")
+    dirs["llama"] = save_model_dir(
+        LlamaForCausalLM(LlamaConfig(**shape, **heads, **ids)), tokenizer, root / "llama-tiny"
+    )
+    return dirs
+
+
 @pytest.fixture(scope="session")
 def tiny_sae_dir(tmp_path_factory) -> str:
     """A random TopK SAE (64 features, k=8) for layer 2 of the tiny model, saved by sae-lens."""

@@ -15,48 +15,17 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _save(model, tokenizer, path: Path) -> str:
-    model.float().eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory, embedded_dir):
+def stand_ins(tmp_path_factory, architecture_dirs):
     import torch
     from sae_lens import SAE
     from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.standard_sae import StandardSAEConfig
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
-    root = tmp_path_factory.mktemp("architectures")
+    root = tmp_path_factory.mktemp("bench-architectures")
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    gemma2 = Gemma2ForCausalLM(
-        Gemma2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=32,
-            sliding_window=4,
-            final_logit_softcapping=30.0,
-            attn_logit_softcapping=50.0,
-            max_position_embeddings=1024,
-            pad_token_id=tokenizer.pad_token_id,
-            **ids,
-        )
-    )
-    gpt2 = GPT2LMHeadModel(
-        GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=4, n_head=2, n_positions=1024, **ids)
-    )
-    models = {"gemma2": _save(gemma2, tokenizer, root / "gemma-2-tiny")}
-    tokenizer.pad_token = None  # GPT-2's tokenizer has none
-    models["gpt2"] = _save(gpt2, tokenizer, root / "gpt2-tiny")
+    models = {name: architecture_dirs[name] for name in ("gemma2", "gpt2")}
 
     def fill(sae, threshold: float | None = None):
         with torch.no_grad():

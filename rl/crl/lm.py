@@ -136,22 +136,23 @@ class CRLSteeredLM(LeanHFLM):
             self.generation_contexts = None
 
     def _write_log(self) -> None:
+        from filelock import FileLock
+
         path = Path(self.log_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            for run, contexts in self._runs:
-                for record in run.records:
-                    context = contexts[record.row] if record.row < len(contexts) else None
-                    handle.write(
-                        json.dumps(
-                            {
-                                "item": self.items.get(context),
-                                "position": record.position,
-                                "token": self.tokenizer.decode([record.token]) if record.token >= 0 else None,
-                                "layer": record.layer,
-                                "feature": record.feature,
-                                "coef": record.coef,
-                            }
-                        )
-                        + "\n"
-                    )
+        lines = []
+        for run, contexts in self._runs:
+            for record in run.records:
+                context = contexts[record.row] if record.row < len(contexts) else None
+                entry = {
+                    "item": self.items.get(context),
+                    "position": record.position,
+                    "token": self.tokenizer.decode([record.token]) if record.token >= 0 else None,
+                    "layer": record.layer,
+                    "feature": record.feature,
+                    "coef": record.coef,
+                }
+                lines.append(json.dumps(entry) + "\n")
+        # one locked append: the processes of an `accelerate launch` / `torchrun` run share the file
+        with FileLock(str(path) + ".lock"), open(path, "a") as handle:
+            handle.write("".join(lines))

@@ -101,11 +101,25 @@ class RewardMeter:
         self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
     ) -> list[float]:
         values = self.reward(prompts, completions, **{k: kwargs[k] for k in self.doc_keys})
-        self.spent.rollouts += len(completions)
-        if completion_ids is not None:
-            self.spent.generated_tokens += sum(len(ids) for ids in completion_ids)
-        self.last_mean = sum(values) / len(values)
+        tokens = sum(len(ids) for ids in completion_ids) if completion_ids is not None else 0
+        # under `accelerate launch` / `torchrun` each process scores its own completions: count all of them
+        rollouts, tokens, total = _summed([len(completions), tokens, sum(values)])
+        self.spent.rollouts += int(rollouts)
+        self.spent.generated_tokens += int(tokens)
+        self.last_mean = total / rollouts
         return values
+
+
+def _summed(numbers: list[float]) -> list[float]:
+    """`numbers` summed over the processes of a distributed run (unchanged in one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return numbers
+    tensor = torch.tensor(numbers, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 class TrainingFailed(RuntimeError):
@@ -162,7 +176,7 @@ def _callbacks(
 
         def on_save(self, args, state, control, **kwargs):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if checkpoint.is_dir():
+            if state.is_world_process_zero and checkpoint.is_dir():
                 (checkpoint / STATE_FILE).write_text(
                     json.dumps({"spent": spent.to_dict(), "curve": curve, "fingerprint": config.fingerprint()})
                 )
@@ -224,6 +238,7 @@ def train(config: RLVRConfig) -> Path:
     """Train (or resume) one RLVR run; returns its run directory."""
     import datasets
     import torch
+    from accelerate import PartialState
     from peft import LoraConfig
     from rich.console import Console
     from trl import GRPOConfig, GRPOTrainer
@@ -235,17 +250,22 @@ def train(config: RLVRConfig) -> Path:
     from harness.splits import method_splits
     from harness.tasks import load_task
 
-    console = Console(stderr=True, soft_wrap=True)
+    device = config.device or default_device()
+    # several under `accelerate launch` / `torchrun` (`--cpu`: CPU processes): data-parallel training
+    processes = PartialState(cpu=str(device).startswith("cpu"))
+    main = processes.is_main_process
+    console = Console(stderr=True, soft_wrap=True, quiet=not main)
     task = load_task(config.task)
     budget = config.task_budget(task)
     splits = method_splits(task)
-    device = config.device or default_device()
     dtype = train_dtype(config.dtype, device)
     run_dir = run_dir_for(config, "rlvr")
     checkpoints = run_dir / "checkpoints"
-    if not config.resume and run_dir.exists():
+    if main and not config.resume and run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    processes.wait_for_everyone()
 
     docs = [splits.train[i % len(splits.train)] for i in range(min(budget.distinct_prompts, len(splits.train)))]
     val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
@@ -267,7 +287,9 @@ def train(config: RLVRConfig) -> Path:
         and json.loads((resume_from / STATE_FILE).read_text()).get("fingerprint") != config.fingerprint()
     ):
         console.print(f"{run_dir} holds a checkpoint of a run with other settings: starting over")
-        shutil.rmtree(checkpoints)
+        processes.wait_for_everyone()  # every process has read it before the main one deletes it
+        if main:
+            shutil.rmtree(checkpoints)
         resume_from = None
     if resume_from is not None and (resume_from / STATE_FILE).exists():
         state = json.loads((resume_from / STATE_FILE).read_text())
@@ -278,7 +300,13 @@ def train(config: RLVRConfig) -> Path:
 
     meter = RewardMeter(task_reward(task), list(docs[0]), spent)
     total = budget.prompts_per_step * budget.samples_per_prompt
-    micro, accumulation = config.micro_batches(total, device)
+    if total % processes.num_processes:
+        raise ValueError(
+            f"a step's {total} completions do not split evenly over {processes.num_processes} processes; "
+            "launch a number of processes that divides --prompts-per-step x --samples-per-prompt"
+        )
+    # each process generates and trains on its share of the step; the step's total stays the budget's
+    micro, accumulation = config.micro_batches(total // processes.num_processes, device)
     args = GRPOConfig(
         output_dir=str(checkpoints),
         per_device_train_batch_size=micro,
@@ -339,10 +367,12 @@ def train(config: RLVRConfig) -> Path:
     prompt_tokens = max(len(tokenizer(p)["input_ids"]) for p in prompts[: min(len(prompts), 64)])
     vocabulary = trainer.model.get_output_embeddings().weight.shape[0]
     logits = micro * (prompt_tokens + budget.max_new_tokens) * vocabulary * 4
+    each = f" in each of {processes.num_processes} processes" if processes.num_processes > 1 else ""
+    size = f"{prompt_tokens} prompt + {budget.max_new_tokens} new tokens x {vocabulary:,}"
     console.print(
-        f"{accumulation} micro-batch(es) of {micro} completions per step; about {logits / 1024**3:.1f} GiB of fp32 "
-        f"logits per micro-batch ({prompt_tokens} prompt + {budget.max_new_tokens} new tokens x {vocabulary:,}); "
-        "lower --micro-batch (or pass --gradient-checkpointing) if that does not fit"
+        f"{accumulation} micro-batch(es) of {micro} completions per step{each}; about {logits / 1024**3:.1f} GiB"
+        f" of fp32 logits per micro-batch ({size}); lower --micro-batch (or pass --gradient-checkpointing) if that"
+        " does not fit"
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if Guard.failure is not None:
@@ -359,8 +389,11 @@ def train(config: RLVRConfig) -> Path:
             f"the base model's weights changed during RLVR training ({frozen_before} -> "
             f"{frozen_after}); only the LoRA adapter may train. This is a bug: please report it"
         )
-    trainer.model.save_pretrained(str(run_dir))
     spent.steps = trainer.state.global_step
+    processes.wait_for_everyone()
+    if not main:  # the main process writes the run's files
+        return run_dir
+    trainer.model.save_pretrained(str(run_dir))
     write_json(
         run_dir / "config.json",
         {
@@ -381,6 +414,7 @@ def train(config: RLVRConfig) -> Path:
             splits=splits.sizes(),
             curve=curve,
             torch_threads=torch.get_num_threads(),
+            processes=processes.num_processes,
             frozen_weights_checksum=frozen_after,
             resumed_from=str(resume_from) if resume_from else None,
         ),
