@@ -28,14 +28,21 @@ from typing import Any
 from harness.manifest import build_manifest, write_json
 from harness.models import DEFAULT_MODEL, cpu_dtype, default_device
 
-VARIANTS = ("hf", "hf_lean", "vector_steered")
+# lm-eval's `hf` (the baseline of every ratio); ours with each distinct context run once (the default);
+# ours with context and continuation in one pass per request (`shared_prefix=False`); a steered one
+VARIANTS = ("hf", "hf_lean", "hf_lean_one_pass", "vector_steered")
 
 
 @dataclass
 class PerfConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "model to measure"})
-    task: str = field(default="arc_easy", metadata={"help": "multiple-choice task whose requests are timed"})
-    limit: int = field(default=200, metadata={"help": "number of task items"})
+    tasks: str = field(
+        default="arc_easy:0:0,arc_challenge:25:300,boolq:0:1000",
+        metadata={
+            "help": "multiple-choice tasks whose requests are timed, each task:few-shot examples:items "
+            "(0 items: the whole test split)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "batch size for every variant"})
     layer: int | None = field(default=None, metadata={"help": "steered layer (default: middle)"})
     results_dir: str = field(default="results", metadata={"help": "where perf.json / perf.md go"})
@@ -58,18 +65,42 @@ class PerfConfig:
         metadata={"help": "corpus of an auto SAE (as bench's --sae-corpus, so bench's SAE is reused)"},
     )
 
+    def __post_init__(self) -> None:
+        self.eval_tasks()  # a malformed --tasks fails before any measurement
+
+    def eval_tasks(self) -> list[tuple[str, int, int | None]]:
+        """(task, few-shot examples, items or None for all) per entry of `tasks`."""
+        parsed = []
+        for entry in filter(None, self.tasks.split(",")):
+            name, shots, items = (entry.split(":") + ["0", "0"])[:3]
+            if not (shots.isdigit() and items.isdigit()):
+                raise ValueError(f"--tasks entries are task:few-shot:items, e.g. arc_challenge:25:300; got {entry!r}")
+            parsed.append((name, int(shots), int(items) or None))
+        return parsed
+
     def training_tasks(self) -> dict[str, str]:
         """The training comparison's task per CRL setting of `TRAINED` (no generation task: 'none')."""
         tasks = {"one-token": self.train_task, "generation": self.train_generation_task}
         return {setting: task for setting, task in tasks.items() if task != "none"}
 
 
+def _processor(config: PerfConfig) -> str:
+    """The processor the evaluations ran on, named in the tables (ratios differ between them)."""
+    from harness.manifest import processor
+
+    found = processor()
+    on_gpu = str(config.device or default_device()).startswith("cuda")
+    return str(found.get("gpu") if on_gpu else found.get("cpu") or "unknown processor")
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
-    """Runs inside the subprocess: load, evaluate, measure."""
+def worker(
+    variant: str, config: PerfConfig, steer_dir: str, task: str, shots: int, items: int | None
+) -> dict[str, Any]:
+    """Runs inside the subprocess: load, evaluate one task, measure."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -88,15 +119,18 @@ def worker(variant: str, config: PerfConfig, steer_dir: str) -> dict[str, Any]:
         lm = HFLM(pretrained=resolve_model(config.model), **common)
     elif variant == "hf_lean":
         lm = LeanHFLM(pretrained=config.model, **common)
+    elif variant == "hf_lean_one_pass":
+        lm = LeanHFLM(pretrained=config.model, shared_prefix=False, **common)
     else:
         lm = VectorSteeredLM(pretrained=config.model, steer=steer_dir, **common)
     load_s, rss_loaded = time.time() - started, _rss_mb()
     started = time.time()
     output = simple_evaluate(
         model=lm,
-        tasks=[config.task],
-        task_manager=task_manager(names=[config.task]),
-        limit=config.limit,
+        tasks=[task],
+        task_manager=task_manager(names=[task]),
+        num_fewshot=shots,
+        limit=items,
         log_samples=True,
         bootstrap_iters=0,
         random_seed=0,
@@ -244,15 +278,17 @@ def run(config: PerfConfig) -> Path:
     console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (greppable)
     info = model_info(config.model)
     layer = info.check_layer(config.layer if config.layer is not None else info.n_layers // 2)
-    measurements = {}
+    measurements: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         direction = torch.nn.functional.normalize(
             torch.randn(info.d_model, generator=torch.Generator().manual_seed(0)), dim=0
         )
         # a few percent of the residual norm (~3,000 per token on Gemma 3 270M): a real perturbation
         SteeringVectors({layer: direction}, coefficient=100.0, method="random").save(Path(tmp) / "steer")
-        for variant in track(VARIANTS, description="perf variants", console=console):
-            out = Path(tmp) / f"{variant}.json"
+        jobs = [(t, v) for t in config.eval_tasks() for v in VARIANTS]
+        for (task, shots, items), variant in track(jobs, description="perf variants", console=console):
+            out = Path(tmp) / f"{task}-{variant}.json"
+            spec = json.dumps([task, shots, items])
             cmd = [
                 sys.executable,
                 "-m",
@@ -260,16 +296,18 @@ def run(config: PerfConfig) -> Path:
                 variant,
                 json.dumps(asdict(config)),
                 str(Path(tmp) / "steer"),
-                str(out),
             ]
-            subprocess.run(cmd, check=True)
-            measurements[variant] = json.loads(out.read_text())
-    reference = measurements["hf"]
+            subprocess.run([*cmd, str(out), spec], check=True)
+            measurements[task, variant] = {**json.loads(out.read_text()), "shots": shots, "items": items}
     rows = []
-    for variant, m in measurements.items():
+    for (task, variant), m in measurements.items():
+        reference = measurements[task, "hf"]
         diffs = [abs(m["loglikelihoods"][k] - reference["loglikelihoods"][k]) for k in reference["loglikelihoods"]]
         rows.append(
             {
+                "task": task,
+                "num_fewshot": m["shots"],
+                "items": m["items"] or "all",
                 "variant": variant,
                 "eval_s": m["eval_s"],
                 "time_ratio_vs_hf": m["eval_s"] / reference["eval_s"],
@@ -285,19 +323,23 @@ def run(config: PerfConfig) -> Path:
     path = results_dir / "perf.json"
     write_json(path, {"manifest": build_manifest(perf_config=asdict(config), steered_layer=layer), "rows": rows})
     lines = [
-        f"# Evaluation speed and memory: {config.model}, {config.task} (first {config.limit} items)",
+        f"# Evaluation speed and memory: {config.model}",
         "",
-        f"Generated by `crl-bench perf` from perf.json; same requests for every variant, batch size "
-        f"{config.batch_size}, CPU, {cpu_dtype()}. `vector_steered` steers layer {layer} with a random direction "
-        "(the steered log-likelihoods differ from hf by design).",
+        f"Generated by `crl-bench perf` from perf.json; per task, the same requests for every variant, batch size "
+        f"{config.batch_size}, {_processor(config)}, {cpu_dtype()}. `hf_lean` runs each distinct context once and "
+        "serves its continuations from the KV cache (the default of every wrapper); `hf_lean_one_pass` runs "
+        "context and continuation per request (`shared_prefix=False`). `vector_steered` steers layer "
+        f"{layer} with a random direction (its log-likelihoods differ from hf by design).",
         "",
-        "| variant | eval s | time vs hf | peak RSS MB | RSS vs hf | RSS growth during eval MB "
-        "| max abs Δ loglik vs hf |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| task | shots | items | requests | variant | eval s | time vs hf | speed-up | peak RSS MB | RSS vs hf "
+        "| RSS growth during eval MB | max abs Δ loglik vs hf |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['eval_s']:.1f} | {r['time_ratio_vs_hf']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"| {r['task']} | {r['num_fewshot']} | {r['items']} | {r['n_requests']} | {r['variant']} | "
+            f"{r['eval_s']:.1f} | {r['time_ratio_vs_hf']:.2f} | {1 / r['time_ratio_vs_hf']:.2f}x | "
+            f"{r['peak_rss_mb']:.0f} | "
             f"{r['peak_rss_ratio_vs_hf']:.2f} | {r['eval_rss_growth_mb']:.0f} | {r['max_abs_loglik_diff_vs_hf']:.2e} |"
         )
     (results_dir / "perf.md").write_text("\n".join(lines) + "\n")
@@ -312,4 +354,4 @@ if __name__ == "__main__":  # subprocess entry: variant, config json, steer dir 
     if _variant.startswith("train-"):
         write_json(Path(_out), train_worker(_variant[len("train-") :], PerfConfig(**json.loads(_config)), _steer))
     else:
-        write_json(Path(_out), worker(_variant, PerfConfig(**json.loads(_config)), _steer))
+        write_json(Path(_out), worker(_variant, PerfConfig(**json.loads(_config)), _steer, *json.loads(sys.argv[5])))

@@ -33,8 +33,17 @@ class LeanHFLM(HFLM):
     present, else CPU; `dtype=auto` is bf16 on a CPU with native bf16, fp32 on other CPUs.
     """
 
-    def __init__(self, pretrained: str = "gemma-3-270m", device: str | None = None, dtype: str = "auto", **kwargs):
+    def __init__(
+        self,
+        pretrained: str = "gemma-3-270m",
+        device: str | None = None,
+        dtype: str = "auto",
+        shared_prefix: bool = True,
+        **kwargs,
+    ):
         device = device or default_device()
+        # each distinct context runs once and its KV cache serves all of its continuations
+        self.shared_prefix = shared_prefix
         dtype = resolve_dtype(dtype, device)
         if isinstance(pretrained, str):
             pretrained = resolve_model(pretrained)
@@ -70,8 +79,129 @@ class LeanHFLM(HFLM):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        """Same requests, grouping, caching and results as `HFLM._loglikelihood_tokens`,
-        but the unembedding and log-softmax run only at continuation positions."""
+        """`HFLM._loglikelihood_tokens`'s results, with the unembedding and log-softmax only at
+        continuation positions, and (`shared_prefix`, the default) each distinct context run once."""
+        if self.shared_prefix and self.batch_size != "auto":
+            return self._loglikelihood_shared(requests, disable_tqdm)
+        return self._loglikelihood_one_pass(requests, disable_tqdm, override_bs)
+
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
+
+    def _loglikelihood_shared(self, requests, disable_tqdm: bool = False):
+        """Each distinct context runs once (a batch of contexts, left-padded, with explicit
+        positions); its KV cache then serves every continuation of it in one batched pass over
+        the continuation tokens. Logits only where continuation tokens are predicted. Steering
+        acts once per position: on the context in its pass, on continuation tokens in theirs."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        groups: dict[tuple[int, ...], list[int]] = {}
+        fed: list[list[int]] = []  # per request: the continuation tokens fed after the context
+        for i, (_, ctx, cont) in enumerate(requests):
+            inp = (ctx + cont)[-(self.max_length + 1) :][:-1]
+            n_fed = min(len(cont), len(inp)) - 1  # the first scored token's logits come from the context's pass
+            groups.setdefault(tuple(inp[: len(inp) - n_fed]), []).append(i)
+            fed.append(inp[len(inp) - n_fed :] if n_fed else [])
+        # longest first, as lm-eval orders them: a batch that does not fit fails at once
+        order = sorted(groups, key=lambda p: -(len(p) + max(len(fed[i]) for i in groups[p])))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        batch_size = int(self.batch_size)
+        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
+        for start in range(0, len(order), batch_size):
+            prefixes = order[start : start + batch_size]
+            lengths = torch.tensor([len(p) for p in prefixes])
+            width = int(lengths.max())
+            ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+            for row, prefix in enumerate(prefixes):
+                ids[row, width - len(prefix) :] = torch.tensor(prefix)
+                mask[row, width - len(prefix) :] = 1
+            first, cache = self._prefix_pass(ids, mask, lengths, [requests[groups[p][0]][0] for p in prefixes])
+            rows = [(g, i) for g, p in enumerate(prefixes) for i in groups[p] if fed[i]]
+            rest = self._continuation_pass(rows, fed, cache, mask, lengths, requests, pad_id) if rows else None
+            where = {i: r for r, (_, i) in enumerate(rows)}
+            for g, prefix in enumerate(prefixes):
+                for i in groups[prefix]:
+                    request_str, _, cont = requests[i]
+                    scored = cont[-(len(fed[i]) + 1) :]
+                    logprobs = first[g : g + 1]  # [1, V]
+                    if fed[i]:
+                        logprobs = torch.cat([logprobs, rest[where[i], : len(fed[i])]])
+                    target = torch.tensor(scored, dtype=torch.long, device=logprobs.device)
+                    picked = logprobs.gather(1, target[:, None]).squeeze(1)
+                    answer = (float(picked.sum()), bool((logprobs.argmax(-1) == target).all()))
+                    results[i] = answer
+                    if request_str is not None:
+                        self.cache_hook.add_partial("loglikelihood", request_str, answer)
+                    pbar.update(1)
+        pbar.close()
+        return results
+
+    def _prefix_pass(self, ids, mask, lengths, request_strs):
+        """Run a batch of left-padded contexts; returns the log-probabilities their last tokens
+        give the next token ([G, V]) and the KV cache."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        last = torch.full((len(ids), 1), ids.shape[1] - 1, dtype=torch.long)
+        self.decision_positions = lengths - 1  # the answer position: the context's last token
+        self.batch_contexts = [req[0] if isinstance(req, tuple) else None for req in request_strs]
+        with (
+            torch.no_grad(),
+            self._autocast(),
+            steer(self.model, self.interventions(), prompt_lengths=lengths),
+            logits_at(_unwrap(self.model), last),
+        ):
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+            )
+        self.decision_positions = self.batch_contexts = None
+        return F.log_softmax(out.logits[:, 0], dim=-1, dtype=self.softmax_dtype), out.past_key_values
+
+    def _cache_argument(self) -> str:
+        """The forward's name for the KV cache: `cache` from transformers 5.24, `past_key_values` before."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(_unwrap(self.model).forward).parameters else "past_key_values"
+
+    def _continuation_pass(self, rows, fed, cache, mask, lengths, requests, pad_id):
+        """The continuation tokens of `rows` ((context row, request) pairs) after their cached
+        contexts, right-padded; returns the log-probabilities at each fed token ([R, C, V])."""
+        contexts = torch.tensor([g for g, _ in rows])
+        cache.batch_select_indices(contexts.to(self.device))
+        width = max(len(fed[i]) for _, i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (_, i) in enumerate(rows):
+            ids[r, : len(fed[i])] = torch.tensor(fed[i])
+            cont_mask[r, : len(fed[i])] = 1
+        context_lengths = lengths[contexts]
+        positions = context_lengths[:, None] + torch.arange(width)[None]
+        self.decision_positions = context_lengths - 1  # already acted on, in the context's pass
+        self.batch_contexts = [requests[i][0][0] if isinstance(requests[i][0], tuple) else None for _, i in rows]
+        with (
+            torch.no_grad(),
+            self._autocast(),
+            steer(self.model, self.interventions(), prompt_lengths=context_lengths),
+            logits_at(_unwrap(self.model), torch.arange(width).expand(len(rows), -1)),
+        ):
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=torch.cat([mask[contexts], cont_mask], dim=1).to(self.device),
+                position_ids=positions.to(self.device),
+                **{self._cache_argument(): cache},
+                use_cache=True,
+            )
+        self.decision_positions = self.batch_contexts = None
+        return F.log_softmax(out.logits, dim=-1, dtype=self.softmax_dtype)
+
+    def _loglikelihood_one_pass(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        """Same requests, grouping, caching and results as `HFLM._loglikelihood_tokens`: each
+        request's context and continuation in one pass (`shared_prefix=False`, or batch size auto)."""
 
         def _collate(req):
             toks = req[1] + req[2]
@@ -101,22 +231,22 @@ class LeanHFLM(HFLM):
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             index = torch.zeros((len(chunk), n_scored), dtype=torch.long)
+            prompt_lengths = torch.zeros(len(chunk), dtype=torch.long)
             for row, (inp, cont) in enumerate(zip(inputs, conts)):
                 ids[row, : len(inp)] = torch.tensor(inp)
                 mask[row, : len(inp)] = 1
                 # positions whose logits predict the continuation tokens (right padding)
                 scored = torch.arange(len(inp) - len(cont), len(inp))
                 index[row] = torch.cat([scored, scored[-1:].expand(n_scored - len(cont))])
+                prompt_lengths[row] = max(
+                    1, len(inp) - len(cont) + 1
+                )  # the context: continuation tokens count as generated
             self.decision_positions = index[:, 0].clone()
             self.batch_contexts = [req[0] if isinstance(req, tuple) else None for req, _, _ in chunk]
             with (
                 torch.no_grad(),
-                torch.autocast(
-                    device_type=self.device.type,
-                    dtype=self.mixed_precision_dtype,
-                    enabled=self.mixed_precision_dtype is not None,
-                ),
-                steer(self.model, self.interventions()),
+                self._autocast(),
+                steer(self.model, self.interventions(), prompt_lengths=prompt_lengths),
                 logits_at(_unwrap(self.model), index),
             ):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits

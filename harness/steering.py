@@ -16,7 +16,10 @@ Semantics that every method relies on:
 - **One session per batch.** The first forward inside a `steer()` block is the prompt:
   it fixes each row's prompt length, which is what `positions="last"` (the answer
   position of a one-token task) and `positions="generated"` refer to. Enter `steer()` once
-  per batch (our lm-eval wrappers do so in `_model_call` / `_model_generate`).
+  per batch (our lm-eval wrappers do so in `_model_call` / `_model_generate`). A
+  log-likelihood request's prompt is its context: the wrappers pass `prompt_lengths`, so
+  `"last"` is the context's last token (the answer position) and `"generated"` the
+  continuation tokens, whether the continuation runs in the context's pass or after it.
 - **Removable.** Hooks are removed on exit, exceptions included.
 """
 
@@ -116,6 +119,7 @@ class Session:
     past_length: int = 0
     input_ids: Tensor | None = None
     steered_positions: int = field(default=0)  # how many (row, position, layer) deltas were applied
+    given_prompt_lengths: Tensor | None = None  # set by the caller: the prompt ends there, not at the first call's end
 
     def on_call(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -139,7 +143,8 @@ class Session:
         self.positions = (full.cumsum(-1) - 1)[:, -length:]
         self.mask = full[:, -length:].bool()
         if self.calls == 0:
-            self.prompt_lengths = full.sum(-1)
+            given = self.given_prompt_lengths
+            self.prompt_lengths = full.sum(-1) if given is None else given.to(full.device)
         self.past_length = past
         self.input_ids = input_ids
         self.calls += 1
@@ -194,14 +199,19 @@ def _apply(intervention: Intervention, layer: int, session: Session, module, arg
 
 
 @contextmanager
-def steer(model: nn.Module, interventions: Sequence[Intervention]) -> Iterator[Session]:
+def steer(
+    model: nn.Module, interventions: Sequence[Intervention], prompt_lengths: Tensor | None = None
+) -> Iterator[Session]:
     """Apply `interventions` to every forward of `model` inside the block.
 
+    `prompt_lengths` (Long[B]) says where each row's prompt ends when the first call is not the
+    whole prompt, or is more than it: a log-likelihood request's continuation tokens fed after
+    its context (scored as if generated), or a continuation pass over a cached context.
     Yields the `Session` (batch state and a count of steered positions).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _, layers = find_decoder_layers(base)
-    session = Session()
+    session = Session(given_prompt_lengths=prompt_lengths)
     handles = []
     try:
         handles.append(base.register_forward_pre_hook(session.on_call, with_kwargs=True))

@@ -137,6 +137,39 @@ def architecture_dirs(tmp_path_factory, embedded_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def random_controller(tmp_path_factory, tiny_dir):
+    """A CRL one-token controller for layer 2 of the tiny model, with random weights large enough
+    that its greedy choice of feature depends on the residual (an untrained one never acts)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from rl.crl.controller import CONTROLLER_TYPES, Controller
+
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("controller")
+    controller = Controller(64, 8, 1, hidden=32)
+    with torch.no_grad():
+        controller.feature_head.weight.normal_(0, 3.0)
+        controller.feature_head.bias[-1] = -10.0  # never the no-op
+    save_file({k: v.contiguous() for k, v in controller.state_dict().items()}, str(run / "controller.safetensors"))
+    directions = torch.nn.functional.normalize(torch.randn(8, 64), dim=-1)
+    save_file({"directions.2": directions, "scales.2": torch.full((8,), 20.0)}, str(run / "bank.safetensors"))
+    config = {
+        "model": tiny_dir,
+        "controller": CONTROLLER_TYPES["flat"],
+        "setting": "one-token",
+        "d_model": 64,
+        "d_sae": 8,
+        "hidden": 32,
+        "layers_resolved": [2],
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_sae_dir(tmp_path_factory) -> str:
     """A random TopK SAE (64 features, k=8) for layer 2 of the tiny model, saved by sae-lens."""
     import torch

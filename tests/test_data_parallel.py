@@ -18,36 +18,6 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def controller_dir(tmp_path_factory, tiny_dir):
-    """A CRL one-token controller for layer 2 of the tiny model, with random weights large enough
-    that its greedy choice of feature depends on the residual (an untrained one never acts)."""
-    from safetensors.torch import save_file
-
-    from rl.crl.controller import CONTROLLER_TYPES, Controller
-
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("controller")
-    controller = Controller(64, 8, 1, hidden=32)
-    with torch.no_grad():
-        controller.feature_head.weight.normal_(0, 3.0)
-        controller.feature_head.bias[-1] = -10.0  # never the no-op
-    save_file({k: v.contiguous() for k, v in controller.state_dict().items()}, str(run / "controller.safetensors"))
-    directions = torch.nn.functional.normalize(torch.randn(8, 64), dim=-1)
-    save_file({"directions.2": directions, "scales.2": torch.full((8,), 20.0)}, str(run / "bank.safetensors"))
-    config = {
-        "model": tiny_dir,
-        "controller": CONTROLLER_TYPES["flat"],
-        "setting": "one-token",
-        "d_model": 64,
-        "d_sae": 8,
-        "hidden": 32,
-        "layers_resolved": [2],
-    }
-    (run / "config.json").write_text(json.dumps(config))
-    return run
-
-
 def _lm_eval(launcher: list[str], tiny_dir: str, run: Path, out: Path) -> tuple[dict[int, list[float]], str]:
     args = f"pretrained={tiny_dir},controller={run},log_interventions={out / 'decisions.jsonl'},dtype=float32"
     cmd = [*launcher, "-m", "lm_eval", "--model", "crl_steered", "--model_args", args]
@@ -74,12 +44,12 @@ def totals(log: str) -> set[int]:
     return {int(n) for n in re.findall(r"Running loglikelihood requests: 100%\|[^|]*\| \d+/(\d+)", log)}
 
 
-def test_two_cpu_processes_split_the_requests_and_match_one(tiny_dir, controller_dir, tmp_path):
-    one, one_log = _lm_eval([str(BIN / "python")], tiny_dir, controller_dir, tmp_path / "one")
+def test_two_cpu_processes_split_the_requests_and_match_one(tiny_dir, random_controller, tmp_path):
+    one, one_log = _lm_eval([str(BIN / "python")], tiny_dir, random_controller, tmp_path / "one")
     two, log = _lm_eval(
         [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517"],
         tiny_dir,
-        controller_dir,
+        random_controller,
         tmp_path / "two",
     )
     assert sorted(one) == sorted(two) == list(range(12))

@@ -39,3 +39,25 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
         assert ratio["peak_rss_over_rlvr"] == rows[task, variant]["peak_rss_mb"] / rows[task, "rlvr"]["peak_rss_mb"]
     text = (tmp_path / "perf_training.md").read_text()
     assert "arith_gen, crl / RLVR" in text and "arith_mc, crl / RLVR" in text
+
+
+def test_evaluation_comparison_per_task_against_hf(tiny_dir, tmp_path):
+    """Every variant scores the same requests as lm-eval's `hf`, each in its own process; the
+    shared-prefix default and the one-pass path give hf's log-likelihoods (bf16 on this CPU)."""
+    import pytest
+
+    from crl_bench.perf import VARIANTS, PerfConfig, run
+
+    with pytest.raises(ValueError, match="task:few-shot:items"):
+        PerfConfig(tasks="arc_easy:all")
+    record = json.loads(
+        run(PerfConfig(model=tiny_dir, tasks="arith_mc:2:3", train_steps=0, results_dir=str(tmp_path))).read_text()
+    )
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert set(rows) == set(VARIANTS) and {r["task"] for r in record["rows"]} == {"arith_mc"}
+    assert len({r["n_requests"] for r in rows.values()}) == 1 and rows["hf"]["n_requests"] == 3 * 10
+    assert rows["hf"]["time_ratio_vs_hf"] == 1.0
+    for variant in ("hf_lean", "hf_lean_one_pass"):
+        assert rows[variant]["max_abs_loglik_diff_vs_hf"] < 0.05
+    assert rows["vector_steered"]["max_abs_loglik_diff_vs_hf"] > 0.05  # steering moves them
+    assert "| arith_mc | 2 | 3 | 30 | hf_lean |" in (tmp_path / "perf.md").read_text()
