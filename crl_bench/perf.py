@@ -27,6 +27,7 @@ from typing import Any
 
 from harness.manifest import build_manifest, write_json
 from harness.models import DEFAULT_MODEL, cpu_dtype, default_device
+from rl.rlvr.config import CPU_MICRO_BATCH
 
 # lm-eval's `hf` (the baseline of every ratio); ours with each distinct context run once (the default);
 # ours with context and continuation in one pass per request (`shared_prefix=False`); a steered one
@@ -151,8 +152,9 @@ def worker(
 
 
 # The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
-# task trains RLVR and CRL setting 3.
-TRAINED = {"one-token": ("rlvr", "crl"), "generation": ("rlvr", "crl")}
+# task trains RLVR and CRL setting 3, and RLVR once more with a step in one micro-batch (the
+# default before micro-batches on CPU: the baseline of RLVR's memory).
+TRAINED = {"one-token": ("rlvr", "crl"), "generation": ("rlvr", "rlvr-one-micro-batch", "crl")}
 
 
 def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, Any]:
@@ -174,25 +176,33 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
         runs_dir=runs_dir,
         results_dir=str(Path(runs_dir) / "results"),
     )
-    if method == "rlvr":
+    if method.startswith("rlvr"):
         from rl.rlvr.config import RLVRConfig
         from rl.rlvr.trainer import train
 
-        run_dir = train(RLVRConfig(**common))
+        whole = config.train_prompts_per_step * config.train_samples if method == "rlvr-one-micro-batch" else None
+        run_dir = train(RLVRConfig(**{**common, "micro_batch": whole, "runs_dir": str(Path(runs_dir) / method)}))
     else:
         from rl.crl.config import CRLConfig
         from rl.crl.trainer import train
 
         run_dir = train(CRLConfig(**common, setting=setting, sae=config.sae, sae_corpus=config.sae_corpus))
-    spent = json.loads((run_dir / "manifest.json").read_text())["spent"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    spent, curve = manifest["spent"], manifest["curve"]
     return {
         "task": task,
         "setting": setting,
         "variant": method,
         **spent,
+        "rewards": [row.get("reward") for row in curve[1:]],
+        "first_step_loss": curve[1].get("loss") if len(curve) > 1 else None,
         "rollouts_per_s": spent["rollouts"] / spent["train_s"],
         "peak_rss_mb": _rss_mb(),
     }
+
+
+def _rounded(values: list) -> str:
+    return "[" + ", ".join("-" if v is None else f"{v:.3f}" for v in values) + "]"
 
 
 def run_training(config: PerfConfig, console: Any) -> Path:
@@ -217,10 +227,21 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             ]
             subprocess.run(cmd, check=True)
             rows.append(json.loads(out.read_text()))
-    ratios = []
+    ratios, micro_batches = [], []
     for setting in tasks:
         measured = {r["variant"]: r for r in rows if r["setting"] == setting}
         rlvr = measured.pop("rlvr")
+        whole = measured.pop("rlvr-one-micro-batch", None)
+        if whole is not None:  # RLVR's memory against its one-micro-batch baseline, and the same training
+            micro_batches.append(
+                {
+                    "task": rlvr["task"],
+                    "peak_rss_over_one_micro_batch": rlvr["peak_rss_mb"] / whole["peak_rss_mb"],
+                    "first_step_loss_difference": abs(rlvr["first_step_loss"] - whole["first_step_loss"]),
+                    "rewards": rlvr["rewards"],
+                    "rewards_one_micro_batch": whole["rewards"],
+                }
+            )
         ratios += [
             {
                 "task": crl["task"],
@@ -233,7 +254,15 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         ]
     results_dir = Path(config.results_dir)
     path = results_dir / "perf_training.json"
-    write_json(path, {"manifest": build_manifest(perf_config=asdict(config)), "rows": rows, "ratios": ratios})
+    write_json(
+        path,
+        {
+            "manifest": build_manifest(perf_config=asdict(config)),
+            "rows": rows,
+            "ratios": ratios,
+            "rlvr_micro_batches": micro_batches,
+        },
+    )
     title = " and ".join(f"{task} ({setting})" for setting, task in tasks.items())
     lines = [
         f"# Training throughput: CRL vs RLVR, {config.model}, {title}",
@@ -261,6 +290,13 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         f"- {r['task']}, {r['variant']} / RLVR: **{r['rollouts_per_s_over_rlvr']:.1f}x** the rollouts per second, "
         f"{r['peak_rss_over_rlvr']:.2f}x the peak memory."
         for r in ratios
+    ]
+    lines += [
+        f"- {m['task']}, RLVR in micro-batches of {CPU_MICRO_BATCH} (the CPU default) / one micro-batch of "
+        f"{config.train_prompts_per_step * config.train_samples}: **{m['peak_rss_over_one_micro_batch']:.2f}x** the "
+        f"peak memory; first-step loss differs by {m['first_step_loss_difference']:.1e}; training reward per step "
+        f"{_rounded(m['rewards'])} vs {_rounded(m['rewards_one_micro_batch'])} (same seed)."
+        for m in micro_batches
     ]
     (results_dir / "perf_training.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf_training.md)")

@@ -21,7 +21,13 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     )
     record = json.loads(run_training(config, Console(stderr=True)).read_text())
     rows = {(r["task"], r["variant"]): r for r in record["rows"]}
-    assert set(rows) == {("arith_mc", "rlvr"), ("arith_mc", "crl"), ("arith_gen", "rlvr"), ("arith_gen", "crl")}
+    assert set(rows) == {
+        ("arith_mc", "rlvr"),
+        ("arith_mc", "crl"),
+        ("arith_gen", "rlvr"),
+        ("arith_gen", "rlvr-one-micro-batch"),
+        ("arith_gen", "crl"),
+    }
     for (task, variant), row in rows.items():
         # setting 3's ppo also decodes each training prompt once unsteered (its advantage baseline)
         unsteered = 2 * 2 if (task, variant) == ("arith_gen", "crl") else 0
@@ -37,6 +43,10 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
             == rows[task, variant]["rollouts_per_s"] / rows[task, "rlvr"]["rollouts_per_s"]
         )
         assert ratio["peak_rss_over_rlvr"] == rows[task, variant]["peak_rss_mb"] / rows[task, "rlvr"]["peak_rss_mb"]
+    (micro,) = record["rlvr_micro_batches"]  # RLVR's memory against its one-micro-batch baseline, same run
+    whole = rows["arith_gen", "rlvr-one-micro-batch"]
+    assert micro["peak_rss_over_one_micro_batch"] == rows["arith_gen", "rlvr"]["peak_rss_mb"] / whole["peak_rss_mb"]
+    assert micro["first_step_loss_difference"] < 1e-4 and micro["rewards_one_micro_batch"] == whole["rewards"]
     text = (tmp_path / "perf_training.md").read_text()
     assert "arith_gen, crl / RLVR" in text and "arith_mc, crl / RLVR" in text
 

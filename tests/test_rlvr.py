@@ -234,16 +234,29 @@ def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
         model.generation_config.eos_token_id = before
 
 
-def test_a_step_in_micro_batches_accumulates_gradients_and_spends_the_same_budget(tiny_dir, tmp_path, capfd):
+def test_a_step_in_micro_batches_accumulates_gradients_and_spends_the_same_budget(
+    tiny_dir, tmp_path, capfd, varied_reward
+):
     """--micro-batch splits a step's prompts x samples into micro-batches (gradient accumulation),
-    with the memory estimate printed before training; the budget spent is the same."""
+    with the memory estimate printed before training; the budget spent, the step's completions
+    and rewards, and its loss (1e-4) are those of one micro-batch."""
     from rl.rlvr import trainer as rlvr
-    from rl.rlvr.config import RLVRConfig
+    from rl.rlvr.config import CPU_MICRO_BATCH, RLVRConfig
 
     assert RLVRConfig(micro_batch=3).micro_batches(8, "cpu") == (2, 4)  # whole micro-batches only
-    assert RLVRConfig().micro_batches(256, "cpu") == (256, 1) and RLVRConfig().micro_batches(256, "cuda") == (64, 4)
-    config = _config(tiny_dir, tmp_path, steps=2, micro_batch=4)
-    run_dir = rlvr.train(config)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["spent"]["rollouts"] == 2 * 2 * 4 and manifest["spent"]["steps"] == 2
-    assert "2 micro-batch(es) of 4 completions per step" in capfd.readouterr().err
+    assert RLVRConfig().micro_batches(256, "cpu") == (CPU_MICRO_BATCH, 256 // CPU_MICRO_BATCH)
+    assert RLVRConfig().micro_batches(256, "cuda") == (64, 4)
+    from safetensors.torch import load_file
+
+    curves, adapters = {}, {}
+    for micro in (2, 8):
+        run_dir = rlvr.train(_config(tiny_dir, tmp_path / str(micro), steps=1, micro_batch=micro, eval_every=0))
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["spent"]["rollouts"] == 2 * 4 and manifest["spent"]["steps"] == 1
+        curves[micro], adapters[micro] = manifest["curve"], load_file(str(run_dir / "adapter_model.safetensors"))
+    assert "4 micro-batch(es) of 2 completions per step" in capfd.readouterr().err
+    assert curves[2][1]["reward"] == curves[8][1]["reward"]
+    assert curves[2][1]["loss"] == pytest.approx(curves[8][1]["loss"], abs=1e-4)
+    # the same update: the accumulated gradient is the one-micro-batch gradient
+    moved = [name for name, w in adapters[8].items() if "lora_B" in name and w.abs().max() > 0]
+    assert moved and all(torch.allclose(adapters[2][n], adapters[8][n], rtol=1e-3, atol=1e-7) for n in adapters[8])

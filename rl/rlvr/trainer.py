@@ -144,6 +144,8 @@ def _callbacks(
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
+            if curve and curve[-1]["step"] == state.global_step and logs.get("loss") is not None:
+                curve[-1]["loss"] = logs["loss"]  # the step's loss, logged after its curve row
             for key in ("loss", "grad_norm"):
                 value = logs.get(key)
                 if value is not None and (not math.isfinite(value) or abs(value) > config.max_loss):
@@ -183,6 +185,22 @@ def _callbacks(
             return control
 
     return Guard, Curve
+
+
+def _activation_estimate(
+    model: Any, tokenizer: Any, prompts: list[str], micro: int, new_tokens: int, dtype: str
+) -> str:
+    """What a micro-batch's backward pass keeps, roughly: activations of s·b·h·(34 + 5·a·s/h)
+    bytes per layer in 16-bit (Korthikanti et al. 2022, arXiv 2205.05198), doubled in fp32. TRL
+    scores tokens through its chunked LM head, so no full-vocabulary logits are kept."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    tokens = max(len(tokenizer(p)["input_ids"]) for p in prompts[: min(len(prompts), 64)]) + new_tokens
+    per_layer = tokens * micro * hidden * (34 + 5 * heads * tokens / max(1, hidden))
+    total = per_layer * layers * (2 if dtype == "float32" else 1)
+    return f"about {total / 1024**3:.1f} GiB of activations per micro-batch ({tokens} tokens, {layers} layers)"
 
 
 def _stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
@@ -363,16 +381,11 @@ def train(config: RLVRConfig) -> Path:
         f"{len(docs)} distinct prompts, LoRA r={config.lora_r} ({spent.trainable_parameters:,} trainable "
         f"parameters), {dtype} on {device}"
     )
-    # the largest tensor of a step: a micro-batch's full-vocabulary logits over prompt and completion
-    prompt_tokens = max(len(tokenizer(p)["input_ids"]) for p in prompts[: min(len(prompts), 64)])
-    vocabulary = trainer.model.get_output_embeddings().weight.shape[0]
-    logits = micro * (prompt_tokens + budget.max_new_tokens) * vocabulary * 4
-    each = f" in each of {processes.num_processes} processes" if processes.num_processes > 1 else ""
-    size = f"{prompt_tokens} prompt + {budget.max_new_tokens} new tokens x {vocabulary:,}"
     console.print(
-        f"{accumulation} micro-batch(es) of {micro} completions per step{each}; about {logits / 1024**3:.1f} GiB"
-        f" of fp32 logits per micro-batch ({size}); lower --micro-batch (or pass --gradient-checkpointing) if that"
-        " does not fit"
+        f"{accumulation} micro-batch(es) of {micro} completions per step"
+        f"{f' in each of {processes.num_processes} processes' if processes.num_processes > 1 else ''}; "
+        f"{_activation_estimate(trainer.model, tokenizer, prompts, micro, budget.max_new_tokens, dtype)}; "
+        "lower --micro-batch (or pass --gradient-checkpointing) if that does not fit"
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if Guard.failure is not None:
