@@ -406,8 +406,13 @@ def run(config: BenchConfig) -> Path | None:
         print(describe(config))
         return None
     register_models()
+    from crl_bench.timings import StageTimes
+    from harness.models import default_device
+
+    times = StageTimes(device=config.device or default_device())
     if config.sae != "none":
-        _sae_stage(config, console)
+        with times("SAE"):
+            _sae_stage(config, console)
     lm = None
 
     def shared_lm():
@@ -428,13 +433,16 @@ def run(config: BenchConfig) -> Path | None:
             vectors = vector_config(config, task, output_types[task])
             if config.force or not train.sweep_done(vectors):
                 console.rule(f"vectors: {', '.join(config.vectors)} on {task}")
-                train.run(vectors, lm=shared_lm())
+                with times("vectors: sweep", task):
+                    train.run(vectors, lm=shared_lm())
             else:  # reused: its table and plot still belong in this run's results
                 train.publish(vectors)
     if config.rlvr:
-        _rlvr_stage(config, console)
+        with times("RLVR training"):
+            _rlvr_stage(config, console)
     if config.crl:
-        _crl_stage(config, console, output_types)
+        with times("CRL training"):
+            _crl_stage(config, console, output_types)
     stages = plan(config, output_types, manager)
     todo = [s for s in stages if config.force or not s.done()]
     for stage in todo:
@@ -451,7 +459,8 @@ def run(config: BenchConfig) -> Path | None:
             if not config.force and stage.done():  # a concurrent run with these settings finished it meanwhile
                 console.print(f"{stage.run_dir}: finished by another run; reused")
                 continue
-            _run_stage(stage, config, manager, shared_lm)
+            with times(f"evaluation: {label}", stage.task):
+                _run_stage(stage, config, manager, shared_lm)
     reserved = reserved_documents(config.tasks, manager)
     scores = [s for stage in stages for s in read_scores(stage, config.model, reserved.get(stage.task, frozenset()))]
     path = write(Path(config.results_dir), scores, bench_config=asdict(config))
@@ -460,15 +469,35 @@ def run(config: BenchConfig) -> Path | None:
         from crl_bench.analyses import runner as analysis
 
         console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits, CRL interactions")
-        analysis.run(config, stages, reserved, console)
-    _breakdowns(config, reserved, console)
+        with times("analyses"):
+            analysis.run(config, stages, reserved, console)
+    with times("breakdowns"):
+        _breakdowns(config, reserved, console)
     from crl_bench.plots import all_figures
     from crl_bench.report import build
 
-    figures = all_figures(config.results_dir)
-    console.print(f"figures: {len(figures)} files in {Path(config.results_dir)}/<model>/figures")
-    console.print(f"report: {build(config.results_dir)}")
+    with times("figures and report"):
+        figures = all_figures(config.results_dir)
+        console.print(f"figures: {len(figures)} files in {Path(config.results_dir)}/<model>/figures")
+        console.print(f"report: {build(config.results_dir)}")
+    console.print(f"timings: {_write_times(times, config)}")
     return path
+
+
+def _write_times(times: Any, config: BenchConfig) -> Path:
+    """This run's per-stage table, named by profile, budget and (when not the profile's) tasks."""
+    import sys
+
+    from crl_bench.bench_config import PROFILES
+    from harness.manifest import build_manifest
+    from harness.models import model_results
+
+    name = f"{config.profile}-{Path(config.budget).stem}"
+    if list(config.tasks) != list(PROFILES[config.profile]["tasks"]):
+        name += "-" + "+".join(Path(t).name for t in config.tasks)
+    command = " ".join(["crl-bench", *sys.argv[1:]]) if sys.argv and "crl-bench" in sys.argv[0] else "crl-bench bench"
+    manifest = build_manifest(bench_config=asdict(config), command=command)
+    return times.write(model_results(config.results_dir, config.model) / "bench_timings", name, command, manifest)
 
 
 def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) -> None:

@@ -2,7 +2,7 @@
 
 The stages in order with what is reused and what runs, the model and where it runs (device,
 dtype, parameters), the SAE, the RL budget per task, and a memory estimate for the weights and
-for one RLVR micro-batch's logits (the largest tensor of a GRPO step). Nothing is trained,
+for one RLVR micro-batch's activations (what a GRPO step's backward pass keeps). Nothing is trained,
 evaluated or downloaded beyond the model's config.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from crl_bench.bench_config import BenchConfig, crl_configs, multi_layer_skipped, rlvr_configs, vector_config
+from rl.rlvr.config import activation_bytes
 
 GIB = 1024**3
 
@@ -36,6 +37,9 @@ def describe(config: BenchConfig) -> str:
 
     device = config.device or default_device()
     dtype = resolve_dtype(config.dtype, device)
+    text_config = load_config(config.model)
+    text_config = text_config.get_text_config() if hasattr(text_config, "get_text_config") else text_config
+    heads = getattr(text_config, "num_attention_heads", None) or getattr(text_config, "n_head", 1)
     dtype_name = str(dtype).replace("torch.", "") if dtype != "auto" else "the checkpoint's"
     hf_config = load_config(config.model)
     info = model_info(config.model)
@@ -71,12 +75,13 @@ def describe(config: BenchConfig) -> str:
         for rl in rlvr_configs(config, task) if config.rlvr else []:
             budget = rl.task_budget(load_task(task, manager))
             tokens = budget.max_new_tokens
-            logits = budget.prompts_per_step * budget.samples_per_prompt * (512 + tokens) * info.vocab_size * 4
+            micro, _ = rl.micro_batches(budget.prompts_per_step * budget.samples_per_prompt, device)
+            kept = activation_bytes(info.d_model, heads, info.n_layers, 512 + tokens, micro, "float32")
             lines.append(
                 f"{number}. RLVR on {task} seed {rl.seed}: {budget.steps} steps x {budget.prompts_per_step} prompts x "
                 f"{budget.samples_per_prompt} samples ({budget.rollouts:,} rollouts, up to {tokens} new tokens); "
-                f"{'reused' if run_done(rl, 'rlvr') else 'trains'}; a step's full-vocabulary fp32 logits at 512 "
-                f"tokens per completion: about {logits / GIB:.1f} GiB"
+                f"{'reused' if run_done(rl, 'rlvr') else 'trains'}; micro-batches of {micro} completions, about "
+                f"{kept / GIB:.1f} GiB of fp32 activations each at 512 prompt tokens"
             )
             number += 1
         for crl in crl_configs(config, task, kind):

@@ -225,6 +225,14 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     assert {r["method"]: r["budget"] for r in rows} == {"base": "limit 3", "rlvr": SMOKE, "crl": SMOKE}
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
     assert (mine / "rlvr" / "arith_mc" / "curve.csv").exists()
+    # where the run spent its time: a row per stage that ran, in order, named by profile, budget and tasks
+    timings = json.loads((mine / "bench_timings" / "full-smoke-arith_mc.json").read_text())
+    stages = [(r["stage"], r["task"]) for r in timings["rows"]]
+    assert stages[:3] == [("SAE", "-"), ("RLVR training", "-"), ("CRL training", "-")]
+    assert ("evaluation: crl one-token", "arith_mc") in stages and stages[-1] == ("figures and report", "-")
+    assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 100 for r in timings["rows"])
+    assert timings["total_wall_s"] >= sum(r["wall_s"] for r in timings["rows"])
+    assert "| RLVR training | - |" in (mine / "bench_timings" / "full-smoke-arith_mc.md").read_text()
     crl_row = next(r for r in rows if r["method"] == "crl")
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}

@@ -14,6 +14,14 @@ CPU_MICRO_BATCH = 8
 GPU_MICRO_BATCH = 64
 
 
+def activation_bytes(hidden: int, heads: int, layers: int, tokens: int, micro: int, dtype: str) -> float:
+    """What one micro-batch's backward pass keeps, roughly: s·b·h·(34 + 5·a·s/h) bytes of
+    activations per layer in 16-bit (Korthikanti et al. 2022, arXiv 2205.05198), doubled in
+    fp32. TRL scores tokens through its chunked LM head, so no full-vocabulary logits are kept."""
+    per_layer = tokens * micro * hidden * (34 + 5 * heads * tokens / max(1, hidden))
+    return per_layer * layers * (2 if dtype == "float32" else 1)
+
+
 @dataclass
 class RLVRConfig(RLTrainConfig):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})

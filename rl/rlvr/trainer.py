@@ -44,7 +44,7 @@ from typing import Any
 
 from rl.budget import Spent
 from rl.config import RLTrainConfig
-from rl.rlvr.config import RLVRConfig
+from rl.rlvr.config import RLVRConfig, activation_bytes
 from rl.runs import frozen_fingerprint, run_dir_for, write_curve
 
 STATE_FILE = "crl_bench_state.json"  # spent budget and curve, saved inside each checkpoint
@@ -190,16 +190,13 @@ def _callbacks(
 def _activation_estimate(
     model: Any, tokenizer: Any, prompts: list[str], micro: int, new_tokens: int, dtype: str
 ) -> str:
-    """What a micro-batch's backward pass keeps, roughly: activations of s·b·h·(34 + 5·a·s/h)
-    bytes per layer in 16-bit (Korthikanti et al. 2022, arXiv 2205.05198), doubled in fp32. TRL
-    scores tokens through its chunked LM head, so no full-vocabulary logits are kept."""
+    """`activation_bytes` for this model and the longest of the first prompts, in words."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     tokens = max(len(tokenizer(p)["input_ids"]) for p in prompts[: min(len(prompts), 64)]) + new_tokens
-    per_layer = tokens * micro * hidden * (34 + 5 * heads * tokens / max(1, hidden))
-    total = per_layer * layers * (2 if dtype == "float32" else 1)
+    total = activation_bytes(hidden, heads, layers, tokens, micro, dtype)
     return f"about {total / 1024**3:.1f} GiB of activations per micro-batch ({tokens} tokens, {layers} layers)"
 
 
