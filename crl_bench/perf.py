@@ -56,6 +56,10 @@ class PerfConfig:
         default="arith_gen",
         metadata={"help": "generation task of a second training comparison: RLVR and CRL setting 3 (none: skip it)"},
     )
+    generation_items: int = field(
+        default=100,
+        metadata={"help": "items of the generation task timed under the trained setting-3 controller (0: skip)"},
+    )
     train_max_new_tokens: int = field(
         default=32,
         metadata={"help": "new tokens per rollout of the generation comparison (the laptop and cpu budgets')"},
@@ -99,9 +103,10 @@ def _rss_mb() -> float:
 
 
 def worker(
-    variant: str, config: PerfConfig, steer_dir: str, task: str, shots: int, items: int | None
+    variant: str, config: PerfConfig, steer_dir: str, task: str, shots: int | None, items: int | None
 ) -> dict[str, Any]:
-    """Runs inside the subprocess: load, evaluate one task, measure."""
+    """Runs inside the subprocess: load, evaluate one task, measure. `steer_dir` is the steering
+    vector (`vector_steered`) or the CRL run directory (`crl_steered`); `shots` None: the task's own."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -122,6 +127,10 @@ def worker(
         lm = LeanHFLM(pretrained=config.model, **common)
     elif variant == "hf_lean_one_pass":
         lm = LeanHFLM(pretrained=config.model, shared_prefix=False, **common)
+    elif variant == "crl_steered":
+        from rl.crl.lm import CRLSteeredLM
+
+        lm = CRLSteeredLM(pretrained=config.model, controller=steer_dir, **common)
     else:
         lm = VectorSteeredLM(pretrained=config.model, steer=steer_dir, **common)
     load_s, rss_loaded = time.time() - started, _rss_mb()
@@ -140,7 +149,9 @@ def worker(
     eval_s = time.time() - started
     samples = next(iter(output["samples"].values()))
     loglikelihoods = {f"{s['doc_id']}:{i}": r[0][0] for s in samples for i, r in enumerate(s["resps"])}
+    texts = [value for value in loglikelihoods.values() if isinstance(value, str)]  # generation: completions
     return {
+        "generated_tokens": sum(len(lm.tok_encode(text, add_special_tokens=False)) for text in texts),
         "variant": variant,
         "load_s": load_s,
         "eval_s": eval_s,
@@ -194,6 +205,7 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
         "setting": setting,
         "variant": method,
         **spent,
+        "run_dir": str(run_dir),
         "rewards": [row.get("reward") for row in curve[1:]],
         "first_step_loss": curve[1].get("loss") if len(curve) > 1 else None,
         "rollouts_per_s": spent["rollouts"] / spent["train_s"],
@@ -203,6 +215,29 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
 
 def _rounded(values: list) -> str:
     return "[" + ", ".join("-" if v is None else f"{v:.3f}" for v in values) + "]"
+
+
+def _generation_under_controller(config: PerfConfig, controller: str, tmp: str, console: Any) -> dict | None:
+    """Time the generation task unsteered and under the trained setting-3 controller, each in its
+    own process, per generated token (steered completions may differ in length)."""
+    if config.generation_items <= 0:
+        return None
+    task = config.train_generation_task
+    measured = {}
+    for variant in ("hf_lean", "crl_steered"):
+        out = Path(tmp) / f"generation-{variant}.json"
+        cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), controller, str(out)]
+        subprocess.run([*cmd, json.dumps([task, None, config.generation_items])], check=True)
+        found = json.loads(out.read_text())
+        measured[variant] = {k: found[k] for k in ("eval_s", "generated_tokens", "peak_rss_mb")}
+    per_token = {v: m["eval_s"] / max(1, m["generated_tokens"]) for v, m in measured.items()}
+    console.print(f"perf: generation under the controller {per_token['crl_steered'] / per_token['hf_lean']:.2f}x")
+    return {
+        "task": task,
+        "items": config.generation_items,
+        **measured,
+        "time_per_token_ratio": per_token["crl_steered"] / per_token["hf_lean"],
+    }
 
 
 def run_training(config: PerfConfig, console: Any) -> Path:
@@ -227,6 +262,8 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             ]
             subprocess.run(cmd, check=True)
             rows.append(json.loads(out.read_text()))
+        controller = next((r["run_dir"] for r in rows if (r["setting"], r["variant"]) == ("generation", "crl")), None)
+        generation = _generation_under_controller(config, controller, tmp, console) if controller else None
     ratios, micro_batches = [], []
     for setting in tasks:
         measured = {r["variant"]: r for r in rows if r["setting"] == setting}
@@ -261,6 +298,7 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             "rows": rows,
             "ratios": ratios,
             "rlvr_micro_batches": micro_batches,
+            "generation_under_controller": generation,
         },
     )
     title = " and ".join(f"{task} ({setting})" for setting, task in tasks.items())
@@ -298,6 +336,14 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         f"{_rounded(m['rewards'])} vs {_rounded(m['rewards_one_micro_batch'])} (same seed)."
         for m in micro_batches
     ]
+    if generation:
+        lines.append(
+            f"- {generation['task']}, generation under the trained setting-3 controller (`crl_steered`, a decision at "
+            f"every generated token) / unsteered (`hf_lean`), {generation['items']} items: "
+            f"**{generation['time_per_token_ratio']:.2f}x** the time per generated token "
+            f"({generation['crl_steered']['eval_s']:.1f} s for {generation['crl_steered']['generated_tokens']:,} "
+            f"tokens vs {generation['hf_lean']['eval_s']:.1f} s for {generation['hf_lean']['generated_tokens']:,})."
+        )
     (results_dir / "perf_training.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf_training.md)")
     return path

@@ -1,4 +1,4 @@
-"""Every piece that names modules, on each layout users run (issue 23): tiny random Gemma 2
+"""Every piece that names modules, on each layout users run (issue 23): tiny random Gemma 3, Gemma 2
 (soft-capping, a sliding window shorter than the prompts), GPT-2, Qwen2 and Llama (no pad
 token). KV-cached steering, lean log-likelihoods against lm-eval's `hf`, circuits' attention
 and MLP nodes, and generation through `crl_steered`'s hook path."""
@@ -11,17 +11,18 @@ import torch
 from harness.models import attention_output, find_decoder_layers, mlp_of
 from harness.steering import PolicyIntervention, steer
 
-LAYOUTS = ["gemma2", "gpt2", "qwen2", "llama"]
+LAYOUTS = ["gemma3", "gemma2", "gpt2", "qwen2", "llama"]
 # the MLP's output projection in each layout: the one weight the circuits test changes
-MLP_OUT = {"gemma2": "down_proj", "gpt2": "c_proj", "qwen2": "down_proj", "llama": "down_proj"}
+MLP_OUT = {"gemma3": "down_proj", "gemma2": "down_proj", "gpt2": "c_proj", "qwen2": "down_proj", "llama": "down_proj"}
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
-def layout(request, architecture_dirs):
+def layout(request, architecture_dirs, tiny_dir):
     from harness.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(architecture_dirs[request.param], dtype="float32", device="cpu")
-    return request.param, architecture_dirs[request.param], model.eval(), tokenizer
+    path = tiny_dir if request.param == "gemma3" else architecture_dirs[request.param]
+    model, tokenizer = load_causal_lm(path, dtype="float32", device="cpu")
+    return request.param, path, model.eval(), tokenizer
 
 
 def test_pad_token_is_end_of_sequence_where_the_tokenizer_has_none(layout):
@@ -63,16 +64,16 @@ def test_lean_loglikelihoods_equal_lm_eval_hf(layout):
 
     from harness.lm_models import LeanHFLM
 
-    _, path, _, _ = layout
+    _, _, model, tokenizer = layout
     pairs = [
         ("Review: I loved it.\nSentiment:", " positive"),
         ("Question: What is 2+2?\nAnswer:", " four, of course"),
         ("A longer context, past the sliding window of the local layers, with several words", " and a tail"),
     ]
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
-    common = {"device": "cpu", "dtype": "float32", "batch_size": 2}
-    ours = LeanHFLM(pretrained=path, **common).loglikelihood(requests, disable_tqdm=True)
-    theirs = HFLM(pretrained=path, **common).loglikelihood(requests, disable_tqdm=True)
+    common = {"tokenizer": tokenizer, "batch_size": 2}  # the loaded fp32 model, as RLVR's validation passes it
+    ours = LeanHFLM(pretrained=model, **common).loglikelihood(requests, disable_tqdm=True)
+    theirs = HFLM(pretrained=model, **common).loglikelihood(requests, disable_tqdm=True)
     torch.testing.assert_close([ll for ll, _ in ours], [ll for ll, _ in theirs], rtol=1e-5, atol=1e-4)
     assert [g for _, g in ours] == [g for _, g in theirs]
 

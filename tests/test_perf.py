@@ -4,26 +4,27 @@ import json
 
 
 def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
+    """On the generation task (the one-token task, `--train-task`, runs the same code with CRL
+    setting 1): RLVR, RLVR in one micro-batch, CRL setting 3, and generation under its controller."""
     from rich.console import Console
 
     from crl_bench.perf import PerfConfig, run_training
 
     config = PerfConfig(
         model=tiny_dir,
-        train_task="arith_mc",
+        train_task="none",
         train_generation_task="arith_gen",
         train_steps=2,
         train_prompts_per_step=2,
         train_samples=2,
         train_max_new_tokens=4,
+        generation_items=2,
         sae=tiny_sae_dir,
         results_dir=str(tmp_path),
     )
     record = json.loads(run_training(config, Console(stderr=True)).read_text())
     rows = {(r["task"], r["variant"]): r for r in record["rows"]}
     assert set(rows) == {
-        ("arith_mc", "rlvr"),
-        ("arith_mc", "crl"),
         ("arith_gen", "rlvr"),
         ("arith_gen", "rlvr-one-micro-batch"),
         ("arith_gen", "crl"),
@@ -32,11 +33,9 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
         # setting 3's ppo also decodes each training prompt once unsteered (its advantage baseline)
         unsteered = 2 * 2 if (task, variant) == ("arith_gen", "crl") else 0
         assert row["rollouts"] == 2 * 2 * 2 + unsteered and 0 < row["train_s"] and row["peak_rss_mb"] > 0
-        # one-token answers are one token; generation rollouts run up to the budget's new tokens
-        tokens = row["generated_tokens"]
-        assert tokens == row["rollouts"] if task == "arith_mc" else row["rollouts"] <= tokens <= row["rollouts"] * 4
+        assert row["rollouts"] <= row["generated_tokens"] <= row["rollouts"] * 4  # up to the budget's new tokens
     ratios = {(r["task"], r["variant"]): r for r in record["ratios"]}
-    assert set(ratios) == {("arith_mc", "crl"), ("arith_gen", "crl")}
+    assert set(ratios) == {("arith_gen", "crl")}
     for (task, variant), ratio in ratios.items():
         assert (
             ratio["rollouts_per_s_over_rlvr"]
@@ -47,8 +46,14 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     whole = rows["arith_gen", "rlvr-one-micro-batch"]
     assert micro["peak_rss_over_one_micro_batch"] == rows["arith_gen", "rlvr"]["peak_rss_mb"] / whole["peak_rss_mb"]
     assert micro["first_step_loss_difference"] < 1e-4 and micro["rewards_one_micro_batch"] == whole["rewards"]
+    generation = record["generation_under_controller"]  # setting 3's controller at every generated token
+    assert generation["task"] == "arith_gen" and generation["items"] == 2
+    assert all(generation[v]["generated_tokens"] > 0 for v in ("hf_lean", "crl_steered"))
+    per_token = {v: generation[v]["eval_s"] / generation[v]["generated_tokens"] for v in ("hf_lean", "crl_steered")}
+    assert generation["time_per_token_ratio"] == per_token["crl_steered"] / per_token["hf_lean"]
     text = (tmp_path / "perf_training.md").read_text()
-    assert "arith_gen, crl / RLVR" in text and "arith_mc, crl / RLVR" in text
+    assert "arith_gen, crl / RLVR" in text
+    assert "generation under the trained setting-3 controller" in text
 
 
 def test_evaluation_comparison_per_task_against_hf(tiny_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""The one steering mechanism on a tiny Gemma 3: exact deltas, padding, KV cache, cleanup."""
+"""The one steering mechanism on a tiny Gemma 3: exact deltas, padding, positions, cleanup (KV-cached
+steering on every layout: tests/test_layouts.py)."""
 
 import pytest
 import torch
@@ -82,30 +83,6 @@ def test_positions_count_on_through_decoding_without_padding(tiny_model, texts):
     n = batch["input_ids"].shape[1]
     assert [p.tolist() for p, _ in seen] == [[list(range(n))] * len(texts), [[n]] * len(texts), [[n + 1]] * len(texts)]
     assert not seen[0][1].any() and all(g.all() for _, g in seen[1:])
-
-
-def test_kv_cache_steers_each_token_once_and_matches_no_cache(tiny_model):
-    model, tokenizer = tiny_model
-    batch = _left_padded(tokenizer, ["the movie was", "I think that this film was really"])
-    direction = torch.nn.functional.normalize(torch.randn(64), dim=0)
-    counts = []
-
-    def policy(hidden, ctx):  # depends on the hidden state itself, as a CRL controller would
-        counts.append(int(ctx.mask.sum()))
-        return torch.tanh(hidden @ direction)[..., None] * direction * 5.0
-
-    outputs = {}
-    for use_cache in (True, False):
-        counts.clear()
-        with torch.no_grad(), steer(model, [PolicyIntervention(policy, layers=[1])]):
-            outputs[use_cache] = model.generate(
-                **batch, max_new_tokens=6, do_sample=False, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id
-            )
-        if use_cache:
-            cached_counts = list(counts)
-    assert torch.equal(outputs[True], outputs[False])
-    real_prompt = int(batch["attention_mask"].sum())
-    assert cached_counts[0] == real_prompt and cached_counts[1:] == [2] * 5  # each new token exactly once
 
 
 def test_hooks_are_removed_after_an_exception(tiny_model):
