@@ -206,8 +206,24 @@ def _hub_documents(spec: str, max_documents: int = 50_000) -> list[Document]:
 
 def builtin_documents() -> list[Document]:
     """Stdlib docstrings (one document per module) + generated task prompts (one per task)."""
-    docs = []
+    return _stdlib_documents() + _generated_task_documents()
+
+
+def _stdlib_documents() -> list[Document]:
+    """The stdlib's docstrings, parsed once per Python install (about 18 s on 2 cores) and kept
+    under the cache: every SAE assessment on the builtin corpus reads them."""
+    from harness.manifest import write_json
+    from harness.paths import cache_root
+
     stdlib = Path(sysconfig.get_paths()["stdlib"])
+    key = hashlib.sha256(f"{sys.version}|{stdlib}".encode()).hexdigest()[:16]
+    cached = cache_root() / "corpus" / f"stdlib-docstrings-{key}.json"
+    if cached.exists():
+        try:
+            return [Document(name, text) for name, text in json.loads(cached.read_text())]
+        except (ValueError, TypeError):
+            pass  # a damaged cache file: parse again and replace it
+    docs = []
     for path in sorted(stdlib.rglob("*.py")):
         rel = path.relative_to(stdlib)
         if any(part in {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo"} for part in rel.parts):
@@ -224,7 +240,8 @@ def builtin_documents() -> list[Document]:
         text = "\n\n".join(s for s in strings if s and len(s) > 40)
         if text:
             docs.append(Document(f"stdlib:{rel.as_posix()}", text))
-    docs.extend(_generated_task_documents())
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_json(cached, [[doc.id, doc.text] for doc in docs])
     return docs
 
 
