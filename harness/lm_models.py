@@ -12,6 +12,8 @@ Registered names (found by the plain `lm_eval` CLI, see `harness.lmeval_plugin`)
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
@@ -52,6 +54,9 @@ class LeanHFLM(HFLM):
             raise ValueError(f"{type(self).__name__} supports decoder-only causal LMs; got a {self.backend} model")
         self.info = describe(self.model)
         contiguous_head(self.model)
+        # the forward's name for the KV cache: `cache` from transformers 5.24, `past_key_values` before
+        forward = inspect.signature(_unwrap(self.model).forward).parameters
+        self.cache_argument = "cache" if "cache" in forward else "past_key_values"
         accelerator = getattr(self, "accelerator", None)
         if accelerator is not None and self.world_size == 1 and accelerator.num_processes > 1:
             # `accelerate launch --cpu --num_processes N`: lm-eval's `hf` splits the requests across
@@ -162,12 +167,6 @@ class LeanHFLM(HFLM):
         self.decision_positions = self.batch_contexts = None
         return F.log_softmax(out.logits[:, 0], dim=-1, dtype=self.softmax_dtype), out.past_key_values
 
-    def _cache_argument(self) -> str:
-        """The forward's name for the KV cache: `cache` from transformers 5.24, `past_key_values` before."""
-        import inspect
-
-        return "cache" if "cache" in inspect.signature(_unwrap(self.model).forward).parameters else "past_key_values"
-
     def _continuation_pass(self, rows, fed, cache, mask, lengths, requests, pad_id):
         """The continuation tokens of `rows` ((context row, request) pairs) after their cached
         contexts, right-padded; returns the log-probabilities at each fed token ([R, C, V])."""
@@ -193,7 +192,7 @@ class LeanHFLM(HFLM):
                 input_ids=ids.to(self.device),
                 attention_mask=torch.cat([mask[contexts], cont_mask], dim=1).to(self.device),
                 position_ids=positions.to(self.device),
-                **{self._cache_argument(): cache},
+                **{self.cache_argument: cache},
                 use_cache=True,
             )
         self.decision_positions = self.batch_contexts = None
