@@ -37,9 +37,7 @@ def describe(config: BenchConfig) -> str:
 
     device = config.device or default_device()
     dtype = resolve_dtype(config.dtype, device)
-    text_config = load_config(config.model)
-    text_config = text_config.get_text_config() if hasattr(text_config, "get_text_config") else text_config
-    heads = getattr(text_config, "num_attention_heads", None) or getattr(text_config, "n_head", 1)
+    model_config = load_config(config.model)
     dtype_name = str(dtype).replace("torch.", "") if dtype != "auto" else "the checkpoint's"
     hf_config = load_config(config.model)
     info = model_info(config.model)
@@ -76,7 +74,7 @@ def describe(config: BenchConfig) -> str:
             budget = rl.task_budget(load_task(task, manager))
             tokens = budget.max_new_tokens
             micro, _ = rl.micro_batches(budget.prompts_per_step * budget.samples_per_prompt, device)
-            kept = activation_bytes(info.d_model, heads, info.n_layers, 512 + tokens, micro, "float32")
+            kept = activation_bytes(model_config, 512 + tokens, micro, "float32")
             lines.append(
                 f"{number}. RLVR on {task} seed {rl.seed}: {budget.steps} steps x {budget.prompts_per_step} prompts x "
                 f"{budget.samples_per_prompt} samples ({budget.rollouts:,} rollouts, up to {tokens} new tokens); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rl.config import RLTrainConfig
 
@@ -14,10 +15,15 @@ CPU_MICRO_BATCH = 8
 GPU_MICRO_BATCH = 64
 
 
-def activation_bytes(hidden: int, heads: int, layers: int, tokens: int, micro: int, dtype: str) -> float:
+def activation_bytes(model_config: Any, tokens: int, micro: int, dtype: str) -> float:
     """What one micro-batch's backward pass keeps, roughly: s·b·h·(34 + 5·a·s/h) bytes of
     activations per layer in 16-bit (Korthikanti et al. 2022, arXiv 2205.05198), doubled in
-    fp32. TRL scores tokens through its chunked LM head, so no full-vocabulary logits are kept."""
+    fp32, for a Hugging Face model config. TRL scores tokens through its chunked LM head, so no
+    full-vocabulary logits are kept."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0)
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", 1)
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", 0)
     per_layer = tokens * micro * hidden * (34 + 5 * heads * tokens / max(1, hidden))
     return per_layer * layers * (2 if dtype == "float32" else 1)
 

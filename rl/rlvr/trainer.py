@@ -191,12 +191,9 @@ def _activation_estimate(
     model: Any, tokenizer: Any, prompts: list[str], micro: int, new_tokens: int, dtype: str
 ) -> str:
     """`activation_bytes` for this model and the longest of the first prompts, in words."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     tokens = max(len(tokenizer(p)["input_ids"]) for p in prompts[: min(len(prompts), 64)]) + new_tokens
-    total = activation_bytes(hidden, heads, layers, tokens, micro, dtype)
+    total = activation_bytes(model.config, tokens, micro, dtype)
+    layers = getattr(model.config.get_text_config(), "num_hidden_layers", "?")
     return f"about {total / 1024**3:.1f} GiB of activations per micro-batch ({tokens} tokens, {layers} layers)"
 
 
