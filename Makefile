@@ -70,10 +70,10 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint browser
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 bench: install
 	$(BIN)/crl-bench bench $(BENCH_FLAGS)

@@ -376,6 +376,8 @@ def _sae_stage(config: BenchConfig, console: Any) -> None:
             sae=config.sae,
             layer=loaded.layer,
             eval_corpus=None if loaded.source == "trained" else config.sae_corpus,
+            sequences=config.sae_sequences,
+            ce_sequences=min(64, config.sae_sequences // 8),
             dtype=config.dtype,
             device=device,
             results_dir=config.results_dir,

@@ -40,7 +40,10 @@ class BenchConfig(RunConfig):
         },
     )
     tasks: list[str] | None = field(default=None, metadata={"help": "lm-eval task names (default: the profile's)"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "evaluate only the first N items of each task (and at most N validation items per analysis)"},
+    )
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
     dtype: Dtype = field(
         default="auto",
@@ -60,6 +63,13 @@ class BenchConfig(RunConfig):
     sae_corpus: str = field(
         default="builtin",
         metadata={"help": "text to train an auto SAE on and to measure SAEs with (see `crl-bench sae train --help`)"},
+    )
+    sae_sequences: int = field(
+        default=512,
+        metadata={
+            "help": "held-out sequences of the corpus the SAE's quality and feature cards are measured on "
+            "(the cross-entropy metrics on an eighth of them, at most 64)"
+        },
     )
     vectors: list[str] = field(
         default_factory=lambda: ["mean_diff", "kmeans", "probe", "pca", "das"],
@@ -119,6 +129,8 @@ class BenchConfig(RunConfig):
             self.budget = budget[device] if isinstance(budget, dict) else budget
         from rl.budget import Budget
 
+        if self.sae_sequences < 8:
+            raise ValueError(f"--sae-sequences must be at least 8, got {self.sae_sequences}")
         Budget.resolve(self.budget)  # a bad preset or budget file fails here, before anything runs
         if isinstance(self.tasks, str):
             self.tasks = [t for t in self.tasks.split(",") if t]

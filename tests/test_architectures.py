@@ -53,6 +53,8 @@ def _bench(root: Path, *args: str) -> subprocess.CompletedProcess:
         "smoke",
         "--vector-val-limit",
         "4",
+        "--sae-sequences",
+        "32",
         "--dtype",
         "float32",
         "--device",

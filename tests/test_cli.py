@@ -77,6 +77,8 @@ def _bench(tmp_path, *extra, sae="none"):
         "3",
         "--sae",
         sae,
+        "--sae-sequences",
+        "32",
         "--results-dir",
         str(tmp_path / "results"),
         "--runs-dir",
@@ -104,6 +106,9 @@ def test_bench_writes_leaderboard_and_resumes(tiny_dir, tiny_sae_dir, tmp_path):
     # the SAE stage wrote the SAE's quality record and cards
     assert "SAE sae (layer 2, 64 features)" in first.stderr
     assert (Path(tiny_sae_dir) / "quality.json").exists() and (Path(tiny_sae_dir) / "feature_cards.json").exists()
+    assert (
+        json.loads((Path(tiny_sae_dir) / "quality.json").read_text())["settings"]["sequences"] == 32
+    )  # --sae-sequences
     assert "| sae | 2 | 64 |" in (tmp_path / "results" / "saes" / "README.md").read_text()
     board = json.loads((tmp_path / "results" / "leaderboard.json").read_text())
     rows = {(r["task"], r["method"], r["setting"]): r for r in board["rows"]}
@@ -199,6 +204,8 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         "3",
         "--sae",
         tiny_sae_dir,
+        "--sae-sequences",
+        "32",
         "--vectors",
         "none",
         "--crl",

@@ -43,6 +43,7 @@ def test_every_bench_stage_loads_onto_the_device_it_was_given(tiny_dir, tiny_sae
         limit=2,
         budget="smoke",
         sae=tiny_sae_dir,
+        sae_sequences=32,
         vectors=["mean_diff"],
         vector_val_limit=2,
         crl=["one-token"],

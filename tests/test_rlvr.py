@@ -260,3 +260,43 @@ def test_a_step_in_micro_batches_accumulates_gradients_and_spends_the_same_budge
     # the same update: the accumulated gradient is the one-micro-batch gradient
     moved = [name for name, w in adapters[8].items() if "lora_B" in name and w.abs().max() > 0]
     assert moved and all(torch.allclose(adapters[2][n], adapters[8][n], rtol=1e-3, atol=1e-7) for n in adapters[8])
+
+
+def test_loss_scores_completion_tokens_only_with_the_same_log_probs(tiny_dir, monkeypatch):
+    """On a CPU, TRL's fused LM head scores every position and masks the prompt out; with
+    `score_completions_only` it scores the completion tokens alone: the same log-probabilities
+    and gradients (fp32), a fraction of the full-vocabulary rows."""
+    from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from rl.grpo import score_completions_only
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)  # TRL's own, restored after
+    rows = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    counting = type("Counting", (), {"apply": staticmethod(lambda h, *a: rows.append(h.shape[0]) or apply(h, *a))})
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", counting)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    add_fused_lm_head(model)
+    torch.manual_seed(0)
+    input_ids = torch.randint(10, 1000, (3, 40))
+    attention = torch.ones_like(input_ids)
+    attention[0, :5] = 0  # a left-padded row
+    labels = input_ids.masked_fill(attention == 0, -100)
+    labels[:, :-6] = -100  # 6 completion tokens per row, as TRL's GRPO sets them
+
+    def scored():
+        model.zero_grad()
+        out = model(input_ids=input_ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        grad = model.model.layers[-1].mlp.down_proj.weight.grad.clone()
+        return out.log_probs.detach(), grad
+
+    full, full_grad = scored()
+    assert score_completions_only() and score_completions_only()  # idempotent
+    compact, compact_grad = scored()
+    assert rows == [3 * 39, 3 * 6]  # every shifted position, then only the completion tokens
+    assert torch.allclose(full, compact, atol=1e-5) and (compact[:, :-6] == 0).all()
+    assert torch.allclose(full_grad, compact_grad, atol=1e-5)

@@ -127,6 +127,13 @@ def feature_weights(
 
 
 CIRCUIT_ITEMS = 32
+
+
+def _items(config: BenchConfig, default: int) -> int:
+    """Validation items an analysis reads: its default, or fewer under `--limit` (a quick run stays quick)."""
+    return min(default, config.limit) if config.limit else default
+
+
 K_COMPONENTS = 10
 K_FEATURES = 20
 
@@ -152,7 +159,7 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
     from rl.crl.rollouts import build_problem
 
     task_obj = load_task(task)
-    docs = method_splits(task_obj).validation[:CIRCUIT_ITEMS]
+    docs = method_splits(task_obj).validation[: _items(config, CIRCUIT_ITEMS)]
     problem = build_problem(task_obj, docs, tokenizer, config.seed)
     if problem.kind != "one-token-choices":
         return {
@@ -267,7 +274,7 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
     model, tokenizer = load_causal_lm(config.model, dtype="float32", device=device)
     overlap = {}
     for task in sorted({s.task for s in stages}):
-        docs = method_splits(load_task(task)).validation[:SHIFT_PROMPTS]
+        docs = method_splits(load_task(task)).validation[: _items(config, SHIFT_PROMPTS)]
         prompts = task_prompts(load_task(task), docs, seed=config.seed)
         weights, missing = feature_weights(config, task, stages, sae, model, tokenizer, prompts)
         frequency = _frequency(sae, model, tokenizer, prompts)

@@ -44,6 +44,7 @@ from typing import Any
 
 from rl.budget import Spent
 from rl.config import RLTrainConfig
+from rl.grpo import score_completions_only
 from rl.rlvr.config import RLVRConfig, activation_bytes
 from rl.runs import frozen_fingerprint, run_dir_for, write_curve
 
@@ -354,6 +355,7 @@ def train(config: RLVRConfig) -> Path:
         target_modules=config.lora_targets,
         task_type="CAUSAL_LM",
     )
+    score_completions_only()  # the loss's log-probabilities for completion tokens only, on a CPU too
     started = time.time()
     validate_holder: dict[str, Any] = {}
     Guard, Curve = _callbacks(config, meter, spent, curve, lambda: validate_holder["fn"](), started, spent.wall_s)
