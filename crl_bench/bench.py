@@ -293,12 +293,13 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
 
     from harness.models import resolve_model
     from harness.tasks import load_task
+    from rl import grpo
     from rl.rlvr import trainer as rlvr
     from rl.runs import run_done, run_lock, why_retrain
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     for task in config.tasks:
-        why = rlvr.unsupported(load_task(task), tokenizer)
+        why = grpo.unsupported(load_task(task), tokenizer)
         if why:
             console.print(f"RLVR skips {task}: {why}")
             continue

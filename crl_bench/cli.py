@@ -112,6 +112,15 @@ def _train_rlvr(args: argparse.Namespace) -> None:
         print(f"RLVR adapter: {run_dir}")
 
 
+def _train_rl_vector(args: argparse.Namespace) -> None:
+    from rl.vector import trainer as vector
+    from rl.vector.config import RLVectorConfig
+
+    run_dir = vector.train(from_args(RLVectorConfig, args))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"RL steering vector: {run_dir}")
+
+
 def _train_crl(args: argparse.Namespace) -> None:
     from rl.crl import trainer as crl
     from rl.crl.config import CRLConfig
@@ -280,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train a LoRA adapter with TRL's GRPO on the task's reward (the RLVR reference)",
         RLVRConfig,
         _train_rlvr,
+    )
+    from rl.vector.config import RLVectorConfig
+
+    _command(
+        train,
+        "rl-vector",
+        "train one steering vector per layer with the same GRPO trainer as RLVR, through the frozen LM "
+        "(evaluate it with vector_steered)",
+        RLVectorConfig,
+        _train_rl_vector,
     )
     from rl.crl.config import CRLConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from crl_bench.bench_config import BenchConfig, crl_configs, multi_layer_skipped, rlvr_configs, vector_config
-from rl.rlvr.config import activation_bytes
+from rl.config import activation_bytes
 
 GIB = 1024**3
 

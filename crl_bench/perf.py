@@ -27,7 +27,7 @@ from typing import Any
 
 from harness.manifest import build_manifest, write_json
 from harness.models import DEFAULT_MODEL, cpu_dtype, default_device
-from rl.rlvr.config import CPU_MICRO_BATCH
+from rl.config import CPU_MICRO_BATCH
 
 # lm-eval's `hf` (the baseline of every ratio); ours with each distinct context run once (the default);
 # ours with context and continuation in one pass per request (`shared_prefix=False`); a steered one

@@ -38,7 +38,7 @@ def why_retrain(config: RLTrainConfig, method: str) -> str | None:
     path = run_dir_for(config, method) / "config.json"
     if not path.exists():
         return None
-    before = json.loads(path.read_text())
+    before = _recorded(path)
     if before.get("fingerprint") == config.fingerprint():
         return None
     keys = changed(before["identity"], config.identity()) if "identity" in before else []
@@ -54,16 +54,26 @@ def run_done(config: RLTrainConfig, method: str) -> bool:
     return (
         (run_dir / "manifest.json").exists()
         and path.exists()
-        and json.loads(path.read_text()).get("fingerprint") == config.fingerprint()
+        and _recorded(path).get("fingerprint") == config.fingerprint()
     )
 
 
-def frozen_fingerprint(model: Any) -> float:
-    """A checksum of every parameter that must not train (all but the adapter's)."""
+def _recorded(path: Path) -> dict[str, Any]:
+    """A run's training record: its `config.json`, or the `extra` of a steering artifact's
+    (the RL vector's run directory is a steering artifact, whose config has fixed keys)."""
+    config = json.loads(path.read_text())
+    return config if "fingerprint" in config else config.get("extra") or {}
+
+
+def frozen_fingerprint(model: Any, trained: tuple[str, ...] = ("lora_",)) -> float:
+    """A checksum of every parameter that must not train (all but those whose names contain one
+    of `trained`)."""
     import torch
 
     with torch.no_grad():
-        return float(sum(p.double().abs().sum() for n, p in model.named_parameters() if "lora_" not in n))
+        return float(
+            sum(p.double().abs().sum() for n, p in model.named_parameters() if not any(t in n for t in trained))
+        )
 
 
 def write_curve(

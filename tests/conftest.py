@@ -207,3 +207,58 @@ def save_planted_sae(path, layer: int, good: int, push) -> None:
         sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn_like(sae.W_dec), dim=-1))
         sae.W_dec[good] = push / push.norm() * 400
     sae.save_model(path)
+
+
+PLANTED_LAYER = 3  # the tiny model's last decoder layer
+PLANTED_FEATURE = 5  # the planted SAE feature
+
+
+@pytest.fixture(scope="session")
+def planted(tiny_dir, tmp_path_factory):
+    """An SAE for layer 3 of the tiny model whose feature 5 adds a large push towards one digit,
+    and arith_mc documents whose answer is that digit (one the unsteered model rarely picks)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.padding import batch
+    from harness.prompts import task_prompts
+    from harness.sparse_logits import logits_at
+    from harness.tasks import load_task
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    task = load_task("arith_mc")
+    docs = list(task.training_docs()) + list(task.validation_docs())
+    digits = [tokenizer(d, add_special_tokens=False)["input_ids"][0] for d in "0123456789"]
+    ids, mask = batch(tokenizer, task_prompts(task, docs[:40]), "cpu")
+    last = torch.full((len(ids), 1), ids.shape[1] - 1)
+    with torch.no_grad(), logits_at(model, last):
+        base_choice = model(input_ids=ids, attention_mask=mask).logits[:, -1][:, digits].argmax(-1)
+    target = min(range(10), key=lambda d: int((base_choice == d).sum()))  # the digit the model picks least
+    embed = model.get_input_embeddings().weight.detach()
+    push = embed[digits[target]] - embed[digits].mean(0)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("planted-sae") / "sae"
+    save_planted_sae(path, PLANTED_LAYER, PLANTED_FEATURE, push)
+    chosen = [d for d in docs if d["answer"] == target]
+    return {
+        "sae": str(path),
+        "train": chosen[: len(chosen) * 2 // 3],
+        "validation": chosen[len(chosen) * 2 // 3 :],
+        "target": target,
+        "push": push,
+    }
+
+
+@pytest.fixture
+def planted_splits(planted, monkeypatch):
+    import harness.splits
+
+    real = harness.splits.method_splits
+
+    def method_splits(task):
+        splits = real(task)
+        splits.train, splits.validation = planted["train"], planted["validation"]
+        return splits
+
+    monkeypatch.setattr(harness.splits, "method_splits", method_splits)

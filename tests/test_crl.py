@@ -10,59 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import save_planted_sae
+from tests.conftest import PLANTED_FEATURE, PLANTED_LAYER
 
-LAYER = 3  # the tiny model's last decoder layer
-GOOD = 5  # the planted feature
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_dir, tmp_path_factory):
-    """An SAE for layer 3 of the tiny model whose feature 5 adds a large push towards one digit,
-    and arith_mc documents whose answer is that digit (one the unsteered model rarely picks)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from harness.padding import batch
-    from harness.prompts import task_prompts
-    from harness.sparse_logits import logits_at
-    from harness.tasks import load_task
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
-    task = load_task("arith_mc")
-    docs = list(task.training_docs()) + list(task.validation_docs())
-    digits = [tokenizer(d, add_special_tokens=False)["input_ids"][0] for d in "0123456789"]
-    ids, mask = batch(tokenizer, task_prompts(task, docs[:40]), "cpu")
-    last = torch.full((len(ids), 1), ids.shape[1] - 1)
-    with torch.no_grad(), logits_at(model, last):
-        base_choice = model(input_ids=ids, attention_mask=mask).logits[:, -1][:, digits].argmax(-1)
-    target = min(range(10), key=lambda d: int((base_choice == d).sum()))  # the digit the model picks least
-    embed = model.get_input_embeddings().weight.detach()
-    push = embed[digits[target]] - embed[digits].mean(0)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("planted-sae") / "sae"
-    save_planted_sae(path, LAYER, GOOD, push)
-    chosen = [d for d in docs if d["answer"] == target]
-    return {
-        "sae": str(path),
-        "train": chosen[: len(chosen) * 2 // 3],
-        "validation": chosen[len(chosen) * 2 // 3 :],
-        "target": target,
-    }
-
-
-@pytest.fixture
-def planted_splits(planted, monkeypatch):
-    import harness.splits
-
-    real = harness.splits.method_splits
-
-    def method_splits(task):
-        splits = real(task)
-        splits.train, splits.validation = planted["train"], planted["validation"]
-        return splits
-
-    monkeypatch.setattr(harness.splits, "method_splits", method_splits)
+LAYER, GOOD = PLANTED_LAYER, PLANTED_FEATURE
 
 
 def _config(tiny_dir, planted, tmp_path, **overrides):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness.models import model_results
+from rl import grpo
 from rl.budget import Budget
 
 
@@ -123,9 +124,8 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
 
 def _die_in_step_three(monkeypatch) -> dict:
     """Make the reward raise in the third step (a killed run); returns the call counter."""
-    from rl.rlvr import trainer as rlvr
 
-    real = rlvr.RewardMeter.__call__
+    real = grpo.RewardMeter.__call__
     calls = {"n": 0}
 
     def dies_in_step_three(self, *args, **kwargs):
@@ -134,7 +134,7 @@ def _die_in_step_three(monkeypatch) -> dict:
             raise KeyboardInterrupt("killed")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(rlvr.RewardMeter, "__call__", dies_in_step_three)
+    monkeypatch.setattr(grpo.RewardMeter, "__call__", dies_in_step_three)
     return calls
 
 
@@ -187,7 +187,9 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_dir, tmp_path, varied
     monkeypatch.setattr(GRPOTrainer, "compute_loss", nan_from_step_three)
     config = _config(tiny_dir, tmp_path)
     with pytest.raises(
-        rlvr.TrainingFailed, match=r"(loss|grad_norm) became nan at step 3; the last good checkpoint is .*checkpoint-2"
+        grpo.TrainingFailed,
+        match=r"RLVR \(LoRA, GRPO\) training stopped: (loss|grad_norm) became nan at step 3; "
+        r"the last good checkpoint is .*checkpoint-2",
     ):
         rlvr.train(config)
     run_dir = run_dir_for(config, "rlvr")
@@ -203,7 +205,7 @@ def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_
     from transformers import AutoTokenizer
 
     from harness.tasks import load_task
-    from rl.rlvr.trainer import check_one_token_choices
+    from rl.grpo import check_one_token_choices
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     task = load_task("arith_mc")
@@ -216,7 +218,7 @@ def test_multi_token_choices_are_refused_for_the_one_token_regime(tiny_dir, tmp_
 
 def test_generation_rollouts_stop_at_the_tasks_newline(tiny_model):
     from harness.tasks import load_task
-    from rl.rlvr.trainer import _stop_at_until
+    from rl.grpo import stop_at_until as _stop_at_until
 
     model, tokenizer = tiny_model
     before = model.generation_config.eos_token_id
@@ -240,8 +242,9 @@ def test_a_step_in_micro_batches_accumulates_gradients_and_spends_the_same_budge
     """--micro-batch splits a step's prompts x samples into micro-batches (gradient accumulation),
     with the memory estimate printed before training; the budget spent, the step's completions
     and rewards, and its loss (1e-4) are those of one micro-batch."""
+    from rl.config import CPU_MICRO_BATCH
     from rl.rlvr import trainer as rlvr
-    from rl.rlvr.config import CPU_MICRO_BATCH, RLVRConfig
+    from rl.rlvr.config import RLVRConfig
 
     assert RLVRConfig(micro_batch=3).micro_batches(8, "cpu") == (2, 4)  # whole micro-batches only
     assert RLVRConfig().micro_batches(256, "cpu") == (CPU_MICRO_BATCH, 256 // CPU_MICRO_BATCH)
@@ -271,8 +274,6 @@ def test_loss_scores_completion_tokens_only_with_the_same_log_probs(tiny_dir, mo
     from trl.trainer import utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from rl.grpo import score_completions_only
-
     monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)  # TRL's own, restored after
     rows = []
     apply = trl_utils._ChunkedLogProbFunction.apply
@@ -295,7 +296,7 @@ def test_loss_scores_completion_tokens_only_with_the_same_log_probs(tiny_dir, mo
         return out.log_probs.detach(), grad
 
     full, full_grad = scored()
-    assert score_completions_only() and score_completions_only()  # idempotent
+    assert grpo.score_completions_only() and grpo.score_completions_only()  # idempotent
     compact, compact_grad = scored()
     assert rows == [3 * 39, 3 * 6]  # every shifted position, then only the completion tokens
     assert torch.allclose(full, compact, atol=1e-5) and (compact[:, :-6] == 0).all()

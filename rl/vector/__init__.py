@@ -1,0 +1,1 @@
+"""The RL steering vector: one dense vector per layer, trained by the one GRPO trainer."""
