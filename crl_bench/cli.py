@@ -121,6 +121,15 @@ def _train_rl_vector(args: argparse.Namespace) -> None:
         print(f"RL steering vector: {run_dir}")
 
 
+def _train_crl_lm(args: argparse.Namespace) -> None:
+    from rl.crl_lm import trainer as crl_lm
+    from rl.crl_lm.config import CRLThroughLMConfig
+
+    run_dir = crl_lm.train(from_args(CRLThroughLMConfig, args))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"CRL controller (through the LM): {run_dir}")
+
+
 def _train_crl(args: argparse.Namespace) -> None:
     from rl.crl import trainer as crl
     from rl.crl.config import CRLConfig
@@ -308,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train a CRL controller (SAE features per token, LLM frozen) with PPO or GRPO",
         CRLConfig,
         _train_crl,
+    )
+    from rl.crl_lm.config import CRLThroughLMConfig
+
+    _command(
+        train,
+        "crl-lm",
+        "train a feature controller (a few SAE features per token, LLM frozen) with the same GRPO trainer as "
+        "RLVR, its gradients through the frozen LM",
+        CRLThroughLMConfig,
+        _train_crl_lm,
     )
     from crl_bench.analyses.exploration import ExplorationConfig
 

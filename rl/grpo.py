@@ -260,8 +260,9 @@ class Parameterisation:
     def peft_config(self) -> Any | None:
         return None
 
-    def attach(self, model: Any, tokenizer: Any, prompts: list[str], device: str) -> None:
-        """Add the trainable modules to the frozen `model` (before the trainer is built)."""
+    def attach(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> None:
+        """Add the trainable modules to the frozen `model` (before the trainer is built); `docs`
+        are the training documents and `prompts` their prompts."""
 
     def active(self, model: Any) -> contextlib.AbstractContextManager:
         """The context in which the trainable modules act (generation, loss and validation)."""
@@ -278,6 +279,25 @@ class Parameterisation:
     def save(self, model: Any, run_dir: Path, record: dict[str, Any]) -> None:
         """Write the trained artifact and its `config.json` (`record`: the run's settings)."""
         raise NotImplementedError
+
+
+def module_trainer(module_name: str, file_name: str) -> type:
+    """TRL's GRPOTrainer whose checkpoints hold only the module trained on the frozen model."""
+    from safetensors.torch import load_file, save_file
+    from trl import GRPOTrainer
+
+    class ModuleGRPOTrainer(GRPOTrainer):
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            folder = Path(output_dir or self.args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            state = getattr(self.model, module_name).state_dict()
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / file_name))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            state = load_file(str(Path(resume_from_checkpoint) / file_name))
+            getattr(model or self.model, module_name).load_state_dict(state)
+
+    return ModuleGRPOTrainer
 
 
 def train(config: GRPOSettings, param: Parameterisation) -> Path:
@@ -380,7 +400,7 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
         use_vllm=config.vllm,
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
     )
-    param.attach(model, tokenizer, prompts, device)
+    param.attach(model, tokenizer, task, docs, prompts, device)
     score_completions_only()  # the loss's log-probabilities for completion tokens only, on a CPU too
     started = time.time()
     validate_holder: dict[str, Any] = {}

@@ -73,7 +73,7 @@ class Vectors(grpo.Parameterisation):
     def __init__(self, config: RLVectorConfig):
         self.config = config
 
-    def attach(self, model: Any, tokenizer: Any, prompts: list[str], device: str) -> None:
+    def attach(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> None:
         from harness.models import find_decoder_layers
 
         _, blocks = find_decoder_layers(model)
@@ -92,23 +92,7 @@ class Vectors(grpo.Parameterisation):
         return steer(model, [getattr(model, MODULE)])
 
     def trainer_class(self) -> type:
-        from safetensors.torch import load_file, save_file
-        from trl import GRPOTrainer
-
-        class VectorGRPOTrainer(GRPOTrainer):
-            """Checkpoints hold the vectors (and, as always, the optimiser state), not the frozen model."""
-
-            def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-                folder = Path(output_dir or self.args.output_dir)
-                folder.mkdir(parents=True, exist_ok=True)
-                state = getattr(self.model, MODULE).state_dict()
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / CHECKPOINT_FILE))
-
-            def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-                state = load_file(str(Path(resume_from_checkpoint) / CHECKPOINT_FILE))
-                getattr(model or self.model, MODULE).load_state_dict(state)
-
-        return VectorGRPOTrainer
+        return grpo.module_trainer(MODULE, CHECKPOINT_FILE)
 
     def describe(self, trainable: int) -> str:
         layers = self.config.layers if self.config.layers is not None else "all"

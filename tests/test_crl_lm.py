@@ -1,0 +1,68 @@
+"""CRL trained through the LM (issue 26): the feature controller, trained by the one GRPO trainer
+with gradients through the frozen model, puts its weight on the planted feature; only it trains."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.conftest import PLANTED_FEATURE, PLANTED_LAYER
+
+
+def test_crl_through_the_lm_learns_the_planted_feature(tiny_dir, planted, planted_splits, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from harness.padding import batch
+    from harness.prompts import task_prompts
+    from harness.tasks import load_task
+    from rl.crl_lm import trainer as crl_lm
+    from rl.crl_lm.config import CRLThroughLMConfig
+    from rl.crl_lm.gate import CONTROLLER_TYPE, FeatureGate
+    from rl.runs import run_done
+
+    config = CRLThroughLMConfig(
+        model=tiny_dir,
+        task="arith_mc",
+        sae=planted["sae"],
+        candidates=0,  # all 16 features of the planted SAE
+        k=2,
+        hidden=16,
+        budget="smoke",
+        steps=8,
+        prompts_per_step=4,
+        samples_per_prompt=8,
+        learning_rate=2e-2,
+        eval_every=4,
+        checkpoint_every=4,
+        val_limit=None,
+        device="cpu",
+        dtype="float32",
+        results_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    run_dir = crl_lm.train(config)
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["controller"] == CONTROLLER_TYPE and record["layers_resolved"] == [PLANTED_LAYER]
+    assert run_done(config, "crl-lm")
+    state = load_file(str(run_dir / crl_lm.CHECKPOINT_FILE))
+    gate = FeatureGate(record["d_model"], record["n_features"], PLANTED_LAYER, record["hidden"], record["k"])
+    gate.load_state_dict(state)
+    # the coefficients it gives at the answer position of validation prompts: the planted feature leads
+    task = load_task("arith_mc")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    ids, mask = batch(tokenizer, task_prompts(task, planted["validation"][:16]), "cpu")
+    from harness.activations import residuals
+
+    with torch.no_grad():
+        hidden = residuals(model, ids, mask, layers=[PLANTED_LAYER])[PLANTED_LAYER][:, -1]
+        coefs = gate.coefficients(hidden).mean(0)
+    planted_index = int((gate.ids == PLANTED_FEATURE).nonzero())
+    assert int(coefs.argmax()) == planted_index, coefs
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "crl-lm" and manifest["curve"][-1]["validation"] > manifest["curve"][0]["validation"]
+    assert 0 < manifest["spent"]["trainable_parameters"] == sum(p.numel() for p in gate.parameters())
