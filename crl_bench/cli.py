@@ -122,8 +122,8 @@ def _train_rl_vector(args: argparse.Namespace) -> None:
 
 
 def _train_crl_lm(args: argparse.Namespace) -> None:
-    from rl.crl_lm import trainer as crl_lm
-    from rl.crl_lm.config import CRLThroughLMConfig
+    from rl.crl.through_lm import trainer as crl_lm
+    from rl.crl.through_lm.config import CRLThroughLMConfig
 
     run_dir = crl_lm.train(from_args(CRLThroughLMConfig, args))
     if os.environ.get("RANK", "0") == "0":
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         CRLConfig,
         _train_crl,
     )
-    from rl.crl_lm.config import CRLThroughLMConfig
+    from rl.crl.through_lm.config import CRLThroughLMConfig
 
     _command(
         train,

@@ -17,9 +17,9 @@ def test_crl_through_the_lm_learns_the_planted_feature(tiny_dir, planted, plante
     from harness.padding import batch
     from harness.prompts import task_prompts
     from harness.tasks import load_task
-    from rl.crl_lm import trainer as crl_lm
-    from rl.crl_lm.config import CRLThroughLMConfig
-    from rl.crl_lm.gate import CONTROLLER_TYPE, FeatureGate
+    from rl.crl.through_lm import trainer as crl_lm
+    from rl.crl.through_lm.config import CRLThroughLMConfig
+    from rl.crl.through_lm.gate import CONTROLLER_TYPE, FeatureGate
     from rl.runs import run_done
 
     config = CRLThroughLMConfig(
@@ -66,3 +66,20 @@ def test_crl_through_the_lm_learns_the_planted_feature(tiny_dir, planted, plante
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["kind"] == "crl-lm" and manifest["curve"][-1]["validation"] > manifest["curve"][0]["validation"]
     assert 0 < manifest["spent"]["trainable_parameters"] == sum(p.numel() for p in gate.parameters())
+    # lm-eval's view: crl_steered reads the controller kind from the run directory, steers every
+    # token with it, and logs the features it adds at the answer position
+    from harness.lm_models import LeanHFLM
+    from harness.scoring import TaskScorer
+    from rl.crl.lm import CRLSteeredLM
+
+    log = tmp_path / "added.jsonl"
+    steered = CRLSteeredLM(
+        pretrained=tiny_dir, controller=str(run_dir), log_interventions=str(log), device="cpu", dtype="float32"
+    )
+    base = LeanHFLM(pretrained=tiny_dir, device="cpu", dtype="float32")
+    docs = planted["validation"]
+    assert TaskScorer(steered, task, docs)([]) > TaskScorer(base, task, docs)([])
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {e["layer"] for e in entries} == {PLANTED_LAYER} and {e["token"] for e in entries} == {"="}
+    assert {e["item"] for e in entries} == set(range(len(docs)))
+    assert max({e["feature"] for e in entries}, key=[e["feature"] for e in entries].count) == PLANTED_FEATURE

@@ -13,6 +13,8 @@ from harness.artifacts import check_model, read_config, require_run_dir
 from harness.lm_models import LeanHFLM
 from harness.steering import Intervention
 from rl.crl.controller import CONTROLLER_TYPES, ControllerRun, at_decision, from_last_prompt_token, load_controller
+from rl.crl.through_lm.gate import CONTROLLER_TYPE as GATE_TYPE
+from rl.crl.through_lm.gate import GateRun, load_gate
 
 POSITIONS = ("answer", "generated")  # where a controller acts on a task of the other kind
 
@@ -51,7 +53,7 @@ class CRLSteeredLM(LeanHFLM):
         config = read_config(run_dir, f"retrain it: {how}")
         if not allow_other_model:
             check_model(config.get("model"), pretrained, f"CRL controller {run_dir}", "allow_other_model=True")
-        if config.get("controller") not in CONTROLLER_TYPES.values():
+        if config.get("controller") not in (*CONTROLLER_TYPES.values(), GATE_TYPE):
             raise ValueError(
                 f"{run_dir}: controller type {config.get('controller')!r} is not one this version of "
                 f"crl-bench can load; {how} with this version"
@@ -64,7 +66,9 @@ class CRLSteeredLM(LeanHFLM):
             )
         for layer in config["layers_resolved"]:
             self.info.check_layer(layer)
-        self.controller, self.bank = load_controller(run_dir, device=self.device)
+        # CRL's discrete controller (PPO), or CRL through the LM's feature gate (`rl.crl.through_lm`)
+        self.gate = load_gate(run_dir, device=self.device) if config["controller"] == GATE_TYPE else None
+        self.controller, self.bank = load_controller(run_dir, device=self.device) if self.gate is None else (None, None)
         if positions not in (None, *POSITIONS):
             raise ValueError(f"crl_steered positions= must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.positions, self.setting, self.run_dir = positions, config.get("setting"), run_dir
@@ -101,9 +105,12 @@ class CRLSteeredLM(LeanHFLM):
         )
 
     def interventions(self) -> list[Intervention]:
-        run = ControllerRun(
-            self.controller, self.bank, self._where, mode=self.mode, generator=self.generator, keep_residuals=False
-        )
+        if self.gate is not None:  # acts at every token; logs where a CRL controller decides
+            run = GateRun(self.gate, self._where)
+        else:
+            run = ControllerRun(
+                self.controller, self.bank, self._where, mode=self.mode, generator=self.generator, keep_residuals=False
+            )
         if self.log_path:
             # the rows of this forward or generation batch, captured now: the next batch replaces them
             contexts = self.batch_contexts if self.batch_contexts is not None else self.generation_contexts

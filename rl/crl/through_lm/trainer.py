@@ -1,5 +1,5 @@
 """`crl-bench train crl-lm`: CRL trained through the LM (the differentiable counterpart of FSRL,
-arXiv 2509.12934). The controller (`rl.crl_lm.gate.FeatureGate`) reads the residual at its layer
+arXiv 2509.12934). The controller (`rl.crl.through_lm.gate.FeatureGate`) reads the residual at its layer
 and adds, at every token, a few candidate SAE features with non-negative coefficients; it is
 trained by the one GRPO trainer (`rl.grpo`) with everything else of RLVR (prompts, rewards,
 sampling, budget, checkpoints), the gradients flowing through the frozen model into it. The
@@ -19,8 +19,8 @@ import torch
 
 from harness.steering import steer
 from rl import grpo
-from rl.crl_lm.config import CRLThroughLMConfig
-from rl.crl_lm.gate import FeatureGate
+from rl.crl.through_lm.config import CRLThroughLMConfig
+from rl.crl.through_lm.gate import FeatureGate
 
 CHECKPOINT_FILE = "controller.safetensors"
 MODULE = "crl_bench_feature_gate"  # the attribute of the frozen model that holds the controller

@@ -1,4 +1,4 @@
-"""`CRLThroughLMConfig`: the settings of `crl-bench train crl-lm` (see `rl.crl_lm.trainer`)."""
+"""`CRLThroughLMConfig`: the settings of `crl-bench train crl-lm` (see `rl.crl.through_lm.trainer`)."""
 
 from __future__ import annotations
 
