@@ -23,9 +23,14 @@ Before the evaluations:
   (one-token and multi-layer: multiple-choice tasks; generation: generation tasks), once
   per seed, with the same budget as RLVR (`rl.crl`).
 
+- the ladder stage trains the rungs of `--ladder` with RLVR's GRPO trainer and budget: the RL
+  steering vector and CRL through the LM (`crl_bench.ladder`).
+
 Evaluated methods: the base model (`base`), each steering vector (`vector`, setting = the
-direction finder), RLVR (`rlvr`, through `rlvr_lora`) and CRL (`crl`, setting = the CRL
-setting, through `crl_steered`, with every intervention logged next to the samples). Rows
+direction finder), RLVR (`rlvr`, through `rlvr_lora`), CRL (`crl`, setting = the CRL
+setting, through `crl_steered`, with every intervention logged next to the samples), the RL
+steering vector (`rl-vector`, through `vector_steered`) and CRL through the LM (`crl-lm`,
+through `crl_steered`, logged). Rows
 leave out the documents a task reserves for training when it has no training split of its own (`harness.splits`).
 """
 
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from crl_bench.bench_config import (
+    RUNGS,
     BenchConfig,
     crl_configs,
     multi_layer_skipped,
@@ -47,6 +53,7 @@ from crl_bench.bench_config import (
     vector_config,
 )
 from crl_bench.budgets import budget_label
+from crl_bench.ladder import ARTIFACT, rung_runs, train_rungs
 from crl_bench.leaderboard import Scores, write
 from harness.manifest import build_manifest, fingerprint, write_json
 from harness.models import model_slug
@@ -65,7 +72,12 @@ class Stage:
     home: Path  # where this method's evaluations of the task live, one folder per settings
     artifact: Path | None = None  # the steering artifact a vector stage evaluates
     adapter: Path | None = None  # the LoRA adapter an rlvr stage evaluates
-    controller: Path | None = None  # the CRL run a crl stage evaluates
+    controller: Path | None = None  # the CRL run a crl (or crl-lm) stage evaluates
+
+    @property
+    def training_run(self) -> Path | None:
+        """The RL training run behind the stage, if any (its manifest holds the budget)."""
+        return self.adapter or self.controller or (self.artifact if self.method in RUNGS else None)
 
     @property
     def fingerprint(self) -> str:
@@ -195,6 +207,16 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
                 "controller": _file_digest(controller / "controller.safetensors", controller / "config.json"),
             }
             stages.append(Stage("crl", task, settings, controller / "eval", controller=controller))
+        for method, setting, seed, run_dir in rung_runs(config, task):  # the ladder's rungs and the controls
+            settings = {
+                **common,
+                "seed": seed,
+                "method": method,
+                **({"setting": setting} if setting != "-" else {}),
+                "artifact": _file_digest(run_dir / ARTIFACT[method], run_dir / "config.json"),
+            }
+            where = {"rlvr": "adapter", "rl-vector": "artifact", "crl-lm": "controller"}[method]
+            stages.append(Stage(method, task, settings, run_dir / "eval", **{where: run_dir}))
     return stages
 
 
@@ -252,7 +274,7 @@ def read_scores(stage: Stage, model: str, exclude: frozenset[int] = frozenset())
     manifest = stage.run_dir / "manifest.json"
     recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
     where, libraries = recorded.get("processor"), recorded.get("libraries")
-    trained = stage.adapter or stage.controller  # the training run behind the stage, if any
+    trained = stage.training_run
     rl_budget = json.loads((trained / "manifest.json").read_text()).get("budget") if trained else None
     budget = budget_label(rl_budget, stage.settings.get("limit"))
     grouped: dict[tuple[str, str], tuple[list[int], list[float], list]] = {}
@@ -446,6 +468,9 @@ def run(config: BenchConfig) -> Path | None:
     if config.crl:
         with times("CRL training"):
             _crl_stage(config, console, output_types)
+    if config.ladder:
+        with times("ladder training"):
+            train_rungs(config, console)
     stages = plan(config, output_types, manager)
     todo = [s for s in stages if config.force or not s.done()]
     for stage in todo:

@@ -12,6 +12,8 @@ from harness.models import DEFAULT_MODEL
 
 # the full profile: crl-bench's tasks and the public benchmarks users name (`--tasks gsm8k,arc`)
 DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "arc_challenge", "boolq", "gsm8k")
+# the ladder's rungs that the one GRPO trainer trains beside RLVR (`crl_bench.ladder`)
+RUNGS: tuple[str, ...] = ("rl-vector", "crl-lm")
 
 
 # What a bench run does when its flags leave it open. `laptop` (the embedded model on a CPU:
@@ -101,6 +103,20 @@ class BenchConfig(RunConfig):
         default_factory=lambda: ["one-token", "multi-layer", "generation"],
         metadata={"help": "CRL settings to train and evaluate (none: skip); each runs on the tasks of its kind"},
     )
+    ladder: list[str] = field(
+        default_factory=lambda: list(RUNGS),
+        metadata={
+            "help": "rungs of the ladder trained by RLVR's GRPO trainer, with its budget, and evaluated: rl-vector "
+            "(one steering vector per layer), crl-lm (CRL's features per token, trained through the LM); none: skip"
+        },
+    )
+    controls: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "controls to train and evaluate: random-reward (RLVR and each --ladder rung once per task on a "
+            "seeded coin-flip reward of the same mean, same budget: a gain that does not vanish is flagged)"
+        },
+    )
     analyses: bool = field(
         default=True,
         metadata={
@@ -158,6 +174,17 @@ class BenchConfig(RunConfig):
         wrong = [c for c in self.crl if c not in SETTINGS]
         if wrong:
             raise ValueError(f"unknown --crl settings {', '.join(wrong)}; choose from {', '.join(SETTINGS)}, or none")
+        if isinstance(self.ladder, str):
+            self.ladder = [r for r in self.ladder.split(",") if r]
+        if self.ladder in (["none"], []):
+            self.ladder = []
+        if isinstance(self.controls, str):
+            self.controls = [c for c in self.controls.split(",") if c and c != "none"]
+        if [c for c in self.controls if c != "random-reward"]:
+            raise ValueError(f"unknown --controls {', '.join(self.controls)}; choose random-reward, or none")
+        odd = [r for r in self.ladder if r not in RUNGS]
+        if odd:
+            raise ValueError(f"unknown --ladder rungs {', '.join(odd)}; choose from {', '.join(RUNGS)}, or none")
         from baselines.fitters import METHODS
 
         unknown = [v for v in self.vectors if v not in METHODS]
@@ -168,13 +195,11 @@ class BenchConfig(RunConfig):
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.rl_settings is not None:
-            from crl_bench.rl_settings import read_rl_settings
-            from rl.crl.config import CRLConfig
-            from rl.rlvr.config import RLVRConfig
+            from crl_bench.rl_settings import read_rl_settings, settings_classes
 
             # a bad file fails here, before anything runs: its keys, and every value as the runs will get it
             for task, methods in read_rl_settings(self.rl_settings).items():
-                for method, cls in (("rlvr", RLVRConfig), ("crl", CRLConfig)):
+                for method, cls in settings_classes().items():
                     try:
                         cls(**{"budget": self.budget, **methods[method]}, task=task)
                     except (ValueError, TypeError) as err:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 UNRECORDED = "unrecorded"  # the budget of RL rows stored before budgets were part of a row's identity
-RL_METHODS = ("rlvr", "crl")
+RL_METHODS = ("rlvr", "crl", "rl-vector", "crl-lm")
 
 
 def budget_label(budget: dict[str, Any] | None, limit: int | None) -> str:

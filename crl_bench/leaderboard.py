@@ -138,7 +138,7 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
     for s in all_scores:
         if s.method == "base":
             bases.setdefault(group(s), {})[limit_of(s.budget)] = s
-        if s.method == "rlvr":
+        if s.method == "rlvr" and s.setting == "-":  # the reference, not its random-reward control
             rlvr.setdefault(group(s), {}).setdefault(s.budget, {})[s.seed] = s
 
     def base_for(s: Scores) -> Scores | None:
@@ -181,7 +181,7 @@ def build_rows(all_scores: list[Scores]) -> list[Row]:
                 if _other_processor(s, reference):
                     row.other_processor = ["base"]
         seeds = rlvr_for(s)
-        if seeds and s.method != "rlvr":
+        if seeds and (s.method, s.setting) != ("rlvr", "-"):
             ref_rlvr = seeds.get(s.seed, seeds[min(seeds)])
             row.delta_vs_rlvr, row.delta_vs_rlvr_ci95, p_rlvr, how, _, _ = _compare(s, ref_rlvr)
             row.interval = row.interval or how
@@ -309,13 +309,25 @@ def is_legacy(row: dict[str, Any]) -> bool:
     return bool(row.get("legacy")) or "holm_family" not in row
 
 
+CONTROL_SETTINGS = ("random-reward",)
+
+
+def control_gained(row: dict[str, Any]) -> bool:
+    """A control row (trained on a random reward) whose gain over base did not vanish: above base
+    at Holm-corrected p < 0.05."""
+    p = row.get("p_vs_base")
+    return row.get("setting") in CONTROL_SETTINGS and (row.get("delta_vs_base") or 0) > 0 and p is not None and p < 0.05
+
+
 def method_label(row: dict[str, Any]) -> str:
-    """The row's method with its marks: † legacy, ‡ compared with a run on another processor."""
+    """The row's method with its marks: † legacy, ‡ compared with a run on another processor, §
+    another library stack, ¶ a control whose gain did not vanish."""
     return (
         row["method"]
         + (" †" if is_legacy(row) else "")
         + (" ‡" if row.get("other_processor") else "")
         + (" §" if row.get("other_stack") else "")
+        + (" ¶" if control_gained(row) else "")
     )
 
 
@@ -392,6 +404,13 @@ OTHER_STACK_NOTE = (
 )
 
 
+CONTROL_NOTE = (
+    "¶ a control that should not have gained: trained on a random reward (a seeded coin flip with the step's "
+    "mean task reward, the same budget), it is still above base at Holm-corrected p < 0.05. Part of its method's "
+    "gain on this task may then come from training itself (format, length, sampling), not from the reward."
+)
+
+
 def render(results_dir: Path) -> None:
     """Generate leaderboard.md and leaderboard.csv from leaderboard.json (never edit them by hand)."""
     results_dir = Path(results_dir)
@@ -451,6 +470,8 @@ def render(results_dir: Path) -> None:
             lines += ["", OTHER_PROCESSOR_NOTE]
         if any(r.get("other_stack") for r in mine):
             lines += ["", OTHER_STACK_NOTE]
+        if any(control_gained(r) for r in mine):
+            lines += ["", CONTROL_NOTE]
         sentence = mdd_sentence(mine)
         if sentence:
             lines += ["", sentence]

@@ -1,8 +1,9 @@
 """Per-task RL settings for `crl-bench bench --rl-settings FILE`.
 
 The file is a YAML mapping of task -> settings: the fields of `crl-bench train rlvr` /
-`crl-bench train crl`. Fields both methods have (the budget above all) go to both, so their
-runs stay matched; `rlvr:` and `crl:` sections hold one method's own. What bench sets
+`crl-bench train crl` / `rl-vector` / `crl-lm`. Fields every method has (the budget above all)
+go to all, so their runs stay matched; `rlvr:`, `crl:`, `rl-vector:` and `crl-lm:` sections
+hold one method's own (the ladder's GRPO rungs also take `rlvr:`'s sampling temperature). What bench sets
 itself (model, task, seed, ...) cannot be set there. Example: `configs/arith_gen-cpu.yaml`.
 """
 
@@ -28,8 +29,6 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
     """`--rl-settings`: {task: {"rlvr": {...}, "crl": {...}}}, each the settings that task's runs
     of that method get (the shared ones copied into both), checked against the configs' fields."""
     from harness.config import read_yaml
-    from rl.crl.config import CRLConfig
-    from rl.rlvr.config import RLVRConfig
 
     file = Path(path)
     if not file.is_file():
@@ -37,9 +36,8 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
     data = read_yaml(file, "--rl-settings") or {}
     if not isinstance(data, dict):
         raise ValueError(f"--rl-settings {path}: expected a mapping of task -> settings, got {type(data).__name__}")
-    classes = {"rlvr": RLVRConfig, "crl": CRLConfig}
-    allowed = {method: {f.name for f in fields(cls)} for method, cls in classes.items()}
-    shared = allowed["rlvr"] & allowed["crl"]
+    allowed = {method: {f.name for f in fields(cls)} for method, cls in settings_classes().items()}
+    shared = set.intersection(*allowed.values())
     resolved = {}
     _check_task_names(path, list(data))
     for task, entry in data.items():
@@ -59,6 +57,16 @@ def read_rl_settings(path: str) -> dict[str, dict[str, dict[str, Any]]]:
                 )
         resolved[task] = {method: {**entry, **own[method]} for method in allowed}
     return resolved
+
+
+def settings_classes() -> dict[str, type]:
+    """The config class of each RL-trained method, by its section name in the file."""
+    from rl.crl.config import CRLConfig
+    from rl.crl.through_lm.config import CRLThroughLMConfig
+    from rl.rlvr.config import RLVRConfig
+    from rl.vector.config import RLVectorConfig
+
+    return {"rlvr": RLVRConfig, "crl": CRLConfig, "rl-vector": RLVectorConfig, "crl-lm": CRLThroughLMConfig}
 
 
 def _check_task_names(path: str, names: list[str]) -> None:

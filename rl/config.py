@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.config import Dtype, RunConfig
 from rl.budget import Budget
@@ -123,6 +123,14 @@ class GRPOSettings(RLTrainConfig):
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in the backward pass (less memory, more time)"}
     )
+    reward: Literal["task", "random"] = field(
+        default="task",
+        metadata={
+            "help": "task: the task's own metric; random: a control, each rollout rewarded by a seeded coin flip "
+            "with the step's mean task reward (the same mean, no information about which rollout was right); "
+            "its run lives beside the real one, as <method>-random-reward"
+        },
+    )
     vllm: bool = field(
         default=False, metadata={"help": "generate with TRL's vLLM integration (needs `pip install vllm` and a GPU)"}
     )
@@ -136,6 +144,12 @@ class GRPOSettings(RLTrainConfig):
 
             if importlib.util.find_spec("vllm") is None:
                 raise ValueError("--vllm needs the vllm package: pip install vllm (on a machine with a GPU)")
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        settings = super().fingerprint_settings()
+        if settings.get("reward") == "task":  # runs from before the control existed keep their fingerprint
+            del settings["reward"]
+        return settings
 
     def micro_batches(self, total: int, device: str) -> tuple[int, int]:
         """(completions per micro-batch, micro-batches per step) for a step of `total` completions:

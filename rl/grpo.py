@@ -98,8 +98,9 @@ class RewardMeter:
     """The task reward in TRL's convention, passing only the document's fields, and counting
     rollouts, generated tokens and the mean reward of each call (one call per step)."""
 
-    def __init__(self, reward: Any, doc_keys: list[str], spent: Spent):
+    def __init__(self, reward: Any, doc_keys: list[str], spent: Spent, random_seed: int | None = None):
         self.reward, self.doc_keys, self.spent = reward, doc_keys, spent
+        self.random_seed = random_seed  # the random-reward control: coin flips with the step's mean reward
         self.last_mean: float | None = None
         self.__name__ = getattr(reward, "__name__", "task_reward")
 
@@ -107,13 +108,26 @@ class RewardMeter:
         self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
     ) -> list[float]:
         values = self.reward(prompts, completions, **{k: kwargs[k] for k in self.doc_keys})
+        flips = None
+        if self.random_seed is not None:  # seeded by the rollouts so far: a resumed run draws what it would have
+            import random
+
+            draw = random.Random(f"{self.random_seed}:{self.spent.rollouts}:{_rank()}")
+            mean = sum(values) / max(1, len(values))
+            flips = [float(draw.random() < mean) for _ in values]
         tokens = sum(len(ids) for ids in completion_ids) if completion_ids is not None else 0
         # under `accelerate launch` / `torchrun` each process scores its own completions: count all of them
         rollouts, tokens, total = _summed([len(completions), tokens, sum(values)])
         self.spent.rollouts += int(rollouts)
         self.spent.generated_tokens += int(tokens)
-        self.last_mean = total / rollouts
-        return values
+        self.last_mean = total / rollouts  # the task's reward, also under the control: what the curve shows
+        return values if flips is None else flips
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _summed(numbers: list[float]) -> list[float]:
@@ -325,6 +339,8 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     splits = method_splits(task)
     dtype = train_dtype(config.dtype, device)
     run_dir = run_dir_for(config, param.method)
+    name = run_dir.parent.parent.name  # the method, or <method>-random-reward for the control
+    title = param.title + (" on a random reward" if config.reward == "random" else "")
     checkpoints = run_dir / "checkpoints"
     if main and not config.resume and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -363,7 +379,7 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     elif resume_from is not None:
         resume_from = None  # a checkpoint without our state is not one we wrote: start over
 
-    meter = RewardMeter(task_reward(task), list(docs[0]), spent)
+    meter = RewardMeter(task_reward(task), list(docs[0]), spent, config.seed if config.reward == "random" else None)
     total = budget.prompts_per_step * budget.samples_per_prompt
     if total % processes.num_processes:
         raise ValueError(
@@ -418,7 +434,7 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     frozen_before = frozen_fingerprint(trainer.model, param.frozen_skip)
     validate_holder["fn"] = _validator(trainer.model, tokenizer, task, val_docs, config, device)
     console.print(
-        f"[bold]{param.title}[/] {config.model} on {config.task}: {budget.steps} steps x {budget.prompts_per_step} "
+        f"[bold]{title}[/] {config.model} on {config.task}: {budget.steps} steps x {budget.prompts_per_step} "
         f"prompts x {budget.samples_per_prompt} samples (max {budget.max_new_tokens} new tokens), "
         f"{len(docs)} distinct prompts, {param.describe(spent.trainable_parameters)}, {dtype} on {device}"
     )
@@ -435,14 +451,14 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
         good = _latest_checkpoint(checkpoints)
         kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
         raise TrainingFailed(
-            f"{param.title} training stopped: {Guard.failure}; {kept}. Lower --learning-rate "
+            f"{title} training stopped: {Guard.failure}; {kept}. Lower --learning-rate "
             f"(now {config.learning_rate}) and rerun: it resumes from that checkpoint."
         )
 
     frozen_after = frozen_fingerprint(trainer.model, param.frozen_skip)
     if frozen_after != frozen_before:
         raise TrainingFailed(
-            f"the base model's weights changed during {param.title} training ({frozen_before} -> "
+            f"the base model's weights changed during {title} training ({frozen_before} -> "
             f"{frozen_after}); only the trained parameters may change. This is a bug: please report it"
         )
     spent.steps = trainer.state.global_step
@@ -453,7 +469,7 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
         trainer.model,
         run_dir,
         {
-            "method": param.method,
+            "method": name,
             **asdict(config),
             "budget_resolved": budget.to_dict(),
             "identity": config.identity(),
@@ -463,7 +479,7 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     write_json(
         run_dir / "manifest.json",
         build_manifest(
-            kind=param.method,
+            kind=name,
             config=asdict(config),
             budget=budget.to_dict(),
             spent=spent.to_dict(),
@@ -478,13 +494,13 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     write_curve(
         curve,
         run_dir,
-        config.model_results / param.method / config.task,
-        f"{param.title}: {config.task}, {config.model}",
+        config.model_results / name / config.task,
+        f"{title}: {config.task}, {config.model}",
         final_validation.metric,
     )
     final = curve[-1]["validation"] if curve and curve[-1].get("validation") is not None else float("nan")
     console.print(
-        f"{param.title} done: {spent.rollouts} rollouts, {spent.generated_tokens} generated tokens, "
+        f"{title} done: {spent.rollouts} rollouts, {spent.generated_tokens} generated tokens, "
         f"{spent.wall_s:.0f} s; validation {curve[0]['validation']:.3f} -> {final:.3f}; saved in {run_dir}"
     )
     return run_dir

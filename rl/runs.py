@@ -18,6 +18,8 @@ def run_dir_for(config: RLTrainConfig, method: str) -> Path:
     from harness.paths import runs_root
 
     root = Path(config.runs_dir) if config.runs_dir else runs_root()
+    if getattr(config, "reward", "task") == "random":  # the random-reward control, beside the real run
+        method = f"{method}-random-reward"
     return root / model_slug(config.model) / method / config.task / f"seed{config.seed}"
 
 

@@ -55,6 +55,8 @@ def _bench(root: Path, *args: str) -> subprocess.CompletedProcess:
         "4",
         "--sae-sequences",
         "32",
+        "--ladder",
+        "none",
         "--dtype",
         "float32",
         "--device",

@@ -108,6 +108,7 @@ def test_a_truncated_stage_record_is_redone_and_says_why(tiny_dir, tmp_path):
         tasks=["arith_mc"],
         vectors="none",
         rlvr=False,
+        ladder=[],
         crl="none",
         sae="none",
         device="cpu",

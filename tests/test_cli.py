@@ -92,6 +92,8 @@ def _bench(tmp_path, *extra, sae="none"):
         "--no-rlvr",
         "--crl",
         "none",
+        "--ladder",
+        "none",
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -210,6 +212,8 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         "none",
         "--crl",
         "one-token",
+        "--ladder",
+        "rl-vector,crl-lm",
         "--budget",
         "smoke",
         "--results-dir",
@@ -226,16 +230,21 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("base", "-", 3),
         ("rlvr", "-", 3),
         ("crl", "one-token", 3),
+        ("rl-vector", "-", 3),
+        ("crl-lm", "-", 3),
     }
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
     # each row carries the budget that made it: the smoke budget's steps x prompts x samples and the --limit
-    assert {r["method"]: r["budget"] for r in rows} == {"base": "limit 3", "rlvr": SMOKE, "crl": SMOKE}
+    assert {r["method"]: r["budget"] for r in rows} == {
+        "base": "limit 3",
+        **{method: SMOKE for method in ("rlvr", "crl", "rl-vector", "crl-lm")},  # the ladder on RLVR's budget
+    }
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
     assert (mine / "rlvr" / "arith_mc" / "curve.csv").exists()
     # where the run spent its time: a row per stage that ran, in order, named by profile, budget and tasks
     timings = json.loads((mine / "bench_timings" / "full-smoke-arith_mc.json").read_text())
     stages = [(r["stage"], r["task"]) for r in timings["rows"]]
-    assert stages[:3] == [("SAE", "-"), ("RLVR training", "-"), ("CRL training", "-")]
+    assert stages[:4] == [("SAE", "-"), ("RLVR training", "-"), ("CRL training", "-"), ("ladder training", "-")]
     assert ("evaluation: crl one-token", "arith_mc") in stages and stages[-1] == ("figures and report", "-")
     assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 100 for r in timings["rows"])
     assert timings["total_wall_s"] >= sum(r["wall_s"] for r in timings["rows"])
@@ -279,22 +288,27 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     assert wrong.returncode == 2 and "not a CRL run directory" in wrong.stderr and "Traceback" not in wrong.stderr
     # analyses: CRL and base against RLVR; the features RLVR and CRL implicate, and their overlap
     similarity = json.loads((mine / "similarity.json").read_text())["rows"]
-    assert {(r["method"], r["n"]) for r in similarity} == {("base", 3), ("crl:one-token", 3)}
+    assert {(r["method"], r["n"]) for r in similarity} == {
+        ("base", 3),
+        ("crl:one-token", 3),
+        ("rl-vector", 3),
+        ("crl-lm", 3),
+    }
     base_sim = next(r for r in similarity if r["method"] == "base")
     assert base_sim["gap_closed"] == pytest.approx(0.0) and 0 <= base_sim["answer_agreement"] <= 1
     overlap = json.loads((mine / "overlap.json").read_text())["tasks"]["arith_mc"]
     assert len(overlap["top"]["rlvr"]) == 20
     implicated = set(overlap["top"]) | set(overlap["missing"])
-    assert "crl:one-token" in implicated
+    assert {"crl:one-token", "crl-lm"} <= implicated and "rl-vector" in overlap["top"]  # a vector at layer 2
     if "crl:one-token" in overlap["top"]:
         assert any({p["a"], p["b"]} == {"crl:one-token", "rlvr"} for p in overlap["pairs"])
     assert "| arith_mc | crl:one-token | 3 |" in (mine / "similarity.md").read_text()
     circuits = json.loads((mine / "circuits.json").read_text())["tasks"]["arith_mc"]
-    assert {"rlvr", "crl:one-token"} == set(circuits["methods"])
+    assert {"rlvr", "crl:one-token", "rl-vector", "crl-lm"} == set(circuits["methods"])
     rlvr_circuit = circuits["methods"]["rlvr"]
     assert rlvr_circuit["metric_method"] != rlvr_circuit["metric_base"] and len(rlvr_circuit["components"]) == 10
     assert "rlvr_change_recovered" in circuits["methods"]["crl:one-token"]
-    assert {(p["a"], p["b"]) for p in circuits["pairs"]} == {("crl:one-token", "rlvr")}
+    assert ("crl:one-token", "rlvr") in {(p["a"], p["b"]) for p in circuits["pairs"]} and len(circuits["pairs"]) == 6
     # figures and the self-contained report
     assert (mine / "figures" / "accuracy.pdf").exists()
     page = (tmp_path / "results" / "report.html").read_text()
@@ -311,7 +325,8 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     assert crl_row["run_dir"] in page
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
-    assert "3 evaluation stages, 3 reused" in again.stderr
+    assert "rl-vector on" not in again.stderr and "crl-lm on" not in again.stderr  # the ladder's runs reused too
+    assert "5 evaluation stages, 5 reused" in again.stderr
 
 
 def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):

@@ -47,6 +47,7 @@ def test_every_bench_stage_loads_onto_the_device_it_was_given(tiny_dir, tiny_sae
         vectors=["mean_diff"],
         vector_val_limit=2,
         crl=["one-token"],
+        ladder=[],
         device="cpu:0",
         dtype="float32",
         results_dir=str(tmp_path / "results"),

@@ -167,6 +167,8 @@ def test_bench_evaluation_killed_and_rerun_ends_as_an_uninterrupted_run(tiny_dir
             "--vectors",
             "none",
             "--no-rlvr",
+            "--ladder",
+            "none",
             "--crl",
             "none",
             "--sae",

@@ -80,6 +80,7 @@ def test_bench_says_why_a_stage_is_evaluated_again(tiny_dir, tmp_path):
         tasks=["arith_mc"],
         vectors="none",
         rlvr=False,
+        ladder=[],
         crl="none",
         sae="none",
         device="cpu",

@@ -326,3 +326,34 @@ def test_rows_evaluated_off_the_pinned_stack_are_marked(tmp_path):
     table = (tmp_path / "leaderboard.md").read_text()
     assert "| t | rlvr § |" in table and "| t | base |" in table and "§ evaluated with library versions" in table
     assert "other_stack" in (tmp_path / "leaderboard.csv").read_text().splitlines()[0]
+
+
+def test_a_random_reward_control_is_no_reference_and_is_marked_when_it_gains(tmp_path):
+    """Issue 26's control: RLVR trained on a random reward is not the RLVR that other rows are
+    compared with, and a control still above base (Holm p < 0.05) is marked ¶ with a note."""
+    import json
+
+    from crl_bench.leaderboard import Scores, write
+
+    docs = list(range(60))
+
+    def scores(method, setting, hits):
+        values = [float(d < hits) for d in docs]
+        return Scores("m", "t", method, setting, 0, "acc", "none", docs, values, "r", budget="4x2x8")
+
+    write(
+        tmp_path,
+        [
+            scores("base", "-", 10),
+            scores("rlvr", "-", 30),
+            scores("rlvr", "random-reward", 40),  # gained: flagged
+            scores("rl-vector", "random-reward", 11),  # vanished: not flagged
+            scores("crl-lm", "-", 20),
+        ],
+    )
+    rows = {(r["method"], r["setting"]): r for r in json.loads((tmp_path / "leaderboard.json").read_text())["rows"]}
+    assert rows["crl-lm", "-"]["delta_vs_rlvr"] == pytest.approx(-10 / 60)  # against the real RLVR (30), not 40
+    assert rows["rlvr", "random-reward"]["delta_vs_rlvr"] == pytest.approx(10 / 60)
+    table = (tmp_path / "leaderboard.md").read_text()
+    assert "| t | rlvr ¶ | random-reward |" in table and "| t | rl-vector | random-reward |" in table
+    assert "¶ a control that should not have gained" in table

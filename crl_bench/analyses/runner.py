@@ -91,13 +91,21 @@ def feature_weights(
     mine = [s for s in stages if s.task == task]
     for stage in mine:
         label = _label(stage)
-        if stage.method == "crl":
+        if stage.method in ("crl", "crl-lm"):  # the features its controller added, from its log
             log = stage.run_dir / "interventions.jsonl"
             if log.exists():
                 weights[label] = crl_weights(log, sae.d_sae, layer=sae.layer)
                 if not weights[label].any():
                     missing[label] = f"chose no feature at layer {sae.layer}"
                     del weights[label]
+    for stage in (s for s in mine if s.method == "rl-vector"):  # its direction at the SAE layer, if it has one
+        from harness.vectors import SteeringVectors
+
+        trained = SteeringVectors.load(stage.artifact).vectors
+        if sae.layer in trained:
+            weights[_label(stage)] = vector_weights(trained[sae.layer].float().numpy(), decoder)
+        else:
+            missing[_label(stage)] = f"has no vector at the SAE layer {sae.layer}"
     vector_stages = [s for s in mine if s.method == "vector"]
     if vector_stages:
         from crl_bench.bench_config import vector_config
@@ -172,8 +180,12 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
     methods: dict[str, tuple[Any, Any]] = {}
     rlvr_model = None
     for stage in (s for s in stages if s.task == task):
-        if stage.method == "vector":
+        if stage.method in ("vector", "rl-vector"):
             methods[_label(stage)] = (model, [SteeringVectors.load(stage.artifact).intervention()])
+        elif stage.method == "crl-lm":  # its controller at every token, as crl_steered runs it
+            from rl.crl.through_lm.gate import load_gate
+
+            methods[_label(stage)] = (model, [load_gate(stage.controller, device=device)])
         elif stage.method == "crl" and stage.settings.get("setting") != "generation":
             controller, bank = load_controller(stage.controller, device=device)
 

@@ -1,0 +1,87 @@
+"""The one GRPO trainer's random-reward control (issue 26): coin flips with the step's mean
+reward carry no information about which rollout was right, so GRPO's group-normalised
+advantages average zero for right and wrong rollouts alike; the control's run lives beside
+the real one, whose fingerprint it leaves alone."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from rl.budget import Spent
+from rl.grpo import RewardMeter
+
+
+def _advantages(rewards: list[float]) -> torch.Tensor:
+    r = torch.tensor(rewards)
+    return (r - r.mean()) / (r.std() + 1e-4)  # TRL's group-relative advantage of one prompt's group
+
+
+def test_random_reward_gives_no_learning_signal_on_average():
+    def right(prompts, completions):
+        return [float(c == "right") for c in completions]
+
+    completions = ["right"] * 3 + ["wrong"] * 5  # one prompt's group of 8: mean reward 3/8
+    task = RewardMeter(right, [], Spent())
+    assert (_advantages(task([""] * 8, completions))[:3] > 0).all()  # the task's reward: right ones are favoured
+    control = RewardMeter(right, [], Spent(), random_seed=0)
+    by_kind: dict[str, list[float]] = {"right": [], "wrong": []}
+    flips = []
+    for _ in range(4000):
+        rewards = control([""] * 8, completions)
+        flips += rewards
+        for completion, advantage in zip(completions, _advantages(rewards).tolist()):
+            by_kind[completion].append(advantage)
+        assert control.last_mean == 3 / 8  # the curve still shows the task's reward
+    assert abs(statistics.mean(flips) - 3 / 8) < 0.01  # the same mean
+    assert abs(statistics.mean(by_kind["right"])) < 0.03 and abs(statistics.mean(by_kind["wrong"])) < 0.03
+    # a resumed run draws the same flips: they are seeded by the rollouts spent so far
+    again = RewardMeter(right, [], Spent(rollouts=8), random_seed=0)
+    first = RewardMeter(right, [], Spent(), random_seed=0)
+    first([""] * 8, completions)
+    assert first([""] * 8, completions) == again([""] * 8, completions)
+
+
+def test_the_control_has_its_own_run_and_leaves_the_real_fingerprint_alone(tmp_path):
+    from rl.rlvr.config import RLVRConfig
+    from rl.runs import run_dir_for
+
+    real = RLVRConfig(task="arith_mc", runs_dir=str(tmp_path))
+    control = RLVRConfig(task="arith_mc", runs_dir=str(tmp_path), reward="random")
+    assert "reward" not in real.fingerprint_settings()  # runs trained before the control keep their fingerprint
+    assert real.fingerprint() != control.fingerprint()
+    assert run_dir_for(control, "rlvr").parts[-3] == "rlvr-random-reward"
+    assert run_dir_for(real, "rlvr").parts[-3] == "rlvr"
+
+
+def test_bench_plans_the_ladder_and_the_controls(tiny_dir, tiny_sae_dir, tmp_path):
+    """What bench trains beyond RLVR: each rung per seed on RLVR's budget and temperature, and with
+    --controls random-reward one random-reward run of RLVR and of each rung (first seed)."""
+    from crl_bench.bench_config import BenchConfig
+    from crl_bench.ladder import grpo_runs
+
+    settings = tmp_path / "rl.yaml"
+    settings.write_text("arith_mc: {steps: 3, rlvr: {temperature: 0.7}, crl-lm: {k: 2}}\n")
+    common = dict(model=tiny_dir, tasks="arith_mc", budget="smoke", device="cpu", runs_dir=str(tmp_path))
+    config = BenchConfig(**common, sae=tiny_sae_dir, controls="random-reward", rl_settings=str(settings))
+    runs = [
+        (method, setting, c.reward, c.seed, c.steps, c.temperature)
+        for method, setting, c in grpo_runs(config, "arith_mc")
+    ]
+    assert runs == [
+        ("rl-vector", "-", "task", 0, 3, 0.7),
+        ("crl-lm", "-", "task", 0, 3, 0.7),
+        ("rlvr", "random-reward", "random", 0, 3, 0.7),
+        ("rl-vector", "random-reward", "random", 0, 3, 0.7),
+        ("crl-lm", "random-reward", "random", 0, 3, 0.7),
+    ]
+    assert next(c for m, _, c in grpo_runs(config, "arith_mc") if m == "crl-lm").k == 2
+    plain = BenchConfig(**common, sae="none", ladder="rl-vector")
+    assert [(m, s) for m, s, _ in grpo_runs(plain, "arith_mc")] == [("rl-vector", "-")]
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown --ladder rungs lora"):
+        BenchConfig(**common, ladder="lora")
+    with pytest.raises(ValueError, match="unknown --controls shuffled"):
+        BenchConfig(**common, controls="shuffled")
