@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from crl_bench.bench_config import BenchConfig, crl_configs, multi_layer_skipped, rlvr_configs, vector_config
+from crl_bench.ladder import grpo_runs
 from rl.config import activation_bytes
 
 GIB = 1024**3
@@ -88,8 +89,17 @@ def describe(config: BenchConfig) -> str:
                 f"{'reused' if run_done(crl, crl.method) else 'trains'}"
             )
             number += 1
+        for method, setting, run in grpo_runs(config, task):  # the ladder's rungs and the controls
+            label = method + (" on a random reward" if setting == "random-reward" else "")
+            lines.append(
+                f"{number}. {label} on {task} seed {run.seed} (RLVR's GRPO trainer and budget): "
+                f"{'reused' if run_done(run, method) else 'trains'}"
+            )
+            number += 1
     methods = ["base", *(f"vector {v}" for v in config.vectors), *(["rlvr"] if config.rlvr else [])]
     methods += [f"crl {s}" for s in config.crl] if config.sae != "none" else []
+    methods += [r for r in config.ladder if r != "crl-lm" or config.sae != "none"]
+    methods += [f"{m} (random reward)" for m in ["rlvr"] * config.rlvr + config.ladder] if config.controls else []
     lines += [
         f"{number}. evaluation through lm-eval on {', '.join(config.tasks)}"
         + (f" (first {config.limit} items)" if config.limit else "")

@@ -113,4 +113,6 @@ def test_bench_dry_run_prints_the_plan_and_runs_nothing(tiny_dir, tmp_path, caps
     assert "RLVR on arith_mc seed 0: 3 steps x 2 prompts x 4 samples (24 rollouts, up to 1 new tokens); trains" in plan
     assert "vectors (mean_diff, kmeans, probe, pca, das) on arith_gen: sweep runs" in plan
     assert "CRL" not in plan.split("stages, in order:")[1].split("evaluation")[0]  # --sae none: no CRL stage
+    assert "rl-vector on arith_gen seed 0 (RLVR's GRPO trainer and budget): trains" in plan
+    assert "crl-lm on" not in plan  # --sae none: the feature controller has no features to add
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
