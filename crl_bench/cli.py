@@ -112,6 +112,12 @@ def _train_rlvr(args: argparse.Namespace) -> None:
         print(f"RLVR adapter: {run_dir}")
 
 
+def _train_corrsteer(args: argparse.Namespace) -> None:
+    from baselines.corrsteer import CorrSteerConfig, train
+
+    print(f"CorrSteer vector: {train(from_args(CorrSteerConfig, args))}")
+
+
 def _train_rl_vector(args: argparse.Namespace) -> None:
     from rl.vector import trainer as vector
     from rl.vector.config import RLVectorConfig
@@ -289,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
         "fit the five steering directions; choose layer and coefficient on validation",
         VectorTrainConfig,
         _train_vectors,
+    )
+    from baselines.corrsteer import CorrSteerConfig
+
+    _command(
+        train,
+        "corrsteer",
+        "CorrSteer: rank SAE features by their correlation with correctness, validate each by intervention, "
+        "and save their sum as a steering vector (evaluate it with vector_steered)",
+        CorrSteerConfig,
+        _train_corrsteer,
     )
     from rl.rlvr.config import RLVRConfig
 

@@ -29,6 +29,11 @@ class TaskScorer:
         self.metric = "acc" if self.reward is None else task.config.metric_list[0]["metric"]
 
     def __call__(self, interventions: list) -> float:
+        scores, _ = self.per_item(interventions)
+        return sum(scores) / len(scores)
+
+    def per_item(self, interventions: list) -> tuple[list[float], list]:
+        """Each document's score, and the model's raw results (generation: each document's text)."""
         flat = [r for requests in self.requests for r in requests]
         self.lm.active = list(interventions)
         try:
@@ -46,4 +51,4 @@ class TaskScorer:
             for doc, requests in zip(self.docs, self.requests):
                 scores.append(float(self.task.process_results(doc, results[at : at + len(requests)])["acc"]))
                 at += len(requests)
-        return sum(scores) / len(scores)
+        return [float(s) for s in scores], results
