@@ -109,6 +109,24 @@ def pooled_activations(
     return torch.stack(rows)
 
 
+def _fingerprint(config: CorrSteerConfig) -> str:
+    from harness.identity import inputs
+    from harness.manifest import fingerprint
+
+    settings = {k: v for k, v in asdict(config).items() if k not in ("results_dir", "runs_dir", "device", "batch_size")}
+    return fingerprint({**settings, "inputs": inputs(config.model, config.task)})
+
+
+def done(config: CorrSteerConfig) -> bool:
+    """Whether a finished CorrSteer run with these settings (and inputs) is on disk."""
+    import json
+
+    path = run_dir_of(config) / "config.json"
+    if not (run_dir_of(config) / "selection.json").exists() or not path.exists():
+        return False
+    return json.loads(path.read_text()).get("extra", {}).get("fingerprint") == _fingerprint(config)
+
+
 def run_dir_of(config: CorrSteerConfig) -> Path:
     from harness.models import model_slug
     from harness.paths import runs_root
@@ -123,7 +141,7 @@ def train(config: CorrSteerConfig, lm: Any = None) -> Path:
     from tqdm.auto import tqdm
 
     from harness.lm_models import LeanHFLM
-    from harness.manifest import build_manifest, fingerprint, write_json
+    from harness.manifest import build_manifest, write_json
     from harness.models import default_device, model_info
     from harness.sae import load_sae
     from harness.scoring import TaskScorer
@@ -195,7 +213,7 @@ def train(config: CorrSteerConfig, lm: Any = None) -> Path:
         method="corrsteer",
         model=config.model,
         extra={
-            "fingerprint": fingerprint(asdict(config), ignore={"results_dir", "runs_dir", "device", "batch_size"}),
+            "fingerprint": _fingerprint(config),
             "features": [e["feature"] for e in chosen],
         },
     ).save(run_dir, kind="corrsteer", config=asdict(config), selection=record, wall_s=time.time() - started)

@@ -46,6 +46,7 @@ from typing import Any
 from crl_bench.bench_config import (
     RUNGS,
     BenchConfig,
+    corrsteer_config,
     crl_configs,
     multi_layer_skipped,
     reserved_documents,
@@ -168,6 +169,14 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
             "inputs": {"model": model_files, "task": task_identity(task, manager)},
         }
         stages.append(Stage("base", task, {**common, "method": "base"}, root / slug / "base" / task))
+        if config.corrsteer and config.sae != "none":
+            from baselines.corrsteer import run_dir_of
+
+            found = run_dir_of(corrsteer_config(config, task))
+            if (found / "selection.json").exists():
+                digest = _file_digest(found / VECTORS_FILE, found / "config.json")
+                settings = {**common, "method": "corrsteer", "artifact": digest}
+                stages.append(Stage("corrsteer", task, settings, found / "eval", artifact=found))
         for method in config.vectors:
             artifact = vectors_dir(vector_config(config, task, (output_types or {}).get(task))) / method
             if not (artifact / VECTORS_FILE).exists():
@@ -462,6 +471,15 @@ def run(config: BenchConfig) -> Path | None:
                     train.run(vectors, lm=shared_lm())
             else:  # reused: its table and plot still belong in this run's results
                 train.publish(vectors)
+    if config.corrsteer and config.sae != "none":
+        from baselines import corrsteer
+
+        for task in config.tasks:
+            chosen = corrsteer_config(config, task)
+            if config.force or not corrsteer.done(chosen):
+                console.rule(f"CorrSteer on {task}")
+                with times("CorrSteer", task):
+                    corrsteer.train(chosen, lm=shared_lm())
     if config.rlvr:
         with times("RLVR training"):
             _rlvr_stage(config, console)

@@ -80,6 +80,13 @@ class BenchConfig(RunConfig):
     vector_val_limit: int | None = field(
         default=64, metadata={"help": "validation documents per point of the vector sweep"}
     )
+    corrsteer: bool = field(
+        default=True,
+        metadata={
+            "help": "train CorrSteer on each task (SAE features correlated with correctness; needs --sae) and "
+            "evaluate it (--no-corrsteer: skip)"
+        },
+    )
     rlvr: bool = field(
         default=True, metadata={"help": "train and evaluate the RLVR reference (LoRA + GRPO) on each task it supports"}
     )
@@ -235,6 +242,25 @@ def vector_config(config: BenchConfig, task: str, output_type: str | None = None
         results_dir=config.results_dir,
         runs_dir=config.runs_dir,
         **extra,
+    )
+
+
+def corrsteer_config(config: BenchConfig, task: str) -> Any:
+    """The CorrSteer run of `task`: the bench's SAE, validated on the vector sweep's documents."""
+    from baselines.corrsteer import CorrSteerConfig
+
+    return CorrSteerConfig(
+        model=config.model,
+        task=task,
+        sae=config.sae,
+        sae_corpus=config.sae_corpus,
+        layer=config.sae_layer,
+        val_limit=config.vector_val_limit,
+        seed=config.seed,
+        dtype=config.dtype,
+        device=config.device,
+        results_dir=config.results_dir,
+        runs_dir=config.runs_dir,
     )
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from crl_bench.bench_config import BenchConfig, crl_configs, multi_layer_skipped, rlvr_configs, vector_config
+from crl_bench.bench_config import (
+    BenchConfig,
+    corrsteer_config,
+    crl_configs,
+    multi_layer_skipped,
+    rlvr_configs,
+    vector_config,
+)
 from crl_bench.ladder import grpo_runs
 from rl.config import activation_bytes
 
@@ -71,6 +78,12 @@ def describe(config: BenchConfig) -> str:
             state = "reused" if sweep_done(vectors) else "runs"
             lines.append(f"{number}. vectors ({', '.join(config.vectors)}) on {task}: sweep {state}")
             number += 1
+        if config.corrsteer and config.sae != "none":
+            from baselines.corrsteer import done
+
+            state = "reused" if done(corrsteer_config(config, task)) else "runs"
+            lines.append(f"{number}. CorrSteer on {task}: {state}")
+            number += 1
         for rl in rlvr_configs(config, task) if config.rlvr else []:
             budget = rl.task_budget(load_task(task, manager))
             tokens = budget.max_new_tokens
@@ -99,6 +112,7 @@ def describe(config: BenchConfig) -> str:
     methods = ["base", *(f"vector {v}" for v in config.vectors), *(["rlvr"] if config.rlvr else [])]
     methods += [f"crl {s}" for s in config.crl] if config.sae != "none" else []
     methods += [r for r in config.ladder if r != "crl-lm" or config.sae != "none"]
+    methods += ["corrsteer"] if config.corrsteer and config.sae != "none" else []
     methods += [f"{m} (random reward)" for m in ["rlvr"] * config.rlvr + config.ladder] if config.controls else []
     lines += [
         f"{number}. evaluation through lm-eval on {', '.join(config.tasks)}"

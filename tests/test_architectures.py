@@ -57,6 +57,7 @@ def _bench(root: Path, *args: str) -> subprocess.CompletedProcess:
         "32",
         "--ladder",
         "none",
+        "--no-corrsteer",
         "--dtype",
         "float32",
         "--device",

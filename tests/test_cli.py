@@ -94,6 +94,7 @@ def _bench(tmp_path, *extra, sae="none"):
         "none",
         "--ladder",
         "none",
+        "--no-corrsteer",
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -232,11 +233,13 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("crl", "one-token", 3),
         ("rl-vector", "-", 3),
         ("crl-lm", "-", 3),
+        ("corrsteer", "-", 3),
     }
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
     # each row carries the budget that made it: the smoke budget's steps x prompts x samples and the --limit
     assert {r["method"]: r["budget"] for r in rows} == {
         "base": "limit 3",
+        "corrsteer": "limit 3",
         **{method: SMOKE for method in ("rlvr", "crl", "rl-vector", "crl-lm")},  # the ladder on RLVR's budget
     }
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
@@ -244,7 +247,13 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     # where the run spent its time: a row per stage that ran, in order, named by profile, budget and tasks
     timings = json.loads((mine / "bench_timings" / "full-smoke-arith_mc.json").read_text())
     stages = [(r["stage"], r["task"]) for r in timings["rows"]]
-    assert stages[:4] == [("SAE", "-"), ("RLVR training", "-"), ("CRL training", "-"), ("ladder training", "-")]
+    assert stages[:5] == [
+        ("SAE", "-"),
+        ("CorrSteer", "arith_mc"),
+        ("RLVR training", "-"),
+        ("CRL training", "-"),
+        ("ladder training", "-"),
+    ]
     assert ("evaluation: crl one-token", "arith_mc") in stages and stages[-1] == ("figures and report", "-")
     assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 100 for r in timings["rows"])
     assert timings["total_wall_s"] >= sum(r["wall_s"] for r in timings["rows"])
@@ -293,6 +302,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("crl:one-token", 3),
         ("rl-vector", 3),
         ("crl-lm", 3),
+        ("corrsteer", 3),
     }
     base_sim = next(r for r in similarity if r["method"] == "base")
     assert base_sim["gap_closed"] == pytest.approx(0.0) and 0 <= base_sim["answer_agreement"] <= 1
@@ -304,11 +314,11 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         assert any({p["a"], p["b"]} == {"crl:one-token", "rlvr"} for p in overlap["pairs"])
     assert "| arith_mc | crl:one-token | 3 |" in (mine / "similarity.md").read_text()
     circuits = json.loads((mine / "circuits.json").read_text())["tasks"]["arith_mc"]
-    assert {"rlvr", "crl:one-token", "rl-vector", "crl-lm"} == set(circuits["methods"])
+    assert {"rlvr", "crl:one-token", "rl-vector", "crl-lm", "corrsteer"} == set(circuits["methods"])
     rlvr_circuit = circuits["methods"]["rlvr"]
     assert rlvr_circuit["metric_method"] != rlvr_circuit["metric_base"] and len(rlvr_circuit["components"]) == 10
     assert "rlvr_change_recovered" in circuits["methods"]["crl:one-token"]
-    assert ("crl:one-token", "rlvr") in {(p["a"], p["b"]) for p in circuits["pairs"]} and len(circuits["pairs"]) == 6
+    assert ("crl:one-token", "rlvr") in {(p["a"], p["b"]) for p in circuits["pairs"]} and len(circuits["pairs"]) == 10
     # figures and the self-contained report
     assert (mine / "figures" / "accuracy.pdf").exists()
     page = (tmp_path / "results" / "report.html").read_text()
@@ -326,7 +336,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
     assert "rl-vector on" not in again.stderr and "crl-lm on" not in again.stderr  # the ladder's runs reused too
-    assert "5 evaluation stages, 5 reused" in again.stderr
+    assert "6 evaluation stages, 6 reused" in again.stderr and "CorrSteer on" not in again.stderr
 
 
 def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):

@@ -48,6 +48,7 @@ def test_every_bench_stage_loads_onto_the_device_it_was_given(tiny_dir, tiny_sae
         vector_val_limit=2,
         crl=["one-token"],
         ladder=[],
+        corrsteer=False,
         device="cpu:0",
         dtype="float32",
         results_dir=str(tmp_path / "results"),

@@ -98,7 +98,7 @@ def feature_weights(
                 if not weights[label].any():
                     missing[label] = f"chose no feature at layer {sae.layer}"
                     del weights[label]
-    for stage in (s for s in mine if s.method == "rl-vector"):  # its direction at the SAE layer, if it has one
+    for stage in (s for s in mine if s.method in ("rl-vector", "corrsteer")):  # its vector at the SAE layer
         from harness.vectors import SteeringVectors
 
         trained = SteeringVectors.load(stage.artifact).vectors
@@ -180,7 +180,7 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
     methods: dict[str, tuple[Any, Any]] = {}
     rlvr_model = None
     for stage in (s for s in stages if s.task == task):
-        if stage.method in ("vector", "rl-vector"):
+        if stage.method in ("vector", "rl-vector", "corrsteer"):
             methods[_label(stage)] = (model, [SteeringVectors.load(stage.artifact).intervention()])
         elif stage.method == "crl-lm":  # its controller at every token, as crl_steered runs it
             from rl.crl.through_lm.gate import load_gate
