@@ -131,3 +131,185 @@ def rung_runs(config: BenchConfig, task: str) -> list[tuple[str, str, int, Any]]
         if (run_dir / ARTIFACT[method]).exists() and (run_dir / "manifest.json").exists():
             found.append((method, setting, run_config.seed, run_dir))
     return found
+
+
+# the ladder from a fixed vector to LoRA, in order: (method, label); "vector" and "crl" take the
+# task's best setting (of the five vectors; of CRL's settings)
+LADDER_ORDER = (
+    ("base", "base"),
+    ("corrsteer", "CorrSteer"),
+    ("vector", "vector (best of the sweep's)"),
+    ("crl", "CRL (PPO, best setting)"),
+    ("crl-lm", "CRL through the LM"),
+    ("rl-vector", "RL steering vector"),
+    ("rlvr", "RLVR (LoRA)"),
+)
+
+
+def _training(row: dict[str, Any]) -> dict[str, Any]:
+    """Budget, trainable parameters and wall time of the run behind a row (`<run>/eval/<settings>`)."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(str(row["run_dir"]).split(";")[0])
+    run = run_dir.parent.parent
+    path = run / "manifest.json"
+    if run_dir.parent.name != "eval" or not path.exists():
+        return {}
+    manifest = json.loads(path.read_text())
+    spent = manifest.get("spent", {})
+    return {
+        "trainable_parameters": spent.get("trainable_parameters"),
+        "wall_s": spent.get("wall_s", manifest.get("wall_s")),
+    }
+
+
+def ladder(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per task of one model's leaderboard rows: the rungs in order (the seeds' row where there is
+    one), each with its value, Δ vs base and vs RLVR, budget, trainable parameters and wall time;
+    then the random-reward controls."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    primary = [r for r in rows if (r["metric"], r["filter"]) == _primary(rows, r["task"])]
+    for task in sorted({r["task"] for r in primary}):
+        mine = [r for r in primary if r["task"] == task]
+        pooled = {(r["method"], r["setting"], r["budget"]) for r in mine if r["seed"] == "all"}
+        mine = [r for r in mine if r["seed"] == "all" or (r["method"], r["setting"], r["budget"]) not in pooled]
+        entries = []
+        for method, label in LADDER_ORDER:
+            candidates = [r for r in mine if r["method"] == method and r["setting"] != "random-reward"]
+            if not candidates:
+                continue
+            best = max(candidates, key=lambda r: (r["value"], str(r["budget"])))
+            entries.append(_entry(best, label))
+        entries += [
+            _entry(r, f"{r['method']} on a random reward (control)") for r in mine if r["setting"] == "random-reward"
+        ]
+        found[task] = entries
+    return found
+
+
+def _primary(rows: list[dict[str, Any]], task: str) -> tuple[str, str]:
+    """The (metric, filter) a task's ladder compares: its base row's, else its first row's."""
+    mine = [r for r in rows if r["task"] == task]
+    first = next((r for r in mine if r["method"] == "base"), mine[0])
+    return first["metric"], first["filter"]
+
+
+def _entry(row: dict[str, Any], label: str) -> dict[str, Any]:
+    from crl_bench.leaderboard import control_gained
+
+    return {
+        "rung": label,
+        "method": row["method"],
+        "setting": row["setting"],
+        "seed": row["seed"],
+        "value": row["value"],
+        "n": row["n"],
+        "delta_vs_base": row.get("delta_vs_base"),
+        "delta_vs_base_ci95": row.get("delta_vs_base_ci95"),
+        "p_vs_base": row.get("p_vs_base"),
+        "delta_vs_rlvr": row.get("delta_vs_rlvr"),
+        "budget": row.get("budget"),
+        "control_gained": control_gained(row),
+        **_training(row),
+    }
+
+
+def write_ladder(results_dir: Any) -> list[Any]:
+    """`results/<model>/ladder.{json,md}` and `figures/ladder-<task>.{png,pdf}` for each model of
+    the leaderboard; returns the markdown files written."""
+    import json
+    from pathlib import Path
+
+    from harness.manifest import build_manifest, write_json, write_text
+    from harness.models import model_results
+
+    results = Path(results_dir)
+    rows = json.loads((results / "leaderboard.json").read_text())["rows"]
+    written = []
+    for model in sorted({r["model"] for r in rows}):
+        folder = model_results(results, model)
+        tasks = ladder([r for r in rows if r["model"] == model])
+        if not tasks:
+            continue
+        write_json(folder / "ladder.json", build_manifest(kind="ladder", model=model, tasks=tasks))
+        write_text(folder / "ladder.md", render_ladder(model, tasks))
+        for task, entries in tasks.items():
+            _plot_ladder(task, entries, folder / "figures" / f"ladder-{task}")
+        written.append(folder / "ladder.md")
+    return written
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render_ladder(model: str, tasks: dict[str, list[dict[str, Any]]]) -> str:
+    lines = [
+        f"# The ladder on {model}: from a fixed vector to LoRA",
+        "",
+        "Generated from leaderboard.json by `crl_bench.ladder` (never edit by hand). Per task, each rung's best row "
+        "(vectors: the best of the sweep's directions; CRL: its best setting; the seeds' row where there is one), "
+        "its gain over base with the 95% interval and Holm-corrected p, its distance to RLVR, the budget it "
+        "trained on, its trainable parameters and the wall time of its training run. ¶: a random-reward control "
+        "still above base.",
+        "",
+    ]
+    for task, entries in tasks.items():
+        lines += [
+            f"## {task}",
+            "",
+            "| rung | value | Δ vs base [95% CI] | p (Holm) | Δ vs RLVR | budget | trainable parameters | training s |",
+            "|---|---:|---|---:|---:|---|---:|---:|",
+        ]
+        for e in entries:
+            ci = e["delta_vs_base_ci95"]
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            wall = f"{e['wall_s']:.0f}" if e.get("wall_s") is not None else ""
+            lines.append(
+                f"| {e['rung']}{' ¶' if e['control_gained'] else ''} | {_fmt(e['value'])} | "
+                f"{_fmt(e['delta_vs_base'])}{interval} | {_fmt(e['p_vs_base'], 4)} | {_fmt(e['delta_vs_rlvr'])} | "
+                f"{e['budget'] or ''} | {_fmt(e.get('trainable_parameters'))} | {wall} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plot_ladder(task: str, entries: list[dict[str, Any]], stem: Any) -> None:
+    """Each rung's gain over base with its 95% interval, RLVR's gain as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [e for e in entries if e["delta_vs_base"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(shown) + 1.4))
+    for y, e in enumerate(shown):
+        ci = e["delta_vs_base_ci95"] or (e["delta_vs_base"], e["delta_vs_base"])
+        colour = "tab:gray" if "control" in e["rung"] else ("tab:red" if e["method"] == "rlvr" else "tab:blue")
+        ax.errorbar(
+            e["delta_vs_base"],
+            y,
+            xerr=[[e["delta_vs_base"] - ci[0]], [ci[1] - e["delta_vs_base"]]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+    rlvr = next((e for e in shown if e["method"] == "rlvr" and "control" not in e["rung"]), None)
+    if rlvr is not None:
+        ax.axvline(rlvr["delta_vs_base"], color="tab:red", linestyle="--", linewidth=1, label="RLVR's gain")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(shown)), [e["rung"] for e in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gain over base (95% interval)")
+    ax.set_title(f"The ladder on {task}", fontsize=10)
+    fig.tight_layout()
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".pdf"):
+        fig.savefig(stem.with_suffix(suffix), dpi=150)
+    plt.close(fig)

@@ -140,6 +140,37 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _ladder(folder: Path) -> str:
+    """Each task's rungs (`results/<model>/ladder.json`) with their figure."""
+    path = folder / "ladder.json"
+    if not path.exists():
+        return "<p>No ladder (no leaderboard rows for this model).</p>"
+    parts = []
+    for task, entries in json.loads(path.read_text())["tasks"].items():
+        table = [
+            [
+                e["rung"] + (" ¶" if e["control_gained"] else ""),
+                e["value"],
+                e["delta_vs_base"],
+                e["delta_vs_base_ci95"],
+                e["p_vs_base"],
+                e["delta_vs_rlvr"],
+                e["budget"],
+                e.get("trainable_parameters"),
+                e.get("wall_s"),
+            ]
+            for e in entries
+        ]
+        headers = ["rung", "value", "Δ vs base", "95% CI", "p (Holm)", "Δ vs RLVR", "budget", "trainable", "training s"]
+        figure = folder / "figures" / f"ladder-{task}.png"
+        parts.append(
+            f"<h4>{html.escape(task)}</h4>"
+            + _table(headers, table)
+            + (_image(figure, folder.parent) if figure.exists() else "")
+        )
+    return "".join(parts)
+
+
 def _trained_runs(rows: list[dict[str, Any]]) -> list[tuple[dict, Path]]:
     """(row, training run directory) for rows evaluated from a trained run (`<run>/eval/<settings>`,
     or `<run>/eval` in boards written before each settings had its own folder)."""
@@ -563,7 +594,11 @@ def build(results_dir: str | Path) -> Path:
         found += sorted(set(folder.glob("*/*/curve.png")) - set(found))  # then the rest: experiments/*
         return "".join(_image(p, results) for p in found) or "<p>No training runs.</p>"
 
+    from crl_bench.ladder import write_ladder
+
+    write_ladder(results)  # the ladder's tables and figures, regenerated with the report
     sections = [
+        ("ladder", "The ladder: from a fixed vector to LoRA", per_model(_ladder)),
         ("leaderboard", "Leaderboard", _leaderboard(rows)),
         ("budget", "Training budget spent", _budget(rows)),
         ("figures", "Figures", per_model(figures)),
