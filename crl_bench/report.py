@@ -290,9 +290,29 @@ def _breakdowns(results: Path) -> str:
         parts.append(f"<h3>{html.escape(entry['task'])} by {html.escape(entry['by'])}</h3>")
         parts.append(
             _table(
-                ["group", "method", "n", "accuracy", "fixed", "broken", "p vs base (Holm)"],
                 [
-                    [r["group"], r["method"], r["n"], r["accuracy"], r["fixed"], r["broken"], r["p_vs_base_holm"]]
+                    "group",
+                    "method",
+                    "n",
+                    "accuracy",
+                    "fixed",
+                    "broken",
+                    "p vs base (Holm)",
+                    "gain from format",
+                    "gain from answers",
+                ],
+                [
+                    [
+                        r["group"],
+                        r["method"],
+                        r["n"],
+                        r["accuracy"],
+                        r["fixed"],
+                        r["broken"],
+                        r["p_vs_base_holm"],
+                        r.get("gain_from_format") if r["method"] != "base" else None,
+                        r.get("gain_from_answers") if r["method"] != "base" else None,
+                    ]
                     for r in entry["groups"]
                 ],
                 left=2,

@@ -82,6 +82,27 @@ def test_breakdown_counts_fixed_and_broken_per_group(tmp_path):
     assert result["steps"] is None  # no step check for this grouping
 
 
+def test_breakdown_splits_the_gain_into_repaired_format_and_changed_answers(tmp_path):
+    """Issue 26's format repair: of a method's gain, the items where base gave no valid answer (its
+    filter found none: "[invalid]") and the rest (valid answers it changed)."""
+    from crl_bench.analyses.breakdown import Grouping, breakdown, read_evaluated, render
+
+    docs = [{"kind": 0}] * 8
+    base = [("[invalid]", 0)] * 4 + [("7", 0)] * 2 + [("5", 1)] * 2
+    method = [("5", 1)] * 2 + [("[invalid]", 0)] * 2 + [("5", 1), ("7", 0)] + [("4", 0), ("5", 1)]
+    runs = [
+        read_evaluated(name, _samples(tmp_path / name, [(d, c, r) for d, (r, c) in zip(docs, rows)]))
+        for name, rows in (("base", base), ("method", method))
+    ]
+    result = breakdown("toy", runs, Grouping("kind"))
+    row = next(r for r in result["groups"] if r["group"] == "all items" and r["method"] == "method")
+    assert (row["fixed"], row["broken"], row["base_invalid"]) == (3, 1, 4)
+    assert row["gain_from_format"] == 2 / 8 and row["gain_from_answers"] == 0.0  # 1 answer fixed, 1 broken
+    assert "| all items | method | 8 | 0.500 | 3 | 1 |" in render(result) and "| 4 | +0.250 | +0.000 |" in render(
+        result
+    )
+
+
 def test_breakdown_refuses_runs_that_do_not_match(tmp_path):
     from crl_bench.analyses.breakdown import Grouping, breakdown, read_evaluated
 

@@ -64,6 +64,7 @@ class Evaluated:
     docs: dict[int, dict]
     correct: dict[int, float]
     completions: dict[int, str]
+    valid: dict[int, bool] | None = None  # whether the item's answer parsed (generation: the filter found one)
 
 
 def read_evaluated(
@@ -82,21 +83,29 @@ def read_evaluated(
             f"{label}: no samples.jsonl in {run_dir} (the run's cache is not on this machine: "
             f"rerun `crl-bench bench` for it, or name its directory with --run {label}=DIR)"
         )
-    docs, correct, completions = {}, {}, {}
+    docs, correct, completions, valid = {}, {}, {}, {}
     for doc, sample, value in scored_samples(samples, metric, filter_name, exclude):
         if value not in (0.0, 1.0):
             raise ValueError(
                 f"{label}: {metric or sample['metrics'][0]} is not a 0/1 score ({value}); a breakdown needs "
                 f"per-item correctness"
             )
-        docs[doc], correct[doc] = sample["doc"], value
+        docs[doc], correct[doc], valid[doc] = sample["doc"], value, _valid(sample)
         response = sample["resps"][0] if sample.get("resps") else None
         completions[doc] = (
             response[0] if isinstance(response, list) and response and isinstance(response[0], str) else ""
         )
     if not correct:
         raise ValueError(f"{label}: {samples} has no scored items")
-    return Evaluated(label, samples, docs, correct, completions)
+    return Evaluated(label, samples, docs, correct, completions, valid)
+
+
+def _valid(sample: dict[str, Any]) -> bool:
+    """Whether the model gave a valid answer: a generation whose filters found no answer reads
+    "[invalid]" (lm-eval's regex filter) or nothing; a multiple-choice answer is always a choice."""
+    filtered = sample.get("filtered_resps") or []
+    first = filtered[0] if filtered else None
+    return not (isinstance(first, str) and first.strip() in ("[invalid]", ""))
 
 
 def board_model(leaderboard: str | Path, task: str) -> str:
@@ -173,14 +182,23 @@ def breakdown(task: str, evaluated: list[Evaluated], grouping: Grouping) -> dict
         name = "all items" if key == "all" else grouping.name(key)
         for run in evaluated:
             mine, ref = [run.correct[i] for i in ids], [base.correct[i] for i in ids]
+            valid = [True if base.valid is None else base.valid.get(i, True) for i in ids]
+            fixed = sum(m > r for m, r in zip(mine, ref))
+            repaired = sum(m > r and not v for m, r, v in zip(mine, ref, valid))  # base gave no valid answer
+            broken = sum(m < r for m, r in zip(mine, ref))
             table.append(
                 {
                     "group": name,
                     "method": run.label,
                     "n": len(ids),
                     "accuracy": sum(mine) / len(ids),
-                    "fixed": sum(m > r for m, r in zip(mine, ref)),
-                    "broken": sum(m < r for m, r in zip(mine, ref)),
+                    "fixed": fixed,
+                    "broken": broken,
+                    # the gain split: items base answered in no valid form that the method got right, and
+                    # the rest of the net gain (valid answers it changed, right or wrong)
+                    "base_invalid": sum(not v for v in valid),
+                    "gain_from_format": repaired / len(ids),
+                    "gain_from_answers": (fixed - repaired - broken) / len(ids),
                     "p_vs_base": None if run is base else mcnemar_exact(mine, ref),
                 }
             )
@@ -220,14 +238,25 @@ def render(result: dict[str, Any]) -> str:
         "base on the group's items, Holm-corrected over every (group, method) row; on all items, uncorrected "
         "(the leaderboard corrects it across tasks).",
         "",
-        "| group | method | n | accuracy | fixed | broken | p vs base |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "Gain from format / from answers: the method's net gain over base split into items where base gave no "
+        "valid answer (no number its filter could read, e.g. `[invalid]`) that the method got right, and the "
+        "rest (valid answers it changed, fixed minus broken); multiple-choice answers are always valid.",
+        "",
+        "| group | method | n | accuracy | fixed | broken | p vs base | base invalid | gain from format | "
+        "gain from answers |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["groups"]:
+        own = r["method"] != "base"
+        split = (
+            f"{r['gain_from_format']:+.3f} | {r['gain_from_answers']:+.3f}"
+            if own and "gain_from_format" in r
+            else " | "
+        )
         lines.append(
             f"| {r['group']} | {r['method']} | {r['n']} | {r['accuracy']:.3f} | "
-            f"{'' if r['method'] == 'base' else r['fixed']} | {'' if r['method'] == 'base' else r['broken']} | "
-            f"{p(r['p_vs_base_holm'])} |"
+            f"{r['fixed'] if own else ''} | {r['broken'] if own else ''} | "
+            f"{p(r['p_vs_base_holm'])} | {r.get('base_invalid', '')} | {split} |"
         )
     if result["steps"]:
         names = list(result["steps"][0]["right"])
