@@ -100,8 +100,8 @@ def test_controllers_are_checked_for_their_model_and_their_tensors(tmp_path, tin
 
 
 def test_a_truncated_stage_record_is_redone_and_says_why(tiny_dir, tmp_path):
-    from crl_bench.bench import STAGE, plan
     from crl_bench.bench_config import BenchConfig
+    from crl_bench.stages import STAGE, plan
 
     config = BenchConfig(
         model=tiny_dir,

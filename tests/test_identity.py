@@ -71,8 +71,8 @@ def test_training_runs_and_sweeps_fingerprint_their_inputs(tiny_dir, tmp_path):
 def test_bench_says_why_a_stage_is_evaluated_again(tiny_dir, tmp_path):
     import json
 
-    from crl_bench.bench import STAGE, plan
     from crl_bench.bench_config import BenchConfig
+    from crl_bench.stages import STAGE, plan
 
     model = _tiny_copy(tiny_dir, tmp_path)
     config = BenchConfig(
