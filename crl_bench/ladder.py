@@ -172,14 +172,14 @@ def ladder(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     primary = [r for r in rows if (r["metric"], r["filter"]) == _primary(rows, r["task"])]
     for task in sorted({r["task"] for r in primary}):
         mine = [r for r in primary if r["task"] == task]
-        pooled = {(r["method"], r["setting"], r["budget"]) for r in mine if r["seed"] == "all"}
-        mine = [r for r in mine if r["seed"] == "all" or (r["method"], r["setting"], r["budget"]) not in pooled]
+        pooled = {(r["method"], r["setting"], r.get("budget")) for r in mine if r["seed"] == "all"}
+        mine = [r for r in mine if r["seed"] == "all" or (r["method"], r["setting"], r.get("budget")) not in pooled]
         entries = []
         for method, label in LADDER_ORDER:
             candidates = [r for r in mine if r["method"] == method and r["setting"] != "random-reward"]
             if not candidates:
                 continue
-            best = max(candidates, key=lambda r: (r["value"], str(r["budget"])))
+            best = max(candidates, key=lambda r: (r["value"], str(r.get("budget"))))
             entries.append(_entry(best, label))
         entries += [
             _entry(r, f"{r['method']} on a random reward (control)") for r in mine if r["setting"] == "random-reward"

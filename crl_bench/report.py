@@ -10,13 +10,22 @@ each row, the commit that produced the tables).
 
 from __future__ import annotations
 
-import base64
 import functools
 import html
 import json
 from pathlib import Path
 from typing import Any
 
+from crl_bench.report_sections import (
+    breakdowns,
+    circuit_entry,
+    html_table,
+    image,
+    interaction_entry,
+    overlap_entry,
+    per_task,
+    similarity,
+)
 from harness.manifest import write_text
 from harness.models import model_results
 
@@ -50,40 +59,6 @@ under Provenance.</p>
 """
 
 
-def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(_cell(v))}</td>' for i, v in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-4:
-            return f"{value:.1e}"
-        return f"{value:.4f}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-        return f"[{value[0]:.3f}, {value[1]:.3f}]"
-    return str(value)
-
-
-def _image(path: Path, results: Path) -> str:
-    """An inlined figure, captioned with its file (and the PDF beside it) under results/."""
-    data = base64.b64encode(path.read_bytes()).decode()
-    name = f"results/{path.relative_to(results).as_posix()}"
-    pdf = " (and .pdf)" if path.with_suffix(".pdf").exists() else ""
-    return (
-        f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"><figcaption class="prov">'
-        f"{html.escape(name)}{pdf}</figcaption></figure>"
-    )
-
-
 def _leaderboard(rows: list[dict[str, Any]]) -> str:
     from crl_bench.leaderboard import LEGACY_NOTE, OTHER_PROCESSOR_NOTE, is_legacy, mdd_sentence, method_label
 
@@ -92,7 +67,7 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
         mine = [r for r in rows if r["model"] == model]
         parts.append(f"<h3>{html.escape(model)}</h3>")
         parts.append(
-            _table(
+            html_table(
                 [
                     "task",
                     "method",
@@ -165,8 +140,8 @@ def _ladder(folder: Path) -> str:
         figure = folder / "figures" / f"ladder-{task}.png"
         parts.append(
             f"<h4>{html.escape(task)}</h4>"
-            + _table(headers, table)
-            + (_image(figure, folder.parent) if figure.exists() else "")
+            + html_table(headers, table)
+            + (image(figure, folder.parent) if figure.exists() else "")
         )
     return "".join(parts)
 
@@ -206,7 +181,7 @@ def _budget(rows: list[dict[str, Any]]) -> str:
         )
     if not table:
         return "<p>No trained runs in the leaderboard.</p>"
-    return _table(
+    return html_table(
         [
             "task",
             "method",
@@ -222,236 +197,6 @@ def _budget(rows: list[dict[str, Any]]) -> str:
         table,
         left=4,
     )
-
-
-def _json_rows(path: Path, key: str) -> Any:
-    return json.loads(path.read_text())[key] if path.exists() else None
-
-
-def _similarity(results: Path) -> str:
-    rows = _json_rows(results / "similarity.json", "rows")
-    if not rows:
-        return "<p>No RLVR run to compare with.</p>"
-    return _table(
-        [
-            "task",
-            "method",
-            "n",
-            "agreement",
-            "κ",
-            "fixed RLVR",
-            "fixed m",
-            "both",
-            "Jaccard",
-            "p",
-            "KL(RLVR‖m)",
-            "JS",
-            "JS base",
-            "gap closed",
-            "KL(m‖base)",
-        ],
-        [
-            [
-                r["task"],
-                r["method"],
-                r["n"],
-                r["answer_agreement"],
-                r["kappa"],
-                r["fixed_by_rlvr"],
-                r["fixed_by_method"],
-                r["fixed_both"],
-                r["fixed_jaccard"],
-                r["fixed_overlap_p"],
-                r["kl_from_rlvr"],
-                r["js_to_rlvr"],
-                r["base_js_to_rlvr"],
-                r["gap_closed"],
-                r["kl_from_base"],
-            ]
-            for r in rows
-        ],
-        left=2,
-    )
-
-
-def _per_task(path: Path, empty: str, entry_html: Any) -> str:
-    """One <h3> section per task of an analysis JSON (`{"tasks": {task: entry}}`)."""
-    tasks = _json_rows(path, "tasks")
-    if not tasks:
-        return f"<p>{empty}</p>"
-    return "".join(f"<h3>{html.escape(task)}</h3>" + entry_html(entry) for task, entry in tasks.items())
-
-
-def _breakdowns(results: Path) -> str:
-    """`breakdown/<task>.json`: accuracy per group of items, and the step check where there is one."""
-    parts = []
-    for path in sorted((results / "breakdown").glob("*.json")):
-        entry = json.loads(path.read_text())
-        parts.append(f"<h3>{html.escape(entry['task'])} by {html.escape(entry['by'])}</h3>")
-        parts.append(
-            _table(
-                [
-                    "group",
-                    "method",
-                    "n",
-                    "accuracy",
-                    "fixed",
-                    "broken",
-                    "p vs base (Holm)",
-                    "gain from format",
-                    "gain from answers",
-                ],
-                [
-                    [
-                        r["group"],
-                        r["method"],
-                        r["n"],
-                        r["accuracy"],
-                        r["fixed"],
-                        r["broken"],
-                        r["p_vs_base_holm"],
-                        r.get("gain_from_format") if r["method"] != "base" else None,
-                        r.get("gain_from_answers") if r["method"] != "base" else None,
-                    ]
-                    for r in entry["groups"]
-                ],
-                left=2,
-            )
-        )
-        if entry.get("steps"):
-            names = list(entry["steps"][0]["right"])
-            parts.append("<p>Completions that get each step of the worked solution right, each step on its own:</p>")
-            parts.append(
-                _table(
-                    ["group", "method", "n", *names],
-                    [[s["group"], s["method"], s["n"], *(s["right"].get(k, 0) for k in names)] for s in entry["steps"]],
-                    left=2,
-                )
-            )
-    return "".join(parts) or "<p>No breakdowns (no task with a grouping, or `crl-bench breakdown` not run).</p>"
-
-
-def _overlap_entry(entry: dict[str, Any]) -> str:
-    parts = [
-        f"<p>SAE layer {entry['layer']}, top {entry['k']} features per method.</p>",
-        _table(
-            ["a", "b", "Jaccard", "p", "RBO", "p", "shared"],
-            [
-                [
-                    p["a"],
-                    p["b"],
-                    p["jaccard"],
-                    p["jaccard_p"],
-                    p["rbo"],
-                    p["rbo_p"],
-                    ", ".join(map(str, p["shared"][:10])),
-                ]
-                for p in entry["pairs"]
-            ],
-            left=2,
-        ),
-    ]
-    parts += [
-        f"<p>{html.escape(name)}: no features ({html.escape(why)}).</p>"
-        for name, why in entry.get("missing", {}).items()
-    ]
-    return "".join(parts)
-
-
-def _circuit_entry(entry: dict[str, Any]) -> str:
-    if "skipped" in entry:
-        return f"<p>{html.escape(entry['skipped'])}</p>"
-    return _table(
-        [
-            "method",
-            "metric base",
-            "metric method",
-            "own nodes recover",
-            "RLVR change recovered",
-            "top components",
-            "top features",
-        ],
-        [
-            [
-                name,
-                m["metric_base"],
-                m["metric_method"],
-                m["recovered_by_own_nodes"],
-                m.get("rlvr_change_recovered"),
-                ", ".join(f"{k[0]}{k[1]}" + (f".{k[2]}" if k[0] == "head" else "") for k in m["components"][:6]),
-                ", ".join(map(str, m["features"][:8])),
-            ]
-            for name, m in entry["methods"].items()
-        ],
-    ) + _table(
-        ["a", "b", "components Jaccard", "p", "features Jaccard", "p"],
-        [
-            [p["a"], p["b"], p["components_jaccard"], p["components_p"], p["features_jaccard"], p["features_p"]]
-            for p in entry["pairs"]
-        ],
-        left=2,
-    )
-
-
-def _interaction_entry(methods: dict[str, Any]) -> str:
-    parts = []
-    for label, e in methods.items():
-        parts.append(f"<h4>{html.escape(label)}</h4>")
-        if "skipped" in e or "note" in e:
-            parts.append(f"<p>{html.escape(e.get('skipped') or e['note'])}</p>")
-        elif e["setting"] == "generation":
-            parts.append(
-                f"<p>{e['items']} validation items, {e['steered_decisions']} of {e['decisions']} decisions "
-                f"steered, {e['ablations']} ablations: later choices changed {_cell(e['later_changed_share'])} "
-                f"{_cell(e['later_changed_share_ci'])}, completion changed {_cell(e['completion_changed_share'])}, "
-                f"reward effect of a choice {_cell(e['reward_effect'])} {_cell(e['reward_effect_ci'])}.</p>"
-            )
-            parts.append(
-                _table(
-                    ["ablated feature", "ablations", "later choices changed", "completion changed", "reward effect"],
-                    [
-                        [
-                            f["feature"],
-                            f["ablations"],
-                            f["later_changed_share"],
-                            f["completion_changed_share"],
-                            f["reward_effect"],
-                        ]
-                        for f in e["by_feature"]
-                    ],
-                )
-            )
-        else:
-            parts.append(
-                _table(
-                    [
-                        "earlier → later layer",
-                        "earlier steered",
-                        "later re-decided differently",
-                        "m(both)",
-                        "m(earlier only)",
-                        "m(later only)",
-                        "m(neither)",
-                        "interaction",
-                        "95% CI",
-                    ],
-                    [
-                        [
-                            f"{p['earlier']} → {p['later']}",
-                            f"{p['earlier_steered']} / {p['items']}",
-                            p["later_changed"],
-                            p["metric_both"],
-                            p["metric_earlier_only"],
-                            p["metric_later_only"],
-                            p["metric_neither"],
-                            p["interaction"],
-                            p["interaction_ci"],
-                        ]
-                        for p in e["pairs"]
-                    ],
-                )
-            )
-    return "".join(parts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -585,7 +330,7 @@ def _provenance(rows: list[dict[str, Any]]) -> str:
             else "(manifest not on this machine)"
         )
         table.append([r["task"], r["method"], r["setting"], r["seed"], r["metric"], r["run_dir"], commit])
-    return _table(
+    return html_table(
         ["task", "method", "setting", "seed", "metric", "run directory", "commit of the evaluation"], table, left=7
     )
 
@@ -606,13 +351,13 @@ def build(results_dir: str | Path) -> Path:
         return "".join(f"<h3>{html.escape(model)}</h3>" + body(folder) for model, folder in folders)
 
     def figures(folder: Path) -> str:
-        found = sorted((folder / "figures").glob("*.png"))
-        return "".join(_image(p, results) for p in found) or "<p>No figures.</p>"
+        found = sorted(p for p in (folder / "figures").glob("*.png") if not p.name.startswith("ladder-"))
+        return "".join(image(p, results) for p in found) or "<p>No figures.</p>"
 
     def curves(folder: Path) -> str:
         found = sorted(folder.glob("rlvr/*/curve.png")) + sorted(folder.glob("crl-*/*/curve.png"))
         found += sorted(set(folder.glob("*/*/curve.png")) - set(found))  # then the rest: experiments/*
-        return "".join(_image(p, results) for p in found) or "<p>No training runs.</p>"
+        return "".join(image(p, results) for p in found) or "<p>No training runs.</p>"
 
     from crl_bench.ladder import write_ladder
 
@@ -622,33 +367,33 @@ def build(results_dir: str | Path) -> Path:
         ("leaderboard", "Leaderboard", _leaderboard(rows)),
         ("budget", "Training budget spent", _budget(rows)),
         ("figures", "Figures", per_model(figures)),
-        ("similarity", "Behavioural similarity to RLVR", per_model(_similarity)),
+        ("similarity", "Behavioural similarity to RLVR", per_model(similarity)),
         (
             "overlap",
             "SAE-feature overlap",
             per_model(
-                lambda f: _per_task(
-                    f / "overlap.json", "No feature overlap computed (no SAE, or no analyses).", _overlap_entry
+                lambda f: per_task(
+                    f / "overlap.json", "No feature overlap computed (no SAE, or no analyses).", overlap_entry
                 )
             ),
         ),
         (
             "circuits",
             "Circuit overlap",
-            per_model(lambda f: _per_task(f / "circuits.json", "No circuits computed.", _circuit_entry)),
+            per_model(lambda f: per_task(f / "circuits.json", "No circuits computed.", circuit_entry)),
         ),
         (
             "interactions",
             "CRL interactions across layers and tokens",
             per_model(
-                lambda f: _per_task(
+                lambda f: per_task(
                     f / "interactions.json",
                     "No CRL controller with several layers or generated tokens.",
-                    _interaction_entry,
+                    interaction_entry,
                 )
             ),
         ),
-        ("breakdown", "Where methods gain and lose: accuracy per group of items", per_model(_breakdowns)),
+        ("breakdown", "Where methods gain and lose: accuracy per group of items", per_model(breakdowns)),
         ("curves", "Learning curves", per_model(curves)),
         ("traces", "CRL intervention traces", _traces(rows)),
         ("provenance", "Provenance", _provenance(rows)),
