@@ -196,10 +196,11 @@ def _primary(rows: list[dict[str, Any]], task: str) -> tuple[str, str]:
 
 
 def _entry(row: dict[str, Any], label: str) -> dict[str, Any]:
-    from crl_bench.leaderboard import control_gained
+    from crl_bench.leaderboard import control_gained, method_label
 
     return {
         "rung": label,
+        "marks": method_label(row)[len(row["method"]) :].strip(),  # the leaderboard's † ‡ § ¶
         "method": row["method"],
         "setting": row["setting"],
         "seed": row["seed"],
@@ -255,8 +256,10 @@ def render_ladder(model: str, tasks: dict[str, list[dict[str, Any]]]) -> str:
         "Generated from leaderboard.json by `crl_bench.ladder` (never edit by hand). Per task, each rung's best row "
         "(vectors: the best of the sweep's directions; CRL: its best setting; the seeds' row where there is one), "
         "its gain over base with the 95% interval and Holm-corrected p, its distance to RLVR, the budget it "
-        "trained on, its trainable parameters and the wall time of its training run. ¶: a random-reward control "
-        "still above base.",
+        "trained on, its trainable parameters and the wall time of its training run (blank where the run is not "
+        "on this machine or its row predates budgets). Marks as on the leaderboard (leaderboard.md): † legacy, "
+        "‡ compared with a run on another processor, § another library stack, ¶ a random-reward control still "
+        "above base.",
         "",
     ]
     for task, entries in tasks.items():
@@ -270,9 +273,12 @@ def render_ladder(model: str, tasks: dict[str, list[dict[str, Any]]]) -> str:
             ci = e["delta_vs_base_ci95"]
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             wall = f"{e['wall_s']:.0f}" if e.get("wall_s") is not None else ""
+            p = e["p_vs_base"]
+            p_text = "" if p is None else f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
             lines.append(
-                f"| {e['rung']}{' ¶' if e['control_gained'] else ''} | {_fmt(e['value'])} | "
-                f"{_fmt(e['delta_vs_base'])}{interval} | {_fmt(e['p_vs_base'], 4)} | {_fmt(e['delta_vs_rlvr'])} | "
+                f"| {e['rung']}{' ' + e['marks'] if e['marks'] else ''} | {_fmt(e['value'])} | "
+                f"{_fmt(e['delta_vs_base'])}{interval} | {p_text} | "
+                f"{_fmt(e['delta_vs_rlvr'])} | "
                 f"{e['budget'] or ''} | {_fmt(e.get('trainable_parameters'))} | {wall} |"
             )
         lines.append("")

@@ -124,7 +124,7 @@ def _ladder(folder: Path) -> str:
     for task, entries in json.loads(path.read_text())["tasks"].items():
         table = [
             [
-                e["rung"] + (" ¶" if e["control_gained"] else ""),
+                e["rung"] + (" " + e["marks"] if e.get("marks") else ""),
                 e["value"],
                 e["delta_vs_base"],
                 e["delta_vs_base_ci95"],

@@ -52,7 +52,7 @@ def test_ladder_tables_figures_and_report(tmp_path):
     assert record[-1]["control_gained"] and not any(e["control_gained"] for e in record[:-1])
     text = md.read_text()
     assert "| CRL through the LM | 0.375 | 0.125 [" in text and "| 4,242 | 62 |" in text
-    assert "| rlvr on a random reward (control) ¶ |" in text
+    assert "| rlvr on a random reward (control) ¶ |" in text and record[-1]["marks"] == "¶"
     assert (tmp_path / "m" / "figures" / "ladder-t.png").exists() and (
         tmp_path / "m" / "figures" / "ladder-t.pdf"
     ).exists()
