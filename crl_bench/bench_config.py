@@ -266,13 +266,19 @@ def corrsteer_config(config: BenchConfig, task: str) -> Any:
 
 def rlvr_configs(config: BenchConfig, task: str) -> list[Any]:
     """One RLVR run per seed of the budget."""
-    from rl.budget import Budget
     from rl.rlvr.config import RLVRConfig
 
-    settings = rl_settings(config, task, "rlvr")
+    return seeded_configs(RLVRConfig, config, task, rl_settings(config, task, "rlvr"))
+
+
+def seeded_configs(cls: type, config: BenchConfig, task: str, settings: dict[str, Any]) -> list[Any]:
+    """One `cls` run of `task` per seed of the budget: the bench's budget unless `settings` (a
+    method's `--rl-settings`) name another, and the bench's model, device and folders."""
+    from rl.budget import Budget
+
     seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
     return [
-        RLVRConfig(
+        cls(
             **{"budget": config.budget, **settings},
             model=config.model,
             task=task,

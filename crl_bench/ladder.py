@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crl_bench.bench_config import BenchConfig, rl_settings
+from crl_bench.bench_config import BenchConfig, rl_settings, seeded_configs
 
 ARTIFACT = {
     "rlvr": "adapter_model.safetensors",
@@ -34,25 +34,12 @@ def config_class(rung: str) -> type:
 
 def rung_configs(config: BenchConfig, task: str, rung: str) -> list[Any]:
     """One run of `rung` per seed of the budget, with RLVR's sampling settings from `--rl-settings`."""
-    from rl.budget import Budget
 
     rlvr = rl_settings(config, task, "rlvr")
     settings = {**{k: rlvr[k] for k in SAMPLING if k in rlvr}, **rl_settings(config, task, rung)}
     if rung == "crl-lm":
         settings = {"sae": config.sae, "sae_corpus": config.sae_corpus, "layer": config.sae_layer, **settings}
-    seeds = Budget.resolve(settings.get("budget", config.budget)).seeds
-    return [
-        config_class(rung)(
-            **{"budget": config.budget, **settings},
-            model=config.model,
-            task=task,
-            seed=seed,
-            device=config.device,
-            results_dir=config.results_dir,
-            runs_dir=config.runs_dir,
-        )
-        for seed in seeds
-    ]
+    return seeded_configs(config_class(rung), config, task, settings)
 
 
 def trainer(method: str) -> Any:
