@@ -85,3 +85,14 @@ def test_bench_plans_the_ladder_and_the_controls(tiny_dir, tiny_sae_dir, tmp_pat
         BenchConfig(**common, ladder="lora")
     with pytest.raises(ValueError, match="unknown --controls shuffled"):
         BenchConfig(**common, controls="shuffled")
+
+
+def test_the_ladder_budget_file_is_the_cpu_preset_on_three_seeds():
+    from pathlib import Path
+
+    from rl.budget import Budget
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "ladder-cpu-3seeds.yaml"
+    three, cpu = Budget.resolve(str(path)), Budget.resolve("cpu")
+    assert three.seeds == [0, 1, 2] and three.rollouts == cpu.rollouts == 1280
+    assert Budget.resolve(str(path), generation=True).rollouts == Budget.resolve("cpu", generation=True).rollouts
