@@ -458,3 +458,40 @@ def test_sae_cli_trains_measures_and_shows_cards(tmp_path, tiny_dir, corpus_file
     assert main(["sae", "card", "--model", tiny_dir, "--sae", str(out), "--feature", "999"]) == 2
     assert "feature 999 does not exist" in capsys.readouterr().err
     assert main(["sae", "eval", "--model", tiny_dir, "--sae", "./nowhere"]) == 2
+
+
+def test_a_retrained_sae_never_replaces_the_record_earlier_results_used(tmp_path):
+    """Issue 24: an SAE retrained with the same settings (another machine, another run) has the
+    same name; its quality record goes beside the earlier SAE's, named by its weights, while a
+    re-measurement of the same SAE updates its own record."""
+    import json
+    from types import SimpleNamespace
+
+    from harness.sae.assess import publish
+
+    def sae(folder, weights):
+        folder.mkdir(parents=True)
+        (folder / "sae_weights.safetensors").write_bytes(weights)
+        (folder / "feature_cards.json").write_text(json.dumps({"cards": []}))
+        return SimpleNamespace(name="layer9-w16-k4-abc", layer=9, directory=folder)
+
+    metrics = dict(l0=4.0, fvu=0.1, ce_loss_recovered=0.9, ce_loss_clean=3.0, ce_loss_sae=3.2)
+    metrics.update(ce_loss_zero_ablation=9.0, dead_fraction=0.0, eval_tokens=100)
+
+    def record(training):
+        sae_fields = {"name": "layer9-w16-k4-abc", "layer": 9, "d_sae": 16, "directory": "x"}
+        return {"kind": "sae_quality", "model": "m", "sae": sae_fields, "metrics": metrics, "training": training}
+
+    first, second = sae(tmp_path / "a", b"weights one"), sae(tmp_path / "b", b"weights two")
+    results = tmp_path / "results"
+    path = publish({**record({"wall_s": 1}), "heldout_corpus": {"spec": "builtin"}}, first, results)
+    assert path.name == "m__layer9-w16-k4-abc.json"
+    again = publish({**record({"wall_s": 1}), "heldout_corpus": {"spec": "builtin"}}, first, results)
+    assert again == path  # the same SAE measured again: its own record
+    other = publish({**record({"wall_s": 2}), "heldout_corpus": {"spec": "builtin"}}, second, results)
+    assert other != path and other.name.startswith("m__layer9-w16-k4-abc-") and path.exists()
+    assert (
+        json.loads(path.read_text())["sae"]["weights_sha256"] != json.loads(other.read_text())["sae"]["weights_sha256"]
+    )
+    table = (results / "saes" / "README.md").read_text()
+    assert table.count("| m | layer9-w16-k4-abc |") == 2

@@ -113,9 +113,10 @@ def showcase(
 def publish(record: dict[str, Any], loaded: LoadedSAE, results_dir: str | Path) -> Path:
     """Copy the record and a cards excerpt into `results/saes/`; regenerate its README table."""
     out = Path(results_dir) / "saes"
-    name = slug(record["model"], loaded.name)
     public = {k: v for k, v in record.items() if k != "platform"}
     public["sae"] = {k: v for k, v in record["sae"].items() if k != "directory"}
+    public["sae"]["weights_sha256"] = _weights_digest(loaded.directory)
+    name = _record_name(out, slug(record["model"], loaded.name), public)
     write_json(out / f"{name}.json", public)
     cards = json.loads((loaded.directory / CARDS).read_text())["cards"]
     chosen = showcase(cards)
@@ -133,6 +134,30 @@ def publish(record: dict[str, Any], loaded: LoadedSAE, results_dir: str | Path) 
     (out / f"{name}.cards.md").write_text("\n".join(text))
     render_table(out)
     return out / f"{name}.json"
+
+
+def _weights_digest(directory: Path) -> str | None:
+    path = Path(directory) / "sae_weights.safetensors"
+    if not path.exists():
+        return None
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _record_name(out: Path, name: str, public: dict[str, Any]) -> str:
+    """`name`, unless the record already there under it is of another SAE (other weights; for a
+    record from before weights were recorded, another training run): then `name-<weights digest>`.
+    A retrained SAE (another machine, another run of the same settings) never replaces the record
+    of the SAE that earlier results used."""
+    path = out / f"{name}.json"
+    digest = public["sae"].get("weights_sha256")
+    if not path.exists() or digest is None:
+        return name
+    old = json.loads(path.read_text())
+    recorded = old.get("sae", {}).get("weights_sha256")
+    same = recorded == digest if recorded else old.get("training") == public.get("training")
+    return name if same else f"{name}-{digest[:8]}"
 
 
 def render_table(folder: Path) -> None:
