@@ -4,6 +4,10 @@ with gradients through the frozen model, puts its weight on the planted feature;
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -83,3 +87,22 @@ def test_crl_through_the_lm_learns_the_planted_feature(tiny_dir, planted, plante
     assert {e["layer"] for e in entries} == {PLANTED_LAYER} and {e["token"] for e in entries} == {"="}
     assert {e["item"] for e in entries} == set(range(len(docs)))
     assert max({e["feature"] for e in entries}, key=[e["feature"] for e in entries].count) == PLANTED_FEATURE
+    # and from the plain lm-eval CLI, with its log
+    cli_log = tmp_path / "cli.jsonl"
+    cmd = [
+        str(Path(sys.executable).parent / "lm_eval"),
+        "--model",
+        "crl_steered",
+        "--model_args",
+        f"pretrained={tiny_dir},controller={run_dir},dtype=float32,log_interventions={cli_log}",
+        "--tasks",
+        "arith_mc",
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "|arith_mc|" in done.stdout.replace(" ", "")
+    assert {json.loads(line)["item"] for line in cli_log.read_text().splitlines()} == {0, 1, 2}
