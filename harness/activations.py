@@ -8,6 +8,7 @@ reading layer 9 of an 18-layer model costs about half a forward pass and no logi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,22 @@ def residuals(
         except _Stop:
             pass
     return seen
+
+
+def token_residuals(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], layers: Sequence[int]
+) -> dict[int, Tensor]:
+    """Per layer, Float[n, D]: the residual after it at every real token of the prompts, each
+    row's first token (BOS, whose norm is an outlier) left out."""
+    from harness.padding import batch
+
+    device = next(model.parameters()).device
+    ids, mask = batch(tokenizer, list(prompts), device)
+    with torch.no_grad():
+        found = residuals(model, ids, mask, layers=layers)
+    keep = mask.bool().clone()
+    keep[torch.arange(len(ids)), mask.float().argmax(-1)] = False
+    return {layer: found[layer][keep].float() for layer in layers}
 
 
 def token_blocks(

@@ -4,10 +4,8 @@ and, as they land, the other rungs of the ladder. They share TRL's `GRPOTrainer`
 everything around it: the prompts (`harness.prompts.task_prompts`), the reward (the task's own
 metric, `harness.rewards`), sampling (multiple-choice tasks sample among their one-token
 choices; generation stops at the task's `until` strings), the budget object, validation,
-checkpoints, resume, the NaN guard and the run directory. A `Parameterisation` says what
-trains: a peft config, or modules attached to the frozen model (through the one steering
-mechanism, `harness.steering`, so generation and the loss both go through them), and how the
-result is saved.
+checkpoints, resume, the NaN guard and the run directory. A `Parameterisation`
+(`rl.parameterisation`) says what trains and how the result is saved.
 
 TRL's fused LM head (`trl.trainer.utils`, 1.16) scores only the completion tokens on devices
 with Triton; everywhere else it scores every position of prompt and completion, full
@@ -20,7 +18,6 @@ path (the same per-token log-probabilities, for the completion tokens only).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -31,6 +28,7 @@ from typing import Any
 
 from rl.budget import Spent
 from rl.config import GRPOSettings, RLTrainConfig, activation_bytes
+from rl.parameterisation import Parameterisation
 from rl.runs import frozen_fingerprint, run_dir_for, write_curve
 
 
@@ -262,56 +260,6 @@ def _latest_checkpoint(directory: Path) -> Path | None:
         return None
     found = get_last_checkpoint(str(directory))
     return Path(found) if found else None
-
-
-class Parameterisation:
-    """What a GRPO run trains and how it is saved. The base model stays frozen in every case."""
-
-    method = "grpo"  # the run folder's and the manifest's name: <runs>/<model>/<method>/<task>/seed<k>
-    title = "GRPO"  # the learning curve's title
-    frozen_skip: tuple[str, ...] = ()  # parameter names that may train (left out of the frozen checksum)
-
-    def peft_config(self) -> Any | None:
-        return None
-
-    def attach(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> None:
-        """Add the trainable modules to the frozen `model` (before the trainer is built); `docs`
-        are the training documents and `prompts` their prompts."""
-
-    def active(self, model: Any) -> contextlib.AbstractContextManager:
-        """The context in which the trainable modules act (generation, loss and validation)."""
-        return contextlib.nullcontext()
-
-    def trainer_class(self) -> type:
-        from trl import GRPOTrainer
-
-        return GRPOTrainer
-
-    def describe(self, trainable: int) -> str:
-        return f"{trainable:,} trainable parameters"
-
-    def save(self, model: Any, run_dir: Path, record: dict[str, Any]) -> None:
-        """Write the trained artifact and its `config.json` (`record`: the run's settings)."""
-        raise NotImplementedError
-
-
-def module_trainer(module_name: str, file_name: str) -> type:
-    """TRL's GRPOTrainer whose checkpoints hold only the module trained on the frozen model."""
-    from safetensors.torch import load_file, save_file
-    from trl import GRPOTrainer
-
-    class ModuleGRPOTrainer(GRPOTrainer):
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            folder = Path(output_dir or self.args.output_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            state = getattr(self.model, module_name).state_dict()
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / file_name))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            state = load_file(str(Path(resume_from_checkpoint) / file_name))
-            getattr(model or self.model, module_name).load_state_dict(state)
-
-    return ModuleGRPOTrainer
 
 
 def train(config: GRPOSettings, param: Parameterisation) -> Path:

@@ -137,12 +137,10 @@ def publish(record: dict[str, Any], loaded: LoadedSAE, results_dir: str | Path) 
 
 
 def _weights_digest(directory: Path) -> str | None:
-    path = Path(directory) / "sae_weights.safetensors"
-    if not path.exists():
-        return None
-    import hashlib
+    from harness.identity import file_digest
 
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    path = Path(directory) / "sae_weights.safetensors"
+    return file_digest(path) if path.exists() else None
 
 
 def _record_name(out: Path, name: str, public: dict[str, Any]) -> str:

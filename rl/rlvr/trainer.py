@@ -40,10 +40,11 @@ from typing import Any
 
 from harness.manifest import write_json
 from rl import grpo
+from rl.parameterisation import Parameterisation
 from rl.rlvr.config import RLVRConfig
 
 
-class LoRA(grpo.Parameterisation):
+class LoRA(Parameterisation):
     """RLVR: a LoRA adapter on the frozen model (peft), saved as PEFT files."""
 
     method = "rlvr"

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.steering import StepContext, steer
+from harness.steering import StepContext
 from rl import grpo
+from rl.parameterisation import ModuleParameterisation
 from rl.vector.config import RLVectorConfig
 
 CHECKPOINT_FILE = "rl_vectors.safetensors"
@@ -49,31 +50,26 @@ class TrainedVectors(nn.Module):
         return ctx.mask[..., None].to(hidden.dtype) * vector
 
 
-def residual_scale(model: Any, tokenizer: Any, prompts: list[str], layers: list[int], device: str) -> Tensor:
+def residual_scale(model: Any, tokenizer: Any, prompts: list[str], layers: list[int]) -> Tensor:
     """Float[len(layers)]: the RMS of one residual coordinate after each layer, over the real
-    tokens of the first prompts (the BOS position, whose norm is an outlier, left out)."""
-    from harness.activations import residuals
-    from harness.padding import batch
+    tokens of the first prompts (BOS left out)."""
+    from harness.activations import token_residuals
 
-    ids, mask = batch(tokenizer, prompts[:SCALE_PROMPTS], device)
-    with torch.no_grad():
-        found = residuals(model, ids, mask, layers=layers)
-    keep = mask.bool().clone()
-    keep[torch.arange(len(ids)), mask.float().argmax(-1)] = False  # each row's first real token (BOS)
-    return torch.stack([found[layer][keep].float().pow(2).mean().sqrt() for layer in layers]).cpu()
+    found = token_residuals(model, tokenizer, prompts[:SCALE_PROMPTS], layers)
+    return torch.stack([found[layer].pow(2).mean().sqrt() for layer in layers]).cpu()
 
 
-class Vectors(grpo.Parameterisation):
+class Vectors(ModuleParameterisation):
     """The RL steering vector: `TrainedVectors` on the frozen model, saved as a steering artifact."""
 
     method = "rl-vector"
     title = "RL steering vector (GRPO)"
-    frozen_skip = (MODULE,)
+    module_name, checkpoint_file = MODULE, CHECKPOINT_FILE
 
     def __init__(self, config: RLVectorConfig):
         self.config = config
 
-    def attach(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> None:
+    def build(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> Any:
         from harness.models import find_decoder_layers
 
         _, blocks = find_decoder_layers(model)
@@ -82,17 +78,8 @@ class Vectors(grpo.Parameterisation):
             raise ValueError(
                 f"--layers {layers}: the model has {len(blocks)} decoder layers (valid: 0..{len(blocks) - 1})"
             )
-        for p in model.parameters():
-            p.requires_grad_(False)
-        scale = residual_scale(model, tokenizer, prompts, layers, device)
         d_model = model.get_input_embeddings().weight.shape[-1]
-        model.add_module(MODULE, TrainedVectors(layers, scale, d_model).to(device))
-
-    def active(self, model: Any):
-        return steer(model, [getattr(model, MODULE)])
-
-    def trainer_class(self) -> type:
-        return grpo.module_trainer(MODULE, CHECKPOINT_FILE)
+        return TrainedVectors(layers, residual_scale(model, tokenizer, prompts, layers), d_model)
 
     def describe(self, trainable: int) -> str:
         layers = self.config.layers if self.config.layers is not None else "all"
@@ -101,7 +88,7 @@ class Vectors(grpo.Parameterisation):
     def save(self, model: Any, run_dir: Path, record: dict[str, Any]) -> None:
         from harness.vectors import SteeringVectors
 
-        module = getattr(model, MODULE)
+        module = self.module(model)
         vectors = module.vectors().detach().cpu()
         SteeringVectors(
             vectors={layer: vectors[i] for i, layer in enumerate(module.layers)},

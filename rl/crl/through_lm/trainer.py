@@ -17,39 +17,27 @@ from typing import Any
 
 import torch
 
-from harness.steering import steer
 from rl import grpo
 from rl.crl.through_lm.config import CRLThroughLMConfig
 from rl.crl.through_lm.gate import FeatureGate
+from rl.parameterisation import ModuleParameterisation
 
 CHECKPOINT_FILE = "controller.safetensors"
 MODULE = "crl_bench_feature_gate"  # the attribute of the frozen model that holds the controller
 SAMPLE_PROMPTS = 32
 
 
-def _token_residuals(model: Any, tokenizer: Any, prompts: list[str], layer: int, device: str) -> torch.Tensor:
-    """Float[n, D]: the residual after `layer` at every real token of the prompts but BOS."""
-    from harness.activations import residuals
-    from harness.padding import batch
-
-    ids, mask = batch(tokenizer, prompts[:SAMPLE_PROMPTS], device)
-    with torch.no_grad():
-        found = residuals(model, ids, mask, layers=[layer])[layer]
-    keep = mask.bool().clone()
-    keep[torch.arange(len(ids)), mask.float().argmax(-1)] = False
-    return found[keep].float()
-
-
-class ThroughLM(grpo.Parameterisation):
+class ThroughLM(ModuleParameterisation):
     method = "crl-lm"
     title = "CRL through the LM (GRPO)"
-    frozen_skip = (MODULE,)
+    module_name, checkpoint_file = MODULE, CHECKPOINT_FILE
 
     def __init__(self, config: CRLThroughLMConfig):
         self.config = config
         self.sae_name: str | None = None
 
-    def attach(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> None:
+    def build(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> Any:
+        from harness.activations import token_residuals
         from harness.models import model_info
         from harness.sae import load_sae
         from rl.crl.candidates import choose_candidates
@@ -59,8 +47,6 @@ class ThroughLM(grpo.Parameterisation):
         config = self.config
         sae = load_sae(config.sae, model_info(config.model), config.layer, device=device, corpus=config.sae_corpus)
         self.sae_name = sae.name
-        for p in model.parameters():
-            p.requires_grad_(False)
         problem = build_problem(task, docs, tokenizer, config.seed)
         scales, _, counts = measure_bank(model, tokenizer, {sae.layer: sae}, problem.prompts[:64], config.batch_size)
         ids = choose_candidates(
@@ -77,28 +63,23 @@ class ThroughLM(grpo.Parameterisation):
         torch.manual_seed(config.seed)
         gate = FeatureGate(d_model, len(ids), sae.layer, hidden=config.hidden, k=config.k)
         gate.prepare(
-            _token_residuals(model, tokenizer, prompts, sae.layer, device).cpu(),
+            token_residuals(model, tokenizer, prompts[:SAMPLE_PROMPTS], [sae.layer])[sae.layer].cpu(),
             sae.directions().float()[ids].cpu(),
             scales[sae.layer][ids],
             ids,
         )
-        model.add_module(MODULE, gate.to(device))
-
-    def active(self, model: Any):
-        return steer(model, [getattr(model, MODULE)])
-
-    def trainer_class(self) -> type:
-        return grpo.module_trainer(MODULE, CHECKPOINT_FILE)
+        return gate
 
     def describe(self, trainable: int) -> str:
-        return f"a feature controller at layer {self.config.layer or 'of the SAE'} ({trainable:,} trainable parameters)"
+        layer = "of the SAE" if self.config.layer is None else self.config.layer
+        return f"a feature controller at layer {layer} ({trainable:,} trainable parameters)"
 
     def save(self, model: Any, run_dir: Path, record: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
         from harness.manifest import write_json
 
-        gate = getattr(model, MODULE)
+        gate = self.module(model)
         state = {k: v.detach().contiguous().cpu() for k, v in gate.state_dict().items()}
         save_file(state, str(run_dir / CHECKPOINT_FILE))
         write_json(
