@@ -230,12 +230,8 @@ def _write_features(config: CorrSteerConfig, run_dir: Path, sae: Any, record: di
     """`results/<model>/corrsteer/<task>/features.md`: the ranked features, which were kept and
     chosen, with their feature cards where the SAE has them."""
     from harness.manifest import write_text
-    from harness.sae.cards import read_cards, render_card
+    from harness.sae.cards import cards_markdown
 
-    try:
-        cards = {c["feature"]: c for c in read_cards(sae.directory)["cards"]}
-    except (FileNotFoundError, KeyError, TypeError):
-        cards = {}
     chosen = {e["feature"] for e in record["chosen"]}
     lines = [
         f"# CorrSteer on {config.task}: features ranked by correlation with correctness",
@@ -252,10 +248,7 @@ def _write_features(config: CorrSteerConfig, run_dir: Path, sae: Any, record: di
             f"| {e['feature']} | {e['correlation']:.3f} | {e['coefficient']:.2f} | {e['validation']:.3f} | "
             f"{'yes' if e['feature'] in record['kept'] else ''} | {'yes' if e['feature'] in chosen else ''} |"
         )
-    lines += ["", "## Feature cards", ""]
-    for e in record["ranked"]:
-        card = cards.get(e["feature"])
-        lines += [f"### feature {e['feature']}", "", render_card(card) if card else "(no card for this feature)", ""]
+    lines += ["", *cards_markdown(sae.directory, [e["feature"] for e in record["ranked"]])]
     out = config.model_results / "corrsteer" / config.task / "features.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, "\n".join(lines))

@@ -12,8 +12,9 @@ from harness.models import DEFAULT_MODEL
 
 # the full profile: crl-bench's tasks and the public benchmarks users name (`--tasks gsm8k,arc`)
 DEFAULT_TASKS = ("toy_sentiment", "arith_mc", "arith_gen", "arc_easy", "arc_challenge", "boolq", "gsm8k")
-# the ladder's rungs that the one GRPO trainer trains beside RLVR (`crl_bench.ladder`)
-RUNGS: tuple[str, ...] = ("rl-vector", "crl-lm")
+# the ladder's rungs trained beside RLVR (`crl_bench.ladder`): two by its GRPO trainer, and C-SFT
+# distilled from its run
+RUNGS: tuple[str, ...] = ("rl-vector", "crl-lm", "csft")
 
 
 # What a bench run does when its flags leave it open. `laptop` (the embedded model on a CPU:
@@ -113,14 +114,15 @@ class BenchConfig(RunConfig):
     ladder: list[str] = field(
         default_factory=lambda: list(RUNGS),
         metadata={
-            "help": "rungs of the ladder trained by RLVR's GRPO trainer, with its budget, and evaluated: rl-vector "
-            "(one steering vector per layer), crl-lm (CRL's features per token, trained through the LM); none: skip"
+            "help": "rungs of the ladder trained with RLVR's budget and evaluated: rl-vector (one steering vector per "
+            "layer, RLVR's GRPO trainer), crl-lm (CRL's features per token, trained through the LM by the same "
+            "trainer), csft (the same feature controller distilled from RLVR's run); none: skip"
         },
     )
     controls: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "controls to train and evaluate: random-reward (RLVR and each --ladder rung once per task on a "
+            "help": "controls to train and evaluate: random-reward (RLVR and each GRPO rung once per task on a "
             "seeded coin-flip reward of the same mean, same budget: a gain that does not vanish is flagged)"
         },
     )

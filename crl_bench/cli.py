@@ -136,6 +136,19 @@ def _train_crl_lm(args: argparse.Namespace) -> None:
         print(f"CRL controller (through the LM): {run_dir}")
 
 
+def _train_csft(args: argparse.Namespace) -> None:
+    from rl.csft import trainer as csft
+    from rl.csft.config import CSFTConfig
+
+    print(f"C-SFT controller: {csft.train(from_args(CSFTConfig, args))}")
+
+
+def _csft_sweep(args: argparse.Namespace) -> None:
+    from rl.csft.sweep import CSFTSweepConfig, sweep
+
+    print(f"C-SFT sweep: {sweep(from_args(CSFTSweepConfig, args))}")
+
+
 def _train_crl(args: argparse.Namespace) -> None:
     from rl.crl import trainer as crl
     from rl.crl.config import CRLConfig
@@ -343,6 +356,26 @@ def build_parser() -> argparse.ArgumentParser:
         "RLVR, its gradients through the frozen LM",
         CRLThroughLMConfig,
         _train_crl_lm,
+    )
+    from rl.csft.config import CSFTConfig
+
+    _command(
+        train,
+        "csft",
+        "C-SFT: distil a trained model (an RLVR run) into a feature controller, the LLM frozen: KL from the "
+        "teacher's next-token distribution at every token of its own completions (evaluate it with crl_steered)",
+        CSFTConfig,
+        _train_csft,
+    )
+    from rl.csft.sweep import CSFTSweepConfig
+
+    _command(
+        commands,
+        "csft-sweep",
+        "C-SFT per (layer, k features per token) from one teacher: which layer carries its change best, "
+        "with how many features (results/<model>/csft/<task>/sweep.md)",
+        CSFTSweepConfig,
+        _csft_sweep,
     )
     from crl_bench.analyses.exploration import ExplorationConfig
 

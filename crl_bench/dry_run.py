@@ -18,7 +18,7 @@ from crl_bench.bench_config import (
     rlvr_configs,
     vector_config,
 )
-from crl_bench.ladder import grpo_runs
+from crl_bench.ladder import GRPO_RUNGS, SAE_RUNGS, ladder_runs
 from rl.config import activation_bytes
 
 GIB = 1024**3
@@ -102,18 +102,20 @@ def describe(config: BenchConfig) -> str:
                 f"{'reused' if run_done(crl, crl.method) else 'trains'}"
             )
             number += 1
-        for method, setting, run in grpo_runs(config, task):  # the ladder's rungs and the controls
+        for method, setting, run in ladder_runs(config, task):  # the ladder's rungs and the controls
             label = method + (" on a random reward" if setting == "random-reward" else "")
+            how = "distilled from RLVR's run, its budget" if method == "csft" else "RLVR's GRPO trainer and budget"
             lines.append(
-                f"{number}. {label} on {task} seed {run.seed} (RLVR's GRPO trainer and budget): "
+                f"{number}. {label} on {task} seed {run.seed} ({how}): "
                 f"{'reused' if run_done(run, method) else 'trains'}"
             )
             number += 1
     methods = ["base", *(f"vector {v}" for v in config.vectors), *(["rlvr"] if config.rlvr else [])]
     methods += [f"crl {s}" for s in config.crl] if config.sae != "none" else []
-    methods += [r for r in config.ladder if r != "crl-lm" or config.sae != "none"]
+    methods += [r for r in config.ladder if r not in SAE_RUNGS or config.sae != "none"]
     methods += ["corrsteer"] if config.corrsteer and config.sae != "none" else []
-    methods += [f"{m} (random reward)" for m in ["rlvr"] * config.rlvr + config.ladder] if config.controls else []
+    controlled = ["rlvr"] * config.rlvr + [r for r in config.ladder if r in GRPO_RUNGS]
+    methods += [f"{m} (random reward)" for m in controlled] if config.controls else []
     lines += [
         f"{number}. evaluation through lm-eval on {', '.join(config.tasks)}"
         + (f" (first {config.limit} items)" if config.limit else "")

@@ -1,15 +1,18 @@
-"""The rungs of the ladder that the one GRPO trainer trains beside RLVR (`rl.grpo`, issue 26):
-the RL steering vector (`rl-vector`, one dense vector per layer) and CRL through the LM
-(`crl-lm`, a few SAE features per token), each with RLVR's budget, prompts, rewards and
+"""The rungs of the ladder trained beside RLVR: those the one GRPO trainer trains (`rl.grpo`,
+issue 26), the RL steering vector (`rl-vector`, one dense vector per layer) and CRL through the
+LM (`crl-lm`, a few SAE features per token), and C-SFT (`csft`, issue 27: the same feature
+controller distilled from RLVR's own run of the seed). Each has RLVR's budget, prompts and
 sampling (its `--rl-settings` temperature), per seed of the budget.
 
 Bench trains them after RLVR (reusing finished runs, resuming killed ones) and evaluates them
 like the other methods: the RL vector through `vector_steered` (its run directory is a steering
-artifact), CRL through the LM through `crl_steered` (its run directory names its controller kind).
+artifact), CRL through the LM and C-SFT through `crl_steered` (their run directories name the
+controller kind).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from crl_bench.bench_config import BenchConfig, rl_settings, seeded_configs
@@ -18,7 +21,10 @@ ARTIFACT = {
     "rlvr": "adapter_model.safetensors",
     "rl-vector": "vectors.safetensors",
     "crl-lm": "controller.safetensors",
+    "csft": "controller.safetensors",
 }
+GRPO_RUNGS = ("rl-vector", "crl-lm")  # the rungs the random-reward control also trains (C-SFT has no reward)
+SAE_RUNGS = ("crl-lm", "csft")  # the rungs that add SAE features (none without an SAE)
 SAMPLING = ("temperature",)  # RLVR's sampling, shared by every rung the GRPO trainer trains
 
 
@@ -27,19 +33,32 @@ def config_class(rung: str) -> type:
         from rl.vector.config import RLVectorConfig
 
         return RLVectorConfig
+    if rung == "csft":
+        from rl.csft.config import CSFTConfig
+
+        return CSFTConfig
     from rl.crl.through_lm.config import CRLThroughLMConfig
 
     return CRLThroughLMConfig
 
 
 def rung_configs(config: BenchConfig, task: str, rung: str) -> list[Any]:
-    """One run of `rung` per seed of the budget, with RLVR's sampling settings from `--rl-settings`."""
+    """One run of `rung` per seed of the budget, with RLVR's sampling settings from `--rl-settings`;
+    C-SFT's teacher is RLVR's run of the same seed."""
+    from dataclasses import replace
+
+    from crl_bench.bench_config import rlvr_configs
+    from rl.runs import run_dir_for
 
     rlvr = rl_settings(config, task, "rlvr")
     settings = {**{k: rlvr[k] for k in SAMPLING if k in rlvr}, **rl_settings(config, task, rung)}
-    if rung == "crl-lm":
+    if rung in SAE_RUNGS:
         settings = {"sae": config.sae, "sae_corpus": config.sae_corpus, "layer": config.sae_layer, **settings}
-    return seeded_configs(config_class(rung), config, task, settings)
+    if rung != "csft":
+        return seeded_configs(config_class(rung), config, task, settings)
+    teachers = {c.seed: str(run_dir_for(c, "rlvr")) for c in rlvr_configs(config, task)}
+    runs = seeded_configs(config_class(rung), config, task, {**settings, "teacher": teachers[min(teachers)]})
+    return [replace(c, teacher=teachers.get(c.seed, c.teacher)) for c in runs]
 
 
 def trainer(method: str) -> Any:
@@ -51,27 +70,31 @@ def trainer(method: str) -> Any:
         from rl.vector.trainer import train
 
         return train
+    if method == "csft":
+        from rl.csft.trainer import train
+
+        return train
     from rl.crl.through_lm.trainer import train
 
     return train
 
 
-def grpo_runs(config: BenchConfig, task: str) -> list[tuple[str, str, Any]]:
-    """(method, setting, run config) of every run the GRPO trainer makes for `task` beyond RLVR's
-    own: each rung per seed of the budget, and with `--controls random-reward` one run of RLVR and
-    of each rung on a random reward (the first seed)."""
+def ladder_runs(config: BenchConfig, task: str) -> list[tuple[str, str, Any]]:
+    """(method, setting, run config) of every run the ladder makes for `task` beyond RLVR's own:
+    each rung per seed of the budget, and with `--controls random-reward` one run of RLVR and of
+    each GRPO rung on a random reward (the first seed)."""
     from dataclasses import replace
 
     from crl_bench.bench_config import rlvr_configs
 
     runs = []
     for rung in config.ladder:
-        if rung == "crl-lm" and config.sae == "none":
+        if rung in SAE_RUNGS and config.sae == "none":
             continue
         runs += [(rung, "-", c) for c in rung_configs(config, task, rung)]
     if "random-reward" in config.controls:
         firsts = [("rlvr", rlvr_configs(config, task)[0])] if config.rlvr else []
-        for rung in config.ladder:
+        for rung in [r for r in config.ladder if r in GRPO_RUNGS]:
             mine = [c for method, _, c in runs if method == rung]
             if mine:
                 firsts.append((rung, mine[0]))
@@ -88,15 +111,18 @@ def train_rungs(config: BenchConfig, console: Any) -> None:
     from rl import grpo
     from rl.runs import run_done, run_lock, why_retrain
 
-    if "crl-lm" in config.ladder and config.sae == "none":
-        console.print("crl-lm skipped: --sae none (it adds SAE features)")
+    for rung in [r for r in config.ladder if r in SAE_RUNGS and config.sae == "none"]:
+        console.print(f"{rung} skipped: --sae none (it adds SAE features)")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     for task in config.tasks:
         why = grpo.unsupported(load_task(task), tokenizer)
         if why:
             console.print(f"the ladder's GRPO rungs skip {task}: {why}")
             continue
-        for method, setting, run_config in grpo_runs(config, task):
+        for method, setting, run_config in ladder_runs(config, task):
+            if method == "csft" and not (Path(run_config.teacher) / "adapter_model.safetensors").exists():
+                console.print(f"csft on {task} (seed {run_config.seed}) skipped: no RLVR run to distil")
+                continue
             if config.force or not run_done(run_config, method):
                 with run_lock(run_config, method):
                     if config.force or not run_done(run_config, method):  # not finished by another run meanwhile
@@ -109,11 +135,11 @@ def train_rungs(config: BenchConfig, console: Any) -> None:
 
 
 def rung_runs(config: BenchConfig, task: str) -> list[tuple[str, str, int, Any]]:
-    """(method, setting, seed, run directory) of each finished run of `grpo_runs`, for the evaluation stages."""
+    """(method, setting, seed, run directory) of each finished run of `ladder_runs`, for the evaluation stages."""
     from rl.runs import run_dir_for
 
     found = []
-    for method, setting, run_config in grpo_runs(config, task):
+    for method, setting, run_config in ladder_runs(config, task):
         run_dir = run_dir_for(run_config, method)
         if (run_dir / ARTIFACT[method]).exists() and (run_dir / "manifest.json").exists():
             found.append((method, setting, run_config.seed, run_dir))
@@ -128,6 +154,7 @@ LADDER_ORDER = (
     ("vector", "vector (best of the sweep's)"),
     ("crl", "CRL (PPO, best setting)"),
     ("crl-lm", "CRL through the LM"),
+    ("csft", "C-SFT (distilled from RLVR)"),
     ("rl-vector", "RL steering vector"),
     ("rlvr", "RLVR (LoRA)"),
 )
@@ -136,7 +163,6 @@ LADDER_ORDER = (
 def _training(row: dict[str, Any]) -> dict[str, Any]:
     """Budget, trainable parameters and wall time of the run behind a row (`<run>/eval/<settings>`)."""
     import json
-    from pathlib import Path
 
     run_dir = Path(str(row["run_dir"]).split(";")[0])
     run = run_dir.parent.parent

@@ -19,6 +19,7 @@ from typing import Any
 from crl_bench.report_sections import (
     breakdowns,
     circuit_entry,
+    csft_fidelity,
     html_table,
     image,
     interaction_entry,
@@ -359,15 +360,18 @@ def build(results_dir: str | Path) -> Path:
         found += sorted(set(folder.glob("*/*/curve.png")) - set(found))  # then the rest: experiments/*
         return "".join(image(p, results) for p in found) or "<p>No training runs.</p>"
 
+    from crl_bench.csft_fidelity import write_fidelity
     from crl_bench.ladder import write_ladder
 
     write_ladder(results)  # the ladder's tables and figures, regenerated with the report
+    write_fidelity(results)  # C-SFT's fidelity to RLVR, from the leaderboard and the analyses
     sections = [
         ("ladder", "The ladder: from a fixed vector to LoRA", per_model(_ladder)),
         ("leaderboard", "Leaderboard", _leaderboard(rows)),
         ("budget", "Training budget spent", _budget(rows)),
         ("figures", "Figures", per_model(figures)),
         ("similarity", "Behavioural similarity to RLVR", per_model(similarity)),
+        ("csft", "C-SFT: how much of RLVR's change a few SAE features per token write", per_model(csft_fidelity)),
         (
             "overlap",
             "SAE-feature overlap",

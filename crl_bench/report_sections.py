@@ -273,3 +273,51 @@ def interaction_entry(methods: dict[str, Any]) -> str:
                 )
             )
     return "".join(parts)
+
+
+def csft_fidelity(results: Path) -> str:
+    """C-SFT's fidelity to RLVR (`results/<model>/csft.json`, `crl_bench.csft_fidelity`)."""
+    rows = json_rows(results / "csft.json", "rows")
+    if not rows:
+        return "<p>No C-SFT runs (bench trains them after RLVR: --ladder csft).</p>"
+    table = html_table(
+        [
+            "task",
+            "seed",
+            "layer",
+            "k",
+            "C-SFT",
+            "Δ vs base",
+            "RLVR Δ vs base",
+            "share recovered",
+            "95% CI",
+            "KL(RLVR‖base)",
+            "KL(RLVR‖C-SFT)",
+            "KL closed",
+            "agreement with RLVR",
+        ],
+        [
+            [
+                r["task"],
+                r["seed"],
+                r["layer"],
+                r["k"],
+                r["value"],
+                r["delta_vs_base"],
+                r["rlvr_delta_vs_base"],
+                r["share_recovered"],
+                r["share_recovered_ci95"],
+                r["kl_base"],
+                r["kl_steered"],
+                r["kl_closed"],
+                r["answer_agreement"],
+            ]
+            for r in rows
+        ],
+        left=2,
+    )
+    features = sorted(results.glob("csft/*/features.md"))
+    listed = ", ".join(f"results/{p.parent.parent.parent.name}/csft/{p.parent.name}/features.md" for p in features)
+    return table + (
+        f'<p class="prov">The features each controller adds most, with their cards: {listed}</p>' if features else ""
+    )

@@ -1,9 +1,9 @@
 """Per-task RL settings for `crl-bench bench --rl-settings FILE`.
 
 The file is a YAML mapping of task -> settings: the fields of `crl-bench train rlvr` /
-`crl-bench train crl` / `rl-vector` / `crl-lm`. Fields every method has (the budget above all)
-go to all, so their runs stay matched; `rlvr:`, `crl:`, `rl-vector:` and `crl-lm:` sections
-hold one method's own (the ladder's GRPO rungs also take `rlvr:`'s sampling temperature). What bench sets
+`crl-bench train crl` / `rl-vector` / `crl-lm` / `csft`. Fields every method has (the budget above
+all) go to all, so their runs stay matched; `rlvr:`, `crl:`, `rl-vector:`, `crl-lm:` and `csft:`
+sections hold one method's own (the ladder's rungs also take `rlvr:`'s sampling temperature). What bench sets
 itself (model, task, seed, ...) cannot be set there. Example: `configs/arith_gen-cpu.yaml`.
 """
 
@@ -22,6 +22,7 @@ RL_SETTINGS_FIXED = (
     "results_dir",
     "runs_dir",
     "resume",
+    "teacher",
 )  # bench sets these
 
 
@@ -63,10 +64,17 @@ def settings_classes() -> dict[str, type]:
     """The config class of each RL-trained method, by its section name in the file."""
     from rl.crl.config import CRLConfig
     from rl.crl.through_lm.config import CRLThroughLMConfig
+    from rl.csft.config import CSFTConfig
     from rl.rlvr.config import RLVRConfig
     from rl.vector.config import RLVectorConfig
 
-    return {"rlvr": RLVRConfig, "crl": CRLConfig, "rl-vector": RLVectorConfig, "crl-lm": CRLThroughLMConfig}
+    return {
+        "rlvr": RLVRConfig,
+        "crl": CRLConfig,
+        "rl-vector": RLVectorConfig,
+        "crl-lm": CRLThroughLMConfig,
+        "csft": CSFTConfig,
+    }
 
 
 def _check_task_names(path: str, names: list[str]) -> None:

@@ -187,7 +187,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
                 **({"setting": setting} if setting != "-" else {}),
                 "artifact": _file_digest(run_dir / ARTIFACT[method], run_dir / "config.json"),
             }
-            where = {"rlvr": "adapter", "rl-vector": "artifact", "crl-lm": "controller"}[method]
+            where = {"rlvr": "adapter", "rl-vector": "artifact", "crl-lm": "controller", "csft": "controller"}[method]
             stages.append(Stage(method, task, settings, run_dir / "eval", **{where: run_dir}))
     return stages
 

@@ -93,6 +93,37 @@ def paired_difference(
     return delta, (float(interval.low), float(interval.high)), "paired bootstrap (BCa)"
 
 
+def recovered_share(
+    base: Sequence[float], teacher: Sequence[float], student: Sequence[float], seed: int = SEED
+) -> tuple[float | None, tuple[float, float] | None]:
+    """The share of the teacher's gain over base that the student recovers, (mean(student) -
+    mean(base)) / (mean(teacher) - mean(base)), over paired items, with a 95% paired percentile
+    bootstrap interval (items resampled together). None where the teacher gained nothing."""
+    b, t, s = (np.asarray(x, dtype=float) for x in (base, teacher, student))
+    if not (b.shape == t.shape == s.shape) or b.size == 0:
+        raise ValueError(f"paired scores must be non-empty and of equal length: {b.shape}, {t.shape}, {s.shape}")
+    if t.mean() - b.mean() <= 0:
+        return None, None
+
+    def share(u, v, w, axis=-1):
+        gain = v.mean(axis) - u.mean(axis)
+        return np.where(gain > 0, (w.mean(axis) - u.mean(axis)) / np.where(gain > 0, gain, 1), np.nan)
+
+    point = float(share(b, t, s))
+    result = stats.bootstrap(
+        (b, t, s),
+        share,
+        paired=True,
+        confidence_level=0.95,
+        n_resamples=2000,
+        method="percentile",
+        random_state=seed,
+        vectorized=True,
+    )
+    interval = result.confidence_interval
+    return point, (float(interval.low), float(interval.high))
+
+
 def side_effect_ratio(method: Sequence[float], base: Sequence[float]) -> float | None:
     """Of the items whose correctness changed versus base, the share that got worse
     (None when nothing changed)."""

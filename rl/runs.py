@@ -129,6 +129,17 @@ def write_curve(
         twin.set_ylabel("rollouts (cumulative)")
         more_handles, more_labels = twin.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
+    divergence = [(r["step"], r["held_out_kl"]) for r in curve if r.get("held_out_kl") is not None]
+    if divergence:  # C-SFT: how far the steered model still is from its teacher
+        twin = ax.twinx()
+        losses = [(r["step"], r["loss"]) for r in curve if r.get("loss") is not None]
+        if losses:
+            twin.plot(*zip(*losses), color="tab:purple", alpha=0.4, linewidth=1, label="KL to teacher (training batch)")
+        twin.plot(*zip(*divergence), color="tab:purple", marker="s", markersize=3, label="KL to teacher (held out)")
+        twin.set_ylabel("KL(teacher || steered) per token")
+        twin.set_ylim(bottom=0)
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, fontsize=7)
     fig.tight_layout()
     for directory in (run_dir, results):

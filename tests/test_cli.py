@@ -214,7 +214,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         "--crl",
         "one-token",
         "--ladder",
-        "rl-vector,crl-lm",
+        "rl-vector,crl-lm,csft",
         "--budget",
         "smoke",
         "--results-dir",
@@ -233,6 +233,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("crl", "one-token", 3),
         ("rl-vector", "-", 3),
         ("crl-lm", "-", 3),
+        ("csft", "-", 3),
         ("corrsteer", "-", 3),
     }
     rlvr_row = next(r for r in rows if r["method"] == "rlvr")
@@ -240,7 +241,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     assert {r["method"]: r["budget"] for r in rows} == {
         "base": "limit 3",
         "corrsteer": "limit 3",
-        **{method: SMOKE for method in ("rlvr", "crl", "rl-vector", "crl-lm")},  # the ladder on RLVR's budget
+        **{method: SMOKE for method in ("rlvr", "crl", "rl-vector", "crl-lm", "csft")},  # the ladder on RLVR's budget
     }
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
     assert (mine / "rlvr" / "arith_mc" / "curve.csv").exists()
@@ -302,6 +303,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         ("crl:one-token", 3),
         ("rl-vector", 3),
         ("crl-lm", 3),
+        ("csft", 3),
         ("corrsteer", 3),
     }
     base_sim = next(r for r in similarity if r["method"] == "base")
@@ -309,16 +311,16 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     overlap = json.loads((mine / "overlap.json").read_text())["tasks"]["arith_mc"]
     assert len(overlap["top"]["rlvr"]) == 20
     implicated = set(overlap["top"]) | set(overlap["missing"])
-    assert {"crl:one-token", "crl-lm"} <= implicated and "rl-vector" in overlap["top"]  # a vector at layer 2
+    assert {"crl:one-token", "crl-lm", "csft"} <= implicated and "rl-vector" in overlap["top"]  # a vector at layer 2
     if "crl:one-token" in overlap["top"]:
         assert any({p["a"], p["b"]} == {"crl:one-token", "rlvr"} for p in overlap["pairs"])
     assert "| arith_mc | crl:one-token | 3 |" in (mine / "similarity.md").read_text()
     circuits = json.loads((mine / "circuits.json").read_text())["tasks"]["arith_mc"]
-    assert {"rlvr", "crl:one-token", "rl-vector", "crl-lm", "corrsteer"} == set(circuits["methods"])
+    assert {"rlvr", "crl:one-token", "rl-vector", "crl-lm", "csft", "corrsteer"} == set(circuits["methods"])
     rlvr_circuit = circuits["methods"]["rlvr"]
     assert rlvr_circuit["metric_method"] != rlvr_circuit["metric_base"] and len(rlvr_circuit["components"]) == 10
     assert "rlvr_change_recovered" in circuits["methods"]["crl:one-token"]
-    assert ("crl:one-token", "rlvr") in {(p["a"], p["b"]) for p in circuits["pairs"]} and len(circuits["pairs"]) == 10
+    assert ("crl:one-token", "rlvr") in {(p["a"], p["b"]) for p in circuits["pairs"]} and len(circuits["pairs"]) == 15
     # figures and the self-contained report
     assert (mine / "figures" / "accuracy.pdf").exists()
     page = (tmp_path / "results" / "report.html").read_text()
@@ -326,17 +328,29 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         "Leaderboard",
         "Training budget spent",
         "Behavioural similarity to RLVR",
+        "C-SFT: how much of RLVR's change a few SAE features per token write",
         "Circuit overlap",
         "CRL intervention traces",
         "Provenance",
     ):
         assert f">{heading}</h2>" in page
     assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1]
+    # C-SFT's fidelity to RLVR: its run's held-out KL and the share of RLVR's gain it recovers
+    fidelity = json.loads((mine / "csft.json").read_text())["rows"]
+    assert [(e["task"], e["seed"]) for e in fidelity] == [("arith_mc", 0)]
+    assert fidelity[0]["kl_base"] is not None and fidelity[0]["answer_agreement"] is not None
+    assert (
+        "| arith_mc | 0 |" in (mine / "csft.md").read_text() and (mine / "csft" / "arith_mc" / "features.md").exists()
+    )
     assert crl_row["run_dir"] in page
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "RLVR on" not in again.stderr and "CRL one-token" not in again.stderr
     assert "rl-vector on" not in again.stderr and "crl-lm on" not in again.stderr  # the ladder's runs reused too
-    assert "6 evaluation stages, 6 reused" in again.stderr and "CorrSteer on" not in again.stderr
+    assert (
+        "csft on" not in again.stderr
+        and "7 evaluation stages, 7 reused" in again.stderr
+        and "CorrSteer on" not in again.stderr
+    )
 
 
 def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):

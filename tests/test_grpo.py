@@ -6,6 +6,7 @@ the real one, whose fingerprint it leaves alone."""
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -57,28 +58,32 @@ def test_the_control_has_its_own_run_and_leaves_the_real_fingerprint_alone(tmp_p
 
 def test_bench_plans_the_ladder_and_the_controls(tiny_dir, tiny_sae_dir, tmp_path):
     """What bench trains beyond RLVR: each rung per seed on RLVR's budget and temperature, and with
-    --controls random-reward one random-reward run of RLVR and of each rung (first seed)."""
+    --controls random-reward one random-reward run of RLVR and of each GRPO rung (first seed)."""
     from crl_bench.bench_config import BenchConfig
-    from crl_bench.ladder import grpo_runs
+    from crl_bench.ladder import ladder_runs
 
     settings = tmp_path / "rl.yaml"
     settings.write_text("arith_mc: {steps: 3, rlvr: {temperature: 0.7}, crl-lm: {k: 2}}\n")
     common = dict(model=tiny_dir, tasks="arith_mc", budget="smoke", device="cpu", runs_dir=str(tmp_path))
     config = BenchConfig(**common, sae=tiny_sae_dir, controls="random-reward", rl_settings=str(settings))
     runs = [
-        (method, setting, c.reward, c.seed, c.steps, c.temperature)
-        for method, setting, c in grpo_runs(config, "arith_mc")
+        (method, setting, getattr(c, "reward", "task"), c.seed, c.steps, c.temperature)
+        for method, setting, c in ladder_runs(config, "arith_mc")
     ]
     assert runs == [
         ("rl-vector", "-", "task", 0, 3, 0.7),
         ("crl-lm", "-", "task", 0, 3, 0.7),
+        ("csft", "-", "task", 0, 3, 0.7),  # distilled, so it has no random-reward control
         ("rlvr", "random-reward", "random", 0, 3, 0.7),
         ("rl-vector", "random-reward", "random", 0, 3, 0.7),
         ("crl-lm", "random-reward", "random", 0, 3, 0.7),
     ]
-    assert next(c for m, _, c in grpo_runs(config, "arith_mc") if m == "crl-lm").k == 2
+    assert next(c for m, _, c in ladder_runs(config, "arith_mc") if m == "crl-lm").k == 2
+    # C-SFT distils RLVR's run of its seed
+    teacher = next(c for m, _, c in ladder_runs(config, "arith_mc") if m == "csft").teacher
+    assert Path(teacher).parts[-3:] == ("rlvr", "arith_mc", "seed0")
     plain = BenchConfig(**common, sae="none", ladder="rl-vector")
-    assert [(m, s) for m, s, _ in grpo_runs(plain, "arith_mc")] == [("rl-vector", "-")]
+    assert [(m, s) for m, s, _ in ladder_runs(plain, "arith_mc")] == [("rl-vector", "-")]
     import pytest
 
     with pytest.raises(ValueError, match="unknown --ladder rungs lora"):

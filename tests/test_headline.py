@@ -60,3 +60,21 @@ def test_the_committed_readme_shows_the_committed_leaderboard():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(START, 1)[1].split(END, 1)[0]
     assert block == "\n" + headline(rows), "README's headline is stale: run `crl-bench report`"
+
+
+def test_the_ladders_rungs_get_columns_only_where_they_ran_and_controls_never_fill_them():
+    from crl_bench.headline import headline
+
+    rows = [
+        _row("t", "base", "-", 0.5),
+        _row("t", "rlvr", "-", 0.7, 0.2, 0.001),
+        _row("t", "crl-lm", "-", 0.6, 0.1, 0.01),
+        _row("t", "crl-lm", "random-reward", 0.9, 0.4, 0.001),
+    ]
+    text = headline(rows)
+    header = next(line for line in text.splitlines() if line.startswith("| task"))
+    assert "CRL through the LM" in header and "RL vector" not in header and "CorrSteer" not in header
+    line = next(line for line in text.splitlines() if line.startswith("| t |"))
+    # base, CRL's three columns empty, CRL through the LM (its real run, not the control), RLVR
+    assert line == "| t | acc | 0.500 |  |  |  |  | 0.600 (+0.100*) | 0.700 (+0.200*) |"
+    assert "0.900" not in text

@@ -357,3 +357,14 @@ def test_a_random_reward_control_is_no_reference_and_is_marked_when_it_gains(tmp
     table = (tmp_path / "leaderboard.md").read_text()
     assert "| t | rlvr ¶ | random-reward |" in table and "| t | rl-vector | random-reward |" in table
     assert "¶ a control that should not have gained" in table
+
+
+def test_recovered_share_is_the_students_gain_over_the_teachers_with_a_paired_interval():
+    from harness.stats import recovered_share
+
+    base = [0] * 60 + [1] * 40
+    teacher = [1] * 40 + [0] * 20 + [1] * 40  # gains 40 items
+    student = [1] * 20 + [0] * 40 + [1] * 40  # gains 20 of them
+    share, (low, high) = recovered_share(base, teacher, student)
+    assert share == pytest.approx(0.5) and low < 0.5 < high and 0.2 < low and high < 0.8
+    assert recovered_share(base, base, student) == (None, None)  # the teacher gained nothing: no share

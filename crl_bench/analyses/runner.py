@@ -91,7 +91,7 @@ def feature_weights(
     mine = [s for s in stages if s.task == task]
     for stage in mine:
         label = _label(stage)
-        if stage.method in ("crl", "crl-lm"):  # the features its controller added, from its log
+        if stage.method in ("crl", "crl-lm", "csft"):  # the features its controller added, from its log
             log = stage.run_dir / "interventions.jsonl"
             if log.exists():
                 weights[label] = crl_weights(log, sae.d_sae, layer=sae.layer)
@@ -182,7 +182,7 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
     for stage in (s for s in stages if s.task == task):
         if stage.method in ("vector", "rl-vector", "corrsteer"):
             methods[_label(stage)] = (model, [SteeringVectors.load(stage.artifact).intervention()])
-        elif stage.method == "crl-lm":  # its controller at every token, as crl_steered runs it
+        elif stage.method in ("crl-lm", "csft"):  # its controller at every token, as crl_steered runs it
             from rl.crl.through_lm.gate import load_gate
 
             methods[_label(stage)] = (model, [load_gate(stage.controller, device=device)])

@@ -203,3 +203,17 @@ def render_card(card: dict[str, Any], contexts: int = 3) -> str:
     lines.append(f"- suppresses: {suppressed}")
     lines.append("- nearest: " + ", ".join(f"{i} ({c:.2f})" for i, c in card["neighbours"][:3]))
     return "\n".join(lines)
+
+
+def cards_markdown(directory: Path | None, features: list[int]) -> list[str]:
+    """A "Feature cards" section (Markdown lines) for `features` of the SAE in `directory`, each
+    card or a note that the SAE has none for it."""
+    try:
+        cards = {c["feature"]: c for c in read_cards(directory)["cards"]} if directory is not None else {}
+    except (FileNotFoundError, KeyError, TypeError):
+        cards = {}
+    lines = ["## Feature cards", ""]
+    for feature in features:
+        card = cards.get(feature)
+        lines += [f"### feature {feature}", "", render_card(card) if card else "(no card for this feature)", ""]
+    return lines

@@ -1,4 +1,6 @@
-"""`CRLThroughLMConfig`: the settings of `crl-bench train crl-lm` (see `rl.crl.through_lm.trainer`)."""
+"""`CRLThroughLMConfig`: the settings of `crl-bench train crl-lm` (see `rl.crl.through_lm.trainer`);
+`FeatureControllerSettings`: those of its controller, shared with C-SFT (`rl.csft`), which
+trains the same controller by distillation."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from rl.config import GRPOSettings
 
 
 @dataclass
-class CRLThroughLMConfig(GRPOSettings):
+class FeatureControllerSettings:
+    """The feature controller (`rl.crl.through_lm.gate.FeatureGate`): which SAE, layer and
+    candidate features, how many added per token, and its width."""
+
     sae: str = field(
         default="auto",
         metadata={"help": "SAE whose features the controller adds (as bench's --sae); auto trains one if needed"},
@@ -25,6 +30,14 @@ class CRLThroughLMConfig(GRPOSettings):
     )
     k: int = field(default=4, metadata={"help": "features added per token at most (top-k of the coefficients)"})
     hidden: int = field(default=64, metadata={"help": "controller width"})
+
+    def check_controller(self) -> None:
+        if self.k < 1 or self.hidden < 1:
+            raise ValueError(f"--k and --hidden must be at least 1, got {self.k} and {self.hidden}")
+
+
+@dataclass
+class CRLThroughLMConfig(FeatureControllerSettings, GRPOSettings):
     learning_rate: float = field(default=1e-3, metadata={"help": "controller learning rate"})
 
     def __post_init__(self) -> None:
@@ -34,5 +47,4 @@ class CRLThroughLMConfig(GRPOSettings):
                 "train crl-lm without --vllm"
             )
         super().__post_init__()
-        if self.k < 1 or self.hidden < 1:
-            raise ValueError(f"--k and --hidden must be at least 1, got {self.k} and {self.hidden}")
+        self.check_controller()

@@ -34,7 +34,7 @@ class ThroughLM(ModuleParameterisation):
 
     def __init__(self, config: CRLThroughLMConfig):
         self.config = config
-        self.sae_name: str | None = None
+        self.sae: Any = None
 
     def build(self, model: Any, tokenizer: Any, task: Any, docs: list[dict], prompts: list[str], device: str) -> Any:
         from harness.activations import token_residuals
@@ -46,7 +46,7 @@ class ThroughLM(ModuleParameterisation):
 
         config = self.config
         sae = load_sae(config.sae, model_info(config.model), config.layer, device=device, corpus=config.sae_corpus)
-        self.sae_name = sae.name
+        self.sae = sae
         problem = build_problem(task, docs, tokenizer, config.seed)
         scales, _, counts = measure_bank(model, tokenizer, {sae.layer: sae}, problem.prompts[:64], config.batch_size)
         ids = choose_candidates(
@@ -71,7 +71,7 @@ class ThroughLM(ModuleParameterisation):
         return gate
 
     def describe(self, trainable: int) -> str:
-        layer = "of the SAE" if self.config.layer is None else self.config.layer
+        layer = self.config.layer if self.config.layer is not None else getattr(self.sae, "layer", "of the SAE")
         return f"a feature controller at layer {layer} ({trainable:,} trainable parameters)"
 
     def save(self, model: Any, run_dir: Path, record: dict[str, Any]) -> None:
@@ -91,7 +91,7 @@ class ThroughLM(ModuleParameterisation):
                 "d_model": int(gate.mean.shape[0]),
                 "hidden": self.config.hidden,
                 "layers_resolved": gate.layers,
-                "sae_resolved": self.sae_name,
+                "sae_resolved": self.sae.name if self.sae is not None else None,
             },
         )
 
