@@ -163,9 +163,13 @@ def worker(
 
 
 # The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
-# task trains RLVR and CRL setting 3, and RLVR once more with a step in one micro-batch (the
-# default before micro-batches on CPU: the baseline of RLVR's memory).
-TRAINED = {"one-token": ("rlvr", "crl"), "generation": ("rlvr", "rlvr-one-micro-batch", "crl")}
+# task trains RLVR and CRL setting 3, RLVR with TRL's row-by-row passes (`--no-shared-prefix`:
+# the baseline of RLVR's speed) and RLVR row by row with a step in one micro-batch (the default
+# before micro-batches and shared prompts: the baseline of RLVR's memory).
+TRAINED = {
+    "one-token": ("rlvr", "crl"),
+    "generation": ("rlvr", "rlvr-row-by-row", "rlvr-one-micro-batch", "crl"),
+}
 
 
 def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, Any]:
@@ -192,7 +196,8 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
         from rl.rlvr.trainer import train
 
         whole = config.train_prompts_per_step * config.train_samples if method == "rlvr-one-micro-batch" else None
-        run_dir = train(RLVRConfig(**{**common, "micro_batch": whole, "runs_dir": str(Path(runs_dir) / method)}))
+        settings = {"micro_batch": whole, "shared_prefix": method == "rlvr", "runs_dir": str(Path(runs_dir) / method)}
+        run_dir = train(RLVRConfig(**{**common, **settings}))
     else:
         from rl.crl.config import CRLConfig
         from rl.crl.trainer import train
@@ -264,11 +269,23 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             rows.append(json.loads(out.read_text()))
         controller = next((r["run_dir"] for r in rows if (r["setting"], r["variant"]) == ("generation", "crl")), None)
         generation = _generation_under_controller(config, controller, tmp, console) if controller else None
-    ratios, micro_batches = [], []
+    ratios, micro_batches, shared = [], [], []
     for setting in tasks:
         measured = {r["variant"]: r for r in rows if r["setting"] == setting}
         rlvr = measured.pop("rlvr")
         whole = measured.pop("rlvr-one-micro-batch", None)
+        rows_apart = measured.pop("rlvr-row-by-row", None)
+        if rows_apart is not None:  # RLVR's speed with shared prompts against TRL's row-by-row passes
+            shared.append(
+                {
+                    "task": rlvr["task"],
+                    "rollouts_per_s_over_row_by_row": rlvr["rollouts_per_s"] / rows_apart["rollouts_per_s"],
+                    "peak_rss_over_row_by_row": rlvr["peak_rss_mb"] / rows_apart["peak_rss_mb"],
+                    "first_step_loss_difference": abs(rlvr["first_step_loss"] - rows_apart["first_step_loss"]),
+                    "rewards": rlvr["rewards"],
+                    "rewards_row_by_row": rows_apart["rewards"],
+                }
+            )
         if whole is not None:  # RLVR's memory against its one-micro-batch baseline, and the same training
             micro_batches.append(
                 {
@@ -298,6 +315,7 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             "rows": rows,
             "ratios": ratios,
             "rlvr_micro_batches": micro_batches,
+            "rlvr_shared_prefix": shared,
             "generation_under_controller": generation,
         },
     )
@@ -330,7 +348,16 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         for r in ratios
     ]
     lines += [
-        f"- {m['task']}, RLVR in micro-batches of {CPU_MICRO_BATCH} (the CPU default) / one micro-batch of "
+        f"- {m['task']}, RLVR with shared prompts (the default) / TRL's row-by-row passes: "
+        f"**{m['rollouts_per_s_over_row_by_row']:.2f}x** the rollouts per second, "
+        f"{m['peak_rss_over_row_by_row']:.2f}x the peak memory; first-step loss differs by "
+        f"{m['first_step_loss_difference']:.1e}; training reward per step {_rounded(m['rewards'])} vs "
+        f"{_rounded(m['rewards_row_by_row'])} (same seed)."
+        for m in shared
+    ]
+    lines += [
+        f"- {m['task']}, RLVR in micro-batches of {CPU_MICRO_BATCH} with shared prompts (the CPU default) / TRL's "
+        "row-by-row passes in one micro-batch of "
         f"{config.train_prompts_per_step * config.train_samples}: **{m['peak_rss_over_one_micro_batch']:.2f}x** the "
         f"peak memory; first-step loss differs by {m['first_step_loss_difference']:.1e}; training reward per step "
         f"{_rounded(m['rewards'])} vs {_rounded(m['rewards_one_micro_batch'])} (same seed)."

@@ -134,6 +134,14 @@ class GRPOSettings(RLTrainConfig):
     vllm: bool = field(
         default=False, metadata={"help": "generate with TRL's vLLM integration (needs `pip install vllm` and a GPU)"}
     )
+    shared_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "run each distinct prompt once per micro-batch, its KV cache serving all its completions, in "
+            "generation and in the loss (the same log-probabilities to float rounding; off with gradient "
+            "checkpointing); --no-shared-prefix: TRL's own row-by-row passes"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -149,6 +157,7 @@ class GRPOSettings(RLTrainConfig):
         settings = super().fingerprint_settings()
         if settings.get("reward") == "task":  # runs from before the control existed keep their fingerprint
             del settings["reward"]
+        settings.pop("shared_prefix", None)  # how the same loss is computed, not what is trained
         return settings
 
     def micro_batches(self, total: int, device: str) -> tuple[int, int]:

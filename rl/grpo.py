@@ -369,7 +369,9 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     started = time.time()
     validate_holder: dict[str, Any] = {}
     Guard, Curve = _callbacks(config, meter, spent, curve, lambda: validate_holder["fn"](), started, spent.wall_s)
-    trainer = param.trainer_class()(
+    trainer_class = param.trainer_class()
+    shared = config.shared_prefix and not config.gradient_checkpointing  # checkpointing drops the prefix's cache
+    trainer = type(trainer_class.__name__, (trainer_class,), {"shared_prefix": shared})(
         model=model,
         reward_funcs=[meter],
         args=args,

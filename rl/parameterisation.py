@@ -32,9 +32,9 @@ class Parameterisation:
         return contextlib.nullcontext()
 
     def trainer_class(self) -> type:
-        from trl import GRPOTrainer
+        from rl.prefix import PrefixSharingGRPOTrainer
 
-        return GRPOTrainer
+        return PrefixSharingGRPOTrainer
 
     def describe(self, trainable: int) -> str:
         return f"{trainable:,} trainable parameters"
@@ -74,11 +74,12 @@ class ModuleParameterisation(Parameterisation):
 
     def trainer_class(self) -> type:
         from safetensors.torch import load_file, save_file
-        from trl import GRPOTrainer
+
+        from rl.prefix import PrefixSharingGRPOTrainer
 
         name, file_name = self.module_name, self.checkpoint_file
 
-        class ModuleGRPOTrainer(GRPOTrainer):
+        class ModuleGRPOTrainer(PrefixSharingGRPOTrainer):
             """TRL's GRPOTrainer whose checkpoints hold only the module trained on the frozen model."""
 
             def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

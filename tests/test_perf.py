@@ -5,7 +5,8 @@ import json
 
 def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     """On the generation task (the one-token task, `--train-task`, runs the same code with CRL
-    setting 1): RLVR, RLVR in one micro-batch, CRL setting 3, and generation under its controller."""
+    setting 1): RLVR, RLVR row by row (TRL's passes), RLVR row by row in one micro-batch, CRL setting 3,
+    and generation under its controller."""
     from rich.console import Console
 
     from crl_bench.perf import PerfConfig, run_training
@@ -26,6 +27,7 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     rows = {(r["task"], r["variant"]): r for r in record["rows"]}
     assert set(rows) == {
         ("arith_gen", "rlvr"),
+        ("arith_gen", "rlvr-row-by-row"),
         ("arith_gen", "rlvr-one-micro-batch"),
         ("arith_gen", "crl"),
     }
@@ -46,13 +48,20 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     whole = rows["arith_gen", "rlvr-one-micro-batch"]
     assert micro["peak_rss_over_one_micro_batch"] == rows["arith_gen", "rlvr"]["peak_rss_mb"] / whole["peak_rss_mb"]
     assert micro["first_step_loss_difference"] < 1e-4 and micro["rewards_one_micro_batch"] == whole["rewards"]
+    (shared,) = record["rlvr_shared_prefix"]  # shared prompts against TRL's row-by-row passes, same run
+    apart = rows["arith_gen", "rlvr-row-by-row"]
+    assert (
+        shared["rollouts_per_s_over_row_by_row"]
+        == rows["arith_gen", "rlvr"]["rollouts_per_s"] / apart["rollouts_per_s"]
+    )
+    assert shared["first_step_loss_difference"] < 1e-4 and shared["rewards_row_by_row"] == apart["rewards"]
     generation = record["generation_under_controller"]  # setting 3's controller at every generated token
     assert generation["task"] == "arith_gen" and generation["items"] == 2
     assert all(generation[v]["generated_tokens"] > 0 for v in ("hf_lean", "crl_steered"))
     per_token = {v: generation[v]["eval_s"] / generation[v]["generated_tokens"] for v in ("hf_lean", "crl_steered")}
     assert generation["time_per_token_ratio"] == per_token["crl_steered"] / per_token["hf_lean"]
     text = (tmp_path / "perf_training.md").read_text()
-    assert "arith_gen, crl / RLVR" in text
+    assert "arith_gen, crl / RLVR" in text and "TRL's row-by-row passes" in text
     assert "generation under the trained setting-3 controller" in text
 
 
