@@ -12,7 +12,9 @@ gradients are TRL's (the same positions, masks and fused LM head), to float roun
 samples as `generate` does.
 
 `--no-shared-prefix` (`GRPOSettings.shared_prefix`) turns both off. Multimodal inputs and MoE
-auxiliary losses always take TRL's own path.
+auxiliary losses always take TRL's own path. Steering modules trained this way must act at every
+position (the ladder's do): a steering session reads the prompt's length from its first call,
+which is here the prefix of the distinct prompts.
 """
 
 from __future__ import annotations

@@ -167,3 +167,40 @@ def test_csft_sweep_tables_each_layer_and_k(tiny_dir, planted, planted_splits, t
     assert (table.parent / "sweep.png").stat().st_size > 0 and "| 3 | 2 |" in table.read_text()
     again = sweep(config)  # finished runs are reused, not retrained
     assert json.loads((again.parent / "sweep.json").read_text())["rows"] == rows
+
+
+def test_csft_on_a_generation_task_distils_the_teachers_sampled_completions(tiny_dir, planted, tmp_path):
+    """arith_gen with a LoRA teacher (as RLVR's): it samples its completions (prompts x samples per
+    step, each prompt's samples prefilled once); every completion token is a KL position, counted
+    in the budget."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rl.csft import trainer as csft
+
+    torch.manual_seed(0)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    )
+    teacher = str(tmp_path / "teacher")
+    lora.save_pretrained(teacher)
+    config = _config(
+        tiny_dir,
+        planted,
+        tmp_path,
+        teacher,
+        task="arith_gen",
+        steps=2,
+        prompts_per_step=2,
+        samples_per_prompt=3,
+        max_new_tokens=4,
+        val_limit=4,
+        eval_every=0,
+    )
+    run_dir = csft.train(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    spent = manifest["spent"]
+    assert spent["rollouts"] == 2 * 2 * 3 and spent["rollouts"] <= spent["generated_tokens"] <= spent["rollouts"] * 4
+    assert manifest["fidelity"]["held_out_prompts"] == 4 and manifest["fidelity"]["kl_base"] > 0
+    assert all(row["loss"] is None or row["loss"] >= 0 for row in manifest["curve"])

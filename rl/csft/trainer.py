@@ -21,6 +21,7 @@ adds most (`results/<model>/csft/<task>/features.md`, with their cards). The run
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -42,6 +43,7 @@ def _targets(teacher: Any, tokenizer: Any, prompts: list[str], generation: bool,
     """The teacher's completions: (prompt token ids, completion token ids) per row. Multiple
     choice: no completion (the target is the distribution at the answer position)."""
     from harness.padding import batch
+    from rl.prefix import shared_prefix_generate
 
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     if not generation:
@@ -53,8 +55,11 @@ def _targets(teacher: Any, tokenizer: Any, prompts: list[str], generation: bool,
     for start in range(0, len(prompts), config.batch_size):
         ids, mask = batch(tokenizer, prompts[start : start + config.batch_size], next(model.parameters()).device)
         sampling = {"do_sample": True, "temperature": config.temperature} if config.temperature > 0 else {}
+        # each prompt's samples share its prefill; not under a steering teacher, whose positions (e.g. the
+        # prompt's last token) are read from the first call of its steering session
+        generate = functools.partial(shared_prefix_generate, model, model.generate) if teacher.kind == "lora" else None
         with torch.no_grad(), teacher.on():
-            out = model.generate(
+            out = (generate or model.generate)(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=budget.max_new_tokens,
@@ -273,7 +278,8 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
     torch.manual_seed(config.seed)
     held_out = _targets(teacher, tokenizer, val_prompts, generation, config, budget)  # fixed: the same every resume
     with teacher.off():
-        references = {"base_validation": scorer([]), "kl_base": distiller.divergence(held_out, steered=False)}
+        references = {"base_validation": scorer([])}
+    references["kl_base"] = distiller.divergence(held_out, steered=False)  # switches the teacher on and off itself
     references["teacher_validation"] = scorer(teacher.interventions)
     spent.trainable_parameters = sum(p.numel() for p in gate.parameters() if p.requires_grad)
     console.print(
