@@ -85,7 +85,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert seen["images"] == figures > 0 and seen["decoded"] == seen["images"]
     assert seen["tables"] >= 5
     empty = [name for name, height in seen["sections"] if height <= 0]
-    assert len(seen["sections"]) == 12 and not empty, f"sections with nothing shown: {empty}"
+    assert len(seen["sections"]) == 13 and not empty, f"sections with nothing shown: {empty}"
     assert seen["overflow"] <= 0, f"the page is {seen['overflow']} px wider than the window"
     shot = tmp_path / "report.png"
     done = _chromium(tmp_path, f"--screenshot={shot}", page.as_uri())
