@@ -45,14 +45,23 @@ def cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
-def prefix_cache(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, int] | None:
+def prefix_cache(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, positions_from_mask: bool = False
+) -> tuple[Any, int] | None:
     """The KV cache of each row's prompt but its last token, computed once per distinct prompt and
-    gathered to the rows; and that prefix's length. None when no two rows share a prompt."""
+    gathered to the rows; and that prefix's length. None when no two rows share a prompt.
+
+    The positions must follow the convention of the passes that continue from the cache:
+    `generate` numbers a left-padded row's tokens from its first real one (`positions_from_mask`),
+    a plain forward (TRL's scoring) from the padding's start."""
     found = _distinct(ids, mask)
     if found is None or ids.size(1) < 2:
         return None
     unique, unique_mask, inverse = found
-    out = model(input_ids=unique[:, :-1], attention_mask=unique_mask[:, :-1], use_cache=True, logits_to_keep=1)
+    extra = {}
+    if positions_from_mask:
+        extra["position_ids"] = (unique_mask[:, :-1].long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=unique[:, :-1], attention_mask=unique_mask[:, :-1], use_cache=True, logits_to_keep=1, **extra)
     cache = getattr(out, "cache", None) or out.past_key_values
     cache.reorder_cache(inverse.to(ids.device))
     return cache, ids.size(1) - 1
@@ -65,7 +74,7 @@ def shared_prefix_generate(model: Any, generate: Any, *args: Any, **kwargs: Any)
     if args or ids is None or mask is None or kwargs.get(name) is not None:
         return generate(*args, **kwargs)
     with torch.no_grad():
-        found = prefix_cache(model, ids, mask)
+        found = prefix_cache(model, ids, mask, positions_from_mask=True)
     if found is None:
         return generate(*args, **kwargs)
     return generate(*args, **{**kwargs, name: found[0]})

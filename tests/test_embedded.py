@@ -49,3 +49,27 @@ def test_embedded_wrappers_agree_with_lm_eval_and_sentiment_is_read(embedded_dir
     )
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-2)
     assert max(abs(a - b) for a, b in zip(ours, base)) > 0.05
+
+
+def test_shared_prefix_generation_matches_generate_on_left_padded_prompts(embedded_dir):
+    """GRPO's generation with each distinct prompt prefilled once samples what `generate` samples,
+    left-padded rows included (the tiny model cannot tell: a prefix numbered from the padding's
+    start instead of the first real token left its greedy tokens unchanged, but not the embedded
+    model's, where it changed 6 of 8 rows)."""
+    from harness.models import load_causal_lm
+    from harness.padding import batch
+    from harness.prompts import task_prompts
+    from harness.tasks import load_task
+    from rl.prefix import shared_prefix_generate
+
+    model, tokenizer = load_causal_lm(embedded_dir, dtype="float32", device="cpu")
+    task = load_task("arith_gen")
+    prompts = [p for p in task_prompts(task, list(task.training_docs())[:4]) for _ in range(2)]
+    ids, mask = batch(tokenizer, prompts, "cpu")
+    assert len(set(mask.sum(-1).tolist())) > 1  # prompts of different lengths: padded rows
+    settings = dict(max_new_tokens=16, do_sample=True, temperature=0.8, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    torch.manual_seed(0)
+    shared = shared_prefix_generate(model, model.generate, input_ids=ids, attention_mask=mask, **settings)
+    assert torch.equal(plain, shared)

@@ -92,7 +92,16 @@ def test_shared_prefix_generation_is_generates(tiny_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     ids, mask = batch(tokenizer, ["1+2=", "1+2=", "The cat sat on", "The cat sat on", "9-4="], "cpu")
-    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    settings = dict(
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
     shared = shared_prefix_generate(model, model.generate, input_ids=ids, attention_mask=mask, **settings)
-    assert torch.equal(plain, shared)
+    assert torch.equal(plain.sequences, shared.sequences)
+    # every step's logits, left-padded rows included (their positions follow generate's numbering)
+    for a, b in zip(plain.logits, shared.logits):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
