@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crl_bench.ladder import _primary
+from crl_bench.ladder import _primary, training_run
 
 
 def _scores(results: Path) -> dict[tuple[str, str, str], list[float]]:
@@ -34,10 +34,10 @@ def _scores(results: Path) -> dict[tuple[str, str, str], list[float]]:
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
-    """The C-SFT run's `config.json` behind a leaderboard row (`<run>/eval/<settings>`), or {}."""
-    run = Path(str(row["run_dir"])).parent.parent
-    path = run / "config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The C-SFT run's `config.json` behind a leaderboard row, or {}."""
+    run = training_run(row)
+    path = run / "config.json" if run is not None else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else {}
 
 
 def fidelity(rows: list[dict[str, Any]], scores: dict, similarity: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,14 +63,15 @@ def fidelity(rows: list[dict[str, Any]], scores: dict, similarity: list[dict[str
         if all(parts) and parts[0][0] == parts[1][0] == parts[2][0]:
             share, interval = recovered_share(parts[0][1], parts[1][1], parts[2][1])
         entry["share_recovered"], entry["share_recovered_ci95"] = share, interval
-        record = _record(row).get("fidelity", {})
-        entry.update({k: record.get(k) for k in ("kl_base", "kl_steered", "kl_closed", "held_out_prompts")})
+        run = _record(row)
+        fidelity = run.get("fidelity", {})
+        entry.update({k: fidelity.get(k) for k in ("kl_base", "kl_steered", "kl_closed", "held_out_prompts")})
         similar = next(
             (s for s in similarity if s["task"] == row["task"] and s["method"] == "csft" and s["seed"] == row["seed"]),
             {},
         )
         entry["answer_agreement"] = similar.get("answer_agreement")
-        entry["k"], entry["layer"] = _record(row).get("k"), _record(row).get("layer")
+        entry["k"], entry["layer"] = run.get("k"), run.get("layer")
         entries.append(entry)
     return entries
 

@@ -160,14 +160,19 @@ LADDER_ORDER = (
 )
 
 
+def training_run(row: dict[str, Any]) -> Path | None:
+    """The training run behind a leaderboard row (its evaluation is `<run>/eval/<settings>`), or None."""
+    run_dir = Path(str(row["run_dir"]).split(";")[0])
+    return run_dir.parent.parent if run_dir.parent.name == "eval" else None
+
+
 def _training(row: dict[str, Any]) -> dict[str, Any]:
-    """Budget, trainable parameters and wall time of the run behind a row (`<run>/eval/<settings>`)."""
+    """Budget, trainable parameters and wall time of the run behind a row."""
     import json
 
-    run_dir = Path(str(row["run_dir"]).split(";")[0])
-    run = run_dir.parent.parent
-    path = run / "manifest.json"
-    if run_dir.parent.name != "eval" or not path.exists():
+    run = training_run(row)
+    path = run / "manifest.json" if run is not None else None
+    if path is None or not path.exists():
         return {}
     manifest = json.loads(path.read_text())
     spent = manifest.get("spent", {})

@@ -76,19 +76,26 @@ def _targets(teacher: Any, tokenizer: Any, prompts: list[str], generation: bool,
     return rows
 
 
+def _left_padded(rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any) -> tuple:
+    """(ids, mask) of each row's prompt and completion but its last token, left-padded: every row's
+    completion ends at the last position, so the positions that predict it are the last ones."""
+    sequences = [prompt + completion[:-1] for prompt, completion in rows]
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
+    return ids.to(device), mask.to(device)
+
+
 def _log_probs(model: Any, rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any) -> tuple:
     """Log-probabilities Float[B, keep, V] of the next token at the positions that predict each
     row's completion (the answer position where there is none), and the mask Bool[B, keep] of
     those positions; only the last `keep` positions' logits are computed."""
-    sequences = [prompt + completion[:-1] for prompt, completion in rows]
     counts = [max(1, len(completion)) for _, completion in rows]
-    width, keep = max(len(s) for s in sequences), max(counts)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, s in enumerate(sequences):  # left padding: every row's completion ends at the last position
-        ids[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
+    keep = max(counts)
+    ids, mask = _left_padded(rows, pad_id, device)
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     chosen = torch.arange(keep)[None, :] >= keep - torch.tensor(counts)[:, None]
     return logits.float().log_softmax(-1), chosen.to(device)
 
@@ -149,14 +156,10 @@ class Distiller:
         used: Counter = Counter()
         for start in range(0, len(rows), self.config.micro_batch):
             part = rows[start : start + self.config.micro_batch]
-            sequences = [p + c[:-1] for p, c in part]
-            width = max(len(s) for s in sequences)
-            ids = torch.full((len(part), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(part), width), dtype=torch.long)
-            for i, s in enumerate(sequences):
-                ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
+            ids, mask = _left_padded(part, self.pad_id, self.device)
+            width = ids.size(1)
             with self.teacher.off():
-                hidden = residuals(self.teacher.model, ids.to(self.device), mask.to(self.device), [self.gate.layer])
+                hidden = residuals(self.teacher.model, ids, mask, [self.gate.layer])
             coefs = self.gate.coefficients(hidden[self.gate.layer])
             for i, (_, completion) in enumerate(part):
                 for position in range(width - max(1, len(completion)), width):
