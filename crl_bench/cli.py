@@ -198,12 +198,12 @@ def _interactions(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from crl_bench.analyses.runner import rerender
-    from crl_bench.leaderboard import render
+    from crl_bench.leaderboard import rebuild
     from crl_bench.plots import all_figures, board_models
     from crl_bench.report import build
     from harness.models import model_results
 
-    render(args.results_dir)
+    rebuild(args.results_dir)  # rows from the stored per-item scores, with this code's statistics and marks
     for model in board_models(Path(args.results_dir)):
         rerender(model_results(args.results_dir, model))
     all_figures(args.results_dir)

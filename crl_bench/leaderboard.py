@@ -286,6 +286,20 @@ def write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
         return _write(results_dir, scores, **provenance)
 
 
+def rebuild(results_dir: str | Path) -> Path:
+    """Rebuild every row from the stored per-item scores with this code (its statistics, marks
+    and pins), keeping the provenance of the bench run that last wrote the board; without stored
+    scores, only the tables are regenerated (`crl-bench report`)."""
+    results_dir = Path(results_dir)
+    path = results_dir / "leaderboard.json"
+    with results_lock(results_dir):
+        if not (results_dir / SCORES_FILE).exists():
+            render(results_dir)
+            return path
+        before = json.loads(path.read_text()).get("manifest", {}) if path.exists() else {}
+        return _write(results_dir, [], bench_config=before.get("bench_config"), rebuilt_by="crl-bench report")
+
+
 def _write(results_dir: Path, scores: list[Scores], **provenance: Any) -> Path:
     path = results_dir / "leaderboard.json"
     merged_scores = merge_scores(read_stored_scores(results_dir), scores)

@@ -70,13 +70,24 @@ def pinned_versions(constraints: Path | None = None) -> dict[str, str]:
 
 def off_pin(libraries: dict[str, str | None] | None, pins: dict[str, str] | None = None) -> list[str]:
     """The libraries of a recorded stack whose versions differ from the pinned ones, as
-    `name version (pinned version)`."""
+    `name version (pinned version)`. A version satisfies its pin as pip decides (PEP 440): the
+    CPU wheel's `2.13.0+cpu` is `torch==2.13.0`."""
     pins = pinned_versions() if pins is None else pins
     return [
         f"{name} {version} (pinned {pins[name]})"
         for name, version in sorted((libraries or {}).items())
-        if name in pins and version is not None and version != pins[name]
+        if name in pins and version is not None and not _satisfies(version, pins[name])
     ]
+
+
+def _satisfies(version: str, pin: str) -> bool:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion
+
+    try:
+        return SpecifierSet(f"=={pin}").contains(version, prereleases=True)
+    except (InvalidSpecifier, InvalidVersion):
+        return version == pin
 
 
 def processor() -> dict[str, Any]:

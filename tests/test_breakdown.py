@@ -194,3 +194,30 @@ def test_runs_come_from_the_leaderboard_rows(tmp_path):
     board.write_text(json.dumps({"rows": [row("base", "-", 0, "b"), row("base", "-", 0, "b2", model="n")]}))
     with pytest.raises(ValueError, match="--model"):
         runs_from_leaderboard(board, "arith_gen")
+
+
+def test_board_rows_whose_runs_are_elsewhere_are_left_out_and_named(tmp_path):
+    """A committed row made on another machine (its run directory absent here) does not stop the
+    breakdown of the runs that are here: it is left out, and the table says which and where."""
+    from crl_bench.analyses.breakdown import run
+
+    docs = [_gen_doc(5, "+", 3, "-", 2, kind=0), _gen_doc(9, "-", 4, "+", 1, kind=1)] * 2
+    base = _samples(tmp_path / "base", [(d, 0, " no idea") for d in docs])
+    here = _samples(tmp_path / "here", [(d, 1, " 5 + 3 = 8, 8 - 2 = 6. The answer is 6") for d in docs])
+    rows = [
+        {"model": "m", "task": "arith_gen", "method": "base", "setting": "-", "seed": 0, "run_dir": str(base)},
+        {"model": "m", "task": "arith_gen", "method": "rlvr", "setting": "-", "seed": 0, "run_dir": str(here)},
+        {"model": "m", "task": "arith_gen", "method": "crl", "setting": "generation", "seed": 0,
+         "run_dir": str(tmp_path / "elsewhere")},
+    ]  # fmt: skip
+    board = tmp_path / "leaderboard.json"
+    board.write_text(json.dumps({"rows": rows}))
+    path = run("arith_gen", tmp_path / "results", leaderboard=board, model="m", exclude=frozenset())
+    result = json.loads(path.with_suffix(".json").read_text())
+    assert {r["method"] for r in result["groups"]} == {"base", "rlvr"}
+    assert result["absent"] == {"crl:generation": str(tmp_path / "elsewhere")}
+    assert f"- crl:generation: `{tmp_path / 'elsewhere'}`" in path.read_text()
+    rows[0]["run_dir"] = str(tmp_path / "no-base")  # base must be here: the error says how to get it
+    board.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(FileNotFoundError, match="base: no samples.jsonl"):
+        run("arith_gen", tmp_path / "results", leaderboard=board, model="m", exclude=frozenset())

@@ -311,7 +311,7 @@ def test_rows_evaluated_off_the_pinned_stack_are_marked(tmp_path):
     pins = pinned_versions()
     assert pins["transformers"] and pins["torch"] == "2.13.0"
     docs = list(range(20))
-    pinned = dict(pins)
+    pinned = {**pins, "torch": "2.13.0+cpu"}  # the local CPU wheel's version satisfies the pin
     older = {**pins, "transformers": "5.23.0"}
     write(
         tmp_path,
@@ -368,3 +368,38 @@ def test_recovered_share_is_the_students_gain_over_the_teachers_with_a_paired_in
     share, (low, high) = recovered_share(base, teacher, student)
     assert share == pytest.approx(0.5) and low < 0.5 < high and 0.2 < low and high < 0.8
     assert recovered_share(base, base, student) == (None, None)  # the teacher gained nothing: no share
+
+
+def test_report_rebuilds_rows_from_the_stored_scores(tmp_path):
+    """`crl-bench report` rebuilds every row from the per-item scores with the current code (a
+    fixed mark or statistic reaches committed rows without rerunning them), keeping the bench
+    run's provenance; legacy rows (no stored scores) stay as they were."""
+    import json
+
+    from crl_bench.leaderboard import Scores, rebuild, write
+
+    docs = list(range(20))
+    write(
+        tmp_path,
+        [
+            Scores("m", "t", "base", "-", 0, "acc", "none", docs, [1.0] * 10 + [0.0] * 10, "r"),
+            Scores("m", "t", "rlvr", "-", 0, "acc", "none", docs, [1.0] * 16 + [0.0] * 4, "r"),
+        ],
+        bench_config={"profile": "laptop"},
+    )
+    board = tmp_path / "leaderboard.json"
+    written = json.loads(board.read_text())
+    stale = {**written, "rows": [{**r, "value": 0.5, "other_stack": ["torch 2.13.0+cpu (pinned 2.13.0)"]}
+                                 for r in written["rows"]]}  # fmt: skip
+    legacy = {**written["rows"][0], "task": "old", "value": 0.25}
+    stale["rows"].append(legacy)
+    board.write_text(json.dumps(stale))
+    rebuild(tmp_path)
+    after = json.loads(board.read_text())
+    rows = {(r["task"], r["method"]): r for r in after["rows"]}
+    assert rows[("t", "rlvr")]["value"] == 0.8 and rows[("t", "base")]["value"] == 0.5
+    assert rows[("t", "rlvr")]["other_stack"] is None
+    assert rows[("old", "base")]["value"] == 0.25 and rows[("old", "base")]["legacy"]
+    assert after["manifest"]["bench_config"] == {"profile": "laptop"}
+    assert after["manifest"]["rebuilt_by"] == "crl-bench report"
+    assert "| t | rlvr |" in (tmp_path / "leaderboard.md").read_text()

@@ -277,6 +277,14 @@ def render(result: dict[str, Any]) -> str:
                 + " |"
             )
     lines += ["", "Runs:", ""] + [f"- {label}: `{source}`" for label, source in result["runs"].items()]
+    if result.get("absent"):
+        lines += [
+            "",
+            "Left out: leaderboard rows whose runs are not on the machine that wrote this (rerun "
+            "`crl-bench bench` on the task to include them):",
+            "",
+        ]
+        lines += [f"- {label}: `{source}`" for label, source in result["absent"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -332,11 +340,20 @@ def run(
     runs = list(runs or [])
     from_board = leaderboard is not None or all(label != "base" for label, _ in runs)  # --run base=DIR: runs alone
     chosen = dict(runs_from_leaderboard(leaderboard or results / "leaderboard.json", task, model) if from_board else [])
+    # a board row whose run is not on this machine (a committed row made elsewhere) is left out
+    # and named; base, and runs named with --run, must be here
+    absent = {
+        label: str(path)
+        for label, path in chosen.items()
+        if label != "base" and label not in dict(runs) and not (Path(path) / "samples.jsonl").exists()
+    }
+    chosen = {label: path for label, path in chosen.items() if label not in absent}
     chosen.update(runs)
     if exclude is None:
         exclude = reserved_documents([task])[task]
     evaluated = [read_evaluated(label, path, exclude) for label, path in chosen.items()]
     result = breakdown(task, evaluated, grouping)
+    result["absent"] = absent
     result["manifest"] = build_manifest(kind="breakdown")
     folder = model_results(results, model or board_model(leaderboard or results / "leaderboard.json", task))
     out = folder / "breakdown"
