@@ -234,7 +234,11 @@ def run(config: BenchConfig) -> Path | None:
             from harness.lm_models import LeanHFLM
 
             lm = LeanHFLM(
-                pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype
+                pretrained=config.model,
+                batch_size=config.batch_size,
+                generation_batch_size=config.generation_batch_size,
+                device=config.device,
+                dtype=config.dtype,
             )
         return lm
 
@@ -334,6 +338,7 @@ def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) 
             pretrained=config.model,
             controller=str(stage.controller),
             batch_size=config.batch_size,
+            generation_batch_size=config.generation_batch_size,
             device=config.device,
             dtype=config.dtype,
             log_interventions=str(stage.run_dir / "interventions.jsonl"),
@@ -349,6 +354,7 @@ def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) 
             pretrained=config.model,
             adapter=str(stage.adapter),
             batch_size=config.batch_size,
+            generation_batch_size=config.generation_batch_size,
             device=config.device,
             dtype=config.dtype,
         )

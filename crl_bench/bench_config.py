@@ -48,6 +48,10 @@ class BenchConfig(RunConfig):
         metadata={"help": "evaluate only the first N items of each task (and at most N validation items per analysis)"},
     )
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
+    generation_batch_size: int = field(
+        default=64,
+        metadata={"help": "rows per generate call of generation tasks (a CPU decodes 64 rows ~1.6x faster than 16)"},
+    )
     dtype: Dtype = field(
         default="auto",
         metadata={"help": "model dtype; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), else fp32"},
@@ -201,8 +205,11 @@ class BenchConfig(RunConfig):
             raise ValueError(f"unknown --vectors {', '.join(unknown)}; choose from {', '.join(METHODS)}, or none")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive number of items, got {self.limit}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.generation_batch_size < 1:
+            raise ValueError(
+                f"--batch-size and --generation-batch-size must be at least 1, got {self.batch_size} and "
+                f"{self.generation_batch_size}"
+            )
         if self.rl_settings is not None:
             from crl_bench.rl_settings import read_rl_settings, settings_classes
 

@@ -41,11 +41,17 @@ class LeanHFLM(HFLM):
         device: str | None = None,
         dtype: str = "auto",
         shared_prefix: bool = True,
+        generation_batch_size: int | None = None,
         **kwargs,
     ):
         device = device or default_device()
         # each distinct context runs once and its KV cache serves all of its continuations
         self.shared_prefix = shared_prefix
+        # rows per `generate` call (default: batch_size); a decoding step reads every weight once
+        # whatever the rows, so on a CPU 64 rows generate ~1.6x faster than 16, with the same text
+        self.generation_batch_size = int(generation_batch_size) if generation_batch_size else None
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise ValueError(f"generation_batch_size must be at least 1, got {generation_batch_size}")
         dtype = resolve_dtype(dtype, device)
         if isinstance(pretrained, str):
             pretrained = resolve_model(pretrained)
@@ -82,6 +88,15 @@ class LeanHFLM(HFLM):
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         with steer(self.model, self.interventions()):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if self.generation_batch_size is None or self.batch_size == "auto":
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        usual, self.batch_size_per_gpu = self.batch_size_per_gpu, self.generation_batch_size
+        try:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.batch_size_per_gpu = usual
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         """`HFLM._loglikelihood_tokens`'s results, with the unembedding and log-softmax only at

@@ -39,6 +39,9 @@ class RLTrainConfig(RunConfig):
     )
     dtype: Dtype = field(default="auto", metadata={"help": "training dtype; auto = float32 on CPU, bfloat16 on GPU"})
     batch_size: int = field(default=16, metadata={"help": "batch size of the validation scoring"})
+    generation_batch_size: int = field(
+        default=64, metadata={"help": "rows per generate call of the validation scoring on generation tasks"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,7 +69,7 @@ class RLTrainConfig(RunConfig):
         from harness.identity import inputs
 
         settings = self.fingerprint_settings()
-        for name in ("results_dir", "runs_dir", "resume", "batch_size", "device"):
+        for name in ("results_dir", "runs_dir", "resume", "batch_size", "generation_batch_size", "device"):
             settings.pop(name, None)
         if Path(self.budget).is_file():  # a budget file: what it says, not only its name
             settings["budget"] = {"file": self.budget, "content": Path(self.budget).read_text()}

@@ -238,7 +238,13 @@ def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: 
     from harness.lm_models import LeanHFLM
     from harness.scoring import TaskScorer
 
-    lm = LeanHFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=device)
+    lm = LeanHFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=config.batch_size,
+        generation_batch_size=config.generation_batch_size,
+        device=device,
+    )
     scorer = TaskScorer(lm, task, docs, seed=config.seed)
 
     def validate() -> float:

@@ -87,9 +87,20 @@ def test_generation_through_wrapper_matches_hf(tiny_dir):
         )
         for i, (ctx, _) in enumerate(REQUESTS)
     ]
-    assert LeanHFLM(pretrained=tiny_dir, **COMMON).generate_until(requests, disable_tqdm=True) == HFLM(
-        pretrained=tiny_dir, **COMMON
-    ).generate_until(requests, disable_tqdm=True)
+    expected = HFLM(pretrained=tiny_dir, **COMMON).generate_until(requests, disable_tqdm=True)
+    assert LeanHFLM(pretrained=tiny_dir, **COMMON).generate_until(requests, disable_tqdm=True) == expected
+    # generation_batch_size: as many rows per generate call as asked (all 5 here, not 2), the same
+    # completions, and the log-likelihood batch size unchanged afterwards
+    wide = LeanHFLM(pretrained=tiny_dir, generation_batch_size=8, **COMMON)
+    rows = []
+    generate = wide._model_generate
+    wide._model_generate = lambda context, *args, **kwargs: (
+        rows.append(len(context)) or generate(context, *args, **kwargs)
+    )
+    assert wide.generate_until(requests, disable_tqdm=True) == expected
+    assert rows == [len(requests)] and wide.batch_size == 2
+    with pytest.raises(ValueError, match="generation_batch_size must be at least 1"):
+        LeanHFLM(pretrained=tiny_dir, generation_batch_size=-1, **COMMON)
 
 
 @pytest.mark.parametrize(

@@ -263,7 +263,13 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
     frozen_before = frozen_fingerprint(teacher.model, ())
     optimizer = torch.optim.Adam(gate.trunk.parameters(), lr=config.learning_rate)
     distiller = Distiller(teacher, gate, tokenizer, config, device)
-    lm = LeanHFLM(pretrained=teacher.model, tokenizer=tokenizer, batch_size=config.batch_size, device=device)
+    lm = LeanHFLM(
+        pretrained=teacher.model,
+        tokenizer=tokenizer,
+        batch_size=config.batch_size,
+        generation_batch_size=config.generation_batch_size,
+        device=device,
+    )
     scorer = TaskScorer(lm, task, val_docs, seed=config.seed)
 
     def student_score() -> float:
