@@ -223,6 +223,7 @@ def run(config: BenchConfig) -> Path | None:
     from harness.models import default_device
 
     times = StageTimes(device=config.device or default_device())
+    times.after_each = lambda: _write_times(times, config, finished=False)
     if config.sae != "none":
         with times("SAE"):
             _sae_stage(config, console)
@@ -313,7 +314,7 @@ def run(config: BenchConfig) -> Path | None:
     return path
 
 
-def _write_times(times: Any, config: BenchConfig) -> Path:
+def _write_times(times: Any, config: BenchConfig, finished: bool = True) -> Path:
     """This run's per-stage table, named by profile, budget and (when not the profile's) tasks."""
     import sys
 
@@ -326,7 +327,8 @@ def _write_times(times: Any, config: BenchConfig) -> Path:
         name += "-" + "+".join(Path(t).name for t in config.tasks)
     command = " ".join(["crl-bench", *sys.argv[1:]]) if sys.argv and "crl-bench" in sys.argv[0] else "crl-bench bench"
     manifest = build_manifest(bench_config=asdict(config), command=command)
-    return times.write(model_results(config.results_dir, config.model) / "bench_timings", name, command, manifest)
+    folder = model_results(config.results_dir, config.model) / "bench_timings"
+    return times.write(folder, name, command, manifest, finished=finished)
 
 
 def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) -> None:

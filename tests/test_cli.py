@@ -257,7 +257,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     ]
     assert ("evaluation: crl one-token", "arith_mc") in stages and stages[-1] == ("figures and report", "-")
     assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 100 for r in timings["rows"])
-    assert timings["total_wall_s"] >= sum(r["wall_s"] for r in timings["rows"])
+    assert timings["total_wall_s"] >= sum(r["wall_s"] for r in timings["rows"]) and timings["finished"]
     assert "| RLVR training | - |" in (mine / "bench_timings" / "full-smoke-arith_mc.md").read_text()
     crl_row = next(r for r in rows if r["method"] == "crl")
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
@@ -404,3 +404,25 @@ def test_bench_rl_settings_reach_each_method_and_keep_runs_matched(tmp_path):
         settings.write_text(bad)
         with pytest.raises(ValueError, match=message):
             BenchConfig(device="cpu", tasks="arith_gen", rl_settings=str(settings))
+
+
+def test_stage_times_are_written_after_every_stage(tmp_path):
+    """A bench run that stops (killed, out of memory, out of time) keeps the table of the stages it
+    finished, marked unfinished; the run's last write marks it finished."""
+    import json
+
+    from crl_bench.timings import StageTimes
+
+    times = StageTimes()
+    times.after_each = lambda: times.write(tmp_path, "t", "crl-bench bench", {}, finished=False)
+    with times("SAE"):
+        pass
+    first = json.loads((tmp_path / "t.json").read_text())
+    assert [r["stage"] for r in first["rows"]] == ["SAE"] and not first["finished"]
+    assert "**Unfinished**" in (tmp_path / "t.md").read_text()
+    with pytest.raises(RuntimeError), times("RLVR training"):
+        raise RuntimeError("killed")
+    assert [r["stage"] for r in json.loads((tmp_path / "t.json").read_text())["rows"]] == ["SAE", "RLVR training"]
+    times.write(tmp_path, "t", "crl-bench bench", {})
+    assert json.loads((tmp_path / "t.json").read_text())["finished"]
+    assert "Unfinished" not in (tmp_path / "t.md").read_text()
