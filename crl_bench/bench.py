@@ -234,13 +234,7 @@ def run(config: BenchConfig) -> Path | None:
         if lm is None:
             from harness.lm_models import LeanHFLM
 
-            lm = LeanHFLM(
-                pretrained=config.model,
-                batch_size=config.batch_size,
-                generation_batch_size=config.generation_batch_size,
-                device=config.device,
-                dtype=config.dtype,
-            )
+            lm = LeanHFLM(pretrained=config.model, **_model_kwargs(config))
         return lm
 
     output_types = task_output_types(config.tasks, manager)
@@ -331,6 +325,16 @@ def _write_times(times: Any, config: BenchConfig, finished: bool = True) -> Path
     return times.write(folder, name, command, manifest, finished=finished)
 
 
+def _model_kwargs(config: BenchConfig) -> dict[str, Any]:
+    """What every lm-eval model bench builds shares: batch sizes, device, dtype."""
+    return {
+        "batch_size": config.batch_size,
+        "generation_batch_size": config.generation_batch_size,
+        "device": config.device,
+        "dtype": config.dtype,
+    }
+
+
 def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) -> None:
     """Evaluate one stage with the lm-eval model its method needs."""
     if stage.controller is not None:
@@ -339,10 +343,7 @@ def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) 
         steered = CRLSteeredLM(
             pretrained=config.model,
             controller=str(stage.controller),
-            batch_size=config.batch_size,
-            generation_batch_size=config.generation_batch_size,
-            device=config.device,
-            dtype=config.dtype,
+            **_model_kwargs(config),
             log_interventions=str(stage.run_dir / "interventions.jsonl"),
         )
         (stage.run_dir / "interventions.jsonl").unlink(missing_ok=True)
@@ -355,10 +356,7 @@ def _run_stage(stage: Stage, config: BenchConfig, manager: Any, shared_lm: Any) 
         adapted = RLVRLoraLM(
             pretrained=config.model,
             adapter=str(stage.adapter),
-            batch_size=config.batch_size,
-            generation_batch_size=config.generation_batch_size,
-            device=config.device,
-            dtype=config.dtype,
+            **_model_kwargs(config),
         )
         _evaluate(adapted, stage, config, manager)
         del adapted

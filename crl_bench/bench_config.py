@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from harness.config import Dtype, RunConfig
+from harness.config import GENERATION_BATCH_SIZE, Dtype, RunConfig
 from harness.models import DEFAULT_MODEL
 
 # the full profile: crl-bench's tasks and the public benchmarks users name (`--tasks gsm8k,arc`)
@@ -49,7 +49,7 @@ class BenchConfig(RunConfig):
     )
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
     generation_batch_size: int = field(
-        default=64,
+        default=GENERATION_BATCH_SIZE,
         metadata={"help": "rows per generate call of generation tasks (a CPU decodes 64 rows ~1.6x faster than 16)"},
     )
     dtype: Dtype = field(

@@ -22,6 +22,10 @@ from harness.models import DEFAULT_MODEL
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
+# Rows per `generate` call where crl-bench evaluates or validates a generation task: a decoding
+# step reads every weight once whatever the rows, so a CPU decodes 64 rows ~1.6x faster than 16
+GENERATION_BATCH_SIZE = 64
+
 
 def read_yaml(path: str | Path, what: str) -> Any:
     """A YAML file's content; a missing file or a syntax error names the file (and line)."""

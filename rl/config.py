@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.config import Dtype, RunConfig
+from harness.config import GENERATION_BATCH_SIZE, Dtype, RunConfig
 from rl.budget import Budget
 
 
@@ -40,7 +40,8 @@ class RLTrainConfig(RunConfig):
     dtype: Dtype = field(default="auto", metadata={"help": "training dtype; auto = float32 on CPU, bfloat16 on GPU"})
     batch_size: int = field(default=16, metadata={"help": "batch size of the validation scoring"})
     generation_batch_size: int = field(
-        default=64, metadata={"help": "rows per generate call of the validation scoring on generation tasks"}
+        default=GENERATION_BATCH_SIZE,
+        metadata={"help": "rows per generate call of the validation scoring on generation tasks"},
     )
 
     def __post_init__(self) -> None:

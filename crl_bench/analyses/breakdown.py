@@ -342,10 +342,11 @@ def run(
     chosen = dict(runs_from_leaderboard(leaderboard or results / "leaderboard.json", task, model) if from_board else [])
     # a board row whose run is not on this machine (a committed row made elsewhere) is left out
     # and named; base, and runs named with --run, must be here
+    named = {"base", *(label for label, _ in runs)}
     absent = {
         label: str(path)
         for label, path in chosen.items()
-        if label != "base" and label not in dict(runs) and not (Path(path) / "samples.jsonl").exists()
+        if label not in named and not (Path(path) / "samples.jsonl").exists()
     }
     chosen = {label: path for label, path in chosen.items() if label not in absent}
     chosen.update(runs)
