@@ -68,7 +68,7 @@ def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
             model=lm,
             tasks=[stage.task],
             task_manager=manager,
-            limit=config.limit,
+            limit=stage.settings["limit"],
             log_samples=True,
             random_seed=config.seed,
             numpy_random_seed=config.seed,

@@ -18,17 +18,26 @@ RUNGS: tuple[str, ...] = ("rl-vector", "crl-lm", "csft")
 
 
 # What a bench run does when its flags leave it open. `laptop` (the embedded model on a CPU:
-# `make bench` within 45 minutes on 2 cores) covers all three CRL settings with one
-# one-token task and one generation task, the `laptop` budget, and a smaller vector sweep on
-# generation tasks (each point generates for every validation document); `full` is the
-# whole default task set and the `cpu` budget (`gpu` on a GPU).
+# every method and analysis of `make bench` on 2 cores, timed in
+# results/<model>/bench_timings/laptop-laptop.md) covers all three CRL settings with one
+# one-token task and one generation task, the `laptop` budget, the first 128 test items of a
+# generation task (each costs a generated answer per method; its rows say "limit 128"), and
+# a smaller vector sweep on generation tasks (each point generates for every validation
+# document); `full` is the whole default task set, every test item and the `cpu` budget
+# (`gpu` on a GPU). docs/bench.md says what each cut changes.
 PROFILES: dict[str, dict[str, Any]] = {
     "laptop": {
         "tasks": ["toy_sentiment", "arith_gen"],
         "budget": "laptop",
-        "generation_sweep": {"val_limit": 32, "coefs": [0.5, 1.0, 2.0], "layer_fractions": (1 / 3, 1 / 2)},
+        "generation_limit": 128,
+        "generation_sweep": {"val_limit": 32, "coefs": [0.5, 1.0, 2.0], "layer_fractions": (1 / 6,)},
     },
-    "full": {"tasks": list(DEFAULT_TASKS), "budget": {"cpu": "cpu", "cuda": "gpu"}, "generation_sweep": {}},
+    "full": {
+        "tasks": list(DEFAULT_TASKS),
+        "budget": {"cpu": "cpu", "cuda": "gpu"},
+        "generation_limit": None,
+        "generation_sweep": {},
+    },
 }
 
 
@@ -46,6 +55,13 @@ class BenchConfig(RunConfig):
     limit: int | None = field(
         default=None,
         metadata={"help": "evaluate only the first N items of each task (and at most N validation items per analysis)"},
+    )
+    generation_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate only the first N items of each generation task (default: the profile's: 128 on "
+            "laptop, every item on full; 0: every item)"
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
     generation_batch_size: int = field(
@@ -156,6 +172,14 @@ class BenchConfig(RunConfig):
         if self.budget == "auto":
             budget = defaults["budget"]
             self.budget = budget[device] if isinstance(budget, dict) else budget
+        if self.generation_limit is None:
+            self.generation_limit = defaults["generation_limit"]
+        elif self.generation_limit == 0:
+            self.generation_limit = None
+        elif self.generation_limit < 0:
+            raise ValueError(
+                f"--generation-limit must be a number of items (0: every item), got {self.generation_limit}"
+            )
         from rl.budget import Budget
 
         if self.sae_sequences < 8:
@@ -220,6 +244,15 @@ class BenchConfig(RunConfig):
                         cls(**{"budget": self.budget, **methods[method]}, task=task)
                     except (ValueError, TypeError) as err:
                         raise ValueError(f"--rl-settings {self.rl_settings}: {task}: {method}: {err}") from None
+
+    def limit_for(self, output_type: str | None) -> int | None:
+        """Test items evaluated on a task of this output type: --limit, and for a generation task at
+        most --generation-limit (None: every item)."""
+        limits = [self.limit]
+        if output_type == "generate_until":
+            limits.append(self.generation_limit)
+        given = [n for n in limits if n is not None]
+        return min(given) if given else None
 
 
 def vector_config(config: BenchConfig, task: str, output_type: str | None = None) -> Any:

@@ -116,9 +116,10 @@ def describe(config: BenchConfig) -> str:
     methods += ["corrsteer"] if config.corrsteer and config.sae != "none" else []
     controlled = ["rlvr"] * config.rlvr + [r for r in config.ladder if r in GRPO_RUNGS]
     methods += [f"{m} (random reward)" for m in controlled] if config.controls else []
+    limits = {task: config.limit_for(load_task(task, manager).OUTPUT_TYPE) for task in config.tasks}
     lines += [
-        f"{number}. evaluation through lm-eval on {', '.join(config.tasks)}"
-        + (f" (first {config.limit} items)" if config.limit else "")
+        f"{number}. evaluation through lm-eval on "
+        + ", ".join(task + (f" (first {limits[task]} test items)" if limits[task] else "") for task in config.tasks)
         + f": {', '.join(methods)} (finished evaluations with the same settings and inputs are reused)",
         f"{number + 1}. "
         + ("analyses: similarity, SAE-feature overlap, circuits, interactions" if config.analyses else "no analyses"),

@@ -117,6 +117,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
     from harness.vectors import VECTORS_FILE
 
     manager = manager or task_manager(names=config.tasks)
+    output_types = output_types or task_output_types(config.tasks, manager)
     model_files = model_identity(config.model)
 
     root = Path(config.runs_dir) if config.runs_dir else runs_root()
@@ -126,7 +127,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
         common = {
             "model": config.model,
             "task": task,
-            "limit": config.limit,
+            "limit": config.limit_for(output_types[task]),
             "seed": config.seed,
             "dtype": config.dtype,
             "inputs": {"model": model_files, "task": task_identity(task, manager)},
@@ -141,7 +142,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
                 settings = {**common, "method": "corrsteer", "artifact": digest}
                 stages.append(Stage("corrsteer", task, settings, found / "eval", artifact=found))
         for method in config.vectors:
-            artifact = vectors_dir(vector_config(config, task, (output_types or {}).get(task))) / method
+            artifact = vectors_dir(vector_config(config, task, output_types.get(task))) / method
             if not (artifact / VECTORS_FILE).exists():
                 continue
             settings = {
@@ -165,7 +166,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
                     "adapter": _file_digest(adapter / "adapter_model.safetensors", adapter / "config.json"),
                 }
                 stages.append(Stage("rlvr", task, settings, adapter / "eval", adapter=adapter))
-        for crl_config in crl_configs(config, task, (output_types or {}).get(task, "")):
+        for crl_config in crl_configs(config, task, output_types.get(task, "")):
             from rl.runs import run_dir_for
 
             controller = run_dir_for(crl_config, crl_config.method)

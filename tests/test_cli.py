@@ -356,15 +356,26 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
 def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
     from crl_bench.bench_config import DEFAULT_TASKS, BenchConfig, vector_config
 
-    laptop = BenchConfig(device="cpu")  # the embedded model on a CPU: make bench's 45-minute run
+    laptop = BenchConfig(device="cpu")  # the embedded model on a CPU: make bench's quick run
     assert (laptop.profile, laptop.tasks, laptop.budget) == ("laptop", ["toy_sentiment", "arith_gen"], "laptop")
+    # generation tasks' first 128 test items, the others' every item
+    assert (laptop.limit_for("generate_until"), laptop.limit_for("multiple_choice")) == (128, None)
     full = BenchConfig(model=tiny_dir, device="cpu")
     assert (full.profile, full.tasks, full.budget) == ("full", list(DEFAULT_TASKS), "cpu")
+    assert full.limit_for("generate_until") is None
     chosen = BenchConfig(device="cpu", tasks="arith_mc", budget="smoke")  # flags win over the profile
     assert (chosen.tasks, chosen.budget) == (["arith_mc"], "smoke")
+    every = BenchConfig(device="cpu", generation_limit=0)  # 0: every item
+    assert (every.limit_for("generate_until"), BenchConfig(device="cpu", limit=50).limit_for("generate_until")) == (
+        None,
+        50,
+    )
+    assert BenchConfig(device="cpu", limit=500).limit_for("generate_until") == 128  # the smaller of the two
+    with pytest.raises(ValueError, match=r"--generation-limit must be a number of items \(0: every item\), got -1"):
+        BenchConfig(device="cpu", generation_limit=-1)
     # laptop: generation tasks get the small sweep, one-token tasks the default one
     small = vector_config(BenchConfig(model=tiny_dir, profile="laptop", device="cpu"), "arith_gen", "generate_until")
-    assert (small.layers, small.coefs, small.val_limit) == ([1, 2], [0.5, 1.0, 2.0], 32)  # 4 layers: 1/3, 1/2
+    assert (small.layers, small.coefs, small.val_limit) == ([1], [0.5, 1.0, 2.0], 32)  # 4 layers: a sixth in
     usual = vector_config(BenchConfig(model=tiny_dir, profile="laptop", device="cpu"), "arith_mc", "multiple_choice")
     assert (usual.layers, usual.val_limit) == (None, 64)
     with pytest.raises(ValueError, match="--profile must be one of auto, laptop, full, got 'fast'"):
