@@ -169,7 +169,25 @@ def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], consol
         console.print(f"breakdown: {path}")
 
 
-def _sae_stage(config: BenchConfig, console: Any) -> None:
+def _auto_sae_layers(config: BenchConfig, output_types: dict[str, str]) -> list[int]:
+    """The layers this run needs an `auto` SAE at: the SAE's layer, then the multi-layer CRL
+    setting's others (empty when a published SAE serves the SAE's layer)."""
+    from harness.models import model_info
+    from harness.sae.provision import published_sae
+    from rl.crl.trainer import controlled_layers
+
+    info = model_info(config.model)
+    main = info.check_layer(config.sae_layer if config.sae_layer is not None else info.n_layers // 2)
+    if config.sae != "auto" or published_sae(info, main):
+        return []
+    layers = [main]
+    for task in config.tasks:
+        for crl in crl_configs(config, task, output_types[task]):
+            layers += [layer for layer in controlled_layers(crl, info.n_layers, main) if layer not in layers]
+    return layers
+
+
+def _sae_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) -> None:
     from harness.models import default_device, model_info
     from harness.sae import load_sae
     from harness.sae.assess import assess
@@ -179,6 +197,12 @@ def _sae_stage(config: BenchConfig, console: Any) -> None:
     device = config.device or default_device()
     info = model_info(config.model)
     started = time.time()
+    layers = _auto_sae_layers(config, output_types)
+    if len(layers) > 1:  # the multi-layer CRL setting's SAEs: trained from one forward pass, not one each
+        from harness.sae.train import SAETrainConfig, train_saes
+
+        console.print(f"auto SAEs at layers {', '.join(map(str, layers))}: trained together, one forward pass")
+        train_saes([SAETrainConfig(model=info.name, layer=layer, corpus=config.sae_corpus) for layer in layers])
     loaded = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
     record = assess(
         loaded,
@@ -224,9 +248,10 @@ def run(config: BenchConfig) -> Path | None:
 
     times = StageTimes(device=config.device or default_device())
     times.after_each = lambda: _write_times(times, config, finished=False)
+    output_types = task_output_types(config.tasks, manager)
     if config.sae != "none":
         with times("SAE"):
-            _sae_stage(config, console)
+            _sae_stage(config, console, output_types)
     lm = None
 
     def shared_lm():
@@ -237,7 +262,6 @@ def run(config: BenchConfig) -> Path | None:
             lm = LeanHFLM(pretrained=config.model, **_model_kwargs(config))
         return lm
 
-    output_types = task_output_types(config.tasks, manager)
     if config.vectors:
         from baselines import train
 

@@ -437,3 +437,20 @@ def test_stage_times_are_written_after_every_stage(tmp_path):
     times.write(tmp_path, "t", "crl-bench bench", {})
     assert json.loads((tmp_path / "t.json").read_text())["finished"]
     assert "Unfinished" not in (tmp_path / "t.md").read_text()
+
+
+def test_bench_trains_the_auto_saes_of_every_layer_it_needs_in_one_pass(tiny_dir):
+    """An `auto` SAE at the SAE's layer and, when the multi-layer CRL setting runs, at its other
+    layers too: the SAE stage trains them together (`train_saes`), not one per CRL run."""
+    from crl_bench.bench import _auto_sae_layers
+    from crl_bench.bench_config import BenchConfig
+
+    kinds = {"toy_sentiment": "multiple_choice", "arith_gen": "generate_until"}
+    both = BenchConfig(model=tiny_dir, device="cpu", tasks="toy_sentiment,arith_gen")
+    assert _auto_sae_layers(both, kinds) == [2, 1]  # 4 layers: the middle one, then a third in
+    one_token = BenchConfig(model=tiny_dir, device="cpu", tasks="toy_sentiment,arith_gen", crl="one-token,generation")
+    assert _auto_sae_layers(one_token, kinds) == [2]
+    assert _auto_sae_layers(
+        BenchConfig(model=tiny_dir, device="cpu", tasks="arith_gen"), {"arith_gen": "generate_until"}
+    ) == [2]
+    assert _auto_sae_layers(BenchConfig(model=tiny_dir, device="cpu", tasks="toy_sentiment", sae="none"), kinds) == []

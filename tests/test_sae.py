@@ -495,3 +495,53 @@ def test_a_retrained_sae_never_replaces_the_record_earlier_results_used(tmp_path
     )
     table = (results / "saes" / "README.md").read_text()
     assert table.count("| m | layer9-w16-k4-abc |") == 2
+
+
+def test_saes_of_several_layers_train_from_one_forward_and_resume(
+    tmp_path, tiny_dir, tiny_model, corpus_file, monkeypatch
+):
+    """train_saes: one sae-lens multi-SAE run trains a layer-1 and a layer-2 SAE; each lands in the
+    directory train_sae would give it, learns (held-out FVU well below an SAE trained on 256
+    tokens), names its partner in its manifest, is reused when finished, and a killed joint run
+    resumes from its checkpoint."""
+    from sae_lens.training import multi_sae_trainer, sae_trainer
+
+    from harness.sae.train import train_sae, train_saes
+
+    configs = [train_config(tiny_dir, corpus_file, tmp_path / f"l{layer}", layer=layer) for layer in (1, 2)]
+    original_step, original_fit = sae_trainer.SAETrainer.step, multi_sae_trainer.MultiSAETrainer.fit
+
+    def crash_late(self, batch):
+        if self.n_training_samples >= 2560:
+            raise RuntimeError("simulated crash")
+        return original_step(self, batch)
+
+    starts = []
+
+    def record_fit(self):
+        starts.append(self.n_training_samples)
+        return original_fit(self)
+
+    monkeypatch.setattr(multi_sae_trainer.MultiSAETrainer, "fit", record_fit)
+    monkeypatch.setattr(sae_trainer.SAETrainer, "step", crash_late)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_saes(configs)
+    monkeypatch.setattr(sae_trainer.SAETrainer, "step", original_step)
+    assert not any((tmp_path / f"l{layer}").exists() for layer in (1, 2))
+    one, two = train_saes(configs)
+    assert len(starts) == 2 and starts[1] >= 1024, starts  # resumed, not restarted
+    assert (one, two) == (tmp_path / "l1", tmp_path / "l2") and not list(tmp_path.glob("joint-*"))
+
+    short = train_sae(train_config(tiny_dir, corpus_file, tmp_path / "short", tokens=256))
+    assert heldout_fvu(tiny_model, two, corpus_file) < 0.8 * heldout_fvu(tiny_model, short, corpus_file)
+    for directory, layer, partner in ((one, 1, "l2"), (two, 2, "l1")):
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert (manifest["layer"], manifest["training_tokens"], manifest["trained_jointly_with"]) == (
+            layer,
+            4096,
+            [partner],
+        )
+        assert json.loads((directory / "cfg.json").read_text())["metadata"]["hook_name"] == f"model.layers.{layer}"
+    stamp = (two / "sae_weights.safetensors").stat().st_mtime_ns
+    train_saes(configs)  # finished: reused
+    assert (two / "sae_weights.safetensors").stat().st_mtime_ns == stamp and len(starts) == 2

@@ -104,11 +104,21 @@ def finished(directory: Path) -> bool:
     return (directory / MANIFEST).exists() and (directory / "sae_weights.safetensors").exists()
 
 
-def _latest_checkpoint(checkpoints: Path) -> Path | None:
+def _latest_checkpoint(checkpoints: Path, names: list[str] | None = None) -> Path | None:
+    """The newest complete checkpoint: sae-lens nests them under a per-run id,
+    <checkpoints>/<run id>/<tokens done>/, and the multi-SAE runner one folder per SAE below
+    that (`names`: every one must be there)."""
     from sae_lens.constants import TRAINER_STATE_FILENAME
 
-    # sae-lens nests checkpoints under a per-run id: <checkpoints>/<run id>/<tokens done>/
-    done = [p.parent for p in checkpoints.rglob(TRAINER_STATE_FILENAME) if p.parent.name.isdigit()]
+    if names is None:
+        done = [p.parent for p in checkpoints.rglob(TRAINER_STATE_FILENAME) if p.parent.name.isdigit()]
+    else:
+        done = [
+            p.parent.parent
+            for p in checkpoints.rglob(TRAINER_STATE_FILENAME)
+            if p.parent.parent.name.isdigit()
+            and all((p.parent.parent / name / TRAINER_STATE_FILENAME).exists() for name in names)
+        ]
     return max(done, key=lambda p: int(p.name)) if done else None
 
 
@@ -131,53 +141,27 @@ def _quiet_sae_lens():
         logger.setLevel(level)
 
 
-def train_sae(config: SAETrainConfig) -> Path:
-    """Train (or resume, or reuse) the SAE described by `config`; return its directory."""
-    import torch
-    from datasets import Dataset
-    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
-    from sae_lens.load_model import HookedProxyLM
+def _sae_config(config: SAETrainConfig, d_in: int, device: str):
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
-    from harness.models import cpu_has_native_bf16, default_device, describe, load_causal_lm, model_info
-    from harness.sae.corpus import load_corpus
+    return TopKTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=config.width,
+        k=config.k,
+        dtype="float32",
+        device=device,
+        normalize_activations="expected_average_only_in",
+    )
 
-    info = model_info(config.model)
-    if config.layer is None:
-        config.layer = info.n_layers // 2
-    info.check_layer(config.layer)
-    target = config.directory()
-    if finished(target) and not config.force:
-        return target
-    partial = target.with_name(target.name + ".partial")
-    if config.force and partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    write_json(partial / CONFIG, asdict(config))
-    device = config.device or default_device()
 
-    corpus = load_corpus(config.corpus)
-    # ~4 characters per token in English; 1.5x so the run rarely needs a second epoch.
-    texts = corpus.chunks("train", max_chars=int(config.tokens * 6), seed=config.seed)
-    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
-    # emulated bf16 (a CPU without AVX512-BF16/AMX) is 20-100x slower than fp32: no autocast there
-    autocast = config.autocast and (not device.startswith("cpu") or cpu_has_native_bf16())
-    hook = f"{describe(model).layers_path}.{config.layer}"
+def _runner_settings(config: SAETrainConfig, model_path: str, corpus_spec: str, device: str, autocast: bool) -> dict:
+    """What the single- and the multi-SAE runner configs of sae-lens share."""
+    from sae_lens import LoggingConfig
 
-    runner_cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(
-            d_in=info.d_model,
-            d_sae=config.width,
-            k=config.k,
-            dtype="float32",
-            device=device,
-            normalize_activations="expected_average_only_in",
-        ),
-        model_name=str(info.path),
+    return dict(
+        model_name=model_path,
         model_class_name="AutoModelForCausalLM",
-        hook_name=hook,
-        dataset_path=f"crl-bench:{corpus.spec}",
-        is_dataset_tokenized=False,
+        dataset_path=f"crl-bench:{corpus_spec}",
         streaming=False,
         context_size=config.context_size,
         prepend_bos=True,
@@ -199,11 +183,98 @@ def train_sae(config: SAETrainConfig) -> Path:
         dead_feature_window=max(10, 50_000 // config.batch_tokens),
         feature_sampling_window=200,
         n_checkpoints=config.checkpoints,
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+
+
+def _load_for_training(config: SAETrainConfig):
+    """The corpus's training texts, the model and tokenizer, the device and whether to autocast."""
+    from harness.models import cpu_has_native_bf16, default_device, load_causal_lm
+    from harness.sae.corpus import load_corpus
+
+    device = config.device or default_device()
+    corpus = load_corpus(config.corpus)
+    # ~4 characters per token in English; 1.5x so the run rarely needs a second epoch.
+    texts = corpus.chunks("train", max_chars=int(config.tokens * 6), seed=config.seed)
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, device=device)
+    # emulated bf16 (a CPU without AVX512-BF16/AMX) is 20-100x slower than fp32: no autocast there
+    autocast = config.autocast and (not device.startswith("cpu") or cpu_has_native_bf16())
+    return corpus, texts, model, tokenizer, device, autocast
+
+
+def _finish(config: SAETrainConfig, partial: Path, corpus, model, wall_s: float, device: str, autocast: bool, **extra):
+    """Write the manifest into `partial` and rename it into place: the SAE is finished."""
+    from harness.models import describe, model_info
+
+    target = config.directory()
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    write_json(
+        partial / MANIFEST,
+        build_manifest(
+            kind="sae",
+            model=config.model,
+            model_path=str(model_info(config.model).path),
+            layer=config.layer,
+            hook_name=f"{describe(model).layers_path}.{config.layer}",
+            corpus=corpus.describe(),
+            training_tokens=config.tokens,
+            training_steps=config.tokens // config.batch_tokens,
+            train_wall_s=round(wall_s, 1),
+            device=device,
+            llm_dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+            autocast=autocast,
+            seed=config.seed,
+            **extra,
+        ),
+    )
+    (partial / PROGRESS).unlink(missing_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target
+
+
+def _start(config: SAETrainConfig) -> Path:
+    """The `.partial` directory `config` trains into (emptied first under --force)."""
+    from harness.models import model_info
+
+    info = model_info(config.model)
+    if config.layer is None:
+        config.layer = info.n_layers // 2
+    info.check_layer(config.layer)
+    partial = config.directory().with_name(config.directory().name + ".partial")
+    if config.force and partial.exists():
+        shutil.rmtree(partial)
+    return partial
+
+
+def train_sae(config: SAETrainConfig) -> Path:
+    """Train (or resume, or reuse) the SAE described by `config`; return its directory."""
+    import torch
+    from datasets import Dataset
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
+    from sae_lens.load_model import HookedProxyLM
+
+    from harness.models import describe, model_info
+
+    partial = _start(config)
+    if finished(config.directory()) and not config.force:
+        return config.directory()
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(partial / CONFIG, asdict(config))
+    corpus, texts, model, tokenizer, device, autocast = _load_for_training(config)
+    info = model_info(config.model)
+    hook = f"{describe(model).layers_path}.{config.layer}"
+
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=_sae_config(config, info.d_model, device),
+        hook_name=hook,
+        is_dataset_tokenized=False,
         checkpoint_path=str(partial / "checkpoints"),
         output_path=str(partial),
-        save_final_checkpoint=False,
         verbose=False,
-        logger=LoggingConfig(log_to_wandb=False),
+        **_runner_settings(config, str(info.path), corpus.spec, device, autocast),
     )
     torch.manual_seed(config.seed)
     progress = json.loads((partial / PROGRESS).read_text()) if (partial / PROGRESS).exists() else {"wall_s": 0.0}
@@ -225,31 +296,81 @@ def train_sae(config: SAETrainConfig) -> Path:
         finally:
             progress["wall_s"] += time.perf_counter() - started
             write_json(partial / PROGRESS, progress)
+    return _finish(config, partial, corpus, model, progress["wall_s"], device, autocast)
 
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
-    write_json(
-        partial / MANIFEST,
-        build_manifest(
-            kind="sae",
-            model=config.model,
-            model_path=str(info.path),
-            layer=config.layer,
-            hook_name=hook,
-            corpus=corpus.describe(),
-            training_tokens=config.tokens,
-            training_steps=config.tokens // config.batch_tokens,
-            train_wall_s=round(progress["wall_s"], 1),
-            device=device,
-            llm_dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-            autocast=autocast,
-            seed=config.seed,
-        ),
+
+def _shared(config: SAETrainConfig) -> dict:
+    return {k: v for k, v in config.identity().items() if k != "layer"}
+
+
+def train_saes(configs: list[SAETrainConfig]) -> list[Path]:
+    """Train (or resume, or reuse) SAEs that differ only in their layer, from one forward pass of
+    the model: sae-lens's `MultiSAETrainingRunner` captures every layer in the same forward and
+    trains one SAE per layer on it, each with its own optimiser, scaler and dead-feature
+    tracking, so two layers cost about one. Each finished SAE is the same directory, config and
+    manifest as `train_sae`'s (its manifest names the SAEs it was trained with); a finished one
+    is reused, and a lone unfinished one trains alone. Returns their directories, in order."""
+    import torch
+    from datasets import Dataset
+    from sae_lens.load_model import HookedProxyLM
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+
+    from harness.models import describe, model_info
+
+    partials = {id(c): _start(c) for c in configs}
+    todo = [c for c in configs if c.force or not finished(c.directory())]
+    if len(todo) < 2:
+        return [train_sae(c) for c in configs]
+    if any(_shared(c) != _shared(todo[0]) for c in todo) or len({c.layer for c in todo}) < len(todo):
+        raise ValueError("train_saes trains SAEs that differ in their layer only; train the others one at a time")
+    names = {c.directory().name: c for c in todo}
+    key = hashlib.sha256(json.dumps(sorted(names), sort_keys=True).encode()).hexdigest()[:10]
+    group = todo[0].directory().parent / f"joint-{key}.partial"
+    if any(c.force for c in todo) and group.exists():
+        shutil.rmtree(group)
+    group.mkdir(parents=True, exist_ok=True)
+    write_json(group / CONFIG, {name: asdict(c) for name, c in names.items()})
+    first = todo[0]
+    corpus, texts, model, tokenizer, device, autocast = _load_for_training(first)
+    info = model_info(first.model)
+    hooks = {name: f"{describe(model).layers_path}.{c.layer}" for name, c in names.items()}
+    runner_cfg = MultiSAETrainingRunnerConfig(
+        saes={name: _sae_config(c, info.d_model, device) for name, c in names.items()},
+        hook_names=hooks,
+        checkpoint_path=str(group / "checkpoints"),
+        output_path=str(group / "out"),
+        **_runner_settings(first, str(info.path), corpus.spec, device, autocast),
     )
-    (partial / PROGRESS).unlink(missing_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
-    return target
+    torch.manual_seed(first.seed)
+    progress = json.loads((group / PROGRESS).read_text()) if (group / PROGRESS).exists() else {"wall_s": 0.0}
+    started = time.perf_counter()
+    with _quiet_sae_lens():
+        runner = MultiSAETrainingRunner(
+            runner_cfg,
+            override_dataset=Dataset.from_dict({"text": texts}),
+            override_model=HookedProxyLM(model, tokenizer, hook_names=list(hooks.values())),
+        )
+        checkpoint = _latest_checkpoint(group / "checkpoints", list(names))
+        if checkpoint is not None:
+            print(f"resuming SAE training from {checkpoint} ({checkpoint.name} tokens done)")
+            runner.cfg.resume_from_checkpoint = str(checkpoint)
+        else:
+            _init_decoder_biases(runner, hooks)
+        try:
+            runner.run()
+        finally:
+            progress["wall_s"] += time.perf_counter() - started
+            write_json(group / PROGRESS, progress)
+    for name, config in names.items():
+        partial = partials[id(config)]
+        if partial.exists():
+            shutil.rmtree(partial)
+        shutil.copytree(group / "out" / name, partial)
+        write_json(partial / CONFIG, asdict(config))
+        others = sorted(set(names) - {name})
+        _finish(config, partial, corpus, model, progress["wall_s"], device, autocast, trained_jointly_with=others)
+    shutil.rmtree(group)
+    return [c.directory() for c in configs]
 
 
 def _init_decoder_bias(runner, batches: int = 8) -> None:
@@ -262,7 +383,32 @@ def _init_decoder_bias(runner, batches: int = 8) -> None:
     import torch
 
     store = runner.activations_store
-    acts = torch.cat([next(store) for _ in range(batches)]).float()
+    _set_decoder_bias(runner.sae, torch.cat([next(store) for _ in range(batches)]))
+
+
+def _init_decoder_biases(runner, hooks: dict[str, str], batches: int = 8) -> None:
+    """`_init_decoder_bias` for the multi-SAE runner: each SAE's b_dec at the mean of its own
+    layer's activations, special tokens (BOS) left out as the trainer leaves them out."""
+    import torch
+
+    store = runner.activations_store
+    acts: dict[str, list] = {hook: [] for hook in set(hooks.values())}
+    for _ in range(batches):
+        tokens = store.get_batch_tokens()
+        by_hook = store.get_multi_hook_activations(tokens)
+        keep = torch.ones(tokens.numel(), dtype=torch.bool)
+        if store.exclude_special_tokens is not None:
+            keep = ~torch.isin(tokens.reshape(-1).cpu(), store.exclude_special_tokens.cpu())
+        for hook in acts:
+            acts[hook].append(by_hook[hook].reshape(-1, by_hook[hook].shape[-1])[keep.to(by_hook[hook].device)])
+    for name, hook in hooks.items():
+        _set_decoder_bias(runner.saes[name], torch.cat(acts[hook]))
+
+
+def _set_decoder_bias(sae, acts) -> None:
+    import torch
+
+    acts = acts.float()
     scale = acts.shape[-1] ** 0.5 / acts.norm(dim=-1).mean()
     with torch.no_grad():
-        runner.sae.b_dec.copy_((acts.mean(0) * scale).to(runner.sae.b_dec.dtype))
+        sae.b_dec.copy_((acts.mean(0) * scale).to(sae.b_dec.dtype))

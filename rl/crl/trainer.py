@@ -92,7 +92,9 @@ CURVE_FIELDS = (
 BANK_FILE = "bank.safetensors"
 
 
-def _default_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> list[int]:
+def controlled_layers(config: CRLConfig, n_layers: int, sae_layer: int | None) -> list[int]:
+    """The layers a CRL run steers: its --layers, else a third and half of the depth (multi-layer),
+    else the SAE's layer."""
     if config.layers:
         return list(config.layers)
     if config.setting == "multi-layer":
@@ -200,7 +202,7 @@ def train(config: CRLConfig) -> Path:
         return load_sae(config.sae, info, layer, device=device, corpus=config.sae_corpus)
 
     first = sae_for(config.layers[0]) if config.layers else sae_for(None)
-    layers = _default_layers(config, info.n_layers, first.layer)
+    layers = controlled_layers(config, info.n_layers, first.layer)
     saes = {first.layer: first} if first.layer in layers else {}
     for layer in layers:
         if layer not in saes:
