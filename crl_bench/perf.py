@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import GENERATION_BATCH_SIZE
 from harness.manifest import build_manifest, write_json
 from harness.models import DEFAULT_MODEL, cpu_dtype, default_device
 from rl.config import CPU_MICRO_BATCH
@@ -57,8 +58,15 @@ class PerfConfig:
         metadata={"help": "generation task of a second training comparison: RLVR and CRL setting 3 (none: skip it)"},
     )
     generation_items: int = field(
-        default=100,
-        metadata={"help": "items of the generation task timed under the trained setting-3 controller (0: skip)"},
+        default=128,
+        metadata={
+            "help": "items of the generation task timed unsteered at --batch-size and at --generation-batch-size "
+            "rows per generate call, and under the trained setting-3 controller (0: skip)"
+        },
+    )
+    generation_batch_size: int = field(
+        default=GENERATION_BATCH_SIZE,
+        metadata={"help": "rows per generate call of the generation timings (bench's default), against --batch-size"},
     )
     train_max_new_tokens: int = field(
         default=32,
@@ -103,10 +111,17 @@ def _rss_mb() -> float:
 
 
 def worker(
-    variant: str, config: PerfConfig, steer_dir: str, task: str, shots: int | None, items: int | None
+    variant: str,
+    config: PerfConfig,
+    steer_dir: str,
+    task: str,
+    shots: int | None,
+    items: int | None,
+    rows: int | None = None,
 ) -> dict[str, Any]:
     """Runs inside the subprocess: load, evaluate one task, measure. `steer_dir` is the steering
-    vector (`vector_steered`) or the CRL run directory (`crl_steered`); `shots` None: the task's own."""
+    vector (`vector_steered`) or the CRL run directory (`crl_steered`); `shots` None: the task's own;
+    `rows`: rows per generate call of our wrappers (None: the batch size)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -124,13 +139,13 @@ def worker(
     if variant == "hf":
         lm = HFLM(pretrained=resolve_model(config.model), **common)
     elif variant == "hf_lean":
-        lm = LeanHFLM(pretrained=config.model, **common)
+        lm = LeanHFLM(pretrained=config.model, generation_batch_size=rows, **common)
     elif variant == "hf_lean_one_pass":
         lm = LeanHFLM(pretrained=config.model, shared_prefix=False, **common)
     elif variant == "crl_steered":
         from rl.crl.lm import CRLSteeredLM
 
-        lm = CRLSteeredLM(pretrained=config.model, controller=steer_dir, **common)
+        lm = CRLSteeredLM(pretrained=config.model, controller=steer_dir, generation_batch_size=rows, **common)
     else:
         lm = VectorSteeredLM(pretrained=config.model, steer=steer_dir, **common)
     load_s, rss_loaded = time.time() - started, _rss_mb()
@@ -223,24 +238,38 @@ def _rounded(values: list) -> str:
 
 
 def _generation_under_controller(config: PerfConfig, controller: str, tmp: str, console: Any) -> dict | None:
-    """Time the generation task unsteered and under the trained setting-3 controller, each in its
-    own process, per generated token (steered completions may differ in length)."""
+    """Time the generation task unsteered at --batch-size rows per generate call (the baseline),
+    unsteered at --generation-batch-size rows (same completions), and under the trained setting-3
+    controller at --generation-batch-size rows, each in its own process; the controller per
+    generated token (steered completions may differ in length)."""
     if config.generation_items <= 0:
         return None
     task = config.train_generation_task
-    measured = {}
-    for variant in ("hf_lean", "crl_steered"):
-        out = Path(tmp) / f"generation-{variant}.json"
+    measured, completions = {}, {}
+    runs = {
+        "hf_lean_batch": ("hf_lean", config.batch_size),
+        "hf_lean": ("hf_lean", config.generation_batch_size),
+        "crl_steered": ("crl_steered", config.generation_batch_size),
+    }
+    for name, (variant, rows) in runs.items():
+        out = Path(tmp) / f"generation-{name}.json"
         cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), controller, str(out)]
-        subprocess.run([*cmd, json.dumps([task, None, config.generation_items])], check=True)
+        subprocess.run([*cmd, json.dumps([task, None, config.generation_items, rows])], check=True)
         found = json.loads(out.read_text())
-        measured[variant] = {k: found[k] for k in ("eval_s", "generated_tokens", "peak_rss_mb")}
+        measured[name] = {"rows": rows, **{k: found[k] for k in ("eval_s", "generated_tokens", "peak_rss_mb")}}
+        completions[name] = found["loglikelihoods"]
     per_token = {v: m["eval_s"] / max(1, m["generated_tokens"]) for v, m in measured.items()}
-    console.print(f"perf: generation under the controller {per_token['crl_steered'] / per_token['hf_lean']:.2f}x")
+    time_ratio_rows = measured["hf_lean"]["eval_s"] / measured["hf_lean_batch"]["eval_s"]
+    console.print(
+        f"perf: generation at {config.generation_batch_size} rows {time_ratio_rows:.2f}x the time at "
+        f"{config.batch_size}; under the controller {per_token['crl_steered'] / per_token['hf_lean']:.2f}x"
+    )
     return {
         "task": task,
         "items": config.generation_items,
         **measured,
+        "time_ratio_rows": time_ratio_rows,
+        "same_completions_across_rows": completions["hf_lean"] == completions["hf_lean_batch"],
         "time_per_token_ratio": per_token["crl_steered"] / per_token["hf_lean"],
     }
 
@@ -364,6 +393,13 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         for m in micro_batches
     ]
     if generation:
+        lines.append(
+            f"- {generation['task']}, unsteered generation (`hf_lean`), {generation['items']} items, "
+            f"{generation['hf_lean']['rows']} rows per generate call / {generation['hf_lean_batch']['rows']} rows: "
+            f"**{generation['time_ratio_rows']:.2f}x** the time ({generation['hf_lean']['eval_s']:.1f} s vs "
+            f"{generation['hf_lean_batch']['eval_s']:.1f} s), "
+            + ("the same completions." if generation["same_completions_across_rows"] else "**different completions**.")
+        )
         lines.append(
             f"- {generation['task']}, generation under the trained setting-3 controller (`crl_steered`, a decision at "
             f"every generated token) / unsteered (`hf_lean`), {generation['items']} items: "

@@ -25,14 +25,25 @@ def fingerprint(settings: dict[str, Any], ignore: set[str] | frozenset[str] = fr
 
 def git_commit(repo: Path | None = None) -> str | None:
     """The project's git commit, with `+dirty` when the code has uncommitted changes (changes
-    under `results/`, which runs write themselves, do not count)."""
+    under `results/` and to README.md's headline, which runs write themselves, do not count)."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            [
+                "git",
+                "-C",
+                str(repo),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+                ":(exclude)README.md",
+            ],
             capture_output=True,
             text=True,
             check=True,

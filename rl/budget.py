@@ -10,8 +10,8 @@ overridden by their own flags):
 
 - `smoke`: a few steps, for tests;
 - `laptop`: what `make bench` trains on the embedded model on a 2-core CPU (the `laptop`
-  bench profile): half the `cpu` one-token budget and 128 generation rollouts, so that the
-  whole bench fits in 45 minutes;
+  bench profile): half the `cpu` one-token budget and 128 generation rollouts (the whole
+  bench's time: results/<model>/bench_timings/laptop-laptop.md);
 - `cpu`: the embedded model on a 2-core CPU, aiming at 15 minutes of RLVR training per task
   (generation tasks get fewer steps and smaller groups: each rollout costs ~20-30 tokens
   instead of one);

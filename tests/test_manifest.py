@@ -76,3 +76,25 @@ def test_concurrent_processes_convert_the_embedded_model_once(tmp_path, monkeypa
     for thread in threads:
         thread.join()
     assert calls == ["gemma-3-270m"] and found == [str(target)] * 2
+
+
+def test_a_run_writing_its_results_and_readme_headline_leaves_the_commit_clean(tmp_path):
+    """`+dirty` marks uncommitted code, not what bench writes itself (results/, README's headline)."""
+    import subprocess
+
+    from harness.manifest import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for name in ("code.py", "README.md", "results/board.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "README.md").write_text("headline\n")
+    (tmp_path / "results/board.md").write_text("rows\n")
+    assert not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("b\n")
+    assert git_commit(tmp_path).endswith("+dirty")

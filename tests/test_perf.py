@@ -60,9 +60,13 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     assert all(generation[v]["generated_tokens"] > 0 for v in ("hf_lean", "crl_steered"))
     per_token = {v: generation[v]["eval_s"] / generation[v]["generated_tokens"] for v in ("hf_lean", "crl_steered")}
     assert generation["time_per_token_ratio"] == per_token["crl_steered"] / per_token["hf_lean"]
+    # unsteered at bench's rows per generate call against the batch size, same process each, same completions
+    assert (generation["hf_lean"]["rows"], generation["hf_lean_batch"]["rows"]) == (64, 16)
+    assert generation["time_ratio_rows"] == generation["hf_lean"]["eval_s"] / generation["hf_lean_batch"]["eval_s"]
+    assert generation["same_completions_across_rows"] is True
     text = (tmp_path / "perf_training.md").read_text()
     assert "arith_gen, crl / RLVR" in text and "TRL's row-by-row passes" in text
-    assert "generation under the trained setting-3 controller" in text
+    assert "generation under the trained setting-3 controller" in text and "64 rows per generate call / 16 rows" in text
 
 
 def test_evaluation_comparison_per_task_against_hf(tiny_dir, tmp_path):
