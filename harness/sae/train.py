@@ -251,10 +251,7 @@ def _start(config: SAETrainConfig) -> Path:
 
 def train_sae(config: SAETrainConfig) -> Path:
     """Train (or resume, or reuse) the SAE described by `config`; return its directory."""
-    import torch
-    from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
-    from sae_lens.load_model import HookedProxyLM
 
     from harness.models import describe, model_info
 
@@ -276,27 +273,49 @@ def train_sae(config: SAETrainConfig) -> Path:
         verbose=False,
         **_runner_settings(config, str(info.path), corpus.spec, device, autocast),
     )
-    torch.manual_seed(config.seed)
-    progress = json.loads((partial / PROGRESS).read_text()) if (partial / PROGRESS).exists() else {"wall_s": 0.0}
+    wall_s = _run(
+        LanguageModelSAETrainingRunner,
+        runner_cfg,
+        partial,
+        config.seed,
+        texts,
+        model,
+        tokenizer,
+        [hook],
+        _init_decoder_bias,
+    )
+    return _finish(config, partial, corpus, model, wall_s, device, autocast)
+
+
+def _run(runner_class, runner_cfg, folder: Path, seed: int, texts, model, tokenizer, hooks, init, names=None) -> float:
+    """Run a sae-lens training runner whose checkpoints go to `folder`/checkpoints: resumed from
+    the newest complete one, else started after `init(runner)`. Returns the wall seconds of
+    every attempt so far (kept in `folder`/progress.json across resumes)."""
+    import torch
+    from datasets import Dataset
+    from sae_lens.load_model import HookedProxyLM
+
+    torch.manual_seed(seed)
+    progress = json.loads((folder / PROGRESS).read_text()) if (folder / PROGRESS).exists() else {"wall_s": 0.0}
     started = time.perf_counter()
     with _quiet_sae_lens():
-        runner = LanguageModelSAETrainingRunner(
+        runner = runner_class(
             runner_cfg,
             override_dataset=Dataset.from_dict({"text": texts}),
-            override_model=HookedProxyLM(model, tokenizer, hook_names=[hook]),
+            override_model=HookedProxyLM(model, tokenizer, hook_names=hooks),
         )
-        checkpoint = _latest_checkpoint(partial / "checkpoints")
+        checkpoint = _latest_checkpoint(folder / "checkpoints", names)
         if checkpoint is not None:
             print(f"resuming SAE training from {checkpoint} ({checkpoint.name} tokens done)")
             runner.cfg.resume_from_checkpoint = str(checkpoint)
         else:
-            _init_decoder_bias(runner)
+            init(runner)
         try:
             runner.run()
         finally:
             progress["wall_s"] += time.perf_counter() - started
-            write_json(partial / PROGRESS, progress)
-    return _finish(config, partial, corpus, model, progress["wall_s"], device, autocast)
+            write_json(folder / PROGRESS, progress)
+    return progress["wall_s"]
 
 
 def _shared(config: SAETrainConfig) -> dict:
@@ -310,9 +329,6 @@ def train_saes(configs: list[SAETrainConfig]) -> list[Path]:
     tracking, so two layers cost about one. Each finished SAE is the same directory, config and
     manifest as `train_sae`'s (its manifest names the SAEs it was trained with); a finished one
     is reused, and a lone unfinished one trains alone. Returns their directories, in order."""
-    import torch
-    from datasets import Dataset
-    from sae_lens.load_model import HookedProxyLM
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 
     from harness.models import describe, model_info
@@ -341,26 +357,18 @@ def train_saes(configs: list[SAETrainConfig]) -> list[Path]:
         output_path=str(group / "out"),
         **_runner_settings(first, str(info.path), corpus.spec, device, autocast),
     )
-    torch.manual_seed(first.seed)
-    progress = json.loads((group / PROGRESS).read_text()) if (group / PROGRESS).exists() else {"wall_s": 0.0}
-    started = time.perf_counter()
-    with _quiet_sae_lens():
-        runner = MultiSAETrainingRunner(
-            runner_cfg,
-            override_dataset=Dataset.from_dict({"text": texts}),
-            override_model=HookedProxyLM(model, tokenizer, hook_names=list(hooks.values())),
-        )
-        checkpoint = _latest_checkpoint(group / "checkpoints", list(names))
-        if checkpoint is not None:
-            print(f"resuming SAE training from {checkpoint} ({checkpoint.name} tokens done)")
-            runner.cfg.resume_from_checkpoint = str(checkpoint)
-        else:
-            _init_decoder_biases(runner, hooks)
-        try:
-            runner.run()
-        finally:
-            progress["wall_s"] += time.perf_counter() - started
-            write_json(group / PROGRESS, progress)
+    wall_s = _run(
+        MultiSAETrainingRunner,
+        runner_cfg,
+        group,
+        first.seed,
+        texts,
+        model,
+        tokenizer,
+        list(hooks.values()),
+        lambda runner: _init_decoder_biases(runner, hooks),
+        names=list(names),
+    )
     for name, config in names.items():
         partial = partials[id(config)]
         if partial.exists():
@@ -368,7 +376,7 @@ def train_saes(configs: list[SAETrainConfig]) -> list[Path]:
         shutil.copytree(group / "out" / name, partial)
         write_json(partial / CONFIG, asdict(config))
         others = sorted(set(names) - {name})
-        _finish(config, partial, corpus, model, progress["wall_s"], device, autocast, trained_jointly_with=others)
+        _finish(config, partial, corpus, model, wall_s, device, autocast, trained_jointly_with=others)
     shutil.rmtree(group)
     return [c.directory() for c in configs]
 
