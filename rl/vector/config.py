@@ -15,11 +15,12 @@ class RLVectorConfig(GRPOSettings):
         default=None, metadata={"help": "layers that get a trained vector, comma-separated (default: every layer)"}
     )
     learning_rate: float = field(
-        default=1e-2,
+        default=1e-4,
         metadata={
             "help": "optimiser learning rate; a vector is trained in units of its layer's residual scale "
             "(the RMS of a residual coordinate on the training prompts), so one step moves a coordinate by "
-            "about this share of it, whatever the model's residual norms"
+            "about this share of it, whatever the model's residual norms (1e-2 and 1e-3 collapsed the embedded "
+            "model to one answer on arith_mc: docs/ladder.md)"
         },
     )
 
