@@ -176,9 +176,11 @@ def _auto_sae_layers(config: BenchConfig, output_types: dict[str, str]) -> list[
     from harness.sae.provision import published_sae
     from rl.crl.trainer import controlled_layers
 
+    if config.sae != "auto":
+        return []
     info = model_info(config.model)
     main = info.check_layer(config.sae_layer if config.sae_layer is not None else info.n_layers // 2)
-    if config.sae != "auto" or published_sae(info, main):
+    if published_sae(info, main):
         return []
     layers = [main]
     for task in config.tasks:
