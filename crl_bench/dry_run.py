@@ -71,8 +71,8 @@ def describe(config: BenchConfig) -> str:
     skipped = multi_layer_skipped(config)
     if skipped:
         lines.append(f"   ({skipped})")
-    for task in config.tasks:
-        kind = load_task(task, manager).OUTPUT_TYPE
+    kinds = {task: load_task(task, manager).OUTPUT_TYPE for task in config.tasks}
+    for task, kind in kinds.items():
         if config.vectors:
             vectors = vector_config(config, task, kind)
             state = "reused" if sweep_done(vectors) else "runs"
@@ -116,7 +116,7 @@ def describe(config: BenchConfig) -> str:
     methods += ["corrsteer"] if config.corrsteer and config.sae != "none" else []
     controlled = ["rlvr"] * config.rlvr + [r for r in config.ladder if r in GRPO_RUNGS]
     methods += [f"{m} (random reward)" for m in controlled] if config.controls else []
-    limits = {task: config.limit_for(load_task(task, manager).OUTPUT_TYPE) for task in config.tasks}
+    limits = {task: config.limit_for(kind) for task, kind in kinds.items()}
     lines += [
         f"{number}. evaluation through lm-eval on "
         + ", ".join(task + (f" (first {limits[task]} test items)" if limits[task] else "") for task in config.tasks)

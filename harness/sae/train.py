@@ -110,15 +110,11 @@ def _latest_checkpoint(checkpoints: Path, names: list[str] | None = None) -> Pat
     that (`names`: every one must be there)."""
     from sae_lens.constants import TRAINER_STATE_FILENAME
 
-    if names is None:
-        done = [p.parent for p in checkpoints.rglob(TRAINER_STATE_FILENAME) if p.parent.name.isdigit()]
-    else:
-        done = [
-            p.parent.parent
-            for p in checkpoints.rglob(TRAINER_STATE_FILENAME)
-            if p.parent.parent.name.isdigit()
-            and all((p.parent.parent / name / TRAINER_STATE_FILENAME).exists() for name in names)
-        ]
+    done = [
+        folder
+        for folder in checkpoints.rglob("*")
+        if folder.name.isdigit() and all((folder / name / TRAINER_STATE_FILENAME).exists() for name in names or [""])
+    ]
     return max(done, key=lambda p: int(p.name)) if done else None
 
 
