@@ -6,11 +6,8 @@ measured in the same run.
   through `lm_eval.simple_evaluate`; we report evaluation wall time, peak resident memory,
   the ratios against `hf`, and the largest log-likelihood difference from `hf` (the
   unsteered wrapper must agree with it). Written to results/perf.{json,md}.
-- Training (`--train-steps`, 0 to skip): RLVR (LoRA + GRPO) and CRL, each in a fresh
-  subprocess, with the same budget on the same task, on a one-token task (CRL setting 1)
-  and a generation task (CRL setting 3): rollouts per second over the
-  optimisation steps (loading and validation excluded) and peak resident memory, CRL as a
-  ratio of RLVR. Written to results/perf_training.{json,md}.
+- Training (`--train-steps`, 0 to skip): `crl_bench.perf_training`, written to
+  results/perf_training.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from typing import Any
 from harness.config import GENERATION_BATCH_SIZE
 from harness.manifest import build_manifest, write_json
 from harness.models import DEFAULT_MODEL, cpu_dtype, default_device
-from rl.config import CPU_MICRO_BATCH
 
 # lm-eval's `hf` (the baseline of every ratio); ours with each distinct context run once (the default);
 # ours with context and continuation in one pass per request (`shared_prefix=False`); a steered one
@@ -177,241 +173,6 @@ def worker(
     }
 
 
-# The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
-# task trains RLVR and CRL setting 3, RLVR with TRL's row-by-row passes (`--no-shared-prefix`:
-# the baseline of RLVR's speed) and RLVR row by row with a step in one micro-batch (the default
-# before micro-batches and shared prompts: the baseline of RLVR's memory).
-TRAINED = {
-    "one-token": ("rlvr", "crl"),
-    "generation": ("rlvr", "rlvr-row-by-row", "rlvr-one-micro-batch", "crl"),
-}
-
-
-def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, Any]:
-    """Runs inside the subprocess: train one method with the shared budget, measure.
-    `variant` is `<setting>:<method>`, a setting and a method of `TRAINED`."""
-    setting, method = variant.split(":")
-    task = config.training_tasks()[setting]
-    common = dict(
-        model=config.model,
-        task=task,
-        budget="smoke",
-        steps=config.train_steps,
-        prompts_per_step=config.train_prompts_per_step,
-        samples_per_prompt=config.train_samples,
-        max_new_tokens=config.train_max_new_tokens,
-        eval_every=0,
-        val_limit=2,
-        checkpoint_every=10**6,
-        runs_dir=runs_dir,
-        results_dir=str(Path(runs_dir) / "results"),
-    )
-    if method.startswith("rlvr"):
-        from rl.rlvr.config import RLVRConfig
-        from rl.rlvr.trainer import train
-
-        whole = config.train_prompts_per_step * config.train_samples if method == "rlvr-one-micro-batch" else None
-        settings = {"micro_batch": whole, "shared_prefix": method == "rlvr", "runs_dir": str(Path(runs_dir) / method)}
-        run_dir = train(RLVRConfig(**{**common, **settings}))
-    else:
-        from rl.crl.config import CRLConfig
-        from rl.crl.trainer import train
-
-        run_dir = train(CRLConfig(**common, setting=setting, sae=config.sae, sae_corpus=config.sae_corpus))
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    spent, curve = manifest["spent"], manifest["curve"]
-    return {
-        "task": task,
-        "setting": setting,
-        "variant": method,
-        **spent,
-        "run_dir": str(run_dir),
-        "rewards": [row.get("reward") for row in curve[1:]],
-        "first_step_loss": curve[1].get("loss") if len(curve) > 1 else None,
-        "rollouts_per_s": spent["rollouts"] / spent["train_s"],
-        "peak_rss_mb": _rss_mb(),
-    }
-
-
-def _rounded(values: list) -> str:
-    return "[" + ", ".join("-" if v is None else f"{v:.3f}" for v in values) + "]"
-
-
-def _generation_under_controller(config: PerfConfig, controller: str, tmp: str, console: Any) -> dict | None:
-    """Time the generation task unsteered at --batch-size rows per generate call (the baseline),
-    unsteered at --generation-batch-size rows (same completions), and under the trained setting-3
-    controller at --generation-batch-size rows, each in its own process; the controller per
-    generated token (steered completions may differ in length)."""
-    if config.generation_items <= 0:
-        return None
-    task = config.train_generation_task
-    measured, completions = {}, {}
-    runs = {
-        "hf_lean_batch": ("hf_lean", config.batch_size),
-        "hf_lean": ("hf_lean", config.generation_batch_size),
-        "crl_steered": ("crl_steered", config.generation_batch_size),
-    }
-    for name, (variant, rows) in runs.items():
-        out = Path(tmp) / f"generation-{name}.json"
-        cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), controller, str(out)]
-        subprocess.run([*cmd, json.dumps([task, None, config.generation_items, rows])], check=True)
-        found = json.loads(out.read_text())
-        measured[name] = {"rows": rows, **{k: found[k] for k in ("eval_s", "generated_tokens", "peak_rss_mb")}}
-        completions[name] = found["loglikelihoods"]
-    per_token = {v: m["eval_s"] / max(1, m["generated_tokens"]) for v, m in measured.items()}
-    time_ratio_rows = measured["hf_lean"]["eval_s"] / measured["hf_lean_batch"]["eval_s"]
-    console.print(
-        f"perf: generation at {config.generation_batch_size} rows {time_ratio_rows:.2f}x the time at "
-        f"{config.batch_size}; under the controller {per_token['crl_steered'] / per_token['hf_lean']:.2f}x"
-    )
-    return {
-        "task": task,
-        "items": config.generation_items,
-        **measured,
-        "time_ratio_rows": time_ratio_rows,
-        "same_completions_across_rows": completions["hf_lean"] == completions["hf_lean_batch"],
-        "time_per_token_ratio": per_token["crl_steered"] / per_token["hf_lean"],
-    }
-
-
-def run_training(config: PerfConfig, console: Any) -> Path:
-    """Trains every method of `TRAINED` in its own process with the same budget; CRL's
-    rollouts per second and peak memory as ratios of RLVR's on the same task."""
-    from rich.progress import track
-
-    tasks = config.training_tasks()
-    jobs = [(setting, method) for setting in tasks for method in TRAINED[setting]]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for setting, method in track(jobs, description="perf training", console=console):
-            out = Path(tmp) / f"{setting}-{method}.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "crl_bench.perf",
-                f"train-{setting}:{method}",
-                json.dumps(asdict(config)),
-                tmp,
-                str(out),
-            ]
-            subprocess.run(cmd, check=True)
-            rows.append(json.loads(out.read_text()))
-        controller = next((r["run_dir"] for r in rows if (r["setting"], r["variant"]) == ("generation", "crl")), None)
-        generation = _generation_under_controller(config, controller, tmp, console) if controller else None
-    ratios, micro_batches, shared = [], [], []
-    for setting in tasks:
-        measured = {r["variant"]: r for r in rows if r["setting"] == setting}
-        rlvr = measured.pop("rlvr")
-        whole = measured.pop("rlvr-one-micro-batch", None)
-        rows_apart = measured.pop("rlvr-row-by-row", None)
-        if rows_apart is not None:  # RLVR's speed with shared prompts against TRL's row-by-row passes
-            shared.append(
-                {
-                    "task": rlvr["task"],
-                    "rollouts_per_s_over_row_by_row": rlvr["rollouts_per_s"] / rows_apart["rollouts_per_s"],
-                    "peak_rss_over_row_by_row": rlvr["peak_rss_mb"] / rows_apart["peak_rss_mb"],
-                    "first_step_loss_difference": abs(rlvr["first_step_loss"] - rows_apart["first_step_loss"]),
-                    "rewards": rlvr["rewards"],
-                    "rewards_row_by_row": rows_apart["rewards"],
-                }
-            )
-        if whole is not None:  # RLVR's memory against its one-micro-batch baseline, and the same training
-            micro_batches.append(
-                {
-                    "task": rlvr["task"],
-                    "peak_rss_over_one_micro_batch": rlvr["peak_rss_mb"] / whole["peak_rss_mb"],
-                    "first_step_loss_difference": abs(rlvr["first_step_loss"] - whole["first_step_loss"]),
-                    "rewards": rlvr["rewards"],
-                    "rewards_one_micro_batch": whole["rewards"],
-                }
-            )
-        ratios += [
-            {
-                "task": crl["task"],
-                "setting": setting,
-                "variant": method,
-                "rollouts_per_s_over_rlvr": crl["rollouts_per_s"] / rlvr["rollouts_per_s"],
-                "peak_rss_over_rlvr": crl["peak_rss_mb"] / rlvr["peak_rss_mb"],
-            }
-            for method, crl in measured.items()
-        ]
-    results_dir = Path(config.results_dir)
-    path = results_dir / "perf_training.json"
-    write_json(
-        path,
-        {
-            "manifest": build_manifest(perf_config=asdict(config)),
-            "rows": rows,
-            "ratios": ratios,
-            "rlvr_micro_batches": micro_batches,
-            "rlvr_shared_prefix": shared,
-            "generation_under_controller": generation,
-        },
-    )
-    title = " and ".join(f"{task} ({setting})" for setting, task in tasks.items())
-    lines = [
-        f"# Training throughput: CRL vs RLVR, {config.model}, {title}",
-        "",
-        f"Generated by `crl-bench perf` from perf_training.json. Same budget for every method on a task: "
-        f"{config.train_steps} steps x {config.train_prompts_per_step} prompts x {config.train_samples} samples "
-        f"(generation: up to {config.train_max_new_tokens} new tokens); rollouts per second over the optimisation "
-        "steps only (loading, candidates and validation excluded); each method in its own process. RLVR trains "
-        "LoRA with TRL's GRPO (fp32 on CPU: it needs backward passes through the LLM); CRL runs the frozen LLM "
-        f"forward only ({cpu_dtype()} on this CPU) and trains the controller on stored residuals; "
-        "Setting 3 also decodes each training prompt once "
-        "unsteered (its advantage baseline): those decodes count among its rollouts.",
-        "",
-        "| task | setting | method | rollouts | generated tokens | train s | rollouts / s | trainable parameters | "
-        "peak RSS MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m in rows:
-        lines.append(
-            f"| {m['task']} | {m['setting']} | {m['variant']} | {m['rollouts']} | {m['generated_tokens']:,} | "
-            f"{m['train_s']:.1f} | {m['rollouts_per_s']:.2f} | {m['trainable_parameters']:,} | {m['peak_rss_mb']:.0f} |"
-        )
-    lines.append("")
-    lines += [
-        f"- {r['task']}, {r['variant']} / RLVR: **{r['rollouts_per_s_over_rlvr']:.1f}x** the rollouts per second, "
-        f"{r['peak_rss_over_rlvr']:.2f}x the peak memory."
-        for r in ratios
-    ]
-    lines += [
-        f"- {m['task']}, RLVR with shared prompts (the default) / TRL's row-by-row passes: "
-        f"**{m['rollouts_per_s_over_row_by_row']:.2f}x** the rollouts per second, "
-        f"{m['peak_rss_over_row_by_row']:.2f}x the peak memory; first-step loss differs by "
-        f"{m['first_step_loss_difference']:.1e}; training reward per step {_rounded(m['rewards'])} vs "
-        f"{_rounded(m['rewards_row_by_row'])} (same seed)."
-        for m in shared
-    ]
-    lines += [
-        f"- {m['task']}, RLVR in micro-batches of {CPU_MICRO_BATCH} with shared prompts (the CPU default) / TRL's "
-        "row-by-row passes in one micro-batch of "
-        f"{config.train_prompts_per_step * config.train_samples}: **{m['peak_rss_over_one_micro_batch']:.2f}x** the "
-        f"peak memory; first-step loss differs by {m['first_step_loss_difference']:.1e}; training reward per step "
-        f"{_rounded(m['rewards'])} vs {_rounded(m['rewards_one_micro_batch'])} (same seed)."
-        for m in micro_batches
-    ]
-    if generation:
-        lines.append(
-            f"- {generation['task']}, unsteered generation (`hf_lean`), {generation['items']} items, "
-            f"{generation['hf_lean']['rows']} rows per generate call / {generation['hf_lean_batch']['rows']} rows: "
-            f"**{generation['time_ratio_rows']:.2f}x** the time ({generation['hf_lean']['eval_s']:.1f} s vs "
-            f"{generation['hf_lean_batch']['eval_s']:.1f} s), "
-            + ("the same completions." if generation["same_completions_across_rows"] else "**different completions**.")
-        )
-        lines.append(
-            f"- {generation['task']}, generation under the trained setting-3 controller (`crl_steered`, a decision at "
-            f"every generated token) / unsteered (`hf_lean`), {generation['items']} items: "
-            f"**{generation['time_per_token_ratio']:.2f}x** the time per generated token "
-            f"({generation['crl_steered']['eval_s']:.1f} s for {generation['crl_steered']['generated_tokens']:,} "
-            f"tokens vs {generation['hf_lean']['eval_s']:.1f} s for {generation['hf_lean']['generated_tokens']:,})."
-        )
-    (results_dir / "perf_training.md").write_text("\n".join(lines) + "\n")
-    console.print(f"perf: {path} (+ perf_training.md)")
-    return path
-
-
 def run(config: PerfConfig) -> Path:
     import torch
     from rich.console import Console
@@ -490,13 +251,12 @@ def run(config: PerfConfig) -> Path:
     (results_dir / "perf.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf.md)")
     if config.train_steps > 0:
+        from crl_bench.perf_training import run_training
+
         run_training(config, console)
     return path
 
 
 if __name__ == "__main__":  # subprocess entry: variant, config json, steer dir (or runs dir), output file
     _variant, _config, _steer, _out = sys.argv[1:5]
-    if _variant.startswith("train-"):
-        write_json(Path(_out), train_worker(_variant[len("train-") :], PerfConfig(**json.loads(_config)), _steer))
-    else:
-        write_json(Path(_out), worker(_variant, PerfConfig(**json.loads(_config)), _steer, *json.loads(sys.argv[5])))
+    write_json(Path(_out), worker(_variant, PerfConfig(**json.loads(_config)), _steer, *json.loads(sys.argv[5])))

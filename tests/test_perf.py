@@ -9,7 +9,8 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     and generation under its controller."""
     from rich.console import Console
 
-    from crl_bench.perf import PerfConfig, run_training
+    from crl_bench.perf import PerfConfig
+    from crl_bench.perf_training import run_training
 
     config = PerfConfig(
         model=tiny_dir,
