@@ -18,9 +18,14 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _perf(args: argparse.Namespace) -> None:
-    from crl_bench import perf
+    from rich.console import Console
 
-    perf.run(from_args(perf.PerfConfig, args))
+    from crl_bench import perf, perf_training
+
+    config = from_args(perf.PerfConfig, args)
+    perf.run(config)  # the evaluation comparison, then the training comparison
+    if config.train_steps > 0:
+        perf_training.run_training(config, Console(stderr=True, soft_wrap=True))
 
 
 def _model_info(args: argparse.Namespace) -> None:

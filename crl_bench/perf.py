@@ -250,10 +250,6 @@ def run(config: PerfConfig) -> Path:
         )
     (results_dir / "perf.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf.md)")
-    if config.train_steps > 0:
-        from crl_bench.perf_training import run_training
-
-        run_training(config, console)
     return path
 
 
