@@ -201,10 +201,10 @@ def _sae_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
     started = time.time()
     layers = _auto_sae_layers(config, output_types)
     if len(layers) > 1:  # the multi-layer CRL setting's SAEs: trained from one forward pass, not one each
-        from harness.sae.train import SAETrainConfig, train_saes
+        from harness.sae.provision import train_auto_saes
 
         console.print(f"auto SAEs at layers {', '.join(map(str, layers))}: trained together, one forward pass")
-        train_saes([SAETrainConfig(model=info.name, layer=layer, corpus=config.sae_corpus) for layer in layers])
+        train_auto_saes(info, layers, corpus=config.sae_corpus)
     loaded = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
     record = assess(
         loaded,

@@ -262,3 +262,51 @@ def planted_splits(planted, monkeypatch):
         return splits
 
     monkeypatch.setattr(harness.splits, "method_splits", method_splits)
+
+
+def tiny_info(tiny_dir: str, name: str | None = None):
+    """The tiny model's `ModelInfo`, without loading it."""
+    from harness.models import ModelInfo
+
+    return ModelInfo(
+        name=name or tiny_dir,
+        path=tiny_dir,
+        architecture="Gemma3ForCausalLM",
+        n_layers=4,
+        d_model=64,
+        vocab_size=262144,
+        layers_path="model.layers",
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> str:
+    from harness.tasks import generated_examples
+
+    texts = [t for prompts in generated_examples("train").values() for t in prompts]
+    path = tmp_path_factory.mktemp("corpus") / "tasks.txt"
+    path.write_text("\n\n".join(texts))
+    return str(path)
+
+
+def sae_train_config(tiny_dir, corpus_file, out, **overrides):
+    from harness.sae.train import SAETrainConfig
+
+    settings = dict(
+        model=tiny_dir,
+        layer=2,
+        corpus=corpus_file,
+        width=128,
+        k=8,
+        tokens=4096,
+        context_size=32,
+        batch_tokens=256,
+        lr=3e-3,
+        dtype="float32",
+        autocast=False,
+        device="cpu",
+        checkpoints=3,
+        out_dir=str(out),
+    )
+    settings.update(overrides)
+    return SAETrainConfig(**settings)

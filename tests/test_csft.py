@@ -127,8 +127,10 @@ def test_csft_resumes_bit_for_bit_and_refuses_a_missing_teacher(
 
 def test_csft_sweep_tables_each_layer_and_k(tiny_dir, planted, planted_splits, tmp_path):
     """Two layers on the tiny model: the planted layer closes more of the KL than layer 0,
-    whose SAE has random features only (the teacher adds the planted feature after layer 3)."""
+    whose SAE has random features only (the teacher adds the planted feature after layer 3).
+    A later sweep of the same teacher and settings adds its (layer, k) rows to the table."""
     import shutil
+    from dataclasses import replace
 
     from rl.csft.sweep import CSFTSweepConfig, sweep
     from tests.conftest import save_planted_sae
@@ -167,6 +169,10 @@ def test_csft_sweep_tables_each_layer_and_k(tiny_dir, planted, planted_splits, t
     assert (table.parent / "sweep.png").stat().st_size > 0 and "| 3 | 2 |" in table.read_text()
     again = sweep(config)  # finished runs are reused, not retrained
     assert json.loads((again.parent / "sweep.json").read_text())["rows"] == rows
+    more = sweep(replace(config, layers=[3], ks=[1]))  # a second sweep of the same teacher adds its rows
+    merged = json.loads((more.parent / "sweep.json").read_text())["rows"]
+    assert [(r["layer"], r["k"]) for r in merged] == [(0, 2), (3, 1), (3, 2)] and merged[0] == rows[0]
+    assert "| 3 | 1 |" in more.read_text() and "| 0 | 2 |" in more.read_text()
 
 
 def test_csft_on_a_generation_task_distils_the_teachers_sampled_completions(tiny_dir, planted, tmp_path):

@@ -218,6 +218,19 @@ def pretrained_dir(release: str, sae_id: str) -> Path:
     return cache_root() / "saes" / "pretrained" / release / sae_id.replace("/", "__")
 
 
+def train_auto_saes(info: ModelInfo, layers: list[int], **train_options: Any) -> list[int]:
+    """Train, together from one forward pass (`harness.sae.train.train_saes`), the `auto` SAEs of
+    `layers` that no published SAE serves, so that a later `load_sae("auto", ...)` at each layer
+    finds its SAE trained. Finished ones are reused. Returns the layers it provisioned.
+    `train_options` are `SAETrainConfig` fields, as for `load_sae`."""
+    from harness.sae.train import SAETrainConfig, train_saes
+
+    missing = sorted(layer for layer in {info.check_layer(x) for x in layers} if not published_sae(info, layer))
+    if len(missing) > 1:  # one layer: load_sae trains it alone, as it would have
+        train_saes([SAETrainConfig(model=info.name, layer=layer, **train_options) for layer in missing])
+    return missing
+
+
 def load_sae(
     spec: str,
     info: ModelInfo,

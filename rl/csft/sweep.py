@@ -2,7 +2,10 @@
 features per token it takes. One C-SFT run per (layer, k), each on its layer's SAE (`--sae auto`
 trains one per layer; a `{layer}` pattern names one), the same teacher and budget; the share of
 KL(teacher || base) each closes on held-out prompts and its validation score, in
-`results/<model>/csft/<task>/sweep.{md,json,png}`. Finished runs are reused, killed ones resume."""
+`results/<model>/csft/<task>/sweep.{md,json,png}`. Finished runs are reused, killed ones resume;
+the table keeps the rows of earlier sweeps with the same teacher and settings (`--layers 9 --ks 1`
+then `--layers 4,13 --ks 4` fill one table), and `--sae auto` trains the missing SAEs of all
+the sweep's layers together, from one forward pass (`harness.sae.provision.train_auto_saes`)."""
 
 from __future__ import annotations
 
@@ -55,20 +58,48 @@ def sweep(config: CSFTSweepConfig) -> Path:
     """Train (or reuse) every run of the sweep; write its table and figure; returns the table."""
     import json
 
-    from harness.manifest import build_manifest, write_json, write_text
+    from harness.manifest import build_manifest, fingerprint, write_json, write_text
+    from harness.models import model_info
+    from harness.sae.provision import train_auto_saes
     from rl.csft.trainer import train
 
     config.check_teacher()
+    runs = config.runs()
+    if config.sae == "auto":
+        train_auto_saes(model_info(config.model), [run.layer for _, run in runs], corpus=config.sae_corpus)
     entries = []
-    for name, run in config.runs():
+    for name, run in runs:
         run_dir = train(run, name)  # a finished run is reused
         record = json.loads((run_dir / "config.json").read_text())
-        entries.append({"layer": run.layer, "k": run.k, **record["fidelity"], "run_dir": str(run_dir)})
+        shared = fingerprint({k: v for k, v in run.identity().items() if k not in ("layer", "k")})
+        entries.append({"layer": run.layer, "k": run.k, **record["fidelity"], "run_dir": str(run_dir), "sweep": shared})
     folder = config.model_results / "csft" / config.task
+    entries = _merge(folder / "sweep.json", entries)
     write_json(folder / "sweep.json", build_manifest(kind="csft-sweep", config=config.__dict__, rows=entries))
     write_text(folder / "sweep.md", _render(config, entries))
     _plot(config, entries, folder / "sweep")
     return folder / "sweep.md"
+
+
+def _merge(path: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This sweep's rows, and an earlier sweep's rows of other (layer, k) with the same teacher
+    and settings (the same `sweep` fingerprint), by layer then k. Rows of another teacher or
+    settings are left out of the table, and said so (their runs stay in their directories)."""
+    import json
+
+    from rich.console import Console
+
+    if not path.exists():
+        return sorted(entries, key=lambda e: (e["layer"], e["k"]))
+    ours = {(e["layer"], e["k"]) for e in entries}
+    earlier = [e for e in json.loads(path.read_text()).get("rows", []) if (e["layer"], e["k"]) not in ours]
+    kept = [e for e in earlier if e.get("sweep") == entries[0]["sweep"]]
+    if len(kept) < len(earlier):
+        Console(stderr=True).print(
+            f"csft-sweep: {len(earlier) - len(kept)} row(s) of {path} came from another teacher or other settings; "
+            "the table now holds this sweep's settings only"
+        )
+    return sorted(entries + kept, key=lambda e: (e["layer"], e["k"]))
 
 
 def _render(config: CSFTSweepConfig, entries: list[dict[str, Any]]) -> str:
