@@ -335,7 +335,8 @@ def run(config: BenchConfig) -> Path | None:
 
 
 def _write_times(times: Any, config: BenchConfig, finished: bool = True) -> Path:
-    """This run's per-stage table, named by profile, budget and (when not the profile's) tasks."""
+    """This run's per-stage table, named by profile, budget and (when not the profile's) tasks;
+    another command's table of that name is kept (`StageTimes.file_name`)."""
     import sys
 
     from crl_bench.bench_config import PROFILES

@@ -84,8 +84,15 @@ class StageTimes:
         from harness.manifest import write_json, write_text
 
         folder.mkdir(parents=True, exist_ok=True)
+        name = self.file_name(folder, name, command, finished)
         total = time.time() - self.started
-        record = {"manifest": manifest, "finished": finished, "total_wall_s": total, "rows": self.rows}
+        record = {
+            "manifest": manifest,
+            "command": command,
+            "finished": finished,
+            "total_wall_s": total,
+            "rows": self.rows,
+        }
         write_json(folder / f"{name}.json", record)
         gpu = any("peak_gpu_mb" in r for r in self.rows)
         lines = [
@@ -112,4 +119,25 @@ class StageTimes:
             lines.append("| " + " | ".join(cells) + " |")
         path = folder / f"{name}.md"
         write_text(path, "\n".join(lines) + "\n")
+        if finished:  # this run's stages-so far table, kept beside an earlier finished one, is done with
+            for suffix in (".json", ".md"):
+                (folder / f"{name}.unfinished{suffix}").unlink(missing_ok=True)
         return path
+
+    @staticmethod
+    def file_name(folder: Path, name: str, command: str, finished: bool) -> str:
+        """Where this run's table goes, so that no run's table is lost: `name`, unless that holds
+        another command's table (then `name-<digest of the command>`); and a run still going never
+        replaces a finished table of its own command (it writes `<name>.unfinished` until it ends)."""
+        import hashlib
+        import json
+
+        existing = folder / f"{name}.json"
+        if not existing.exists():
+            return name
+        record = json.loads(existing.read_text())
+        if record.get("command", record.get("manifest", {}).get("command", command)) != command:
+            return StageTimes.file_name(
+                folder, f"{name}-{hashlib.sha256(command.encode()).hexdigest()[:8]}", command, finished
+            )
+        return f"{name}.unfinished" if record.get("finished") and not finished else name

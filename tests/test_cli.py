@@ -438,6 +438,23 @@ def test_stage_times_are_written_after_every_stage(tmp_path):
     assert json.loads((tmp_path / "t.json").read_text())["finished"]
     assert "Unfinished" not in (tmp_path / "t.md").read_text()
 
+    # no run's table is lost: the same command run again keeps its finished table until it finishes
+    # too, and another command of the same profile, budget and tasks gets a table of its own
+    again = StageTimes()
+    with again("SAE"):
+        pass
+    again.write(tmp_path, "t", "crl-bench bench", {}, finished=False)
+    assert len(json.loads((tmp_path / "t.json").read_text())["rows"]) == 2
+    assert not json.loads((tmp_path / "t.unfinished.json").read_text())["finished"]
+    again.write(tmp_path, "t", "crl-bench bench", {})
+    assert (
+        len(json.loads((tmp_path / "t.json").read_text())["rows"]) == 1
+        and not (tmp_path / "t.unfinished.json").exists()
+    )
+    other = again.write(tmp_path, "t", "crl-bench bench --ladder csft", {}, finished=False)
+    assert other.name.startswith("t-") and other.name != "t.md" and len(list(tmp_path.glob("t-*.json"))) == 1
+    assert json.loads((tmp_path / "t.json").read_text())["command"] == "crl-bench bench"
+
 
 def test_bench_trains_the_auto_saes_of_every_layer_it_needs_in_one_pass(tiny_dir):
     """An `auto` SAE at the SAE's layer and, when the multi-layer CRL setting runs, at its other
