@@ -336,22 +336,26 @@ def interaction_rows(config: BenchConfig, stages: list, results: Path, console: 
     console.print(f"analysis: {results / 'interactions.md'}")
 
 
-def _existing(path: Path, key: str, empty: Any) -> Any:
-    import json
-
-    return json.loads(path.read_text())[key] if path.exists() else empty
-
-
 def _publish(results: Path, name: str, key: str, config: BenchConfig, merge: Any, render_md: Any) -> Any:
     """Merge this run's entries into `<name>.json` (entries of tasks it did not cover are kept,
-    as the leaderboard keeps rows) and rewrite `<name>.md`, under the results folder's lock so
-    that runs writing one folder at once keep each other's entries. Returns the merged entries."""
+    as the leaderboard keeps rows; an entry it replaces without re-running all of its methods is
+    kept under `earlier`: `crl_bench.analyses.earlier`) and rewrite `<name>.md`, under the results
+    folder's lock so that runs writing one folder at once keep each other's entries. Returns the
+    merged entries."""
+    import json
+
+    from crl_bench.analyses.earlier import displaced, render_earlier
     from harness.manifest import build_manifest, results_lock, write_json, write_text
 
+    path = results / f"{name}.json"
     with results_lock(results):
-        merged = merge(_existing(results / f"{name}.json", key, [] if key == "rows" else {}))
-        write_json(results / f"{name}.json", {"manifest": build_manifest(bench_config=vars(config)), key: merged})
-        write_text(results / f"{name}.md", render_md(merged))
+        old = json.loads(path.read_text()) if path.exists() else {}
+        before = old.get(key, [] if key == "rows" else {})
+        merged = merge(before)
+        earlier = old.get("earlier", []) + displaced(before, merged, old.get("manifest", {}))
+        record = {"manifest": build_manifest(bench_config=vars(config)), key: merged}
+        write_json(path, {**record, **({"earlier": earlier} if earlier else {})})
+        write_text(results / f"{name}.md", render_md(merged) + render_earlier(earlier, render_md, key == "rows"))
     return merged
 
 
@@ -359,26 +363,23 @@ def rerender(results_dir: str | Path) -> None:
     """Regenerate the analyses' markdown tables from their JSON files (those that exist)."""
     import json
 
-    results = Path(results_dir)
-    if (results / "similarity.json").exists():
-        (results / "similarity.md").write_text(
-            render_similarity(json.loads((results / "similarity.json").read_text())["rows"])
-        )
-    if (results / "overlap.json").exists():
-        (results / "overlap.md").write_text(render_overlap(json.loads((results / "overlap.json").read_text())["tasks"]))
-    if (results / "circuits.json").exists():
-        circuits = json.loads((results / "circuits.json").read_text())["tasks"]
-        layer = (
-            json.loads((results / "overlap.json").read_text())["tasks"] if (results / "overlap.json").exists() else {}
-        )
-        sae_layer = next((e["layer"] for e in layer.values()), "?")
-        (results / "circuits.md").write_text(render_circuits(circuits, sae_layer))
-    if (results / "interactions.json").exists():
-        from crl_bench.analyses.interactions import render
+    from crl_bench.analyses.earlier import render_earlier
+    from crl_bench.analyses.interactions import render
 
-        (results / "interactions.md").write_text(
-            render(json.loads((results / "interactions.json").read_text())["tasks"])
-        )
+    results = Path(results_dir)
+    overlap = results / "overlap.json"
+    tasks = json.loads(overlap.read_text())["tasks"] if overlap.exists() else {}
+    sae_layer = next((e["layer"] for e in tasks.values()), "?")
+    for name, key, render_md in (
+        ("similarity", "rows", render_similarity),
+        ("overlap", "tasks", render_overlap),
+        ("circuits", "tasks", lambda entries: render_circuits(entries, sae_layer)),
+        ("interactions", "tasks", render),
+    ):
+        if (results / f"{name}.json").exists():
+            record = json.loads((results / f"{name}.json").read_text())
+            earlier = render_earlier(record.get("earlier", []), render_md, key == "rows")
+            (results / f"{name}.md").write_text(render_md(record[key]) + earlier)
 
 
 def _f(value: Any, digits: int = 3) -> str:
