@@ -6,8 +6,9 @@ leaderboard replaces a row. When the run did not re-run every method of the old 
 a few methods, `--ladder csft --crl none`), replacing it would lose the comparisons of the
 methods it left out; and the old entry cannot be merged method by method, because its methods were
 compared on their own run's SAE weights and RLVR model. So the old entry is kept whole, under
-`earlier` in the JSON, with the commit, time and processor of the run that made it, and the
-markdown shows it under "Earlier runs"."""
+`earlier` in the JSON, with the commit, time and processor of the run that last wrote the file
+it was kept from (the file's manifest: the entry itself may be older), and the markdown shows
+it under "Earlier runs"."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _by_task(entries: Any) -> dict[str, Any]:
 
 def displaced(before: Any, merged: Any, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The old task entries that `merged` replaced by one that lacks some of their methods, each
-    with the provenance of the run that wrote them."""
+    with the provenance of the file they were kept from (`manifest`: its last writer)."""
     made = {
         "git_commit": manifest.get("git_commit"),
         "created": manifest.get("created"),
@@ -72,8 +73,8 @@ def render_earlier(earlier: list[dict[str, Any]], render_md: Callable[[Any], str
         start = next((i for i, line in enumerate(body) if line.startswith(("## ", "| "))), len(body))
         lines += [
             "",
-            f"### {e['task']}: written by {str(made.get('git_commit') or '?')[:7]}, {made.get('created') or '?'}, "
-            f"on {made.get('cpu') or '?'}",
+            f"### {e['task']}: kept from the file as {str(made.get('git_commit') or '?')[:7]} last wrote it "
+            f"({made.get('created') or '?'}, on {made.get('cpu') or '?'}; the entry may be older)",
             "",
         ]
         lines += ["##" + line if line.startswith("## ") else line for line in body[start:]]
