@@ -80,7 +80,8 @@ def test_shared_prefix_log_probs_and_gradients_are_trls(tiny_dir, trained):
     torch.testing.assert_close(b_ent[completion_mask], a_ent[completion_mask], rtol=1e-5, atol=1e-5)
     assert any(g.abs().sum() > 0 for g in a_grads)
     for a, b in zip(a_grads, b_grads):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+        # float rounding differs by processor: the absolute tolerance scales with the gradient's size
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 
 
 def test_shared_prefix_generation_is_generates(tiny_dir):

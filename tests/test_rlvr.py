@@ -262,7 +262,14 @@ def test_a_step_in_micro_batches_accumulates_gradients_and_spends_the_same_budge
     assert curves[2][1]["loss"] == pytest.approx(curves[8][1]["loss"], abs=1e-4)
     # the same update: the accumulated gradient is the one-micro-batch gradient
     moved = [name for name, w in adapters[8].items() if "lora_B" in name and w.abs().max() > 0]
-    assert moved and all(torch.allclose(adapters[2][n], adapters[8][n], rtol=1e-3, atol=1e-7) for n in adapters[8])
+    # Adam's first step moves each weight by about +-lr whatever its gradient's size, so an entry whose
+    # gradient is at float-rounding level (which differs by processor) may go either way: all but a
+    # handful of entries must agree
+    assert moved
+    agree = sum(int(torch.isclose(adapters[2][n], adapters[8][n], rtol=1e-3, atol=1e-7).sum()) for n in moved)
+    total = sum(adapters[8][n].numel() for n in moved)
+    assert agree >= 0.999 * total, (agree, total)
+    assert all(torch.equal(adapters[2][n], adapters[8][n]) for n in adapters[8] if n not in moved)
 
 
 def test_loss_scores_completion_tokens_only_with_the_same_log_probs(tiny_dir, monkeypatch):
