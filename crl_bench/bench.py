@@ -105,7 +105,7 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
     from harness.tasks import load_task
     from rl import grpo
     from rl.rlvr import trainer as rlvr
-    from rl.runs import run_done, run_lock, why_retrain
+    from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     for task in config.tasks:
@@ -122,12 +122,13 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
                         if changed:
                             console.print(changed)
                         rlvr.train(rl_config)
+            publish_run(rl_config, "rlvr")  # a reused run's curve too, into this results directory
 
 
 def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) -> None:
     """Train CRL in each setting on the tasks of its kind (reusing finished runs; resuming killed ones)."""
     from rl.crl import trainer as crl
-    from rl.runs import run_done, run_lock, why_retrain
+    from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     if config.sae == "none":
         console.print("CRL skipped: --sae none (CRL steers with SAE features)")
@@ -145,6 +146,7 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
                         if changed:
                             console.print(changed)
                         crl.train(crl_config)
+            publish_run(crl_config, crl_config.method)
 
 
 def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], console: Any) -> None:

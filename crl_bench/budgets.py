@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rl.budget import budget_label as rl_budget_label
+
 UNRECORDED = "unrecorded"  # the budget of RL rows stored before budgets were part of a row's identity
 RL_METHODS = ("rlvr", "crl", "rl-vector", "crl-lm")
 
@@ -14,7 +16,7 @@ def budget_label(budget: dict[str, Any] | None, limit: int | None) -> str:
     """`<steps>x<prompts>x<samples>` of an RL budget, `limit N` of a partial evaluation, both, or "-"."""
     parts = []
     if budget:
-        parts.append(f"{budget['steps']}x{budget['prompts_per_step']}x{budget['samples_per_prompt']}")
+        parts.append(rl_budget_label(budget))
     if limit:
         parts.append(f"limit {limit}")
     return ", ".join(parts) or "-"

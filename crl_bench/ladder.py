@@ -109,7 +109,7 @@ def train_rungs(config: BenchConfig, console: Any) -> None:
     from harness.models import resolve_model
     from harness.tasks import load_task
     from rl import grpo
-    from rl.runs import run_done, run_lock, why_retrain
+    from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     for rung in [r for r in config.ladder if r in SAE_RUNGS and config.sae == "none"]:
         console.print(f"{rung} skipped: --sae none (it adds SAE features)")
@@ -132,6 +132,7 @@ def train_rungs(config: BenchConfig, console: Any) -> None:
                         if changed:
                             console.print(changed)
                         trainer(method)(run_config)
+            publish_run(run_config, method)  # a reused run's curve too, into this results directory
 
 
 def rung_runs(config: BenchConfig, task: str) -> list[tuple[str, str, int, Any]]:

@@ -356,8 +356,12 @@ def build(results_dir: str | Path) -> Path:
         return "".join(image(p, results) for p in found) or "<p>No figures.</p>"
 
     def curves(folder: Path) -> str:
-        found = sorted(folder.glob("rlvr/*/curve.png")) + sorted(folder.glob("crl-*/*/curve.png"))
-        found += sorted(set(folder.glob("*/*/curve.png")) - set(found))  # then the rest: experiments/*
+        # each run's folder (<method>/<task>/<budget>-seed<k>/), and the folders of runs from before
+        # those (<method>/<task>/, experiments/*): RLVR first, then CRL, then the rest
+        every = set(folder.glob("*/*/curve.png")) | set(folder.glob("*/*/*-seed*/curve.png"))
+        found = sorted(p for p in every if p.relative_to(folder).parts[0] == "rlvr")
+        found += sorted(p for p in every if p.relative_to(folder).parts[0].startswith("crl-"))
+        found += sorted(every - set(found))
         return "".join(image(p, results) for p in found) or "<p>No training runs.</p>"
 
     from crl_bench.csft_fidelity import write_fidelity

@@ -316,8 +316,8 @@ def csft_fidelity(results: Path) -> str:
         ],
         left=2,
     )
-    features = sorted(results.glob("csft/*/features.md"))
-    listed = ", ".join(f"results/{p.parent.parent.parent.name}/csft/{p.parent.name}/features.md" for p in features)
+    features = sorted(set(results.glob("csft/*/features.md")) | set(results.glob("csft/*/*-seed*/features.md")))
+    listed = ", ".join(f"results/{p.relative_to(results.parent).as_posix()}" for p in features)
     return table + (
         f'<p class="prov">The features each controller adds most, with their cards: {listed}</p>' if features else ""
     )

@@ -130,6 +130,11 @@ class Budget:
         return {**asdict(self), "rollouts": self.rollouts}
 
 
+def budget_label(budget: dict[str, Any]) -> str:
+    """`<steps>x<prompts>x<samples>`: an RL budget's label on the leaderboard and in results/."""
+    return f"{budget['steps']}x{budget['prompts_per_step']}x{budget['samples_per_prompt']}"
+
+
 @dataclass
 class Spent:
     """What a run used, counted while it trains (and carried over a resume)."""

@@ -113,7 +113,29 @@ def activation_bytes(model_config: Any, tokens: int, micro: int, dtype: str) -> 
 
 
 @dataclass
-class GRPOSettings(RLTrainConfig):
+class RolloutSettings:
+    """How multi-token rollouts are sampled (a mixin of the settings of methods that sample them:
+    the GRPO trainer's and C-SFT's teacher completions; `rl.rollout_copy`)."""
+
+    rollout_dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto",
+        metadata={
+            "help": "dtype multi-token samples are drawn in (GRPO: the rollouts and the validation score; C-SFT: "
+            "the teacher's completions): auto = bfloat16, from a bf16 copy of the model, when training in float32 "
+            "on a CPU with native bf16 (generation is most of such a step), else the training dtype; float32 / "
+            "bfloat16 force it (the loss and its gradients stay in the training dtype)"
+        },
+    )
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        settings = super().fingerprint_settings()  # type: ignore[misc]
+        if settings.get("rollout_dtype") == "auto":  # runs from before the setting keep their fingerprint
+            del settings["rollout_dtype"]
+        return settings
+
+
+@dataclass
+class GRPOSettings(RolloutSettings, RLTrainConfig):
     """Settings of every method trained by the one GRPO trainer (`rl.grpo`)."""
 
     beta: float = field(default=0.0, metadata={"help": "KL coefficient to the base model (0: no reference model)"})

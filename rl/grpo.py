@@ -29,7 +29,8 @@ from typing import Any
 from rl.budget import Spent
 from rl.config import GRPOSettings, RLTrainConfig, activation_bytes
 from rl.parameterisation import Parameterisation
-from rl.runs import frozen_fingerprint, run_dir_for, write_curve
+from rl.rollout_copy import RolloutCopy, resolve_rollout_dtype
+from rl.runs import frozen_fingerprint, publish_run, run_dir_for, write_curve
 
 
 def score_completions_only() -> bool:
@@ -233,13 +234,22 @@ def stop_at_until(model: Any, tokenizer: Any, task: Any) -> None:
     model.generation_config.eos_token_id = current + [t for t in stops if t not in current]
 
 
-def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: RLTrainConfig, device: str):
-    """Validation score of the model being trained, with lm-eval's requests (`TaskScorer`)."""
+def _validator(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    docs: list[dict],
+    config: RLTrainConfig,
+    device: str,
+    rollout_copy: RolloutCopy | None = None,
+):
+    """Validation score of the model being trained, with lm-eval's requests (`TaskScorer`), on
+    its rollout copy where it has one."""
     from harness.lm_models import LeanHFLM
     from harness.scoring import TaskScorer
 
     lm = LeanHFLM(
-        pretrained=model,
+        pretrained=model if rollout_copy is None else rollout_copy.copy,
         tokenizer=tokenizer,
         batch_size=config.batch_size,
         generation_batch_size=config.generation_batch_size,
@@ -248,6 +258,9 @@ def _validator(model: Any, tokenizer: Any, task: Any, docs: list[dict], config: 
     scorer = TaskScorer(lm, task, docs, seed=config.seed)
 
     def validate() -> float:
+        if rollout_copy is not None:
+            with rollout_copy.active():
+                return scorer([])
         was_training = model.training
         model.eval()
         try:
@@ -377,7 +390,12 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     Guard, Curve = _callbacks(config, meter, spent, curve, lambda: validate_holder["fn"](), started, spent.wall_s)
     trainer_class = param.trainer_class()
     shared = config.shared_prefix and not config.gradient_checkpointing  # checkpointing drops the prefix's cache
-    trainer = type(trainer_class.__name__, (trainer_class,), {"shared_prefix": shared})(
+    rollout_dtype = resolve_rollout_dtype(config.rollout_dtype, dtype, device, budget.max_new_tokens)
+    copied = rollout_dtype != dtype and not config.vllm  # vLLM samples in its own engine
+    attributes = {"shared_prefix": shared, "rollout_dtype": rollout_dtype if copied else None}
+    trainer = type(
+        trainer_class.__name__, (trainer_class,), {**attributes, "rollout_context": staticmethod(param.active)}
+    )(
         model=model,
         reward_funcs=[meter],
         args=args,
@@ -388,11 +406,12 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
     )
     spent.trainable_parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     frozen_before = frozen_fingerprint(trainer.model, param.frozen_skip)
-    validate_holder["fn"] = _validator(trainer.model, tokenizer, task, val_docs, config, device)
+    validate_holder["fn"] = _validator(trainer.model, tokenizer, task, val_docs, config, device, trainer.rollout_copy)
     console.print(
         f"[bold]{title}[/] {config.model} on {config.task}: {budget.steps} steps x {budget.prompts_per_step} "
         f"prompts x {budget.samples_per_prompt} samples (max {budget.max_new_tokens} new tokens), "
         f"{len(docs)} distinct prompts, {param.describe(spent.trainable_parameters)}, {dtype} on {device}"
+        + (f"; rollouts and validation sampled from a {rollout_dtype} copy" if copied else "")
     )
     console.print(
         f"{accumulation} micro-batch(es) of {micro} completions per step"
@@ -442,18 +461,14 @@ def train(config: GRPOSettings, param: Parameterisation) -> Path:
             splits=splits.sizes(),
             curve=curve,
             torch_threads=torch.get_num_threads(),
+            rollout_dtype=rollout_dtype if copied else dtype,
             processes=processes.num_processes,
             frozen_weights_checksum=frozen_after,
             resumed_from=str(resume_from) if resume_from else None,
         ),
     )
-    write_curve(
-        curve,
-        run_dir,
-        config.model_results / name / config.task,
-        f"{title}: {config.task}, {config.model}",
-        final_validation.metric,
-    )
+    write_curve(curve, run_dir, f"{title}: {config.task}, {config.model}", final_validation.metric)
+    publish_run(config, param.method)
     final = curve[-1]["validation"] if curve and curve[-1].get("validation") is not None else float("nan")
     console.print(
         f"{title} done: {spent.rollouts} rollouts, {spent.generated_tokens} generated tokens, "

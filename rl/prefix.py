@@ -19,6 +19,7 @@ which is here the prefix of the distinct prompts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -80,17 +81,42 @@ def shared_prefix_generate(model: Any, generate: Any, *args: Any, **kwargs: Any)
     return generate(*args, **{**kwargs, name: found[0]})
 
 
+def generate_on(shared: bool, model: Any, *args: Any, **kwargs: Any) -> Any:
+    """`model`'s own `generate`, with each distinct prompt prefilled once when `shared`."""
+    if shared:
+        return shared_prefix_generate(model, model.generate, *args, **kwargs)
+    return model.generate(*args, **kwargs)
+
+
 class PrefixSharingGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with shared prompts computed once, in generation and in the loss."""
+    """TRL's GRPOTrainer with shared prompts computed once, in generation and in the loss, and
+    rollouts sampled from a copy of the policy in `rollout_dtype` where that is set
+    (`rl.rollout_copy`; `rollout_context(model)`: the context in which a model's trainable
+    modules act)."""
 
     shared_prefix = True
+    rollout_dtype: str | None = None
+    rollout_context = staticmethod(lambda model: contextlib.nullcontext())
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
-        if self.shared_prefix and not getattr(model, "crl_bench_shared_prefix", False):
+        self.rollout_copy = None
+        if self.rollout_dtype is not None:
+            from rl.rollout_copy import RolloutCopy
+
+            self.rollout_copy = RolloutCopy(
+                model, self.rollout_dtype, self.rollout_context
+            )  # before `generate` is patched
+        if getattr(model, "crl_bench_generate", False) or (not self.shared_prefix and self.rollout_copy is None):
+            return
+        if self.rollout_copy is not None:
+            model.generate = functools.partial(
+                self.rollout_copy.generate, functools.partial(generate_on, self.shared_prefix)
+            )
+        else:
             model.generate = functools.partial(shared_prefix_generate, model, model.generate)
-            model.crl_bench_shared_prefix = True
+        model.crl_bench_generate = True
 
     def _prepare_inputs(self, generation_batch: Any) -> Any:
         """TRL shuffles a step's rows before splitting them into micro-batches; here each prompt's

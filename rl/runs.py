@@ -18,9 +18,12 @@ def run_dir_for(config: RLTrainConfig, method: str) -> Path:
     from harness.paths import runs_root
 
     root = Path(config.runs_dir) if config.runs_dir else runs_root()
-    if getattr(config, "reward", "task") == "random":  # the random-reward control, beside the real run
-        method = f"{method}-random-reward"
-    return root / model_slug(config.model) / method / config.task / f"seed{config.seed}"
+    return root / model_slug(config.model) / _named(config, method) / config.task / f"seed{config.seed}"
+
+
+def _named(config: RLTrainConfig, method: str) -> str:
+    """The folder name of `method`'s runs (of the random-reward control: beside the real runs)."""
+    return f"{method}-random-reward" if getattr(config, "reward", "task") == "random" else method
 
 
 def run_lock(config: RLTrainConfig, method: str):
@@ -78,19 +81,48 @@ def frozen_fingerprint(model: Any, trained: tuple[str, ...] = ("lora_",)) -> flo
         )
 
 
+# what a finished run shows in results/ (`publish_run`): its curve, its manifest, its features
+RESULT_FILES = ("curve.csv", "curve.png", "manifest.json", "features.md")
+
+
+def results_folder(config: RLTrainConfig, method: str, budget: dict[str, Any]) -> Path:
+    """Where a run's curve, manifest and features go in results/: a folder per budget and seed,
+    `results/<model>/<method>/<task>/<steps>x<prompts>x<samples>-seed<k>/` (the random-reward
+    control under `<method>-random-reward`), so that neither another seed nor a run of another
+    budget replaces them; the budget label is the leaderboard row's."""
+    from rl.budget import budget_label
+
+    return config.model_results / _named(config, method) / config.task / f"{budget_label(budget)}-seed{config.seed}"
+
+
+def publish_run(config: RLTrainConfig, method: str) -> Path | None:
+    """Copy a finished run's `RESULT_FILES` into its `results_folder` (also for a run that bench
+    reuses: its folder is there whichever results directory asks); returns the folder, or None
+    when no finished run is on disk."""
+    run_dir = run_dir_for(config, method)
+    if not (run_dir / "manifest.json").exists():
+        return None
+    budget = json.loads((run_dir / "manifest.json").read_text()).get("budget") or {}
+    if not budget:
+        return None
+    folder = results_folder(config, method, budget)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, folder / name)
+    return folder
+
+
 def write_curve(
-    curve: list[dict], run_dir: Path, results: Path, title: str, metric: str, fields: tuple[str, ...] = CURVE_FIELDS
+    curve: list[dict], run_dir: Path, title: str, metric: str, fields: tuple[str, ...] = CURVE_FIELDS
 ) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "manifest.json").exists():  # the curve's provenance travels with it
-        shutil.copyfile(run_dir / "manifest.json", results / "manifest.json")
-    for directory in (run_dir, results):
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "curve.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            for row in curve:
-                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
+    """`curve.csv` and `curve.png` in `run_dir` (`publish_run` copies them to results/)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "curve.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in curve:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +174,5 @@ def write_curve(
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, fontsize=7)
     fig.tight_layout()
-    for directory in (run_dir, results):
-        fig.savefig(directory / "curve.png", dpi=150)
+    fig.savefig(run_dir / "curve.png", dpi=150)
     plt.close(fig)

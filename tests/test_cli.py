@@ -244,7 +244,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
         **{method: SMOKE for method in ("rlvr", "crl", "rl-vector", "crl-lm", "csft")},  # the ladder on RLVR's budget
     }
     assert Path(rlvr_row["run_dir"]).parent.parent.joinpath("adapter_model.safetensors").exists()  # <run>/eval/<fp>
-    assert (mine / "rlvr" / "arith_mc" / "curve.csv").exists()
+    assert (mine / "rlvr" / "arith_mc" / "3x2x4-seed0" / "curve.csv").exists()
     # where the run spent its time: a row per stage that ran, in order, named by profile, budget and tasks
     timings = json.loads((mine / "bench_timings" / "full-smoke-arith_mc.json").read_text())
     stages = [(r["stage"], r["task"]) for r in timings["rows"]]
@@ -262,7 +262,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     crl_row = next(r for r in rows if r["method"] == "crl")
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}
-    assert (mine / "crl-one-token" / "arith_mc" / "curve.csv").exists()
+    assert (mine / "crl-one-token" / "arith_mc" / "3x2x4-seed0" / "curve.csv").exists()
     # the interaction analysis of any trained controller from the CLI (one layer: nothing to interact)
     inter = subprocess.run(
         [
@@ -339,8 +339,8 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     fidelity = json.loads((mine / "csft.json").read_text())["rows"]
     assert [(e["task"], e["seed"]) for e in fidelity] == [("arith_mc", 0)]
     assert fidelity[0]["kl_base"] > 0 and fidelity[0]["answer_agreement"] is not None  # RLVR differs from base
-    assert (
-        "| arith_mc | 0 |" in (mine / "csft.md").read_text() and (mine / "csft" / "arith_mc" / "features.md").exists()
+    assert "| arith_mc | 0 |" in (mine / "csft.md").read_text() and any(
+        (mine / "csft" / "arith_mc").glob("*-seed0/features.md")
     )
     assert crl_row["run_dir"] in page
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)

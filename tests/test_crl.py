@@ -59,7 +59,7 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
         "feature": GOOD,
         **{k: choices["validation_by_layer"][0][k] for k in ("count", "coefs")},
     }
-    features = (config.model_results / "crl-one-token" / "arith_mc" / "features.md").read_text()
+    features = (config.model_results / "crl-one-token" / "arith_mc" / "12x4x8-seed0" / "features.md").read_text()
     assert f"| {LAYER} | {GOOD} |" in features and "no card" in features  # the planted SAE has no cards
     spent = manifest["spent"]
     assert spent["rollouts"] == 12 * 4 * 8 and spent["generated_tokens"] == spent["rollouts"]
@@ -69,8 +69,9 @@ def test_controller_learns_the_planted_feature_and_only_it_trains(tiny_dir, plan
     trained = load_file(str(run_dir / crl.CONTROLLER_FILE))
     assert any(not torch.equal(start[k], trained[k]) for k in start if "mean" not in k and "scale" not in k)
     assert manifest["frozen_weights_checksum"] is not None
-    assert (config.model_results / "crl-one-token" / "arith_mc" / "curve.png").exists()
-    assert json.loads((config.model_results / "crl-one-token" / "arith_mc" / "manifest.json").read_text()) == manifest
+    published = config.model_results / "crl-one-token" / "arith_mc" / "12x4x8-seed0"  # a folder per budget and seed
+    assert (published / "curve.png").exists() and (published / "features.md").exists()
+    assert json.loads((published / "manifest.json").read_text()) == manifest
 
 
 def test_logged_interventions_replay_to_the_same_outputs(tiny_dir, planted, planted_splits, tmp_path):

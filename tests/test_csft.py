@@ -80,9 +80,9 @@ def test_csft_distils_the_planted_feature_where_the_teacher_added_it(tiny_dir, p
     curve = manifest["curve"]
     assert curve[-1]["held_out_kl"] < 0.5 * curve[0]["held_out_kl"]
     results = Path(tmp_path / "results")
-    features = next(results.rglob("csft/arith_mc/features.md")).read_text()
+    features = next(results.rglob("csft/arith_mc/*-seed0/features.md")).read_text()
     assert f"| {PLANTED_FEATURE} |" in features and "closes" in features
-    assert next(results.rglob("csft/arith_mc/curve.png")).stat().st_size > 0
+    assert next(results.rglob("csft/arith_mc/*-seed0/curve.png")).stat().st_size > 0
     assert not (run_dir / "checkpoints").exists()
 
 
@@ -175,14 +175,22 @@ def test_csft_sweep_tables_each_layer_and_k(tiny_dir, planted, planted_splits, t
     assert "| 3 | 1 |" in more.read_text() and "| 0 | 2 |" in more.read_text()
 
 
-def test_csft_on_a_generation_task_distils_the_teachers_sampled_completions(tiny_dir, planted, tmp_path):
+@pytest.mark.parametrize("rollout_dtype", ["float32", "bfloat16"])
+def test_csft_on_a_generation_task_distils_the_teachers_sampled_completions(
+    tiny_dir, planted, tmp_path, rollout_dtype, monkeypatch
+):
     """arith_gen with a LoRA teacher (as RLVR's): it samples its completions (prompts x samples per
-    step, each prompt's samples prefilled once); every completion token is a KL position, counted
-    in the budget."""
+    step, each prompt's samples prefilled once), from a bf16 copy of the teacher where asked;
+    every completion token is a KL position, counted in the budget."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from rl.csft import trainer as csft
+    from rl.rollout_copy import RolloutCopy
+
+    sampled = []
+    real = RolloutCopy.generate
+    monkeypatch.setattr(RolloutCopy, "generate", lambda self, *a, **k: sampled.append(1) or real(self, *a, **k))
 
     torch.manual_seed(0)
     lora = get_peft_model(
@@ -203,9 +211,12 @@ def test_csft_on_a_generation_task_distils_the_teachers_sampled_completions(tiny
         max_new_tokens=4,
         val_limit=4,
         eval_every=0,
+        rollout_dtype=rollout_dtype,
     )
     run_dir = csft.train(config)
     manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["rollout_dtype"] == rollout_dtype
+    assert len(sampled) == (0 if rollout_dtype == "float32" else 1 + 2)  # held-out prompts, then each step
     spent = manifest["spent"]
     assert spent["rollouts"] == 2 * 2 * 3 and spent["rollouts"] <= spent["generated_tokens"] <= spent["rollouts"] * 4
     assert manifest["fidelity"]["held_out_prompts"] == 4 and manifest["fidelity"]["kl_base"] > 0

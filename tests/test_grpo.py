@@ -5,6 +5,7 @@ the real one, whose fingerprint it leaves alone."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -101,3 +102,38 @@ def test_the_ladder_budget_file_is_the_cpu_preset_on_three_seeds():
     three, cpu = Budget.resolve(str(path)), Budget.resolve("cpu")
     assert three.seeds == [0, 1, 2] and three.rollouts == cpu.rollouts == 1280
     assert Budget.resolve(str(path), generation=True).rollouts == Budget.resolve("cpu", generation=True).rollouts
+
+
+def test_each_run_has_its_own_results_folder_and_a_reused_one_is_published_again(tmp_path):
+    """Seeds, budgets and the control each get a folder in results/ (`<budget>-seed<k>`), so none
+    replaces another's curve; a finished run that bench reuses is copied in again."""
+    from rl.rlvr.config import RLVRConfig
+    from rl.runs import publish_run, run_dir_for
+
+    common = dict(task="arith_mc", runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))
+    configs = [
+        RLVRConfig(**common, seed=0),
+        RLVRConfig(**common, seed=1),
+        RLVRConfig(**common, seed=0, steps=20),
+        RLVRConfig(**common, seed=0, reward="random"),
+    ]
+    assert publish_run(configs[0], "rlvr") is None  # nothing trained yet
+    folders = []
+    for i, config in enumerate(configs):
+        run_dir = run_dir_for(config, "rlvr")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        budget = {"steps": config.steps or 40, "prompts_per_step": 4, "samples_per_prompt": 8}
+        (run_dir / "manifest.json").write_text(json.dumps({"budget": budget, "run": i}))
+        (run_dir / "curve.csv").write_text(f"step\n{i}\n")
+        folders.append(publish_run(config, "rlvr"))
+    model = configs[0].model_results
+    assert [f.relative_to(model).as_posix() for f in folders] == [
+        "rlvr/arith_mc/40x4x8-seed0",
+        "rlvr/arith_mc/40x4x8-seed1",
+        "rlvr/arith_mc/20x4x8-seed0",
+        "rlvr-random-reward/arith_mc/40x4x8-seed0",
+    ]
+    assert [(f / "curve.csv").read_text() for f in folders] == [f"step\n{i}\n" for i in range(4)]
+    assert not (folders[0] / "features.md").exists()  # only the files the run has
+    (folders[1] / "curve.csv").unlink()
+    assert publish_run(configs[1], "rlvr") == folders[1] and (folders[1] / "curve.csv").read_text() == "step\n1\n"

@@ -81,7 +81,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
     found = re.search(r'data-probe="([^"]*)"', done.stdout)
     assert found, f"the probe did not run: {done.stderr[-2000:]}"
     seen = json.loads(found.group(1).replace("&quot;", '"'))
-    figures = len(list(results.glob("*/figures/*.png"))) + len(list(results.glob("*/*/*/curve.png")))
+    figures = (
+        len(list(results.glob("*/figures/*.png")))
+        + len(list(results.glob("*/*/*/curve.png")))
+        + len(list(results.glob("*/*/*/*-seed*/curve.png")))
+    )
     assert seen["images"] == figures > 0 and seen["decoded"] == seen["images"]
     assert seen["tables"] >= 5
     empty = [name for name, height in seen["sections"] if height <= 0]

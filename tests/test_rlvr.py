@@ -103,11 +103,8 @@ def test_grpo_trains_only_the_adapter_and_accounts_its_budget(tiny_dir, tmp_path
     assert manifest["frozen_weights_checksum"] is not None
     curve = (run_dir / "curve.csv").read_text().splitlines()
     assert curve[0] == "step,rollouts,reward,validation" and len(curve) == 1 + 5  # step 0 + 4 steps
-    assert (model_results(tmp_path / "results", tiny_dir) / "rlvr" / "arith_mc" / "curve.png").exists()
-    assert (
-        json.loads((model_results(tmp_path / "results", tiny_dir) / "rlvr" / "arith_mc" / "manifest.json").read_text())
-        == manifest
-    )
+    published = model_results(tmp_path / "results", tiny_dir) / "rlvr" / "arith_mc" / "4x2x4-seed0"
+    assert (published / "curve.png").exists() and json.loads((published / "manifest.json").read_text()) == manifest
 
     # the adapter in rlvr_lora and in lm-eval's own hf model with peft= scores the same
     requests = [

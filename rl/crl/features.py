@@ -4,7 +4,8 @@
   feature, coefficient) with the item's reward;
 - `choices.json`: the features sampled most often in training and chosen most often at
   validation, overall and per layer, with the share of 'no intervention' decisions;
-- `<results>/<method>/<task>/features.md`: the most chosen features with their feature cards.
+- `features.md` (in the run directory and its results folder, `rl.runs.publish_run`): the most chosen
+  features with their feature cards.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ from rl.crl.exploration import FeatureMask
 from rl.crl.features import choices_summary, write_features, write_interventions
 from rl.crl.ppo import advantages, ppo_update
 from rl.crl.rollouts import Rollouts, build_problem
-from rl.runs import frozen_fingerprint, run_dir_for, write_curve
+from rl.runs import frozen_fingerprint, publish_run, run_dir_for, write_curve
 
 CURVE_FIELDS = (
     "step",
@@ -382,7 +382,7 @@ def train(config: CRLConfig) -> Path:
     write_interventions(run_dir / "interventions.jsonl", decisions, val_rewards, tokenizer)
     write_json(run_dir / "choices.json", choices_summary(chosen_counts, decisions))
     write_features(
-        config.model_results / config.method / config.task / "features.md",
+        run_dir / "features.md",
         run_dir,
         saes,
         f"CRL ({config.setting}) on {config.task}, {config.model}",
@@ -424,11 +424,11 @@ def train(config: CRLConfig) -> Path:
     write_curve(
         curve,
         run_dir,
-        config.model_results / config.method / config.task,
         f"CRL ({config.setting}, {config.algorithm}): {config.task}, {config.model}",
         "score",
         fields=CURVE_FIELDS,
     )
+    publish_run(config, config.method)
     import shutil
 
     shutil.rmtree(checkpoints, ignore_errors=True)

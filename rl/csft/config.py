@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rl.config import RLTrainConfig
+from rl.config import RLTrainConfig, RolloutSettings
 from rl.crl.through_lm.config import FeatureControllerSettings
 
 TEACHER_HELP = (
@@ -16,7 +16,7 @@ TEACHER_HELP = (
 
 
 @dataclass
-class CSFTConfig(FeatureControllerSettings, RLTrainConfig):
+class CSFTConfig(RolloutSettings, FeatureControllerSettings, RLTrainConfig):
     teacher: str = field(default="", metadata={"help": TEACHER_HELP})
     learning_rate: float = field(default=1e-3, metadata={"help": "controller learning rate"})
     temperature: float = field(

@@ -15,12 +15,14 @@ tokens. The LLM, the teacher and the SAE stay frozen.
 It answers how much of what the teacher changed a few SAE features added per token at one
 layer can write: the run records KL(teacher || base) and KL(teacher || steered) on held-out
 (validation) prompts, the share of that divergence the controller closes, and the features it
-adds most (`results/<model>/csft/<task>/features.md`, with their cards). The run directory is a
+adds most (`features.md`, with their cards, in the run's results folder
+`results/<model>/csft/<task>/<budget>-seed<k>/`). The run directory is a
 `crl-lm` controller run (`"controller": "crl-lm-topk-v1"`), so `crl_steered` evaluates it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -39,11 +41,20 @@ STATE = "state.json"
 KEEP_CHECKPOINTS = 2
 
 
-def _targets(teacher: Any, tokenizer: Any, prompts: list[str], generation: bool, config: CSFTConfig, budget: Any):
-    """The teacher's completions: (prompt token ids, completion token ids) per row. Multiple
-    choice: no completion (the target is the distribution at the answer position)."""
+def _targets(
+    teacher: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    generation: bool,
+    config: CSFTConfig,
+    budget: Any,
+    sampler: Any = None,
+):
+    """The teacher's completions: (prompt token ids, completion token ids) per row, sampled from
+    `sampler` (a `RolloutCopy` of a LoRA teacher) where given. Multiple choice: no completion
+    (the target is the distribution at the answer position)."""
     from harness.padding import batch
-    from rl.prefix import shared_prefix_generate
+    from rl.prefix import generate_on, shared_prefix_generate
 
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     if not generation:
@@ -58,6 +69,8 @@ def _targets(teacher: Any, tokenizer: Any, prompts: list[str], generation: bool,
         # each prompt's samples share its prefill; not under a steering teacher, whose positions (e.g. the
         # prompt's last token) are read from the first call of its steering session
         generate = functools.partial(shared_prefix_generate, model, model.generate) if teacher.kind == "lora" else None
+        if sampler is not None:
+            generate = functools.partial(sampler.generate, functools.partial(generate_on, True))
         with torch.no_grad(), teacher.on():
             out = (generate or model.generate)(
                 input_ids=ids,
@@ -217,7 +230,8 @@ def _latest(checkpoints: Path, fingerprint: str) -> Path | None:
 
 def train(config: CSFTConfig, name: str = METHOD) -> Path:
     """Distil (or resume distilling) the teacher into a feature controller; returns the run
-    directory, `<runs>/<model>/<name>/<task>/seed<k>` (results under `results/<model>/<name>/<task>/`)."""
+    directory, `<runs>/<model>/<name>/<task>/seed<k>` (results under
+    `results/<model>/<name>/<task>/<budget>-seed<k>/`)."""
     from rich.console import Console
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
@@ -233,7 +247,8 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
     from rl.crl.through_lm.trainer import ThroughLM
     from rl.csft.teacher import load_teacher
     from rl.grpo import TrainingFailed, stop_at_until, train_dtype
-    from rl.runs import frozen_fingerprint, run_dir_for, run_done, write_curve
+    from rl.rollout_copy import RolloutCopy, resolve_rollout_dtype
+    from rl.runs import frozen_fingerprint, publish_run, run_dir_for, run_done, write_curve
 
     config.check_teacher()  # before any model load
     console = Console(stderr=True, soft_wrap=True)
@@ -252,7 +267,8 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     docs = [splits.train[i % len(splits.train)] for i in range(min(budget.distinct_prompts, len(splits.train)))]
     val_docs = splits.validation[: config.val_limit] if config.val_limit else splits.validation
-    model, tokenizer = load_causal_lm(config.model, dtype=train_dtype(config.dtype, device), device=device)
+    dtype = train_dtype(config.dtype, device)
+    model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
     if generation:
         stop_at_until(model, tokenizer, task)
     prompts = task_prompts(task, docs, seed=config.seed)
@@ -260,6 +276,14 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
     parameterisation = ThroughLM(config)  # the candidates and the controller, from the base model
     gate = parameterisation.build(model, tokenizer, task, docs, prompts, device).to(device)
     teacher = load_teacher(config.teacher, model, config.model)
+    rollout_dtype = resolve_rollout_dtype(
+        config.rollout_dtype, dtype, device, budget.max_new_tokens if generation else 1
+    )
+    sampler = None  # a bf16 copy of a LoRA teacher samples its completions (`rl.rollout_copy`)
+    if generation and teacher.kind == "lora" and rollout_dtype != dtype:
+        sampler = RolloutCopy(teacher.model, rollout_dtype, lambda copy: contextlib.nullcontext())
+    else:
+        rollout_dtype = dtype
     frozen_before = frozen_fingerprint(teacher.model, ())
     optimizer = torch.optim.Adam(gate.trunk.parameters(), lr=config.learning_rate)
     distiller = Distiller(teacher, gate, tokenizer, config, device)
@@ -285,7 +309,8 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
         spent, curve, start = Spent(**state["spent"]), state["curve"], state["step"]
         console.print(f"resuming {run_dir} from {resume_from.name} (step {start}, {spent.rollouts} completions)")
     torch.manual_seed(config.seed)
-    held_out = _targets(teacher, tokenizer, val_prompts, generation, config, budget)  # fixed: the same every resume
+    # fixed: the same every resume
+    held_out = _targets(teacher, tokenizer, val_prompts, generation, config, budget, sampler)
     with teacher.off():
         references = {"base_validation": scorer([])}
     references["kl_base"] = distiller.divergence(held_out, steered=False)  # switches the teacher on and off itself
@@ -312,9 +337,8 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
     for step in tqdm(range(start, budget.steps), initial=start, total=budget.steps, desc="C-SFT", unit="step"):
         began = time.time()
         torch.manual_seed(config.seed * 100_003 + step)  # the step's samples, the same after a resume
-        rows = _targets(
-            teacher, tokenizer, _step_rows(prompts, step, generation, budget, config.seed), generation, config, budget
-        )
+        step_prompts = _step_rows(prompts, step, generation, budget, config.seed)
+        rows = _targets(teacher, tokenizer, step_prompts, generation, config, budget, sampler)
         optimizer.zero_grad(set_to_none=True)
         kl, positions = distiller.step(rows)
         loss = kl / positions
@@ -373,20 +397,20 @@ def train(config: CSFTConfig, name: str = METHOD) -> Path:
             curve=curve,
             fidelity=fidelity,
             torch_threads=torch.get_num_threads(),
+            rollout_dtype=rollout_dtype,
             frozen_weights_checksum=frozen_after,
             resumed_from=str(resume_from) if resume_from else None,
         ),
     )
-    results = config.model_results / name / config.task
     write_curve(
         curve,
         run_dir,
-        results,
         f"C-SFT: {config.task}, {config.model} (teacher: {teacher.kind})",
         scorer.metric,
         fields=("step", "rollouts", "loss", "validation", "held_out_kl"),
     )
-    _write_features(results / "features.md", used, parameterisation.sae, fidelity, config, run_dir)
+    _write_features(run_dir / "features.md", used, parameterisation.sae, fidelity, config, run_dir)
+    publish_run(config, name)
     shutil.rmtree(checkpoints, ignore_errors=True)
     console.print(
         f"C-SFT done: {spent.rollouts} teacher completions, {spent.wall_s:.0f} s; KL(teacher || .) per token "

@@ -27,7 +27,8 @@ the shared contracts, and this module says what trains (a LoRA adapter):
 A run directory `<runs>/<model>/rlvr/<task>/seed<k>/` ends up with the PEFT adapter
 (`adapter_config.json`, `adapter_model.safetensors`: what `rlvr_lora` and lm-eval's `hf`
 with `peft=` load), `config.json`, `manifest.json` (budget and what was spent), and the
-learning curve `curve.csv` / `curve.png` (also copied to `results/<model>/rlvr/<task>/`).
+learning curve `curve.csv` / `curve.png` (also copied, with the manifest, to
+`results/<model>/rlvr/<task>/<budget>-seed<k>/`).
 Checkpoints go to `checkpoints/` every `checkpoint_every` steps; a rerun resumes from the
 newest one (`--no-resume` starts over). A NaN or exploding loss stops the run with the
 last good checkpoint kept.
