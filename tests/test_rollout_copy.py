@@ -81,7 +81,7 @@ def test_rlvr_on_a_generation_task_samples_from_the_bf16_copy(tiny_dir, tmp_path
 
     synced = []
     real_sync = RolloutCopy.sync
-    monkeypatch.setattr(RolloutCopy, "sync", lambda self: synced.append(1) or real_sync(self))
+    monkeypatch.setattr(RolloutCopy, "sync", lambda self: synced.append(self) or real_sync(self))
 
     import harness.rewards
 
@@ -112,3 +112,9 @@ def test_rlvr_on_a_generation_task_samples_from_the_bf16_copy(tiny_dir, tmp_path
     assert all(t.dtype == torch.float32 for t in adapter.values())  # trained in fp32
     assert any(t.abs().max() > 0 for n, t in adapter.items() if "lora_B" in n)
     assert "rollouts and validation sampled from a bfloat16 copy" in capfd.readouterr().err
+    # the copy computes in bf16 itself: TRL patches the trained model's `forward` (its fused LM head) with a
+    # closure over that model, which a deep copy would keep, and the copy would have sampled in fp32
+    copy = synced[-1].copy
+    assert "forward" not in vars(copy) and not any(hasattr(m, "lora_A") for m in copy.modules())  # LoRA merged
+    with torch.no_grad():
+        assert copy(input_ids=torch.tensor([[2, 100, 200]])).logits.dtype == torch.bfloat16
