@@ -96,7 +96,9 @@ def render(model: str, entries: list[dict[str, Any]]) -> str:
     ]
     for e in entries:
         ci = e["share_recovered_ci95"]
-        share = fmt(e["share_recovered"], "{:.1%}") + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
+        share = fmt(e["share_recovered"], "{:.1%}")
+        if e["share_recovered"] is not None:
+            share += f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else " (no interval: RLVR's gain is within resampling noise)"
         lines.append(
             f"| {e['task']} | {e['seed']} | {fmt(e['layer'], '{}')} | {fmt(e['k'], '{}')} | {fmt(e['value'])} | "
             f"{fmt(e['delta_vs_base'], '{:+.3f}')} | {fmt(e['rlvr_delta_vs_base'], '{:+.3f}')} | {share} | "

@@ -23,10 +23,12 @@ from rl.config import CPU_MICRO_BATCH
 # The training comparison: the one-token task trains RLVR and CRL setting 1; the generation
 # task trains RLVR and CRL setting 3, RLVR with TRL's row-by-row passes (`--no-shared-prefix`:
 # the baseline of RLVR's speed) and RLVR row by row with a step in one micro-batch (the default
-# before micro-batches and shared prompts: the baseline of RLVR's memory).
+# before micro-batches and shared prompts: the baseline of RLVR's memory), and RLVR sampling its
+# rollouts from the fp32 model it trains (`--rollout-dtype float32`: the baseline of the bf16
+# rollout copy, which `auto` uses on a CPU with native bf16; elsewhere the two are the same run).
 TRAINED = {
     "one-token": ("rlvr", "crl"),
-    "generation": ("rlvr", "rlvr-row-by-row", "rlvr-one-micro-batch", "crl"),
+    "generation": ("rlvr", "rlvr-row-by-row", "rlvr-one-micro-batch", "rlvr-fp32-rollouts", "crl"),
 }
 
 
@@ -54,7 +56,13 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
         from rl.rlvr.trainer import train
 
         whole = config.train_prompts_per_step * config.train_samples if method == "rlvr-one-micro-batch" else None
-        settings = {"micro_batch": whole, "shared_prefix": method == "rlvr", "runs_dir": str(Path(runs_dir) / method)}
+        settings = {
+            "micro_batch": whole,
+            "shared_prefix": method in ("rlvr", "rlvr-fp32-rollouts"),
+            # the shared-prefix and micro-batch baselines sample as their reference, rlvr-fp32-rollouts, does
+            "rollout_dtype": "auto" if method == "rlvr" else "float32",
+            "runs_dir": str(Path(runs_dir) / method),
+        }
         run_dir = train(RLVRConfig(**{**common, **settings}))
     else:
         from rl.crl.config import CRLConfig
@@ -71,6 +79,7 @@ def train_worker(variant: str, config: PerfConfig, runs_dir: str) -> dict[str, A
         "run_dir": str(run_dir),
         "rewards": [row.get("reward") for row in curve[1:]],
         "first_step_loss": curve[1].get("loss") if len(curve) > 1 else None,
+        "rollout_dtype": manifest.get("rollout_dtype"),
         "rollouts_per_s": spent["rollouts"] / spent["train_s"],
         "peak_rss_mb": _rss_mb(),
     }
@@ -141,20 +150,33 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             rows.append(json.loads(out.read_text()))
         controller = next((r["run_dir"] for r in rows if (r["setting"], r["variant"]) == ("generation", "crl")), None)
         generation = _generation_under_controller(config, controller, tmp, console) if controller else None
-    ratios, micro_batches, shared = [], [], []
+    ratios, micro_batches, shared, copies = [], [], [], []
     for setting in tasks:
         measured = {r["variant"]: r for r in rows if r["setting"] == setting}
         rlvr = measured.pop("rlvr")
         whole = measured.pop("rlvr-one-micro-batch", None)
         rows_apart = measured.pop("rlvr-row-by-row", None)
+        fp32 = measured.pop("rlvr-fp32-rollouts", None)
+        if fp32 is not None:  # RLVR's rollouts from its bf16 copy (where `auto` makes one) against the fp32 model's
+            copies.append(
+                {
+                    "task": rlvr["task"],
+                    "rollout_dtype": rlvr["rollout_dtype"],
+                    "rollouts_per_s_over_fp32_rollouts": rlvr["rollouts_per_s"] / fp32["rollouts_per_s"],
+                    "peak_rss_over_fp32_rollouts": rlvr["peak_rss_mb"] / fp32["peak_rss_mb"],
+                    "rewards": rlvr["rewards"],
+                    "rewards_fp32_rollouts": fp32["rewards"],
+                }
+            )
+        reference = fp32 or rlvr  # the same samples as the two baselines below: their losses compare
         if rows_apart is not None:  # RLVR's speed with shared prompts against TRL's row-by-row passes
             shared.append(
                 {
                     "task": rlvr["task"],
-                    "rollouts_per_s_over_row_by_row": rlvr["rollouts_per_s"] / rows_apart["rollouts_per_s"],
-                    "peak_rss_over_row_by_row": rlvr["peak_rss_mb"] / rows_apart["peak_rss_mb"],
-                    "first_step_loss_difference": abs(rlvr["first_step_loss"] - rows_apart["first_step_loss"]),
-                    "rewards": rlvr["rewards"],
+                    "rollouts_per_s_over_row_by_row": reference["rollouts_per_s"] / rows_apart["rollouts_per_s"],
+                    "peak_rss_over_row_by_row": reference["peak_rss_mb"] / rows_apart["peak_rss_mb"],
+                    "first_step_loss_difference": abs(reference["first_step_loss"] - rows_apart["first_step_loss"]),
+                    "rewards": reference["rewards"],
                     "rewards_row_by_row": rows_apart["rewards"],
                 }
             )
@@ -162,9 +184,9 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             micro_batches.append(
                 {
                     "task": rlvr["task"],
-                    "peak_rss_over_one_micro_batch": rlvr["peak_rss_mb"] / whole["peak_rss_mb"],
-                    "first_step_loss_difference": abs(rlvr["first_step_loss"] - whole["first_step_loss"]),
-                    "rewards": rlvr["rewards"],
+                    "peak_rss_over_one_micro_batch": reference["peak_rss_mb"] / whole["peak_rss_mb"],
+                    "first_step_loss_difference": abs(reference["first_step_loss"] - whole["first_step_loss"]),
+                    "rewards": reference["rewards"],
                     "rewards_one_micro_batch": whole["rewards"],
                 }
             )
@@ -188,6 +210,7 @@ def run_training(config: PerfConfig, console: Any) -> Path:
             "ratios": ratios,
             "rlvr_micro_batches": micro_batches,
             "rlvr_shared_prefix": shared,
+            "rlvr_rollout_copy": copies,
             "generation_under_controller": generation,
         },
     )
@@ -220,7 +243,8 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         for r in ratios
     ]
     lines += [
-        f"- {m['task']}, RLVR with shared prompts (the default) / TRL's row-by-row passes: "
+        f"- {m['task']}, RLVR with shared prompts (the default; rollouts from the fp32 model) / TRL's row-by-row "
+        "passes: "
         f"**{m['rollouts_per_s_over_row_by_row']:.2f}x** the rollouts per second, "
         f"{m['peak_rss_over_row_by_row']:.2f}x the peak memory; first-step loss differs by "
         f"{m['first_step_loss_difference']:.1e}; training reward per step {_rounded(m['rewards'])} vs "
@@ -228,12 +252,19 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         for m in shared
     ]
     lines += [
-        f"- {m['task']}, RLVR in micro-batches of {CPU_MICRO_BATCH} with shared prompts (the CPU default) / TRL's "
-        "row-by-row passes in one micro-batch of "
+        f"- {m['task']}, RLVR in micro-batches of {CPU_MICRO_BATCH} with shared prompts (the CPU default; rollouts "
+        "from the fp32 model) / TRL's row-by-row passes in one micro-batch of "
         f"{config.train_prompts_per_step * config.train_samples}: **{m['peak_rss_over_one_micro_batch']:.2f}x** the "
         f"peak memory; first-step loss differs by {m['first_step_loss_difference']:.1e}; training reward per step "
         f"{_rounded(m['rewards'])} vs {_rounded(m['rewards_one_micro_batch'])} (same seed)."
         for m in micro_batches
+    ]
+    lines += [
+        f"- {m['task']}, RLVR sampling its rollouts in {m['rollout_dtype']} (`--rollout-dtype auto`) / from the "
+        f"fp32 model it trains: **{m['rollouts_per_s_over_fp32_rollouts']:.2f}x** the rollouts per second, "
+        f"{m['peak_rss_over_fp32_rollouts']:.2f}x the peak memory; training reward per step {_rounded(m['rewards'])} "
+        f"vs {_rounded(m['rewards_fp32_rollouts'])} (same seed; bf16 samples may differ)."
+        for m in copies
     ]
     if generation:
         lines.append(

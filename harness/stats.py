@@ -98,7 +98,9 @@ def recovered_share(
 ) -> tuple[float | None, tuple[float, float] | None]:
     """The share of the teacher's gain over base that the student recovers, (mean(student) -
     mean(base)) / (mean(teacher) - mean(base)), over paired items, with a 95% paired percentile
-    bootstrap interval (items resampled together). None where the teacher gained nothing."""
+    bootstrap interval (items resampled together). None where the teacher gained nothing; the
+    interval None where some resamples have the teacher gaining nothing (a ratio over a gain that
+    resampling can make zero or negative is unbounded: no interval says that better than one)."""
     b, t, s = (np.asarray(x, dtype=float) for x in (base, teacher, student))
     if not (b.shape == t.shape == s.shape) or b.size == 0:
         raise ValueError(f"paired scores must be non-empty and of equal length: {b.shape}, {t.shape}, {s.shape}")
@@ -121,6 +123,8 @@ def recovered_share(
         vectorized=True,
     )
     interval = result.confidence_interval
+    if np.isnan(result.bootstrap_distribution).any():
+        return point, None
     return point, (float(interval.low), float(interval.high))
 
 

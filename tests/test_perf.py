@@ -30,6 +30,7 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
         ("arith_gen", "rlvr"),
         ("arith_gen", "rlvr-row-by-row"),
         ("arith_gen", "rlvr-one-micro-batch"),
+        ("arith_gen", "rlvr-fp32-rollouts"),
         ("arith_gen", "crl"),
     }
     for (task, variant), row in rows.items():
@@ -45,17 +46,23 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
             == rows[task, variant]["rollouts_per_s"] / rows[task, "rlvr"]["rollouts_per_s"]
         )
         assert ratio["peak_rss_over_rlvr"] == rows[task, variant]["peak_rss_mb"] / rows[task, "rlvr"]["peak_rss_mb"]
+    # the baselines of shared prompts and micro-batches sample from the fp32 model, as their reference does
+    reference = rows["arith_gen", "rlvr-fp32-rollouts"]
+    assert {r["rollout_dtype"] for v, r in rows.items() if v[1].startswith("rlvr-")} == {"float32"}
     (micro,) = record["rlvr_micro_batches"]  # RLVR's memory against its one-micro-batch baseline, same run
     whole = rows["arith_gen", "rlvr-one-micro-batch"]
-    assert micro["peak_rss_over_one_micro_batch"] == rows["arith_gen", "rlvr"]["peak_rss_mb"] / whole["peak_rss_mb"]
+    assert micro["peak_rss_over_one_micro_batch"] == reference["peak_rss_mb"] / whole["peak_rss_mb"]
     assert micro["first_step_loss_difference"] < 1e-4 and micro["rewards_one_micro_batch"] == whole["rewards"]
     (shared,) = record["rlvr_shared_prefix"]  # shared prompts against TRL's row-by-row passes, same run
     apart = rows["arith_gen", "rlvr-row-by-row"]
-    assert (
-        shared["rollouts_per_s_over_row_by_row"]
-        == rows["arith_gen", "rlvr"]["rollouts_per_s"] / apart["rollouts_per_s"]
-    )
+    assert shared["rollouts_per_s_over_row_by_row"] == reference["rollouts_per_s"] / apart["rollouts_per_s"]
     assert shared["first_step_loss_difference"] < 1e-4 and shared["rewards_row_by_row"] == apart["rewards"]
+    (copy,) = record["rlvr_rollout_copy"]  # the default's rollouts (bf16 on a CPU that has it) against fp32's
+    assert copy["rollout_dtype"] == rows["arith_gen", "rlvr"]["rollout_dtype"] in ("float32", "bfloat16")
+    assert (
+        copy["rollouts_per_s_over_fp32_rollouts"]
+        == rows["arith_gen", "rlvr"]["rollouts_per_s"] / reference["rollouts_per_s"]
+    )
     generation = record["generation_under_controller"]  # setting 3's controller at every generated token
     assert generation["task"] == "arith_gen" and generation["items"] == 2
     assert all(generation[v]["generated_tokens"] > 0 for v in ("hf_lean", "crl_steered"))
@@ -66,7 +73,7 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     assert generation["time_ratio_rows"] == generation["hf_lean"]["eval_s"] / generation["hf_lean_batch"]["eval_s"]
     assert generation["same_completions_across_rows"] is True
     text = (tmp_path / "perf_training.md").read_text()
-    assert "arith_gen, crl / RLVR" in text and "TRL's row-by-row passes" in text
+    assert "arith_gen, crl / RLVR" in text and "TRL's row-by-row passes" in text and "from the fp32 model it" in text
     assert "generation under the trained setting-3 controller" in text and "64 rows per generate call / 16 rows" in text
 
 

@@ -368,6 +368,9 @@ def test_recovered_share_is_the_students_gain_over_the_teachers_with_a_paired_in
     share, (low, high) = recovered_share(base, teacher, student)
     assert share == pytest.approx(0.5) and low < 0.5 < high and 0.2 < low and high < 0.8
     assert recovered_share(base, base, student) == (None, None)  # the teacher gained nothing: no share
+    small = [1] * 2 + [0] * 58 + [1] * 40  # the teacher gains 2 items: resamples where it gains none
+    share, interval = recovered_share(base, small, student)
+    assert share == pytest.approx(10.0) and interval is None  # a point, no interval (was [nan, nan])
 
 
 def test_report_rebuilds_rows_from_the_stored_scores(tmp_path):
