@@ -75,10 +75,10 @@ class RolloutCopy:
         copied = copy.deepcopy(model)
         self.copy = (copied.merge_and_unload() if lora else copied).to(getattr(torch, dtype)).eval()
         self.copy.requires_grad_(False)
-        for module in self.copy.modules():  # a patched instance `forward` (TRL's fused LM head) is a closure over
-            vars(module).pop(
-                "forward", None
-            )  # the source model's: deepcopy keeps it, and the copy would run the source
+        # a patched instance `forward` (TRL's fused LM head) is a closure over the source model's:
+        # deepcopy keeps it, and the copy would run the source
+        for module in self.copy.modules():
+            vars(module).pop("forward", None)
         contiguous_head(_base(self.copy))  # bf16 heads on strided inputs take torch's slow path on CPU
         modules = dict(self.copy.named_modules())
         self.merges = [(layer, modules[name.removeprefix("base_model.model.")]) for name, layer in lora.items()]
