@@ -9,6 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 import torch
 
 from rl.budget import Spent
@@ -137,3 +138,23 @@ def test_each_run_has_its_own_results_folder_and_a_reused_one_is_published_again
     assert not (folders[0] / "features.md").exists()  # only the files the run has
     (folders[1] / "curve.csv").unlink()
     assert publish_run(configs[1], "rlvr") == folders[1] and (folders[1] / "curve.csv").read_text() == "step\n1\n"
+
+
+def test_the_frozen_checksum_sees_a_frozen_weight_change_and_ignores_trained_ones():
+    """Summed a million values at a time (no whole-tensor float64 copy), it is still the float64
+    sum of the frozen parameters' absolute values: a changed frozen weight changes it, a changed
+    LoRA weight does not."""
+    from rl.runs import frozen_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.embed = torch.nn.Parameter(torch.randn(3 * (1 << 20) + 5))  # more than one chunk
+    model.lora_A = torch.nn.Parameter(torch.randn(4, 4))
+    before = frozen_fingerprint(model)
+    assert before == pytest.approx(float(model.embed.double().abs().sum()), rel=1e-12)
+    with torch.no_grad():
+        model.lora_A.add_(1.0)
+    assert frozen_fingerprint(model) == before
+    with torch.no_grad():
+        model.embed[-1] = model.embed[-1].abs() + 1.0  # in the last, partial chunk: |w| grows by at least 1
+    assert frozen_fingerprint(model) != before
