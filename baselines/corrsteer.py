@@ -188,6 +188,9 @@ def train(config: CorrSteerConfig, lm: Any = None) -> Path:
     kept = [e for e in ranked if e["validation"] >= base]
     scores = {}
     for count in sorted({min(c, len(kept)) for c in config.counts if kept}):
+        if count == 1:  # the best kept feature alone, validated just above with the same vector
+            scores[count] = kept[0]["validation"]
+            continue
         scores[count] = validator([AddVectors({sae.layer: vector(kept[:count])}, positions=positions)])
     count = max(scores, key=lambda c: (scores[c], -c)) if scores else 0
     if count == 0:

@@ -281,7 +281,7 @@ def run(config: BenchConfig) -> Path | None:
         from baselines import corrsteer
 
         for task in config.tasks:
-            chosen = corrsteer_config(config, task)
+            chosen = corrsteer_config(config, task, output_types[task])
             if config.force or not corrsteer.done(chosen):
                 console.rule(f"CorrSteer on {task}")
                 with times("CorrSteer", task):

@@ -268,14 +268,11 @@ def vector_config(config: BenchConfig, task: str, output_type: str | None = None
 
         layers = default_layers(model_info(config.model).n_layers, sweep["layer_fractions"])
     extra = {"coefs": list(sweep["coefs"])} if "coefs" in sweep else {}
-    val_limit = config.vector_val_limit
-    if "val_limit" in sweep and val_limit is not None:
-        val_limit = min(val_limit, sweep["val_limit"])
     return VectorTrainConfig(
         model=config.model,
         task=task,
         methods=list(config.vectors),
-        val_limit=val_limit,
+        val_limit=sweep_val_limit(config, output_type),
         layers=layers,
         batch_size=config.batch_size,
         seed=config.seed,
@@ -287,9 +284,25 @@ def vector_config(config: BenchConfig, task: str, output_type: str | None = None
     )
 
 
-def corrsteer_config(config: BenchConfig, task: str) -> Any:
-    """The CorrSteer run of `task`: the bench's SAE, validated on the vector sweep's documents."""
+def sweep_val_limit(config: BenchConfig, output_type: str | None) -> int | None:
+    """Validation documents per point of the vector sweep of a task of this output type (and per
+    check of CorrSteer's): --vector-val-limit, at most the profile's for generation tasks."""
+    sweep = PROFILES[config.profile]["generation_sweep"] if output_type == "generate_until" else {}
+    val_limit = config.vector_val_limit
+    if "val_limit" in sweep and val_limit is not None:
+        val_limit = min(val_limit, sweep["val_limit"])
+    return val_limit
+
+
+def corrsteer_config(config: BenchConfig, task: str, output_type: str | None = None) -> Any:
+    """The CorrSteer run of `task` (of `output_type`; None: looked up): the bench's SAE, validated
+    on as many documents as the task's vector sweep."""
     from baselines.corrsteer import CorrSteerConfig
+
+    if output_type is None:
+        from harness.tasks import load_task
+
+        output_type = load_task(task).OUTPUT_TYPE
 
     return CorrSteerConfig(
         model=config.model,
@@ -297,7 +310,7 @@ def corrsteer_config(config: BenchConfig, task: str) -> Any:
         sae=config.sae,
         sae_corpus=config.sae_corpus,
         layer=config.sae_layer,
-        val_limit=config.vector_val_limit,
+        val_limit=sweep_val_limit(config, output_type),
         seed=config.seed,
         dtype=config.dtype,
         device=config.device,

@@ -81,7 +81,7 @@ def describe(config: BenchConfig) -> str:
         if config.corrsteer and config.sae != "none":
             from baselines.corrsteer import done
 
-            state = "reused" if done(corrsteer_config(config, task)) else "runs"
+            state = "reused" if done(corrsteer_config(config, task, kind)) else "runs"
             lines.append(f"{number}. CorrSteer on {task}: {state}")
             number += 1
         for rl in rlvr_configs(config, task) if config.rlvr else []:

@@ -136,7 +136,7 @@ def plan(config: BenchConfig, output_types: dict[str, str] | None = None, manage
         if config.corrsteer and config.sae != "none":
             from baselines.corrsteer import run_dir_of
 
-            found = run_dir_of(corrsteer_config(config, task))
+            found = run_dir_of(corrsteer_config(config, task, output_types[task]))
             if (found / "selection.json").exists():
                 digest = _file_digest(found / VECTORS_FILE, found / "config.json")
                 settings = {**common, "method": "corrsteer", "artifact": digest}

@@ -354,7 +354,7 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
 
 
 def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
-    from crl_bench.bench_config import DEFAULT_TASKS, BenchConfig, vector_config
+    from crl_bench.bench_config import DEFAULT_TASKS, BenchConfig, corrsteer_config, vector_config
 
     laptop = BenchConfig(device="cpu")  # the embedded model on a CPU: make bench's quick run
     assert (laptop.profile, laptop.tasks, laptop.budget) == ("laptop", ["toy_sentiment", "arith_gen"], "laptop")
@@ -378,6 +378,11 @@ def test_bench_profiles_fill_in_what_the_flags_leave_open(tiny_dir):
     assert (small.layers, small.coefs, small.val_limit) == ([1], [0.5, 1.0, 2.0], 32)  # 4 layers: a sixth in
     usual = vector_config(BenchConfig(model=tiny_dir, profile="laptop", device="cpu"), "arith_mc", "multiple_choice")
     assert (usual.layers, usual.val_limit) == (None, 64)
+    # CorrSteer checks its features on as many documents as the task's sweep
+    laptop_tiny, full_tiny = (BenchConfig(model=tiny_dir, profile=p, device="cpu") for p in ("laptop", "full"))
+    assert corrsteer_config(laptop_tiny, "arith_gen", "generate_until").val_limit == 32
+    assert corrsteer_config(laptop_tiny, "arith_mc").val_limit == 64  # looked up: a one-token task
+    assert corrsteer_config(full_tiny, "arith_gen", "generate_until").val_limit == 64
     with pytest.raises(ValueError, match="--profile must be one of auto, laptop, full, got 'fast'"):
         BenchConfig(profile="fast")
 
