@@ -97,15 +97,15 @@ def _evaluate(lm: Any, stage: Stage, config: BenchConfig, manager: Any) -> None:
     write_json(stage.run_dir / STAGE, {"fingerprint": stage.fingerprint, "settings": stage.settings})
 
 
-def _rlvr_stage(config: BenchConfig, console: Any) -> None:
+def _rlvr_stage(config: BenchConfig, console: Any, times: Any) -> None:
     """Train RLVR on every task it supports (reusing finished runs; resuming killed ones)."""
     from transformers import AutoTokenizer
 
+    from crl_bench.training import train_once
     from harness.models import resolve_model
     from harness.tasks import load_task
     from rl import grpo
     from rl.rlvr import trainer as rlvr
-    from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
     for task in config.tasks:
@@ -114,21 +114,13 @@ def _rlvr_stage(config: BenchConfig, console: Any) -> None:
             console.print(f"RLVR skips {task}: {why}")
             continue
         for rl_config in rlvr_configs(config, task):
-            if config.force or not run_done(rl_config, "rlvr"):
-                with run_lock(rl_config, "rlvr"):
-                    if config.force or not run_done(rl_config, "rlvr"):  # not finished by another run meanwhile
-                        console.rule(f"RLVR on {task} (seed {rl_config.seed})")
-                        changed = why_retrain(rl_config, "rlvr")
-                        if changed:
-                            console.print(changed)
-                        rlvr.train(rl_config)
-            publish_run(rl_config, "rlvr")  # a reused run's curve too, into this results directory
+            train_once(config, rl_config, "rlvr", "RLVR", rlvr.train, console, times)
 
 
-def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) -> None:
+def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str], times: Any) -> None:
     """Train CRL in each setting on the tasks of its kind (reusing finished runs; resuming killed ones)."""
+    from crl_bench.training import train_once
     from rl.crl import trainer as crl
-    from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     if config.sae == "none":
         console.print("CRL skipped: --sae none (CRL steers with SAE features)")
@@ -138,15 +130,8 @@ def _crl_stage(config: BenchConfig, console: Any, output_types: dict[str, str]) 
         console.print(skipped)
     for task in config.tasks:
         for crl_config in crl_configs(config, task, output_types[task]):
-            if config.force or not run_done(crl_config, crl_config.method):
-                with run_lock(crl_config, crl_config.method):
-                    if config.force or not run_done(crl_config, crl_config.method):  # not finished meanwhile
-                        console.rule(f"CRL {crl_config.setting} on {task} (seed {crl_config.seed})")
-                        changed = why_retrain(crl_config, crl_config.method)
-                        if changed:
-                            console.print(changed)
-                        crl.train(crl_config)
-            publish_run(crl_config, crl_config.method)
+            label = f"CRL {crl_config.setting}"
+            train_once(config, crl_config, crl_config.method, label, crl.train, console, times)
 
 
 def _breakdowns(config: BenchConfig, reserved: dict[str, frozenset[int]], console: Any) -> None:
@@ -287,14 +272,11 @@ def run(config: BenchConfig) -> Path | None:
                 with times("CorrSteer", task):
                     corrsteer.train(chosen, lm=shared_lm())
     if config.rlvr:
-        with times("RLVR training"):
-            _rlvr_stage(config, console)
+        _rlvr_stage(config, console, times)
     if config.crl:
-        with times("CRL training"):
-            _crl_stage(config, console, output_types)
+        _crl_stage(config, console, output_types, times)
     if config.ladder:
-        with times("ladder training"):
-            train_rungs(config, console)
+        train_rungs(config, console, times)
     stages = plan(config, output_types, manager)
     todo = [s for s in stages if config.force or not s.done()]
     for stage in todo:
@@ -321,8 +303,7 @@ def run(config: BenchConfig) -> Path | None:
         from crl_bench.analyses import runner as analysis
 
         console.rule("analyses: similarity to RLVR, SAE-feature overlap, circuits, CRL interactions")
-        with times("analyses"):
-            analysis.run(config, stages, reserved, console)
+        analysis.run(config, stages, reserved, console, times)
     with times("breakdowns"):
         _breakdowns(config, reserved, console)
     from crl_bench.plots import all_figures

@@ -102,14 +102,15 @@ def ladder_runs(config: BenchConfig, task: str) -> list[tuple[str, str, Any]]:
     return runs
 
 
-def train_rungs(config: BenchConfig, console: Any) -> None:
-    """Train the rungs of `--ladder` and the `--controls` on the tasks the GRPO trainer supports."""
+def train_rungs(config: BenchConfig, console: Any, times: Any = None) -> None:
+    """Train the rungs of `--ladder` and the `--controls` on the tasks the GRPO trainer supports
+    (`times`: the bench's stage table, a row per run)."""
     from transformers import AutoTokenizer
 
+    from crl_bench.training import train_once
     from harness.models import resolve_model
     from harness.tasks import load_task
     from rl import grpo
-    from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     for rung in [r for r in config.ladder if r in SAE_RUNGS and config.sae == "none"]:
         console.print(f"{rung} skipped: --sae none (it adds SAE features)")
@@ -123,16 +124,8 @@ def train_rungs(config: BenchConfig, console: Any) -> None:
             if method == "csft" and not (Path(run_config.teacher) / "adapter_model.safetensors").exists():
                 console.print(f"csft on {task} (seed {run_config.seed}) skipped: no RLVR run to distil")
                 continue
-            if config.force or not run_done(run_config, method):
-                with run_lock(run_config, method):
-                    if config.force or not run_done(run_config, method):  # not finished by another run meanwhile
-                        label = method + (" on a random reward" if setting == "random-reward" else "")
-                        console.rule(f"{label} on {task} (seed {run_config.seed})")
-                        changed = why_retrain(run_config, method)
-                        if changed:
-                            console.print(changed)
-                        trainer(method)(run_config)
-            publish_run(run_config, method)  # a reused run's curve too, into this results directory
+            label = method + (" on a random reward" if setting == "random-reward" else "")
+            train_once(config, run_config, method, label, trainer(method), console, times)
 
 
 def rung_runs(config: BenchConfig, task: str) -> list[tuple[str, str, int, Any]]:

@@ -248,17 +248,21 @@ def test_bench_trains_rlvr_and_crl_and_reuses_them(tiny_dir, tiny_sae_dir, tmp_p
     # where the run spent its time: a row per stage that ran, in order, named by profile, budget and tasks
     timings = json.loads((mine / "bench_timings" / "full-smoke-arith_mc.json").read_text())
     stages = [(r["stage"], r["task"]) for r in timings["rows"]]
-    assert stages[:5] == [
+    assert stages[:7] == [  # a row per training run
         ("SAE", "-"),
         ("CorrSteer", "arith_mc"),
-        ("RLVR training", "-"),
-        ("CRL training", "-"),
-        ("ladder training", "-"),
+        ("training: RLVR", "arith_mc"),
+        ("training: CRL one-token", "arith_mc"),
+        ("training: rl-vector", "arith_mc"),
+        ("training: crl-lm", "arith_mc"),
+        ("training: csft", "arith_mc"),
     ]
     assert ("evaluation: crl one-token", "arith_mc") in stages and stages[-1] == ("figures and report", "-")
+    analyses = [stage for stage, _ in stages if stage.startswith("analyses: ")]
+    assert analyses == [f"analyses: {a}" for a in ("similarity", "SAE-feature overlap", "circuits", "interactions")]
     assert all(r["wall_s"] > 0 and r["peak_rss_mb"] > 100 for r in timings["rows"])
     assert timings["total_wall_s"] >= sum(r["wall_s"] for r in timings["rows"]) and timings["finished"]
-    assert "| RLVR training | - |" in (mine / "bench_timings" / "full-smoke-arith_mc.md").read_text()
+    assert "| training: RLVR | arith_mc |" in (mine / "bench_timings" / "full-smoke-arith_mc.md").read_text()
     crl_row = next(r for r in rows if r["method"] == "crl")
     logged = [json.loads(line) for line in Path(crl_row["run_dir"], "interventions.jsonl").read_text().splitlines()]
     assert {e["item"] for e in logged} == {0, 1, 2} and {e["layer"] for e in logged} == {2}

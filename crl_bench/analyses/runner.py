@@ -257,14 +257,47 @@ def circuit_rows(config: BenchConfig, task: str, stages: list, sae: Any, model: 
     return {"items": len(problem.prompts), "methods": found, "pairs": pairs}
 
 
-def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
-    from crl_bench.analyses.overlap import overlap_table, top_k
-    from harness.models import default_device, load_causal_lm, model_info
-    from harness.prompts import task_prompts
-    from harness.sae import load_sae
-    from harness.splits import method_splits
-    from harness.tasks import load_task
+def run(
+    config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], console: Any, times: Any = None
+) -> None:
+    """Every analysis of a bench run, each on its own row of the run's stage table (`times`)."""
+    from contextlib import nullcontext
 
+    def timed(name: str, task: str = "-") -> Any:
+        return times(f"analyses: {name}", task) if times is not None else nullcontext()
+
+    with timed("similarity"):
+        _similarity(config, stages, reserved, console)
+    if config.sae == "none":
+        return
+    from harness.models import default_device, load_causal_lm, model_info
+    from harness.sae import load_sae
+
+    results = model_results(config.results_dir, config.model)
+    info = model_info(config.model)
+    device = config.device or default_device()  # the run's device: attribution patching on the GPU where there is one
+    with timed("SAE-feature overlap"):
+        sae = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
+        model, tokenizer = load_causal_lm(config.model, dtype="float32", device=device)
+        _overlap(config, stages, sae, model, tokenizer, console)
+    tasks = {s.task for s in stages}
+    with timed("circuits"):
+        circuits = {task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)}
+        _publish(
+            results,
+            "circuits",
+            "tasks",
+            config,
+            lambda old: {**old, **circuits},
+            lambda merged: render_circuits(merged, sae.layer),
+        )
+    console.print(f"analysis: {results / 'circuits.md'}")
+    del model
+    with timed("interactions"):
+        interaction_rows(config, stages, results, console)
+
+
+def _similarity(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], console: Any) -> None:
     results = model_results(config.results_dir, config.model)  # another model's analyses live beside it
     tasks = {s.task for s in stages}
     sim = similarity_rows(stages, reserved)
@@ -278,12 +311,15 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
         render_similarity,
     )
     console.print(f"analysis: {results / 'similarity.md'} ({len(sim)} rows)")
-    if config.sae == "none":
-        return
-    info = model_info(config.model)
-    device = config.device or default_device()  # the run's device: attribution patching on the GPU where there is one
-    sae = load_sae(config.sae, info, config.sae_layer, device=device, corpus=config.sae_corpus)
-    model, tokenizer = load_causal_lm(config.model, dtype="float32", device=device)
+
+
+def _overlap(config: BenchConfig, stages: list, sae: Any, model: Any, tokenizer: Any, console: Any) -> None:
+    from crl_bench.analyses.overlap import overlap_table, top_k
+    from harness.prompts import task_prompts
+    from harness.splits import method_splits
+    from harness.tasks import load_task
+
+    results = model_results(config.results_dir, config.model)
     overlap = {}
     for task in sorted({s.task for s in stages}):
         docs = method_splits(load_task(task)).validation[: _items(config, SHIFT_PROMPTS)]
@@ -300,18 +336,6 @@ def run(config: BenchConfig, stages: list, reserved: dict[str, frozenset[int]], 
         }
     _publish(results, "overlap", "tasks", config, lambda old: {**old, **overlap}, render_overlap)
     console.print(f"analysis: {results / 'overlap.md'}")
-    circuits = {task: circuit_rows(config, task, stages, sae, model, tokenizer) for task in sorted(tasks)}
-    _publish(
-        results,
-        "circuits",
-        "tasks",
-        config,
-        lambda old: {**old, **circuits},
-        lambda merged: render_circuits(merged, sae.layer),
-    )
-    console.print(f"analysis: {results / 'circuits.md'}")
-    del model
-    interaction_rows(config, stages, results, console)
 
 
 def interaction_rows(config: BenchConfig, stages: list, results: Path, console: Any) -> None:
