@@ -16,7 +16,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,6 +105,44 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def measurements_dir(config: PerfConfig) -> Path:
+    """Where this perf run keeps each measurement as it finishes: under the cache, by its settings,
+    the code's commit and the processor, so that a run stopped midway (killed, out of memory, out
+    of time) resumes where it stopped instead of measuring again, and no other code's or
+    machine's measurement is ever reused."""
+    from harness.manifest import fingerprint, git_commit, processor
+    from harness.paths import cache_root
+
+    settings = {k: v for k, v in asdict(config).items() if k != "results_dir"}
+    key = fingerprint({"config": settings, "commit": git_commit(), "processor": processor()})
+    folder = cache_root() / "perf" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def measure(out: Path, cmd: list[str], console: Any, after: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Run one measurement in its own process (`cmd`, then the file it writes, then `after`),
+    unless this run's folder already holds it (`out`). Returns its record, or None when the
+    process was killed by a signal (the kernel's out-of-memory killer sends SIGKILL). Any other
+    failure stops the run with the process's status; the measurements finished so far stay on
+    disk for the rerun."""
+    killed = out.with_suffix(".killed")
+    if out.exists() or killed.exists():
+        console.print(f"perf: {out.stem} measured earlier in this run's folder; reused")
+        return json.loads(out.read_text()) if out.exists() else None
+    done = subprocess.run([*cmd, str(out) + ".part", *after])
+    if done.returncode < 0:
+        killed.write_text(f"killed by signal {-done.returncode}\n")
+        return None
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"perf measurement {out.stem} failed (exit status {done.returncode}; its output is above). The "
+            f"measurements finished so far are kept in {out.parent}: rerun the same command to go on from there"
+        )
+    Path(str(out) + ".part").replace(out)
+    return json.loads(out.read_text())
+
+
 def worker(
     variant: str,
     config: PerfConfig,
@@ -185,26 +222,30 @@ def run(config: PerfConfig) -> Path:
     info = model_info(config.model)
     layer = info.check_layer(config.layer if config.layer is not None else info.n_layers // 2)
     measurements: dict[tuple[str, str], dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        direction = torch.nn.functional.normalize(
-            torch.randn(info.d_model, generator=torch.Generator().manual_seed(0)), dim=0
-        )
-        # a few percent of the residual norm (~3,000 per token on Gemma 3 270M): a real perturbation
-        SteeringVectors({layer: direction}, coefficient=100.0, method="random").save(Path(tmp) / "steer")
-        jobs = [(t, v) for t in config.eval_tasks() for v in VARIANTS]
-        for (task, shots, items), variant in track(jobs, description="perf variants", console=console):
-            out = Path(tmp) / f"{task}-{variant}.json"
-            spec = json.dumps([task, shots, items])
-            cmd = [
-                sys.executable,
-                "-m",
-                "crl_bench.perf",
-                variant,
-                json.dumps(asdict(config)),
-                str(Path(tmp) / "steer"),
-            ]
-            subprocess.run([*cmd, str(out), spec], check=True)
-            measurements[task, variant] = {**json.loads(out.read_text()), "shots": shots, "items": items}
+    folder = measurements_dir(config)
+    console.print(f"perf: measurements kept in {folder} as they finish (a rerun resumes there)")
+    direction = torch.nn.functional.normalize(
+        torch.randn(info.d_model, generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    # a few percent of the residual norm (~3,000 per token on Gemma 3 270M): a real perturbation
+    SteeringVectors({layer: direction}, coefficient=100.0, method="random").save(folder / "steer")
+    jobs = [(t, v) for t in config.eval_tasks() for v in VARIANTS]
+    for (task, shots, items), variant in track(jobs, description="perf variants", console=console):
+        spec = json.dumps([task, shots, items])
+        batch = config.batch_size
+        while True:  # a variant the machine cannot hold at this batch size is measured at half of it
+            at_batch = {**asdict(config), "batch_size": batch}
+            cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(at_batch), str(folder / "steer")]
+            found = measure(folder / f"{task}-{variant}-batch{batch}.json", cmd, console, after=(spec,))
+            if found is not None or batch == 1:
+                break
+            console.print(
+                f"perf: {variant} on {task} was killed at batch size {batch} (out of memory); trying {batch // 2}"
+            )
+            batch //= 2
+        if found is None:
+            raise RuntimeError(f"perf: {variant} on {task} was killed even at batch size 1; pass fewer --tasks items")
+        measurements[task, variant] = {**found, "shots": shots, "items": items, "batch_size": batch}
     rows = []
     for (task, variant), m in measurements.items():
         reference = measurements[task, "hf"]
@@ -215,6 +256,7 @@ def run(config: PerfConfig) -> Path:
                 "num_fewshot": m["shots"],
                 "items": m["items"] or "all",
                 "variant": variant,
+                "batch_size": m["batch_size"],
                 "eval_s": m["eval_s"],
                 "time_ratio_vs_hf": m["eval_s"] / reference["eval_s"],
                 "peak_rss_mb": m["peak_rss_mb"],
@@ -232,25 +274,30 @@ def run(config: PerfConfig) -> Path:
         f"# Evaluation speed and memory: {config.model}",
         "",
         f"Generated by `crl-bench perf` from perf.json; per task, the same requests for every variant, batch size "
-        f"{config.batch_size}, {_processor(config)}, {cpu_dtype()}. `hf_lean` runs each distinct context once and "
+        f"{config.batch_size} (a variant killed for lack of memory is measured at half of it, and its row says so), "
+        f"{_processor(config)}, {cpu_dtype()}. `hf_lean` runs each distinct context once and "
         "serves its continuations from the KV cache (the default of every wrapper); `hf_lean_one_pass` runs "
         "context and continuation per request (`shared_prefix=False`). `vector_steered` steers layer "
         f"{layer} with a random direction (its log-likelihoods differ from hf by design).",
         "",
-        "| task | shots | items | requests | variant | eval s | time vs hf | speed-up | peak RSS MB | RSS vs hf "
-        "| RSS growth during eval MB | max abs Δ loglik vs hf |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | shots | items | requests | variant | batch | eval s | time vs hf | speed-up | peak RSS MB "
+        "| RSS vs hf | RSS growth during eval MB | max abs Δ loglik vs hf |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['task']} | {r['num_fewshot']} | {r['items']} | {r['n_requests']} | {r['variant']} | "
-            f"{r['eval_s']:.1f} | {r['time_ratio_vs_hf']:.2f} | {1 / r['time_ratio_vs_hf']:.2f}x | "
-            f"{r['peak_rss_mb']:.0f} | "
+            f"{_batch_cell(r['batch_size'], config.batch_size)} | {r['eval_s']:.1f} | "
+            f"{r['time_ratio_vs_hf']:.2f} | {1 / r['time_ratio_vs_hf']:.2f}x | {r['peak_rss_mb']:.0f} | "
             f"{r['peak_rss_ratio_vs_hf']:.2f} | {r['eval_rss_growth_mb']:.0f} | {r['max_abs_loglik_diff_vs_hf']:.2e} |"
         )
     (results_dir / "perf.md").write_text("\n".join(lines) + "\n")
     console.print(f"perf: {path} (+ perf.md)")
     return path
+
+
+def _batch_cell(used: int, asked: int) -> str:
+    return str(used) if used == asked else f"{used} ({asked}: out of memory)"
 
 
 if __name__ == "__main__":  # subprocess entry: variant, config json, steer dir (or runs dir), output file

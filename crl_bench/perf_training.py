@@ -8,9 +8,7 @@ setting-3 controller. Written to results/perf_training.{json,md}."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -89,7 +87,7 @@ def _rounded(values: list) -> str:
     return "[" + ", ".join("-" if v is None else f"{v:.3f}" for v in values) + "]"
 
 
-def _generation_under_controller(config: PerfConfig, controller: str, tmp: str, console: Any) -> dict | None:
+def _generation_under_controller(config: PerfConfig, controller: str, folder: Path, console: Any) -> dict | None:
     """Time the generation task unsteered at --batch-size rows per generate call (the baseline),
     unsteered at --generation-batch-size rows (same completions), and under the trained setting-3
     controller at --generation-batch-size rows, each in its own process; the controller per
@@ -103,11 +101,15 @@ def _generation_under_controller(config: PerfConfig, controller: str, tmp: str, 
         "hf_lean": ("hf_lean", config.generation_batch_size),
         "crl_steered": ("crl_steered", config.generation_batch_size),
     }
+    from crl_bench.perf import measure
+
     for name, (variant, rows) in runs.items():
-        out = Path(tmp) / f"generation-{name}.json"
-        cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), controller, str(out)]
-        subprocess.run([*cmd, json.dumps([task, None, config.generation_items, rows])], check=True)
-        found = json.loads(out.read_text())
+        cmd = [sys.executable, "-m", "crl_bench.perf", variant, json.dumps(asdict(config)), controller]
+        spec = json.dumps([task, None, config.generation_items, rows])
+        found = measure(folder / f"generation-{name}.json", cmd, console, after=(spec,))
+        if found is None:
+            console.print(f"perf: generation ({name}) was killed (out of memory); no generation timings")
+            return None
         measured[name] = {"rows": rows, **{k: found[k] for k in ("eval_s", "generated_tokens", "peak_rss_mb")}}
         completions[name] = found["loglikelihoods"]
     per_token = {v: m["eval_s"] / max(1, m["generated_tokens"]) for v, m in measured.items()}
@@ -131,28 +133,36 @@ def run_training(config: PerfConfig, console: Any) -> Path:
     rollouts per second and peak memory as ratios of RLVR's on the same task."""
     from rich.progress import track
 
+    from crl_bench.perf import measure, measurements_dir
+
     tasks = config.training_tasks()
     jobs = [(setting, method) for setting in tasks for method in TRAINED[setting]]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for setting, method in track(jobs, description="perf training", console=console):
-            out = Path(tmp) / f"{setting}-{method}.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "crl_bench.perf_training",
-                f"{setting}:{method}",
-                json.dumps(asdict(config)),
-                tmp,
-                str(out),
-            ]
-            subprocess.run(cmd, check=True)
-            rows.append(json.loads(out.read_text()))
-        controller = next((r["run_dir"] for r in rows if (r["setting"], r["variant"]) == ("generation", "crl")), None)
-        generation = _generation_under_controller(config, controller, tmp, console) if controller else None
+    rows, killed = [], []
+    folder = measurements_dir(config)  # each measurement kept as it finishes: a rerun resumes
+    for setting, method in track(jobs, description="perf training", console=console):
+        cmd = [
+            sys.executable,
+            "-m",
+            "crl_bench.perf_training",
+            f"{setting}:{method}",
+            json.dumps(asdict(config)),
+            str(folder / "runs"),
+        ]
+        found = measure(folder / f"train-{setting}-{method}.json", cmd, console)
+        if found is None:
+            console.print(
+                f"perf: {method} on {tasks[setting]} was killed (out of memory); its comparisons are left out"
+            )
+            killed.append({"task": tasks[setting], "setting": setting, "variant": method})
+        else:
+            rows.append(found)
+    controller = next((r["run_dir"] for r in rows if (r["setting"], r["variant"]) == ("generation", "crl")), None)
+    generation = _generation_under_controller(config, controller, folder, console) if controller else None
     ratios, micro_batches, shared, copies = [], [], [], []
     for setting in tasks:
         measured = {r["variant"]: r for r in rows if r["setting"] == setting}
+        if "rlvr" not in measured:  # killed: nothing on this task has its baseline
+            continue
         rlvr = measured.pop("rlvr")
         whole = measured.pop("rlvr-one-micro-batch", None)
         rows_apart = measured.pop("rlvr-row-by-row", None)
@@ -207,6 +217,7 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         {
             "manifest": build_manifest(perf_config=asdict(config)),
             "rows": rows,
+            "killed": killed,
             "ratios": ratios,
             "rlvr_micro_batches": micro_batches,
             "rlvr_shared_prefix": shared,
@@ -265,6 +276,11 @@ def run_training(config: PerfConfig, console: Any) -> Path:
         f"{m['peak_rss_over_fp32_rollouts']:.2f}x the peak memory; training reward per step {_rounded(m['rewards'])} "
         f"vs {_rounded(m['rewards_fp32_rollouts'])} (same seed; bf16 samples may differ)."
         for m in copies
+    ]
+    lines += [
+        f"- {k['task']}, {k['variant']}: **killed** by the out-of-memory killer on this machine; the comparisons "
+        "against it are left out."
+        for k in killed
     ]
     if generation:
         lines.append(

@@ -3,7 +3,7 @@
 import json
 
 
-def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
+def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path, monkeypatch):
     """On the generation task (the one-token task, `--train-task`, runs the same code with CRL
     setting 1): RLVR, RLVR row by row (TRL's passes), RLVR row by row in one micro-batch, CRL setting 3,
     and generation under its controller."""
@@ -12,6 +12,7 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     from crl_bench.perf import PerfConfig
     from crl_bench.perf_training import run_training
 
+    monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))  # this test's measurements folder is its own
     config = PerfConfig(
         model=tiny_dir,
         train_task="none",
@@ -77,23 +78,51 @@ def test_training_throughput_comparison(tiny_dir, tiny_sae_dir, tmp_path):
     assert "generation under the trained setting-3 controller" in text and "64 rows per generate call / 16 rows" in text
 
 
-def test_evaluation_comparison_per_task_against_hf(tiny_dir, tmp_path):
+def test_evaluation_comparison_per_task_against_hf(tiny_dir, tmp_path, monkeypatch):
     """Every variant scores the same requests as lm-eval's `hf`, each in its own process; the
-    shared-prefix default and the one-pass path give hf's log-likelihoods (bf16 on this CPU)."""
+    shared-prefix default and the one-pass path give hf's log-likelihoods (bf16 on this CPU). A
+    variant killed for lack of memory is measured at half the batch size, and a rerun resumes
+    from the measurements already made."""
+    import sys
+
     import pytest
 
+    from crl_bench import perf
     from crl_bench.perf import VARIANTS, PerfConfig, run
 
     with pytest.raises(ValueError, match="task:few-shot:items"):
         PerfConfig(tasks="arc_easy:all")
-    record = json.loads(
-        run(PerfConfig(model=tiny_dir, tasks="arith_mc:2:3", train_steps=0, results_dir=str(tmp_path))).read_text()
-    )
+    measure = perf.measure
+
+    def out_of_memory_at_batch_4(out, cmd, console, after=()):
+        if out.name == "arith_mc-hf-batch4.json":  # as the kernel's out-of-memory killer would
+            return measure(
+                out, [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], console
+            )
+        return measure(out, cmd, console, after)
+
+    monkeypatch.setattr(perf, "measure", out_of_memory_at_batch_4)
+    monkeypatch.setenv("CRL_BENCH_CACHE", str(tmp_path / "cache"))  # this test's measurements folder is its own
+    config = PerfConfig(model=tiny_dir, tasks="arith_mc:2:3", batch_size=4, train_steps=0, results_dir=str(tmp_path))
+    record = json.loads(run(config).read_text())
     rows = {r["variant"]: r for r in record["rows"]}
     assert set(rows) == set(VARIANTS) and {r["task"] for r in record["rows"]} == {"arith_mc"}
     assert len({r["n_requests"] for r in rows.values()}) == 1 and rows["hf"]["n_requests"] == 3 * 10
     assert rows["hf"]["time_ratio_vs_hf"] == 1.0
+    assert rows["hf"]["batch_size"] == 2 and rows["hf_lean"]["batch_size"] == 4
     for variant in ("hf_lean", "hf_lean_one_pass"):
         assert rows[variant]["max_abs_loglik_diff_vs_hf"] < 0.05
     assert rows["vector_steered"]["max_abs_loglik_diff_vs_hf"] > 0.05  # steering moves them
-    assert "| arith_mc | 2 | 3 | 30 | hf_lean |" in (tmp_path / "perf.md").read_text()
+    text = (tmp_path / "perf.md").read_text()
+    assert "| arith_mc | 2 | 3 | 30 | hf_lean | 4 |" in text and "| hf | 2 (4: out of memory) |" in text
+
+    # the rerun measures nothing again: every measurement (and the kill) is in this run's folder
+    def kept_only(out, cmd, console, after=()):
+        assert out.exists() or out.with_suffix(".killed").exists(), f"{out.name} measured again"
+        return measure(out, cmd, console, after)
+
+    monkeypatch.setattr(perf, "measure", kept_only)
+    again = json.loads(run(config).read_text())
+    assert [(r["variant"], r["batch_size"], r["eval_s"]) for r in again["rows"]] == [
+        (r["variant"], r["batch_size"], r["eval_s"]) for r in record["rows"]
+    ]
