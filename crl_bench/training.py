@@ -12,7 +12,7 @@ def train_once(config: Any, run_config: Any, method: str, label: str, train: Any
     """Train `run_config` with `train(run_config)` unless a finished run with its settings exists
     (bench's `config.force` retrains; another bench may finish it while this one waits for its
     lock), then publish its curve, manifest and features. `times`: the run's `StageTimes` (None:
-    untimed); the row is `training: <label>` on the run's task."""
+    untimed); the row is `training: <label>` on the run's task, `(seed k)` added for seeds but 0."""
     from rl.runs import publish_run, run_done, run_lock, why_retrain
 
     if config.force or not run_done(run_config, method):
@@ -22,6 +22,7 @@ def train_once(config: Any, run_config: Any, method: str, label: str, train: Any
                 changed = why_retrain(run_config, method)
                 if changed:
                     console.print(changed)
-                with times(f"training: {label}", run_config.task) if times is not None else nullcontext():
+                row = f"training: {label}" + (f" (seed {run_config.seed})" if run_config.seed else "")
+                with times(row, run_config.task) if times is not None else nullcontext():
                     train(run_config)
     publish_run(run_config, method)  # a reused run's curve too, into this results directory
