@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from harness.artifacts import CONFIG, check_model, read_config, read_json, read_tensors, require_run_dir
 from harness.models import contiguous_head, default_device, describe, resolve_dtype, resolve_model
-from harness.sparse_logits import logits_at
+from harness.sparse_logits import logits_at, logits_at_pairs
 from harness.steering import Intervention, steer
 from harness.vectors import HOW_TO_MAKE, SteeringVectors
 
@@ -140,18 +140,26 @@ class LeanHFLM(HFLM):
                 mask[row, width - len(prefix) :] = 1
             first, cache = self._prefix_pass(ids, mask, lengths, [requests[groups[p][0]][0] for p in prefixes])
             rows = [(g, i) for g, p in enumerate(prefixes) for i in groups[p] if fed[i]]
-            rest = self._continuation_pass(rows, fed, cache, mask, lengths, requests, pad_id) if rows else None
-            where = {i: r for r, (_, i) in enumerate(rows)}
+            scored = {i: requests[i][2][-(len(fed[i]) + 1) :] for p in prefixes for i in groups[p]}
+            picked, greedy = (
+                self._continuation_pass(rows, fed, scored, cache, mask, lengths, requests, pad_id)
+                if rows
+                else (None, None)
+            )
+            first_greedy = first.argmax(-1)
+            offsets, at = {}, 0  # where each row's fed tokens sit among the pass's scored positions
+            for _, i in rows:
+                offsets[i], at = at, at + len(fed[i])
             for g, prefix in enumerate(prefixes):
                 for i in groups[prefix]:
-                    request_str, _, cont = requests[i]
-                    scored = cont[-(len(fed[i]) + 1) :]
-                    logprobs = first[g : g + 1]  # [1, V]
+                    request_str = requests[i][0]
+                    target = scored[i][0]  # the first scored token: predicted at the context's last position
+                    token_logprobs, token_greedy = first[g, target : target + 1], first_greedy[g : g + 1] == target
                     if fed[i]:
-                        logprobs = torch.cat([logprobs, rest[where[i], : len(fed[i])]])
-                    target = torch.tensor(scored, dtype=torch.long, device=logprobs.device)
-                    picked = logprobs.gather(1, target[:, None]).squeeze(1)
-                    answer = (float(picked.sum()), bool((logprobs.argmax(-1) == target).all()))
+                        where = slice(offsets[i], offsets[i] + len(fed[i]))
+                        token_logprobs = torch.cat([token_logprobs, picked[where]])
+                        token_greedy = torch.cat([token_greedy, greedy[where]])
+                    answer = (float(token_logprobs.sum()), bool(token_greedy.all()))
                     results[i] = answer
                     if request_str is not None:
                         self.cache_hook.add_partial("loglikelihood", request_str, answer)
@@ -181,9 +189,11 @@ class LeanHFLM(HFLM):
         self.decision_positions = self.batch_contexts = None
         return F.log_softmax(out.logits[:, 0], dim=-1, dtype=self.softmax_dtype), out.past_key_values
 
-    def _continuation_pass(self, rows, fed, cache, mask, lengths, requests, pad_id):
+    def _continuation_pass(self, rows, fed, scored, cache, mask, lengths, requests, pad_id):
         """The continuation tokens of `rows` ((context row, request) pairs) after their cached
-        contexts, right-padded; returns the log-probabilities at each fed token ([R, C, V])."""
+        contexts, right-padded; the head runs at their real positions only (not the padding).
+        Returns, for each fed token in row order, the log-probability of the token after it
+        (`scored[i][1:]`) and whether it was the most likely one ([F] each)."""
         contexts = torch.tensor([g for g, _ in rows])
         cache.batch_select_indices(contexts.to(self.device))
         width = max(len(fed[i]) for _, i in rows)
@@ -192,6 +202,7 @@ class LeanHFLM(HFLM):
         for r, (_, i) in enumerate(rows):
             ids[r, : len(fed[i])] = torch.tensor(fed[i])
             cont_mask[r, : len(fed[i])] = 1
+        pick_rows, pick_positions = cont_mask.nonzero(as_tuple=True)  # row by row, in position order
         context_lengths = lengths[contexts]
         positions = context_lengths[:, None] + torch.arange(width)[None]
         self.decision_positions = context_lengths - 1  # already acted on, in the context's pass
@@ -200,7 +211,7 @@ class LeanHFLM(HFLM):
             torch.no_grad(),
             self._autocast(),
             steer(self.model, self.interventions(), prompt_lengths=context_lengths),
-            logits_at(_unwrap(self.model), torch.arange(width).expand(len(rows), -1)),
+            logits_at_pairs(_unwrap(self.model), pick_rows, pick_positions),
         ):
             out = self.model(
                 input_ids=ids.to(self.device),
@@ -210,7 +221,20 @@ class LeanHFLM(HFLM):
                 use_cache=True,
             )
         self.decision_positions = self.batch_contexts = None
-        return F.log_softmax(out.logits, dim=-1, dtype=self.softmax_dtype)
+        targets = torch.tensor([token for _, i in rows for token in scored[i][1:]], device=self.device)
+        return self._score(out.logits[0], targets)
+
+    def _score(self, logits, targets, chunk: int = 256):
+        """Each position's log-probability of its target and whether the target is the argmax,
+        with lm-eval's `hf` log-softmax (its dtype, `softmax_dtype`) over `chunk` positions at a
+        time: a [positions, 262k] log-softmax of a whole batch is never held at once."""
+        picked, greedy = [], []
+        for start in range(0, len(targets), chunk):
+            logprobs = F.log_softmax(logits[start : start + chunk], dim=-1, dtype=self.softmax_dtype)
+            target = targets[start : start + chunk]
+            picked.append(logprobs.gather(1, target[:, None]).squeeze(1))
+            greedy.append(logprobs.argmax(-1) == target)
+        return torch.cat(picked), torch.cat(greedy)
 
     def _loglikelihood_one_pass(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         """Same requests, grouping, caching and results as `HFLM._loglikelihood_tokens`: each

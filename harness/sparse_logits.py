@@ -33,3 +33,24 @@ def logits_at(model: nn.Module, index: Tensor) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def logits_at_pairs(model: nn.Module, rows: Tensor, positions: Tensor) -> Iterator[None]:
+    """Inside the block, `model(...).logits` has shape [1, N, V]: the logits at the N (row,
+    position) pairs `rows`, `positions` (Long[N] each), in that order. Padding positions of a
+    ragged batch are left out instead of unembedded (`logits_at` keeps K per row)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding to restrict")
+
+    def gather(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]  # Float[B, T, D]
+        picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]  # Float[N, D]
+        return (picked[None], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
