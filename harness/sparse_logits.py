@@ -17,40 +17,29 @@ from torch import Tensor, nn
 
 
 @contextmanager
-def logits_at(model: nn.Module, index: Tensor) -> Iterator[None]:
-    """Inside the block, `model(...).logits` has shape [B, K, V] for `index` Long[B, K]."""
+def _head_input(model: nn.Module, select) -> Iterator[None]:
+    """Inside the block, the output embedding sees `select(hidden)` instead of the final hidden states."""
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding to restrict")
-
-    def gather(module: nn.Module, args: tuple) -> tuple:
-        hidden = args[0]  # Float[B, T, D]
-        picked = torch.gather(hidden, 1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
-        return (picked, *args[1:])
-
-    handle = head.register_forward_pre_hook(gather)
+    handle = head.register_forward_pre_hook(lambda module, args: (select(args[0]), *args[1:]))
     try:
         yield
     finally:
         handle.remove()
 
 
-@contextmanager
-def logits_at_pairs(model: nn.Module, rows: Tensor, positions: Tensor) -> Iterator[None]:
+def logits_at(model: nn.Module, index: Tensor):
+    """Inside the block, `model(...).logits` has shape [B, K, V] for `index` Long[B, K]."""
+
+    def select(hidden: Tensor) -> Tensor:  # Float[B, T, D] -> Float[B, K, D]
+        return torch.gather(hidden, 1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    return _head_input(model, select)
+
+
+def logits_at_pairs(model: nn.Module, rows: Tensor, positions: Tensor):
     """Inside the block, `model(...).logits` has shape [1, N, V]: the logits at the N (row,
     position) pairs `rows`, `positions` (Long[N] each), in that order. Padding positions of a
     ragged batch are left out instead of unembedded (`logits_at` keeps K per row)."""
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embedding to restrict")
-
-    def gather(module: nn.Module, args: tuple) -> tuple:
-        hidden = args[0]  # Float[B, T, D]
-        picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]  # Float[N, D]
-        return (picked[None], *args[1:])
-
-    handle = head.register_forward_pre_hook(gather)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return _head_input(model, lambda hidden: hidden[rows.to(hidden.device), positions.to(hidden.device)][None])
